@@ -1,0 +1,79 @@
+"""Every Prometheus metric vap exposes, defined once.
+
+Each pipeline owns its own `CollectorRegistry` (tests run several pipelines in one process, and a
+global registry would mix them). Names follow the design's convention: `vap_` prefix, base units,
+`_total` counters, `_seconds` histograms, gauges only for levels. Labels are bounded: stream name,
+stage, reason, class, event type, sink — never a URL or a track id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Latency buckets from 1 ms to 30 s: covers a CPU engine at batch 16 and a stalled live stream.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+                   1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+# Reasons a frame is dropped; the set is closed so the label stays bounded.
+DROP_REASONS = ("stale", "stride", "corrupt", "shutdown", "removed")
+STREAM_STATES = ("starting", "streaming", "stalled", "backoff", "stopped", "finished")
+
+
+class Metrics:
+    """The metric objects of one pipeline, registered in `self.registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.info = Info("vap_build", "vap version and engine in use", registry=r)
+        # sources
+        self.frames_decoded = Counter("vap_frames_decoded_total", "Frames decoded", ["stream"], registry=r)
+        self.frames_processed = Counter(
+            "vap_frames_processed_total", "Frames that went through the whole data path", ["stream"], registry=r)
+        self.frames_dropped = Counter(
+            "vap_frames_dropped_total", "Frames dropped, by reason", ["stream", "reason"], registry=r)
+        self.decode_errors = Counter(
+            "vap_decode_errors_total", "Corrupt packets or frames skipped by the decoder", ["stream"], registry=r)
+        self.reconnects = Counter("vap_stream_reconnects_total", "Reconnect attempts", ["stream"], registry=r)
+        self.stream_up = Gauge("vap_stream_up", "1 while the stream delivers frames", ["stream"], registry=r)
+        self.stream_state = Gauge(
+            "vap_stream_state", "1 for the stream's current state, 0 for the others", ["stream", "state"], registry=r)
+        self.stream_fps = Gauge("vap_stream_fps", "Observed decode rate (frames/s)", ["stream"], registry=r)
+        # data path
+        self.stage_seconds = Histogram(
+            "vap_stage_seconds", "Time spent per batch in each stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "vap_inference_seconds", "Engine time per batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.frame_latency = Histogram(
+            "vap_frame_latency_seconds", "Capture to analytics done, per frame", ["stream"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.event_latency = Histogram(
+            "vap_capture_to_event_seconds", "Capture of the frame to the event handed to the sinks",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("vap_queue_depth", "Frames waiting in a queue", ["queue"], registry=r)
+        self.batch_size = Histogram("vap_batch_size", "Frames per engine batch", buckets=BATCH_BUCKETS, registry=r)
+        self.detections = Counter("vap_detections_total", "Detections after thresholds", ["class"], registry=r)
+        self.active_tracks = Gauge("vap_active_tracks", "Confirmed tracks alive", ["stream"], registry=r)
+        self.events = Counter("vap_events_total", "Events emitted", ["type"], registry=r)
+        # sinks
+        self.sink_events = Counter("vap_sink_events_total", "Events written by a sink", ["sink"], registry=r)
+        self.sink_errors = Counter("vap_sink_errors_total", "Sink write failures", ["sink"], registry=r)
+
+    def set_state(self, stream: str, state: str) -> None:
+        """Mark `state` as the stream's current state (one-hot over STREAM_STATES)."""
+        for s in STREAM_STATES:
+            self.stream_state.labels(stream, s).set(1.0 if s == state else 0.0)
+        self.stream_up.labels(stream).set(1.0 if state == "streaming" else 0.0)
+
+    def forget_stream(self, stream: str) -> None:
+        """Remove a removed stream's series so label sets do not grow with churn."""
+        for metric in (self.stream_up, self.stream_fps, self.active_tracks):
+            try:
+                metric.remove(stream)
+            except KeyError:
+                pass
+        for s in STREAM_STATES:
+            try:
+                self.stream_state.remove(stream, s)
+            except KeyError:
+                pass
