@@ -1,0 +1,133 @@
+"""The engine contract, checked in one place for every backend.
+
+An engine takes `images: float32 [B, 3, H, W]` (RGB, 0..1, letterboxed with pad 114) and returns
+`[B, K, 6]` rows `x1, y1, x2, y2, score, class_id` in letterboxed input pixels, sorted by score.
+Engines carry metadata (ONNX `metadata_props`, or a JSON sidecar next to TensorRT engines); this
+module turns either into an `EngineInfo` and refuses models that cannot honour the contract, with a
+message that says what is wrong and what to do. It accepts the metadata of YOLO26/YOLOv10 models
+exported by Ultralytics with end-to-end on (names as a Python dict literal, imgsz as a list).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ModelContractError(Exception):
+    """The model cannot be used as a vap engine; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the runtime needs to know about an engine, resolved from graph shapes and metadata."""
+
+    names: list[str]
+    input_hw: tuple[int, int]          # the size to letterbox to (the maximum when dynamic_hw)
+    stride: int = 32
+    max_det: int = 300
+    dynamic_batch: bool = True
+    max_batch: int | None = None       # fixed batch size of the graph, when not dynamic
+    dynamic_hw: bool = False
+    precision: str = "fp32"
+    source: str = ""                   # path or description, for messages
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def _parse_value(raw: str) -> Any:
+    """Metadata values are strings holding JSON (ours) or Python literals (Ultralytics)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(raw)
+        except (ValueError, SyntaxError, TypeError):
+            continue
+    return raw
+
+
+def parse_names(raw: Any) -> list[str]:
+    """Class names from a list, a {id: name} dict (keys int or str), or their string forms."""
+    value = _parse_value(raw) if isinstance(raw, str) else raw
+    if isinstance(value, dict):
+        try:
+            items = sorted((int(k), str(v)) for k, v in value.items())
+        except ValueError as exc:
+            raise ModelContractError(f"metadata 'names' has a non-integer class id: {exc}") from None
+        if [k for k, _ in items] != list(range(len(items))):
+            raise ModelContractError("metadata 'names' class ids must be 0..N-1 without gaps")
+        return [v for _, v in items]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ModelContractError(f"metadata 'names' is not a list or dict: {raw!r}")
+
+
+def _truthy(raw: Any) -> bool:
+    return str(raw).strip().lower() in ("1", "true", "yes")
+
+
+def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: list[Any],
+                 source: str, class_names: list[str] | None = None) -> EngineInfo:
+    """Check the graph's input/output shapes against the contract and merge in the metadata.
+
+    `input_shape`/`output_shape` hold ints for fixed dims and anything else (None, a name) for
+    dynamic ones. `class_names` overrides missing metadata (from the YAML).
+    """
+    if len(input_shape) != 4:
+        raise ModelContractError(
+            f"{source}: input has shape {input_shape}; a vap engine takes images [B, 3, H, W]")
+    if isinstance(input_shape[1], int) and input_shape[1] != 3:
+        raise ModelContractError(
+            f"{source}: input has {input_shape[1]} channels; a vap engine takes 3 (RGB) in NCHW layout")
+    if len(output_shape) != 3 or (isinstance(output_shape[2], int) and output_shape[2] != 6):
+        hint = ""
+        if len(output_shape) == 3 and isinstance(output_shape[1], int) and output_shape[1] > 6:
+            hint = (" This looks like a raw YOLO head that needs NMS ([B, 4+classes, anchors]); export an "
+                    "NMS-free model instead (vap export, or Ultralytics YOLO26/YOLOv10 with end2end=True).")
+        raise ModelContractError(
+            f"{source}: output has shape {output_shape}; the engine contract is [B, K, 6] rows "
+            f"x1, y1, x2, y2, score, class_id.{hint}")
+    if "end2end" in meta and not _truthy(meta["end2end"]):
+        raise ModelContractError(
+            f"{source}: metadata says end2end=False (the graph needs NMS); export with end-to-end on")
+
+    names = parse_names(meta["names"]) if "names" in meta else list(class_names or [])
+    if not names:
+        raise ModelContractError(
+            f"{source}: no class names in the model metadata; set model.class_names in the config")
+
+    dyn_hw = not (isinstance(input_shape[2], int) and isinstance(input_shape[3], int))
+    if not dyn_hw:
+        hw = (int(input_shape[2]), int(input_shape[3]))
+    elif "imgsz" in meta:
+        size = _parse_value(meta["imgsz"])
+        if isinstance(size, int):
+            size = [size, size]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+            raise ModelContractError(f"{source}: metadata imgsz {meta['imgsz']!r} is not [h, w]")
+        hw = (int(size[0]), int(size[1]))
+    else:
+        raise ModelContractError(
+            f"{source}: the input size is dynamic and the metadata has no 'imgsz'; set model.imgsz in the config")
+
+    batch = input_shape[0]
+    stride = int(_parse_value(meta.get("stride", "32")))
+    k = output_shape[1] if isinstance(output_shape[1], int) else int(_parse_value(meta.get("max_det", "300")))
+    return EngineInfo(
+        names=names, input_hw=hw, stride=stride, max_det=int(k),
+        dynamic_batch=not isinstance(batch, int), max_batch=batch if isinstance(batch, int) else None,
+        dynamic_hw=dyn_hw, precision=str(meta.get("precision", "fp32")), source=source,
+        extra={k: v for k, v in meta.items() if k not in ("names",)},
+    )
+
+
+def check_output(out: Any, batch: int, source: str) -> None:
+    """Validate one inference result against [B, K, 6] (cheap: shape only)."""
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] != batch or shape[2] != 6:
+        raise ModelContractError(
+            f"{source}: engine returned shape {shape} for a batch of {batch}; expected [{batch}, K, 6]")

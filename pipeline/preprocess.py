@@ -1,0 +1,95 @@
+"""Letterboxing frames into one engine batch, and mapping boxes back.
+
+The engine contract wants RGB, 0..1, NCHW, letterboxed with pad 114. Per frame we only resize
+(OpenCV, releases the GIL) and copy into a uint8 canvas; the float conversion and layout change
+happen once for the whole batch in NumPy. Rectangular inference: when the engine accepts dynamic
+H and W, the batch is padded only to the smallest stride multiple that fits, not to a square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+
+
+@dataclass(slots=True)
+class Letterbox:
+    """How one source frame was placed in the network input: scale then offset."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    src_h: int
+    src_w: int
+
+
+def plan_shape(sizes: list[tuple[int, int]], max_hw: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
+    """Network input (H, W) for a batch of source sizes.
+
+    Square-ish `max_hw` unless `rect`: then the smallest stride multiple that holds every frame
+    scaled to fit `max_hw` (a 16:9 stream at 640 needs 384x640, 40% fewer pixels than 640x640).
+    """
+    if not rect:
+        return max_hw
+    mh, mw = max_hw
+    h_need = w_need = 0
+    for h, w in sizes:
+        r = min(mh / h, mw / w)
+        h_need = max(h_need, round(h * r))
+        w_need = max(w_need, round(w * r))
+    to_stride = lambda v, m: min(m, int(np.ceil(v / stride) * stride))  # noqa: E731
+    return to_stride(h_need, mh), to_stride(w_need, mw)
+
+
+def letterbox_into(img: np.ndarray, canvas: np.ndarray) -> Letterbox:
+    """Resize `img` (H x W x 3 uint8) to fit `canvas` (h x w x 3 uint8, pre-filled with 114), centred."""
+    src_h, src_w = img.shape[:2]
+    h, w = canvas.shape[:2]
+    r = min(h / src_h, w / src_w)
+    nw, nh = max(1, round(src_w * r)), max(1, round(src_h * r))
+    px, py = (w - nw) // 2, (h - nh) // 2
+    if (nw, nh) != (src_w, src_h):
+        interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(img, (nw, nh), interpolation=interp)
+    canvas[py:py + nh, px:px + nw] = img
+    return Letterbox(scale=r, pad_x=float(px), pad_y=float(py), src_h=src_h, src_w=src_w)
+
+
+class BatchPreprocessor:
+    """Turns a list of RGB frames into `float32 [B, 3, H, W]` plus their letterbox transforms.
+
+    Buffers are reused between batches of the same shape, so steady state allocates nothing
+    beyond the output array handed to the engine.
+    """
+
+    def __init__(self, max_hw: tuple[int, int], stride: int = 32, rect: bool = False) -> None:
+        self.max_hw = max_hw
+        self.stride = stride
+        self.rect = rect
+        self._canvas: np.ndarray | None = None
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
+        h, w = plan_shape([im.shape[:2] for im in images], self.max_hw, self.stride, self.rect)
+        n = len(images)
+        if self._canvas is None or self._canvas.shape[0] < n or self._canvas.shape[1:3] != (h, w):
+            self._canvas = np.empty((max(n, 1), h, w, 3), dtype=np.uint8)
+        canvas = self._canvas[:n]
+        canvas.fill(PAD_VALUE)
+        boxes = [letterbox_into(im, canvas[i]) for i, im in enumerate(images)]
+        batch = np.empty((n, 3, h, w), dtype=np.float32)
+        np.multiply(canvas.transpose(0, 3, 1, 2), np.float32(1 / 255), out=batch)
+        return batch, boxes
+
+
+def unletterbox(boxes: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Boxes (N, 4) in network pixels -> source-frame pixels, clipped to the frame."""
+    out = np.empty_like(boxes)
+    out[:, [0, 2]] = (boxes[:, [0, 2]] - lb.pad_x) / lb.scale
+    out[:, [1, 3]] = (boxes[:, [1, 3]] - lb.pad_y) / lb.scale
+    np.clip(out[:, [0, 2]], 0, lb.src_w, out=out[:, [0, 2]])
+    np.clip(out[:, [1, 3]], 0, lb.src_h, out=out[:, [1, 3]])
+    return out
