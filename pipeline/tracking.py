@@ -1,0 +1,469 @@
+"""Per-stream multi-object tracker: a clean-room ByteTrack (Zhang et al., ECCV 2022).
+
+Written from the paper, not from any implementation. The ideas that matter:
+
+* **Two-stage association.** High-score detections are matched first against every track that is
+  alive (tracked or lost) with an IoU cost fused with the detection score; the tracks left over
+  are then matched against the *low*-score detections with plain IoU. Low-score boxes are mostly
+  occluded objects, so this keeps ids through partial occlusion without creating tracks from
+  noise.
+* **Time, not frames.** The Kalman filter predicts with the real time between updates (stream
+  pts), velocities are in pixels per second, and lost tracks live `lost_ttl_s` seconds. Dropped
+  frames and variable frame rates therefore change nothing but the prediction horizon.
+* **Vectorised state.** All tracks live in stacked NumPy arrays (means (N, 8), covariances
+  (N, 8, 8), ids, counters), so predict, update and the IoU cost run once per frame for all
+  tracks; removed tracks are compacted away (state size follows the live objects, never grows).
+
+Ids are int64, start at 1, are never reused within one tracker (one tracker per stream), and
+only confirmed tracks are ever reported, so no event can carry a tentative id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.config import Strict
+from pipeline.frames import Detections
+from pipeline.geometry import iou_matrix
+
+_INFEASIBLE = 1e6  # cost of a gated-out pair; far above any real cost (which lies in [0, 1])
+
+
+class TrackerConfig(Strict):
+    """ByteTrack settings. Defaults follow the paper (MOT17 settings) converted to seconds."""
+
+    high_thresh: float = Field(
+        0.5, ge=0, le=1, description="Detections at or above this score take part in the first association stage.")
+    low_thresh: float = Field(
+        0.1, ge=0, le=1, description="Detections in [low_thresh, high_thresh) are used only in the second stage "
+        "(to keep occluded tracks alive); below low_thresh they are ignored.")
+    new_track_thresh: float = Field(
+        0.6, ge=0, le=1, description="An unmatched high-score detection starts a new (tentative) track only at or "
+        "above this score; above high_thresh so that borderline boxes extend tracks but do not create them.")
+    match_iou_high: float = Field(
+        0.2, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
+        "similarity) between a predicted track box and a high-score detection.")
+    match_iou_low: float = Field(
+        0.5, ge=0, le=1, description="Stage 2 gate: minimum plain IoU between a still-unmatched tracked box and a "
+        "low-score detection (strict, because low-score boxes are unreliable).")
+    match_iou_tentative: float = Field(
+        0.3, ge=0, le=1, description="Gate for tentative tracks against the high-score detections left after "
+        "stage 1 (plain IoU).")
+    fuse_score: bool = Field(
+        True, description="Stage 1 similarity is IoU x score (paper); false uses plain IoU.")
+    min_hits: int = Field(
+        2, ge=1, description="Consecutive matched frames before a tentative track is confirmed and reported; a "
+        "tentative track that misses one frame is removed.")
+    lost_ttl_s: float = Field(
+        1.0, gt=0, description="Seconds a confirmed track survives without a match (coasting on its Kalman "
+        "prediction) before it is ended and reported in Tracks.ended.")
+    motion: Literal["xyah", "xywh"] = Field(
+        "xyah", description="Kalman state: centre, aspect ratio w/h and height (paper default), or centre, width "
+        "and height (better when the aspect of objects changes quickly, e.g. people turning).")
+    per_class: bool = Field(
+        False, description="Match detections only to tracks of the same class. False (default) matches across "
+        "classes and lets each track keep the class with the highest accumulated score, which absorbs a "
+        "detector that flickers between similar classes.")
+    dedup_iou: float | None = Field(
+        0.7, gt=0, le=1, description="Before association, of two detections of different classes overlapping "
+        "with IoU above this, keep only the higher score (an NMS-free head sometimes emits one object twice "
+        "with two classes). None turns it off.")
+    std_weight_position: float = Field(
+        1.0 / 20, gt=0, description="Kalman noise of position and size per reference frame, as a fraction of the "
+        "box height (the SORT/ByteTrack convention).")
+    std_weight_velocity: float = Field(
+        1.0 / 160, gt=0, description="Kalman noise of velocity per reference frame, as a fraction of the box height.")
+    noise_ref_fps: float = Field(
+        30.0, gt=0, description="Frame rate the std weights were tuned at: process noise grows with "
+        "dt x noise_ref_fps, so a dropped frame adds the uncertainty of one more frame.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrackerConfig":
+        if self.low_thresh > self.high_thresh:
+            raise ValueError(f"tracker: low_thresh ({self.low_thresh}) must not exceed high_thresh "
+                             f"({self.high_thresh})")
+        if self.new_track_thresh < self.high_thresh:
+            raise ValueError(f"tracker: new_track_thresh ({self.new_track_thresh}) must be at least high_thresh "
+                             f"({self.high_thresh}); only high-score detections can start tracks")
+        return self
+
+
+def _empty_i64() -> np.ndarray:
+    return np.zeros((0,), dtype=np.int64)
+
+
+@dataclass(slots=True)
+class Tracks:
+    """What one `ByteTracker.update` returns: the confirmed tracks matched in this frame.
+
+    `boxes` and `scores` are the matched *detection's* (what the camera saw), not the Kalman
+    estimate, so events report observed boxes. `ended` lists confirmed ids removed in this update.
+    """
+
+    ids: np.ndarray = field(default_factory=_empty_i64)  # (N,) int64
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (N, 4) float32
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))  # (N,) float32
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))  # (N,) int32
+    ended: np.ndarray = field(default_factory=_empty_i64)  # (M,) int64
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Box <-> Kalman measurement conversions (vectorised)
+
+
+def _to_measurement(boxes: np.ndarray, motion: str) -> np.ndarray:
+    """x1,y1,x2,y2 -> (cx, cy, a, h) or (cx, cy, w, h), float64."""
+    b = boxes.astype(np.float64, copy=False)
+    w = b[:, 2] - b[:, 0]
+    h = b[:, 3] - b[:, 1]
+    cx = b[:, 0] + 0.5 * w
+    cy = b[:, 1] + 0.5 * h
+    third = w / h if motion == "xyah" else w
+    return np.stack([cx, cy, third, h], axis=1)
+
+
+def _to_boxes(mean: np.ndarray, motion: str) -> np.ndarray:
+    """Kalman means (N, 8) -> x1,y1,x2,y2 (N, 4) float64."""
+    cx, cy, third, h = mean[:, 0], mean[:, 1], mean[:, 2], mean[:, 3]
+    w = third * h if motion == "xyah" else third
+    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=1)
+
+
+class _Kalman:
+    """Constant-velocity Kalman filter over many tracks at once; velocities in units per second."""
+
+    def __init__(self, cfg: TrackerConfig) -> None:
+        self.motion = cfg.motion
+        self.sp = cfg.std_weight_position
+        # velocity noise is per reference frame in the paper; our velocities are per second
+        self.sv = cfg.std_weight_velocity * cfg.noise_ref_fps
+        self.ref_fps = cfg.noise_ref_fps
+
+    def _scales(self, mean_or_meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-track size scales for the 4 measured components: (x, y, third, h)."""
+        h = np.maximum(mean_or_meas[:, 3], 1e-3)
+        if self.motion == "xyah":
+            return h, h  # the aspect component gets fixed small noise, see callers
+        return h, np.maximum(mean_or_meas[:, 2], 1e-3)
+
+    def _std(self, mean: np.ndarray, w_pos: float, w_vel: float, aspect_pos: float, aspect_vel: float) -> np.ndarray:
+        """(N, 8) standard deviations: position-like columns scaled by box size."""
+        h, w = self._scales(mean)
+        pos = np.stack([w_pos * h, w_pos * h, w_pos * w, w_pos * h], axis=1)
+        vel = np.stack([w_vel * h, w_vel * h, w_vel * w, w_vel * h], axis=1)
+        if self.motion == "xyah":
+            pos[:, 2] = aspect_pos
+            vel[:, 2] = aspect_vel
+        return np.concatenate([pos, vel], axis=1)
+
+    def initiate(self, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """New tracks from (N, 4) measurements: zero velocity, wide velocity uncertainty."""
+        n = len(meas)
+        mean = np.concatenate([meas, np.zeros((n, 4))], axis=1)
+        std = self._std(mean, 2 * self.sp, 10 * self.sv, 1e-2, 1e-5 * self.ref_fps)
+        cov = np.zeros((n, 8, 8))
+        idx = np.arange(8)
+        cov[:, idx, idx] = std ** 2
+        return mean, cov
+
+    def predict(self, mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every track by `dt` seconds (one shared transition matrix)."""
+        if len(mean) == 0 or dt <= 0:
+            return mean, cov
+        f = np.eye(8)
+        f[0:4, 4:8] = dt * np.eye(4)
+        k = dt * self.ref_fps  # process noise accumulates per (reference) frame elapsed
+        std = self._std(mean, self.sp, self.sv, 1e-2, 1e-5 * self.ref_fps)
+        mean = mean @ f.T
+        cov = np.einsum("ij,njk,lk->nil", f, cov, f, optimize=True)
+        idx = np.arange(8)
+        cov[:, idx, idx] += (std ** 2) * k
+        return mean, cov
+
+    def update(self, mean: np.ndarray, cov: np.ndarray, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Correct tracks (rows of mean/cov) with their matched measurements (same rows)."""
+        if len(mean) == 0:
+            return mean, cov
+        h, w = self._scales(mean)
+        r = np.stack([self.sp * h, self.sp * h, self.sp * w, self.sp * h], axis=1) ** 2
+        if self.motion == "xyah":
+            r[:, 2] = 1e-1 ** 2
+        s = cov[:, :4, :4].copy()
+        idx = np.arange(4)
+        s[:, idx, idx] += r
+        pht = cov[:, :, :4]  # P H^T, (N, 8, 4)
+        # K = P H^T S^-1  ->  solve S K^T = (P H^T)^T (S symmetric)
+        gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)
+        innov = meas - mean[:, :4]
+        mean = mean + np.einsum("nij,nj->ni", gain, innov)
+        cov = cov - np.einsum("nij,nkj->nik", gain, pht)
+        return mean, cov
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _assign(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal assignment on `cost` (rows x cols); pairs above `max_cost` are rejected.
+
+    Gated pairs are set to a huge cost before solving, so the solver never trades a good match for
+    a forbidden one, and any forbidden pair it is forced into is dropped afterwards.
+    """
+    if cost.size == 0:
+        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
+    gated = np.where(cost <= max_cost, cost, _INFEASIBLE)
+    # rows/cols with no feasible pair at all cannot match: leave them out of the solve
+    rows_ok = np.flatnonzero((gated < _INFEASIBLE).any(axis=1))
+    cols_ok = np.flatnonzero((gated < _INFEASIBLE).any(axis=0))
+    if len(rows_ok) == 0:
+        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
+    sub = gated[np.ix_(rows_ok, cols_ok)]
+    r, c = linear_sum_assignment(sub)
+    keep = sub[r, c] < _INFEASIBLE
+    return rows_ok[r[keep]], cols_ok[c[keep]]
+
+
+def dedup_detections(dets: Detections, iou_thresh: float) -> Detections:
+    """Drop the lower-scoring of two different-class detections that overlap above `iou_thresh`.
+
+    Greedy from the highest score, so a suppressed row cannot suppress another. Same-class overlaps
+    are left alone: the detector is NMS-free by design and two same-class boxes are two objects.
+    """
+    n = len(dets)
+    if n < 2:
+        return dets
+    if np.all(dets.class_ids == dets.class_ids[0]):
+        return dets  # one class only: nothing to deduplicate (the common case, and cheap to test)
+    order = np.argsort(-dets.scores, kind="stable")
+    boxes = dets.boxes[order]
+    cls = dets.class_ids[order]
+    iou = iou_matrix(boxes, boxes)
+    conflict = (iou > iou_thresh) & (cls[:, None] != cls[None, :])
+    conflict = np.triu(conflict, k=1)  # i < j: i has the higher (or equal) score
+    if not conflict.any():
+        return dets
+    keep = np.ones(n, dtype=bool)
+    for i in np.flatnonzero(conflict.any(axis=1)):
+        if keep[i]:
+            keep[conflict[i]] = False
+    return dets.select(np.sort(order[keep]))
+
+
+class ByteTracker:
+    """One stream's tracker. Not thread-safe: the runtime owns one per stream and calls it in order.
+
+    Track states: *tentative* (new, not yet `min_hits` consecutive hits, never reported), *tracked*
+    (confirmed and matched in the last update), *lost* (confirmed, missed, coasting for up to
+    `lost_ttl_s`). Tentative tracks that miss once and lost tracks past their ttl are removed.
+    """
+
+    def __init__(self, cfg: TrackerConfig) -> None:
+        self.cfg = cfg
+        self._kf = _Kalman(cfg)
+        self._next_id = 1
+        self._t_last: float | None = None
+        self._t_offset = 0.0  # added to t after a backwards jump so internal time stays monotonic
+        self._last_dt = 0.0
+        self._alloc(0, 1)
+
+    # -- state arrays -------------------------------------------------------------------------
+
+    def _alloc(self, n: int, n_cls: int) -> None:
+        self._mean = np.zeros((n, 8))
+        self._cov = np.zeros((n, 8, 8))
+        self._ids = np.zeros((n,), np.int64)  # 0 while tentative; assigned at confirmation
+        self._confirmed = np.zeros((n,), bool)
+        self._lost = np.zeros((n,), bool)
+        self._hits = np.zeros((n,), np.int32)
+        self._last_seen = np.zeros((n,), np.float64)
+        self._cls_score = np.zeros((n, n_cls), np.float64)
+
+    def _keep(self, mask: np.ndarray) -> None:
+        self._mean = self._mean[mask]
+        self._cov = self._cov[mask]
+        self._ids = self._ids[mask]
+        self._confirmed = self._confirmed[mask]
+        self._lost = self._lost[mask]
+        self._hits = self._hits[mask]
+        self._last_seen = self._last_seen[mask]
+        self._cls_score = self._cls_score[mask]
+
+    def _grow_classes(self, max_class: int) -> None:
+        need = max_class + 1
+        if need > self._cls_score.shape[1]:
+            extra = np.zeros((len(self._cls_score), need - self._cls_score.shape[1]))
+            self._cls_score = np.concatenate([self._cls_score, extra], axis=1)
+
+    def _append(self, meas: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float) -> None:
+        n = len(meas)
+        if n == 0:
+            return
+        mean, cov = self._kf.initiate(meas)
+        cls = np.zeros((n, self._cls_score.shape[1]))
+        cls[np.arange(n), classes] = scores
+        self._mean = np.concatenate([self._mean, mean])
+        self._cov = np.concatenate([self._cov, cov])
+        self._ids = np.concatenate([self._ids, np.zeros((n,), np.int64)])
+        self._confirmed = np.concatenate([self._confirmed, np.zeros((n,), bool)])
+        self._lost = np.concatenate([self._lost, np.zeros((n,), bool)])
+        self._hits = np.concatenate([self._hits, np.ones((n,), np.int32)])
+        self._last_seen = np.concatenate([self._last_seen, np.full((n,), t)])
+        self._cls_score = np.concatenate([self._cls_score, cls])
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def active_count(self) -> int:
+        """Confirmed tracks alive (tracked or lost): the `vap_active_tracks` gauge."""
+        return int(np.count_nonzero(self._confirmed))
+
+    def state_size(self) -> int:
+        """Rows held in the state arrays (all tracks incl. tentative): for memory-bound tests."""
+        return int(len(self._ids))
+
+    def _clock(self, t: float) -> float:
+        """Internal monotonic time. A backwards jump (stream restart, pts wrap) is bridged with the
+        last interval instead of corrupting dt and the lost-track ttl."""
+        t = float(t)
+        if self._t_last is not None and t + self._t_offset < self._t_last:
+            self._t_offset = self._t_last + self._last_dt - t
+        return t + self._t_offset
+
+    def update(self, dets: Detections, t: float) -> Tracks:
+        """Advance to stream time `t` (seconds) with this frame's detections (may be empty)."""
+        cfg = self.cfg
+        now = self._clock(t)
+        dt = 0.0 if self._t_last is None else now - self._t_last
+        if dt > 0:
+            self._last_dt = dt
+        self._t_last = now
+
+        # -- clean the detections ---------------------------------------------------------------
+        boxes = np.asarray(dets.boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(dets.scores, dtype=np.float32).reshape(-1)
+        classes = np.asarray(dets.class_ids).reshape(-1).astype(np.int32, copy=False)
+        if not (len(boxes) == len(scores) == len(classes)):
+            raise ValueError(f"Detections rows disagree: {len(boxes)} boxes, {len(scores)} scores, "
+                             f"{len(classes)} class ids")
+        valid = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & (boxes[:, 2] > boxes[:, 0])
+                 & (boxes[:, 3] > boxes[:, 1]) & (scores >= cfg.low_thresh) & (classes >= 0))
+        d = Detections(boxes[valid], scores[valid], classes[valid])
+        if cfg.dedup_iou is not None:
+            d = dedup_detections(d, cfg.dedup_iou)
+        if len(d):
+            self._grow_classes(int(d.class_ids.max()))
+        meas_all = _to_measurement(d.boxes, cfg.motion)
+        high = np.flatnonzero(d.scores >= cfg.high_thresh)
+        low = np.flatnonzero(d.scores < cfg.high_thresh)
+
+        # -- predict every track to now ---------------------------------------------------------
+        if cfg.motion == "xyah" and self._lost.any():
+            # a coasting box should not keep shrinking or growing: freeze its height velocity
+            self._mean[self._lost, 7] = 0.0
+        self._mean, self._cov = self._kf.predict(self._mean, self._cov, dt)
+        pred_boxes = _to_boxes(self._mean, cfg.motion)
+
+        n = len(self._ids)
+        track_det = np.full((n,), -1, np.intp)  # matched detection row per track
+        track_cls = self._cls_score.argmax(axis=1).astype(np.int32) if n else np.zeros((0,), np.int32)
+
+        def cost_for(tr: np.ndarray, dr: np.ndarray, fuse: bool) -> tuple[np.ndarray, np.ndarray]:
+            iou = iou_matrix(pred_boxes[tr], d.boxes[dr])
+            sim = iou * d.scores[dr][None, :] if fuse else iou
+            if cfg.per_class:
+                sim = np.where(track_cls[tr][:, None] == d.class_ids[dr][None, :], sim, 0.0)
+            return 1.0 - sim, iou
+
+        # stage 1: confirmed tracks (tracked + lost) vs high-score detections, score-fused IoU
+        pool = np.flatnonzero(self._confirmed)
+        det_free = np.ones(len(d), bool)
+        if len(pool) and len(high):
+            cost, _ = cost_for(pool, high, cfg.fuse_score)
+            r, c = _assign(cost, 1.0 - cfg.match_iou_high)
+            track_det[pool[r]] = high[c]
+            det_free[high[c]] = False
+
+        # stage 2: confirmed tracks that were tracked last frame and are still unmatched vs the
+        # low-score detections (plain IoU). Lost tracks are left out: a low box far from a stale
+        # prediction is more likely noise than the object coming back.
+        pool2 = np.flatnonzero(self._confirmed & ~self._lost & (track_det < 0))
+        if len(pool2) and len(low):
+            cost, _ = cost_for(pool2, low, False)
+            r, c = _assign(cost, 1.0 - cfg.match_iou_low)
+            track_det[pool2[r]] = low[c]
+            det_free[low[c]] = False
+
+        # stage 3: tentative tracks vs high-score detections nobody took
+        tent = np.flatnonzero(~self._confirmed)
+        rest_high = high[det_free[high]]
+        if len(tent) and len(rest_high):
+            cost, _ = cost_for(tent, rest_high, False)
+            r, c = _assign(cost, 1.0 - cfg.match_iou_tentative)
+            track_det[tent[r]] = rest_high[c]
+            det_free[rest_high[c]] = False
+
+        # -- correct matched tracks -------------------------------------------------------------
+        matched = np.flatnonzero(track_det >= 0)
+        if len(matched):
+            rows = track_det[matched]
+            self._mean[matched], self._cov[matched] = self._kf.update(
+                self._mean[matched], self._cov[matched], meas_all[rows])
+            self._cls_score[matched, d.class_ids[rows]] += d.scores[rows]
+            self._hits[matched] += 1
+            self._last_seen[matched] = now
+            self._lost[matched] = False
+        missed = track_det < 0
+        self._hits[missed] = 0
+        self._lost[missed & self._confirmed] = True
+
+        # confirmation: ids are handed out only here, so tentative tracks never consume an id
+        promote = ~self._confirmed & (self._hits >= cfg.min_hits)
+        if promote.any():
+            k = int(np.count_nonzero(promote))
+            self._ids[promote] = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
+            self._next_id += k
+            self._confirmed[promote] = True
+
+        # -- report, then prune ------------------------------------------------------------------
+        out_rows = np.flatnonzero(self._confirmed & (track_det >= 0))
+        det_rows = track_det[out_rows]
+        out_cls = self._cls_score[out_rows].argmax(axis=1).astype(np.int32) if len(out_rows) else \
+            np.zeros((0,), np.int32)
+        expired = self._confirmed & self._lost & (now - self._last_seen > cfg.lost_ttl_s)
+        ended = self._ids[expired].copy()
+        drop = expired | (~self._confirmed & missed)
+        result = Tracks(
+            ids=self._ids[out_rows].copy(),
+            boxes=d.boxes[det_rows].astype(np.float32, copy=True),
+            scores=d.scores[det_rows].astype(np.float32, copy=True),
+            class_ids=out_cls,
+            ended=ended,
+        )
+        if drop.any():
+            self._keep(~drop)
+
+        # -- new tentative tracks from unclaimed confident detections ----------------------------
+        new = np.flatnonzero(det_free & (d.scores >= cfg.new_track_thresh))
+        if len(new):
+            self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
+            if cfg.min_hits <= 1:
+                # confirmed at birth: report them in this very frame
+                fresh = np.arange(len(self._ids) - len(new), len(self._ids))
+                self._ids[fresh] = np.arange(self._next_id, self._next_id + len(new), dtype=np.int64)
+                self._next_id += len(new)
+                self._confirmed[fresh] = True
+                result = Tracks(
+                    ids=np.concatenate([result.ids, self._ids[fresh]]),
+                    boxes=np.concatenate([result.boxes, d.boxes[new].astype(np.float32)]),
+                    scores=np.concatenate([result.scores, d.scores[new].astype(np.float32)]),
+                    class_ids=np.concatenate([result.class_ids, d.class_ids[new].astype(np.int32)]),
+                    ended=result.ended,
+                )
+        return result
