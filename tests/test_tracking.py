@@ -112,7 +112,7 @@ def test_dropped_frames_use_real_dt() -> None:
     # assertion above holds because of dt, not because the gate is loose
     fake = [(k / 30, g, d) for k, (_, g, d) in enumerate(frames)]
     seen_fake = run_scene(ByteTracker(TrackerConfig()), fake)
-    assert len(seen_fake[0]) == 11  # reported for frames 2..12, lost at the first jump, never re-acquired
+    assert len(seen_fake[0]) == 12  # frames 1..12 (full rate), lost at the first jump, never re-acquired
 
 
 def test_variable_frame_rate_keeps_ids() -> None:
