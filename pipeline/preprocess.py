@@ -88,8 +88,10 @@ class BatchPreprocessor:
 def unletterbox(boxes: np.ndarray, lb: Letterbox) -> np.ndarray:
     """Boxes (N, 4) in network pixels -> source-frame pixels, clipped to the frame."""
     out = np.empty_like(boxes)
-    out[:, [0, 2]] = (boxes[:, [0, 2]] - lb.pad_x) / lb.scale
-    out[:, [1, 3]] = (boxes[:, [1, 3]] - lb.pad_y) / lb.scale
-    np.clip(out[:, [0, 2]], 0, lb.src_w, out=out[:, [0, 2]])
-    np.clip(out[:, [1, 3]], 0, lb.src_h, out=out[:, [1, 3]])
+    xs, ys = out[:, 0::2], out[:, 1::2]  # views (x1, x2) and (y1, y2): clip writes through them
+    np.subtract(boxes[:, 0::2], lb.pad_x, out=xs)
+    np.subtract(boxes[:, 1::2], lb.pad_y, out=ys)
+    out /= lb.scale
+    np.clip(xs, 0, lb.src_w, out=xs)
+    np.clip(ys, 0, lb.src_h, out=ys)
     return out

@@ -1,0 +1,209 @@
+"""`vap` command line.
+
+Exit codes (documented in the README): 0 done (files processed, duration reached, or a clean
+shutdown on SIGINT/SIGTERM); 1 runtime failure (a data-path thread died, or the shutdown deadline
+passed with work undelivered); 2 bad usage or config; 3 the model cannot be used (file missing,
+contract violated); 130 a second Ctrl-C forced an immediate exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_FORCED = 0, 1, 2, 3, 130
+
+log = logging.getLogger("vap")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
+    """Commands implemented in `engines` (training, export, data) keep their own argument parsing."""
+    def run(argv: list[str]) -> int:
+        import importlib
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == "torch":
+                print("error: this command needs PyTorch: pip install torch==2.13.0 'vap[train]'", file=sys.stderr)
+                return EXIT_CONFIG
+            raise
+        return int(getattr(mod, func)(argv) or 0)
+    return run
+
+
+DELEGATED: dict[str, tuple[str, str, str]] = {
+    "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
+    "val": ("engines.train", "val_cli", "evaluate a checkpoint (COCO mAP, both heads)"),
+    "export": ("engines.export", "cli", "export a checkpoint to ONNX under the engine contract"),
+    "data": ("engines.synth", "cli", "synthetic data: vap data synth ..."),
+    "track": ("pipeline.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
+    "eval": ("pipeline.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module, func, _ = DELEGATED[argv[0]]
+        rest = argv[1:]
+        if argv[0] == "data" and rest[:1] == ["synth"]:
+            rest = rest[1:]
+        return _delegate(module, func)(rest)
+
+    parser = argparse.ArgumentParser(prog="vap", description="Streaming video analytics pipeline")
+    parser.add_argument("--log-level", default=os.environ.get("VAP_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the pipeline from a deployment YAML")
+    p.add_argument("config", type=Path)
+    p.add_argument("--quiet", action="store_true", help="no live progress (for services)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+    p = sub.add_parser("demo", help="run the shipped model on synthetic cameras and a file; ends by itself")
+    p.add_argument("--out", type=Path, default=Path("vap-demo"), help="folder for events, video and summary")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of live synthetic streams")
+    p.add_argument("--cameras", type=int, default=3, help="number of synthetic cameras")
+    p.add_argument("--port", type=int, default=9108, help="metrics/API port (0 = any free port)")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("validate", help="check a deployment YAML and print it with every default resolved")
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("schema", help="print a JSON Schema")
+    p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
+
+    p = sub.add_parser("bench", help="measure engine and pipeline throughput and latency on this machine")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("benchmarks"))
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
+    p.add_argument("--soak-s", type=float, default=0.0, help="also run a multi-stream memory soak this long")
+
+    for name, (_, _, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.cmd is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        if args.cmd == "validate":
+            return cmd_validate(args.config)
+        if args.cmd == "schema":
+            return cmd_schema(args.which)
+        if args.cmd == "run":
+            from pipeline.settings import load_settings
+            return run_pipeline(load_settings(args.config), quiet=args.quiet, duration=args.duration)
+        if args.cmd == "demo":
+            from pipeline.demo import run_demo
+            return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet)
+        if args.cmd == "bench":
+            from pipeline.bench import run_bench
+            return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except _model_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    parser.error(f"unknown command {args.cmd}")
+    return EXIT_CONFIG
+
+
+def _model_errors() -> tuple[type[BaseException], ...]:
+    from engines.contract import ModelContractError
+    return (ModelContractError,)
+
+
+def cmd_validate(path: Path) -> int:
+    from pipeline.settings import load_settings, resolved_yaml
+    settings = load_settings(path)
+    print(f"# {path}: valid ({len(settings.streams)} streams). Resolved with defaults:")
+    print(resolved_yaml(settings), end="")
+    return EXIT_OK
+
+
+def cmd_schema(which: str) -> int:
+    if which == "event":
+        from pipeline.events import load_schema
+        print(json.dumps(load_schema(), indent=2))
+    else:
+        from pipeline.settings import Settings
+        print(json.dumps(Settings.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  # type: ignore[no-untyped-def]
+                 on_started: Callable[[object], None] | None = None) -> int:
+    """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush."""
+    from pipeline.api import ApiServer
+    from pipeline.progress import Progress
+    from pipeline.runtime import Pipeline
+
+    pipeline = Pipeline(settings)
+    server = None
+    if settings.server.enabled:
+        server = ApiServer(pipeline, settings.server.host, settings.server.port)
+        server.start()
+        log.info("metrics and control API on %s (/metrics /healthz /readyz /streams)", server.url)
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            print("\nforced exit: events still in flight may be lost", file=sys.stderr)
+            os._exit(EXIT_FORCED)
+        log.info("%s received: draining (Ctrl-C again to force)", signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    progress = None if quiet else Progress(pipeline)
+    pipeline.start()
+    if on_started:
+        on_started(pipeline)
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.is_set():
+            if pipeline.error is not None or pipeline.files_done():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if progress:
+                progress.tick()
+            stop.wait(0.2)
+    finally:
+        clean = pipeline.stop()
+        if progress:
+            progress.close()
+        if server:
+            server.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if pipeline.error is not None:
+        print(f"error: data path failed: {pipeline.error}", file=sys.stderr)
+        return EXIT_FAIL
+    if not clean:
+        print("error: shutdown deadline passed before every event was delivered", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The single-node pipeline: decoders -> deadline batcher -> engine -> trackers -> analytics -> sinks.
+
+Threads (all bounded hand-offs):
+  decoder threads (one per stream, `Supervisor`) --put--> DeadlineBatcher
+  `prep`  : next batch, letterbox into one float32 array              --q(1)-->
+  `infer` : engine call (ONNX Runtime/TensorRT release the GIL, so the next batch's preprocessing
+            overlaps this one)                                          --q(1)-->
+  `post`  : thresholds + inverse letterbox, per-stream tracker and analytics, events to the sinks
+The `post` thread alone owns tracker/analytics state, so none of it needs locks. Streams can be
+added and removed while running; removal releases the decoder and drops the stream's state after
+its open tracks are closed with `track.end`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from engines.backends import Backend, load_backend
+from pipeline.analytics import StreamAnalytics
+from pipeline.batcher import DeadlineBatcher
+from pipeline.config import redact_url
+from pipeline.events import make_event
+from pipeline.frames import Detections, Frame
+from pipeline.metrics import Metrics
+from pipeline.postprocess import Postprocessor
+from pipeline.preprocess import BatchPreprocessor, Letterbox
+from pipeline.settings import Settings, StreamSettings
+from pipeline.sinks import EventBus, SinkRunner, build_sink
+from pipeline.supervisor import Supervisor
+from pipeline.tracking import ByteTracker, Tracks
+
+log = logging.getLogger("vap.runtime")
+
+# Stream states reported by the supervisor, mapped to the stream events they produce.
+_STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff": "stream.down",
+                 "stopped": "stream.down", "finished": "stream.down"}
+
+ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
+
+
+@dataclass
+class _StreamState:
+    """Per-stream state owned by the post thread."""
+
+    cfg: StreamSettings
+    tracker: ByteTracker
+    analytics: StreamAnalytics
+    processed: int = 0
+    last_t: float | None = None
+    last_pts: float | None = None
+    last_capture: float | None = None
+
+
+@dataclass
+class _Batch:
+    frames: list[Frame]
+    images: np.ndarray | None = None
+    transforms: list[Letterbox] = field(default_factory=list)
+    output: np.ndarray | None = None
+
+
+class Pipeline:
+    """One node's data path. `start()`, then `wait()` or `stop()`; streams can change while running."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.backend = backend or load_backend(
+            settings.model.path, settings.model.backend, providers=settings.model.providers,
+            intra_op_threads=settings.model.intra_op_threads, class_names=settings.model.class_names)
+        info = self.backend.info
+        self.names = info.names
+        self.metrics.info.info({"version": "0.1.0", "backend": self.backend.name, "model": str(settings.model.path.name),
+                                "input": f"{info.input_hw[0]}x{info.input_hw[1]}"})
+        b = settings.batch
+        self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch, self.metrics)
+        self.preprocess = BatchPreprocessor(info.input_hw, info.stride, rect=settings.model.rect and info.dynamic_hw)
+        self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
+                                         settings.model.classes)
+        self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
+        self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
+        self.hooks: list[ResultHook] = []
+
+        self._lock = threading.Lock()
+        self._configs: dict[str, StreamSettings] = {}
+        self._states: dict[str, _StreamState] = {}     # post thread only
+        self._emitted: dict[str, int] = {}
+        self._finished: set[str] = set()               # decoder reached EOF (post thread finalises)
+        self._finalised: set[str] = set()
+        self._to_remove: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+        self._down: dict[str, bool] = {}
+        self._latency: dict[str, deque[float]] = {}    # recent capture-to-done latencies, for progress
+        self._q_infer: "queue.Queue[_Batch | None]" = queue.Queue(1)
+        self._q_post: "queue.Queue[_Batch | None]" = queue.Queue(1)
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._stopping = threading.Event()
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        for name, target in (("prep", self._prep_loop), ("infer", self._infer_loop), ("post", self._post_loop)):
+            t = threading.Thread(target=self._guard(target), name=f"vap-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._started = True
+        for s in self.settings.streams:
+            self.add_stream(s)
+
+    @property
+    def ready(self) -> bool:
+        """Engine loaded and data-path threads running (sources may still be connecting)."""
+        return self._started and all(t.is_alive() for t in self._threads) and not self._stopping.is_set()
+
+    def add_stream(self, cfg: StreamSettings) -> None:
+        """Start a stream now. ValueError if the name is taken."""
+        with self._lock:
+            if cfg.name in self._configs:
+                raise ValueError(f"stream {cfg.name!r} already exists")
+            self._configs[cfg.name] = cfg
+            self._emitted[cfg.name] = 0
+            self._finished.discard(cfg.name)
+            self._finalised.discard(cfg.name)
+        default_q = 2 if cfg.is_live else max(2, self.batcher.per_stream_cap)
+        self.batcher.add_stream(cfg.name, cfg.is_live, cfg.queue_size if "queue_size" in cfg.model_fields_set
+                                else default_q)
+        try:
+            self.supervisor.add(cfg)
+        except Exception:
+            self.batcher.remove_stream(cfg.name)
+            with self._lock:
+                self._configs.pop(cfg.name, None)
+            raise
+        log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
+
+    def remove_stream(self, name: str, timeout: float = 5.0) -> None:
+        """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown."""
+        with self._lock:
+            if name not in self._configs:
+                raise KeyError(name)
+            del self._configs[name]
+        self.supervisor.remove(name, timeout)
+        self.batcher.remove_stream(name)
+        self._to_remove.put(name)
+        self.metrics.forget_stream(name)
+        self._latency.pop(name, None)
+
+    def streams(self) -> list[dict[str, Any]]:
+        return self.supervisor.snapshot()
+
+    def stream_config(self, name: str) -> StreamSettings | None:
+        with self._lock:
+            return self._configs.get(name)
+
+    def files_done(self) -> bool:
+        """True when there are streams, none is live, and every one was fully processed."""
+        with self._lock:
+            names = list(self._configs)
+            if not names or any(self._configs[n].is_live for n in names):
+                return False
+            return all(n in self._finalised for n in names)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every file stream is fully processed (or `timeout`). True when done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.files_done():
+            if self.error is not None or self._done.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain in-flight frames and flush sinks within `timeout` (default from config). True if clean."""
+        if self._stopping.is_set():
+            return self._done.wait(timeout or 0)
+        timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self.supervisor.stop_all(timeout=min(5.0, timeout / 2))
+        self.batcher.close()  # next_batch drains what is queued, then returns None
+        clean = True
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            clean &= not t.is_alive()
+        clean &= self.bus.close(max(0.5, deadline - time.monotonic()))
+        self.backend.close()
+        self._done.set()
+        return clean
+
+    # ------------------------------------------------------------------ decoder side
+    def _emit(self, frame: Frame) -> bool:
+        ok = self.batcher.put(frame)
+        if ok:
+            with self._lock:
+                if frame.stream in self._emitted:
+                    self._emitted[frame.stream] += 1
+        return ok
+
+    def _on_state(self, stream: str, state: str, reason: str) -> None:
+        if state == "finished":
+            with self._lock:
+                self._finished.add(stream)
+        etype = _STATE_EVENTS.get(state)
+        if etype is None:
+            return
+        was_down = self._down.get(stream)
+        is_down = etype == "stream.down"
+        if is_down and was_down:
+            return  # one stream.down per outage, not one per reconnect attempt
+        self._down[stream] = is_down
+        event = make_event(etype, stream, time.time(), state=state, reason=reason or None)
+        self.metrics.events.labels(etype).inc()
+        self.bus.publish([event])
+
+    # ------------------------------------------------------------------ data path
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # a data-path crash must be visible, not a silent dead thread
+                log.exception("data path thread %s failed", threading.current_thread().name)
+                self.error = exc
+                self._done.set()
+        return run
+
+    def _prep_loop(self) -> None:
+        while True:
+            frames = self.batcher.next_batch(timeout=0.2)
+            self.metrics.queue_depth.labels("batcher").set(self.batcher.depth())
+            if frames is None:
+                break
+            if not frames:
+                self._q_infer.put(_Batch([]))  # lets the post thread notice finished/removed streams
+                continue
+            t0 = time.perf_counter()
+            images, transforms = self.preprocess([f.image for f in frames])
+            self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
+            self._q_infer.put(_Batch(frames, images, transforms))
+        self._q_infer.put(None)
+
+    def _infer_loop(self) -> None:
+        while (batch := self._q_infer.get()) is not None:
+            if batch.frames:
+                t0 = time.perf_counter()
+                batch.output = self.backend.infer(batch.images)
+                dt = time.perf_counter() - t0
+                self.metrics.inference_seconds.observe(dt)
+                self.metrics.stage_seconds.labels("inference").observe(dt)
+                self.metrics.batch_size.observe(len(batch.frames))
+                batch.images = None
+            self._q_post.put(batch)
+        self._q_post.put(None)
+
+    def _post_loop(self) -> None:
+        while True:
+            batch = self._q_post.get()
+            if batch is None:
+                break
+            self._drain_removals()
+            if batch.frames:
+                self._process(batch)
+            self._finalise_finished()
+        self._drain_removals()
+        # Shutdown: close every open track so consumers see track.end for what they saw start.
+        now = time.time()
+        for name in list(self._states):
+            self._finish_stream(name, now)
+
+    def _process(self, batch: _Batch) -> None:
+        t0 = time.perf_counter()
+        dets_per_frame = self.postprocess(batch.output, batch.transforms)
+        t1 = time.perf_counter()
+        self.metrics.stage_seconds.labels("postprocess").observe(t1 - t0)
+        events: list[dict[str, Any]] = []
+        captures: list[float] = []  # capture time of each event's frame, for the latency histogram
+        counts = np.zeros(len(self.names), dtype=np.int64)
+        for frame, dets in zip(batch.frames, dets_per_frame):
+            state = self._state_for(frame.stream)
+            if state is None:  # stream removed while its frame was in flight
+                self.metrics.frames_dropped.labels(frame.stream, "removed").inc()
+                continue
+            t = self._stream_time(state, frame)
+            tracks = state.tracker.update(dets, t)
+            new = state.analytics.update(tracks, t, frame.capture_ts, frame.shape)
+            state.processed += 1
+            if len(dets):
+                counts += np.bincount(dets.class_ids, minlength=len(self.names))
+            self.metrics.frames_processed.labels(frame.stream).inc()
+            self.metrics.active_tracks.labels(frame.stream).set(state.tracker.active_count())
+            for hook in self.hooks:
+                hook(frame, dets, tracks, new)
+            events.extend(new)
+            captures.extend([frame.capture_ts] * len(new))
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("tracking").observe(t2 - t1)
+        for cls_id in np.nonzero(counts)[0]:
+            self.metrics.detections.labels(self.names[cls_id]).inc(int(counts[cls_id]))
+        self._publish(events)
+        now = time.time()
+        for ts in captures:
+            self.metrics.event_latency.observe(now - ts)
+        for frame in batch.frames:
+            self.metrics.frame_latency.labels(frame.stream).observe(now - frame.capture_ts)
+            self._latency.setdefault(frame.stream, deque(maxlen=256)).append(now - frame.capture_ts)
+
+    def latency_percentiles(self) -> dict[str, tuple[float, float]]:
+        """Per stream (p50, p95) of recent capture-to-done latency in seconds."""
+        out = {}
+        for name, window in list(self._latency.items()):
+            values = np.array(window)
+            if values.size:
+                out[name] = (float(np.percentile(values, 50)), float(np.percentile(values, 95)))
+        return out
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            self.metrics.events.labels(e["type"]).inc()
+        self.bus.publish(events)
+
+    def _state_for(self, name: str) -> _StreamState | None:
+        state = self._states.get(name)
+        if state is None:
+            cfg = self.stream_config(name)
+            if cfg is None:
+                return None
+            state = _StreamState(cfg, ByteTracker(self.settings.stream_tracker(cfg)),
+                                 StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names))
+            self._states[name] = state
+        return state
+
+    @staticmethod
+    def _stream_time(state: _StreamState, frame: Frame) -> float:
+        """Monotonic stream time for the tracker: PTS deltas, capture-time deltas when PTS jumps back or far."""
+        if state.last_t is None:
+            t = 0.0
+        else:
+            dt = None
+            if frame.pts is not None and state.last_pts is not None:
+                d = frame.pts - state.last_pts
+                if 0 < d < 10:
+                    dt = d
+            if dt is None:
+                dt = max(1e-3, frame.capture_ts - (state.last_capture or frame.capture_ts))
+            t = state.last_t + dt
+        state.last_t, state.last_pts, state.last_capture = t, frame.pts, frame.capture_ts
+        return t
+
+    def _finish_stream(self, name: str, capture_ts: float) -> None:
+        state = self._states.pop(name, None)
+        if state is not None:
+            t = state.last_t or 0.0
+            self._publish(state.analytics.finish(t, capture_ts))
+
+    def _drain_removals(self) -> None:
+        while True:
+            try:
+                name = self._to_remove.get_nowait()
+            except queue.Empty:
+                return
+            self._finish_stream(name, time.time())
+
+    def _finalise_finished(self) -> None:
+        with self._lock:
+            pending = [n for n in self._finished if n not in self._finalised and n in self._configs]
+            emitted = {n: self._emitted.get(n, 0) for n in pending}
+        for name in pending:
+            state = self._states.get(name)
+            processed = state.processed if state else 0
+            if processed >= emitted[name]:
+                self._finish_stream(name, time.time())
+                with self._lock:
+                    self._finalised.add(name)

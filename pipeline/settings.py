@@ -1,0 +1,187 @@
+"""The whole deployment YAML, composed from the stage configs, and its loader.
+
+Separate from `pipeline.config` (which holds the base model and stream settings) so stage modules
+can import `Strict` without import cycles. `load_settings` turns every YAML or validation problem
+into a `ConfigError` naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from pipeline.analytics import AnalyticsConfig
+from pipeline.config import ConfigError, StreamConfig, Strict, interpolate_env, redact_url, source_kind
+from pipeline.sinks import JsonlSinkConfig, SinkConfig
+from pipeline.tracking import TrackerConfig
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
+
+
+class StreamSettings(StreamConfig):
+    """A stream plus its optional per-stream overrides of the global tracker/analytics settings."""
+
+    tracker: TrackerConfig | None = Field(None, description="Overrides the global tracker settings")
+    analytics: AnalyticsConfig | None = Field(None, description="Zones, lines and timing for this stream")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        source_kind(v)  # raises with the list of supported forms
+        return v
+
+
+class ModelConfig(Strict):
+    path: Path = Field(SHIPPED_MODEL, description="Engine file: .onnx (ONNX Runtime); default: the shipped demo model")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
+                                 description="ONNX Runtime execution providers, in order of preference")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = one per core)")
+    class_names: list[str] | None = Field(None, description="Only for models without names in their metadata")
+    conf: float = Field(0.25, ge=0, le=1, description="Score threshold for every class")
+    class_conf: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds")
+    classes: list[str] | None = Field(None, description="Keep only these classes (None keeps all)")
+    rect: bool = Field(True, description="Minimal padding when the engine accepts dynamic height/width")
+
+
+class BatchConfig(Strict):
+    max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
+    max_delay_ms: float = Field(10.0, ge=0, description="A batch closes when its oldest frame has waited this long")
+    per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
+                                       "(default: max_batch)")
+
+
+class ServerConfig(Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="Bind address of /metrics, /healthz, /readyz and /streams")
+    port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+
+
+class Settings(Strict):
+    """One deployment: streams, model, batching, tracking, analytics, sinks, server."""
+
+    streams: list[StreamSettings] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+    sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()])
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Settings":
+        seen: set[str] = set()
+        for s in self.streams:
+            if s.name in seen:
+                raise ValueError(f"stream name {s.name!r} is used twice; names must be unique")
+            seen.add(s.name)
+        sinks = [s.name for s in self.sinks]
+        if len(set(sinks)) != len(sinks):
+            raise ValueError(f"sink names must be unique, got {sinks}")
+        return self
+
+    def stream_tracker(self, stream: StreamSettings) -> TrackerConfig:
+        return stream.tracker or self.tracker
+
+    def stream_analytics(self, stream: StreamSettings) -> AnalyticsConfig:
+        return stream.analytics or self.analytics
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "function_")):
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Field names of the model that sits at `loc` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        current = _model_in(ann)
+        if current is None:
+            return None
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors():
+        loc = err["loc"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Settings, loc[:-1])
+            hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"  - {_loc(loc)}: unknown key {loc[-1]!r}{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {redact_url(str(value))!r})"
+            lines.append(f"  - {_loc(loc)}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: Any, source: str = "config") -> Settings:
+    """Validate an already-parsed YAML tree (after `${ENV}` interpolation)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (streams, model, ...), "
+                          f"got {type(data).__name__}")
+    data = interpolate_env(data)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read, interpolate and validate a deployment YAML; every problem is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass the path of a deployment YAML (see configs/)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_settings(data, str(path))
+
+
+def resolved_yaml(settings: Settings) -> str:
+    """The config with every default filled in and credentials redacted (for `vap validate`)."""
+    data = settings.model_dump(mode="json")
+    for s in data.get("streams", []):
+        s["url"] = redact_url(s["url"])
+    for s, model in zip(data.get("streams", []), settings.streams):
+        s["live"] = model.is_live
+        s["kind"] = model.kind
+    return yaml.safe_dump(data, sort_keys=False)

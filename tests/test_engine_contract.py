@@ -1,0 +1,85 @@
+"""The engine contract at load and at run time, on tiny ONNX models built in the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.backends import load_backend
+from engines.contract import ModelContractError, parse_names, resolve_info
+from tests.onnx_models import bad_output_model, constant_detector
+
+ROWS = np.array([[10, 10, 30, 40, 0.9, 1], [5, 5, 9, 9, 0.1, 0]], dtype=np.float32)
+
+
+def test_contract_model_runs_at_any_batch(tmp_path):
+    be = load_backend(constant_detector(tmp_path / "m.onnx", ROWS, ["a", "b"]))
+    assert be.info.names == ["a", "b"] and be.info.input_hw == (64, 64) and be.info.max_det == 2
+    for b in (1, 3, 8):
+        out = be.infer(np.random.rand(b, 3, 64, 64).astype(np.float32))
+        assert out.shape == (b, 2, 6)
+        np.testing.assert_allclose(out[-1], ROWS)
+
+
+def test_raw_yolo_head_is_refused_with_a_hint(tmp_path):
+    with pytest.raises(ModelContractError) as err:
+        load_backend(bad_output_model(tmp_path / "raw.onnx"))
+    msg = str(err.value)
+    assert "[B, K, 6]" in msg and "NMS" in msg and "end2end" in msg
+
+
+def test_missing_names_needs_config_names(tmp_path):
+    path = constant_detector(tmp_path / "m.onnx", ROWS, ["a", "b"], with_metadata=False)
+    with pytest.raises(ModelContractError, match="class_names"):
+        load_backend(path)
+    assert load_backend(path, class_names=["x", "y"]).info.names == ["x", "y"]
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(ModelContractError, match="does not exist"):
+        load_backend(tmp_path / "nope.onnx")
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    with pytest.raises(ModelContractError, match="unknown model format"):
+        load_backend(tmp_path / "m.tflite")
+
+
+def test_corrupt_onnx_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "broken.onnx"
+    p.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(ModelContractError, match="cannot load"):
+        load_backend(p)
+
+
+def test_ultralytics_style_metadata_is_understood():
+    meta = {"names": "{0: 'person', 1: 'bicycle', 2: 'car'}", "imgsz": "[640, 640]", "stride": "32",
+            "end2end": "True", "batch": "1"}
+    info = resolve_info(meta, [1, 3, 640, 640], [1, 300, 6], "yolo26n.onnx")
+    assert info.names == ["person", "bicycle", "car"]
+    assert info.max_batch == 1 and not info.dynamic_batch and info.max_det == 300
+    with pytest.raises(ModelContractError, match="end2end=False"):
+        resolve_info({**meta, "end2end": "False"}, [1, 3, 640, 640], [1, 300, 6], "m")
+
+
+def test_dynamic_hw_needs_imgsz():
+    info = resolve_info({"names": '["a"]', "imgsz": "[384, 640]"}, ["B", 3, "H", "W"], ["B", 300, 6], "m")
+    assert info.dynamic_hw and info.input_hw == (384, 640)
+    with pytest.raises(ModelContractError, match="imgsz"):
+        resolve_info({"names": '["a"]'}, ["B", 3, "H", "W"], ["B", 300, 6], "m")
+
+
+def test_parse_names_rejects_gaps():
+    assert parse_names('{"1": "b", "0": "a"}') == ["a", "b"]
+    with pytest.raises(ModelContractError, match="without gaps"):
+        parse_names("{0: 'a', 2: 'c'}")
+
+
+def test_fixed_batch_graph_is_split_and_padded(tmp_path):
+    """A graph exported with batch 1 still serves batches of 3 (the backend splits them)."""
+    import onnx
+    path = constant_detector(tmp_path / "m.onnx", ROWS, ["a", "b"])
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(model, str(path))
+    be = load_backend(path)
+    assert be.info.max_batch == 2
+    assert be.infer(np.zeros((3, 3, 64, 64), np.float32)).shape == (3, 2, 6)

@@ -1,0 +1,70 @@
+"""Event envelope, ids, schema, and the JSONL sink (rotation, filters, flush at close)."""
+
+import json
+import time
+
+import jsonschema
+import pytest
+
+from pipeline.events import iso_utc, load_schema, make_event, new_event_id
+from pipeline.metrics import Metrics
+from pipeline.sinks import EventBus, EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner
+
+
+def test_ids_are_uuid7_unique_and_sorted():
+    ids = [new_event_id() for _ in range(20000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(i[14] == "7" for i in ids[:10])
+
+
+def test_events_validate_and_unknown_types_are_refused():
+    schema = load_schema()
+    e = make_event("line.cross", "cam1", time.time(), track_id="cam1:3", **{"class": "car"}, class_id=1,
+                   score=0.8, box=[1.0, 2.0, 3.0, 4.0], line="gate", direction="in")
+    jsonschema.validate(e, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**e, "track_id": "cam1:0"}, schema)   # track ids start at 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in e.items() if k != "direction"}, schema)
+    with pytest.raises(ValueError, match="unknown event type"):
+        make_event("track.begin", "cam1", time.time())
+    assert iso_utc(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+def test_jsonl_rotation_keeps_every_event(tmp_path):
+    cfg = JsonlSinkConfig(path=tmp_path / "ev" / "events.jsonl", rotate_mb=0.002, fsync="always")
+    sink = JsonlSink(cfg)
+    events = [make_event("stream.up", f"s{i}", time.time(), state="streaming") for i in range(100)]
+    for i in range(0, 100, 10):
+        sink.write(events[i:i + 10])
+    sink.close()
+    files = sorted((tmp_path / "ev").glob("*.jsonl"))
+    assert len(files) > 2
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sorted(e["id"] for e in lines) == sorted(e["id"] for e in events)
+
+
+def test_runner_filters_retries_and_flushes_on_close(tmp_path):
+    class Flaky:
+        name = "flaky"
+        def __init__(self):
+            self.calls, self.got = 0, []
+        def write(self, events):
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("broker down")
+            self.got.extend(events)
+        def close(self):
+            pass
+
+    m = Metrics()
+    flaky = Flaky()
+    runner = SinkRunner(flaky, EventFilter(types=["stream.up"]), m, retry_s=0.05)
+    bus = EventBus([runner])
+    bus.publish([make_event("stream.up", "a", time.time(), state="streaming"),
+                 make_event("stream.down", "a", time.time(), state="backoff")])
+    assert bus.close(5.0)
+    assert [e["type"] for e in flaky.got] == ["stream.up"]
+    assert m.registry.get_sample_value("vap_sink_errors_total", {"sink": "flaky"}) == 1
+    assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "flaky"}) == 1
