@@ -1,0 +1,75 @@
+"""Config loading: unknown keys and bad values name their path; env interpolation; redaction; CLI exit codes."""
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, redact_url
+from pipeline.settings import load_settings, parse_settings
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "vap.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_key_path_and_allowed_keys(tmp_path):
+    p = _write(tmp_path, "streams:\n  - name: cam1\n    url: rtsp://h/x\n    transprt: udp\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(p)
+    msg = str(err.value)
+    assert "streams[0]" in msg and "'transprt'" in msg and "transport" in msg  # suggests the allowed keys
+
+
+def test_bad_values_name_their_path(tmp_path):
+    p = _write(tmp_path, "batch:\n  max_batch: 0\nstreams:\n  - {name: 'bad name', url: 'x.mp4'}\n")
+    msg = str(pytest.raises(ConfigError, load_settings, p).value)
+    assert "batch.max_batch" in msg and "streams[0].name" in msg
+
+
+def test_malformed_yaml_reports_line(tmp_path):
+    p = _write(tmp_path, "streams:\n  - name: a\n    url: [unclosed\n")
+    msg = str(pytest.raises(ConfigError, load_settings, p).value)
+    assert "not valid YAML" in msg and "line" in msg
+
+
+def test_unsupported_source_and_duplicate_names():
+    with pytest.raises(ConfigError, match="unsupported source"):
+        parse_settings({"streams": [{"name": "a", "url": "ftp://h/x"}]})
+    with pytest.raises(ConfigError, match="used twice"):
+        parse_settings({"streams": [{"name": "a", "url": "a.mp4"}, {"name": "a", "url": "b.mp4"}]})
+
+
+def test_env_interpolation_and_missing_variable(monkeypatch):
+    monkeypatch.setenv("CAM_PASS", "s3cret")
+    s = parse_settings({"streams": [{"name": "a", "url": "rtsp://admin:${CAM_PASS}@10.0.0.5/live"}]})
+    assert s.streams[0].url == "rtsp://admin:s3cret@10.0.0.5/live"
+    assert s.streams[0].is_live and s.streams[0].kind == "rtsp"
+    with pytest.raises(ConfigError, match=r"streams\[0\].url.*\$\{NOPE\}"):
+        parse_settings({"streams": [{"name": "a", "url": "rtsp://u:${NOPE}@h/x"}]})
+    assert parse_settings({"streams": [{"name": "a", "url": "rtsp://u:${NOPE:-d}@h/x"}]}).streams[0].url.endswith("d@h/x")
+
+
+def test_redaction():
+    assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
+    assert redact_url("rtsp://10.0.0.5/live") == "rtsp://10.0.0.5/live"
+
+
+def test_cli_validate_prints_resolved_config_without_secrets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CAM_PASS", "s3cret")
+    p = _write(tmp_path, "streams:\n  - name: cam1\n    url: rtsp://admin:${CAM_PASS}@10.0.0.5/live\n"
+                         "  - name: f\n    url: clip.mp4\n")
+    assert main(["validate", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "***@10.0.0.5" in out
+    assert "max_delay_ms" in out and "live: false" in out  # derived defaults are shown
+
+
+def test_cli_exit_codes_for_config_and_model_errors(tmp_path, capsys):
+    p = _write(tmp_path, "streams: 5\n")
+    assert main(["validate", str(p)]) == 2
+    assert "streams" in capsys.readouterr().err
+    p = _write(tmp_path, f"model: {{path: {tmp_path / 'missing.onnx'}}}\nserver: {{port: 0}}\n")
+    assert main(["run", str(p), "--quiet"]) == 3
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
