@@ -226,6 +226,11 @@ class AVSource(Source):
             container = av.open(self._target, mode="r", format=self._format, options=self._options,
                                 timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified SourceError
+            waited = time.monotonic() - (self.blocked_since or time.monotonic())
+            if waited >= 0.95 * self.cfg.open_timeout_s and self.kind != "file":
+                # FFmpeg reports an interrupted RTSP/HTTP handshake as "invalid data"; the clock
+                # says what really happened.
+                exc = TimeoutError()
             e = classify_error(exc, self.cfg.url, "open", self.cfg.open_timeout_s)
             if self.kind in ("rtsp", "http"):
                 e = _refine_network_error(e, self.cfg.url)
@@ -273,6 +278,7 @@ class AVSource(Source):
         name = self.cfg.name
         self._decoded = count_start
         self._last_pts: float | None = None
+        self._pts_restarted = False
         consecutive = 0
         realtime = self.cfg.realtime and self.kind == "file"
         start_wall: float | None = None
@@ -316,6 +322,8 @@ class AVSource(Source):
                         image = vf.to_ndarray(format="rgb24")
                         frame = Frame(name, self._decoded, pts, time.time(), image)
                         self._decoded += 1
+                        if pts is not None and self._last_pts is not None and pts < self._last_pts:
+                            self._pts_restarted = True  # concatenated segments: durations are meaningless
                         self._last_pts = pts
                         yield frame
                         if self._interrupt.is_set():
@@ -345,7 +353,7 @@ class AVSource(Source):
         can never look like damage.
         """
         container, stream = self._container, self._stream
-        if container is None or self.kind != "file" or self._last_pts is None:
+        if container is None or self.kind != "file" or self._last_pts is None or self._pts_restarted:
             return
         declared: float | None = None
         if stream.duration is not None and stream.time_base is not None:

@@ -112,7 +112,8 @@ class StreamWorker:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError(f"stream {self.name} already started")
-            self._metrics.set_state(self.name, self.state)
+            self.state = "created"  # so the first 'starting' is a real, announced change
+            self._set_state("starting", "opening", force=True)
             self._spawn()
 
     def _spawn(self) -> None:
