@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.config import ConfigError
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the shipped model on synthetic cameras and a file; ends by itself")
     p.add_argument("--out", type=Path, default=Path("vap-demo"), help="folder for events, video and summary")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of live synthetic streams")
-    p.add_argument("--cameras", type=int, default=3, help="number of synthetic cameras")
+    p.add_argument("--cameras", type=int, default=2, help="number of synthetic cameras")
+    p.add_argument("--model", type=Path, default=None, help="engine to run (default: the shipped model)")
     p.add_argument("--port", type=int, default=9108, help="metrics/API port (0 = any free port)")
     p.add_argument("--quiet", action="store_true")
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_pipeline(load_settings(args.config), quiet=args.quiet, duration=args.duration)
         if args.cmd == "demo":
             from pipeline.demo import run_demo
-            return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet)
+            return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
+                            model=args.model)
         if args.cmd == "bench":
             from pipeline.bench import run_bench
             return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
@@ -149,13 +151,19 @@ def cmd_schema(which: str) -> int:
 
 
 def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  # type: ignore[no-untyped-def]
-                 on_started: Callable[[object], None] | None = None) -> int:
-    """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush."""
+                 prepare: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None) -> int:
+    """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush.
+
+    `prepare` gets the pipeline before its first frame (to install result hooks); `on_done` gets
+    the stopped pipeline (for summaries).
+    """
     from pipeline.api import ApiServer
     from pipeline.progress import Progress
     from pipeline.runtime import Pipeline
 
     pipeline = Pipeline(settings)
+    if prepare:
+        prepare(pipeline)
     server = None
     if settings.server.enabled:
         server = ApiServer(pipeline, settings.server.host, settings.server.port)
@@ -176,8 +184,6 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
         if threading.current_thread() is threading.main_thread() else {}
     progress = None if quiet else Progress(pipeline)
     pipeline.start()
-    if on_started:
-        on_started(pipeline)
     deadline = None if duration is None else time.monotonic() + duration
     try:
         while not stop.is_set():
@@ -196,6 +202,8 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
             server.close()
         for s, h in old.items():
             signal.signal(s, h)
+        if on_done:
+            on_done(pipeline)
     if pipeline.error is not None:
         print(f"error: data path failed: {pipeline.error}", file=sys.stderr)
         return EXIT_FAIL
