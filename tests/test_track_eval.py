@@ -1,0 +1,139 @@
+"""MOT file I/O, metrics against published reference values, and the offline track/eval CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
+from pipeline.track_eval import cli_eval, evaluate_mot
+
+DATA = Path(__file__).parent / "data" / "mot"
+
+
+@pytest.mark.parametrize("seq, mota, idf1, hota, fp, fn, idsw", [
+    ("TUD-Campus", 52.65, 55.77, 39.1, 13, 150, 7),
+    ("TUD-Stadtmitte", 56.40, 64.46, 39.8, 45, 452, 7),
+])
+def test_reference_sequences(seq: str, mota: float, idf1: float, hota: float, fp: int, fn: int, idsw: int) -> None:
+    m = evaluate_mot(DATA / seq / "gt.txt", DATA / seq / "test.txt", iou=0.5)
+    assert 100 * m["mota"] == pytest.approx(mota, abs=0.01)
+    assert 100 * m["idf1"] == pytest.approx(idf1, abs=0.01)
+    assert 100 * m["hota"] == pytest.approx(hota, abs=0.1)
+    assert (m["fp"], m["fn"], m["id_switches"]) == (fp, fn, idsw)
+    assert m["hota"] == pytest.approx(np.sqrt(m["deta"] * m["assa"]), abs=0.01)
+
+
+def seq(rows: list[tuple[int, int, float, float, float, float]], score: float = 1.0) -> MotSequence:
+    a = np.array(rows, np.float64).reshape(-1, 6)
+    return MotSequence(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2:6], np.full(len(a), score),
+                       np.full(len(a), -1, np.int64))
+
+
+def write_pair(tmp: Path, gt_rows: list, pr_rows: list) -> tuple[Path, Path]:
+    write_mot(tmp / "gt.txt", seq(gt_rows))
+    write_mot(tmp / "pr.txt", seq(pr_rows, 0.9))
+    return tmp / "gt.txt", tmp / "pr.txt"
+
+
+def test_perfect_tracking_scores_one(tmp_path: Path) -> None:
+    rows = [(f, i, 10 + 5 * f + 100 * i, 50, 40, 80) for f in range(1, 21) for i in (1, 2, 3)]
+    m = evaluate_mot(*write_pair(tmp_path, rows, rows))
+    assert m["mota"] == m["idf1"] == pytest.approx(1.0)
+    assert m["hota"] == pytest.approx(1.0) and m["id_switches"] == 0 and m["mostly_tracked"] == 3
+
+
+def test_one_identity_switch(tmp_path: Path) -> None:
+    gt = [(f, 1, 10 + 5 * f, 50, 40, 80) for f in range(1, 11)]
+    pr = [(f, 7 if f <= 5 else 8, 10 + 5 * f, 50, 40, 80) for f in range(1, 11)]
+    m = evaluate_mot(*write_pair(tmp_path, gt, pr))
+    assert m["id_switches"] == 1
+    assert m["mota"] == pytest.approx(0.9)
+    assert m["idf1"] == pytest.approx(0.5)  # best single pairing covers 5 of 10 frames
+    assert m["deta"] == pytest.approx(1.0) and m["assa"] == pytest.approx(0.5)
+    assert m["hota"] == pytest.approx(np.sqrt(0.5))
+
+
+def test_false_positives_misses_and_iou_threshold(tmp_path: Path) -> None:
+    gt = [(f, 1, 100, 100, 50, 50) for f in range(1, 11)]
+    pr = [(f, 3, 110, 100, 50, 50) for f in range(1, 9)]  # IoU 40/60 = 0.667, last 2 frames missed
+    pr += [(f, 4, 500, 500, 20, 20) for f in range(1, 5)]  # 4 false positives
+    gp = write_pair(tmp_path, gt, pr)
+    m = evaluate_mot(*gp)
+    assert (m["tp"], m["fn"], m["fp"]) == (8, 2, 4)
+    assert m["mota"] == pytest.approx(1 - 6 / 10)
+    strict = evaluate_mot(*gp, iou=0.7)  # 0.667 no longer matches
+    assert (strict["tp"], strict["fn"], strict["fp"]) == (0, 10, 12)
+    with pytest.raises(ValueError, match="iou threshold"):
+        evaluate_mot(*gp, iou=0.0)
+
+
+def test_ignored_ground_truth_rows(tmp_path: Path) -> None:
+    (tmp_path / "gt.txt").write_text("1,1,0,0,10,10,1,1,1\n1,2,50,50,10,10,0,7,1\n")
+    (tmp_path / "pr.txt").write_text("1,5,0,0,10,10,0.9,-1,-1,-1\n")
+    m = evaluate_mot(tmp_path / "gt.txt", tmp_path / "pr.txt")
+    assert m["num_gt"] == 1 and m["mota"] == pytest.approx(1.0)
+
+
+def test_read_write_roundtrip_and_class_column(tmp_path: Path) -> None:
+    s = seq([(2, 1, 1.5, 2.25, 10, 20), (1, 2, 3, 4, 5, 6)], 0.5)
+    s.classes = np.array([3, 0])
+    write_mot(tmp_path / "a.txt", s)
+    back = read_mot(tmp_path / "a.txt")
+    assert back.frames.tolist() == [1, 2]  # sorted by frame
+    assert back.classes.tolist() == [0, 3] and back.ids.tolist() == [2, 1]
+    np.testing.assert_allclose(back.boxes[1], [1.5, 2.25, 10, 20])
+    np.testing.assert_allclose(back.boxes_xyxy[0], [3, 4, 8, 10])
+    # MOT15 layout (10 columns): column 8 is a world coordinate, not a class
+    assert read_mot(DATA / "TUD-Campus" / "gt.txt").classes.max() == -1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,2,3\n", "expected at least 6"),
+    ("1,2,a,4,5,6\n", "non-numeric"),
+    ("0,1,1,1,5,5,1\n", "MOT frames start at 1"),
+])
+def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.txt").write_text(text)
+    with pytest.raises(MotFormatError, match=message):
+        read_mot(tmp_path / "bad.txt")
+    with pytest.raises(MotFormatError, match="no such file"):
+        read_mot(tmp_path / "missing.txt")
+
+
+def test_cli_track_then_eval_on_synthetic_sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Noisy detections with a dropped object every few frames -> track -> evaluate."""
+    rng = np.random.default_rng(0)
+    gt_rows, det_rows = [], []
+    for f in range(1, 121):
+        for i in range(5):
+            x, y = 50 + 150 * i + 2.0 * f, 100 + 60 * i + 1.0 * f
+            gt_rows.append((f, i + 1, x, y, 40, 90))
+            if rng.random() < 0.9:  # 10 % missed detections
+                n = rng.normal(0, 1.0, 4)
+                det_rows.append((f, -1, x + n[0], y + n[1], 40 + n[2], 90 + n[3]))
+    write_mot(tmp_path / "gt.txt", seq(gt_rows))
+    dets = seq(det_rows, 0.8)
+    dets.scores = rng.uniform(0.6, 0.95, len(dets))
+    write_mot(tmp_path / "det.txt", dets)
+    assert cli_track([str(tmp_path / "det.txt"), "--out", str(tmp_path / "out" / "tracks.txt"), "--fps", "25"]) == 0
+    assert "5 tracks" in capsys.readouterr().out
+    assert cli_eval([str(tmp_path / "gt.txt"), str(tmp_path / "out" / "tracks.txt"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["id_switches"] == 0 and m["idf1"] > 0.85 and m["mota"] > 0.8
+    assert cli_eval([str(tmp_path / "gt.txt"), str(tmp_path / "out" / "tracks.txt")]) == 0
+    assert "MOTA" in capsys.readouterr().out
+
+
+def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_eval([str(tmp_path / "nope.txt"), str(tmp_path / "nope2.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    (tmp_path / "d.txt").write_text("1,-1,0,0,10,10,0.9\n")
+    (tmp_path / "t.yaml").write_text("lost_ttl_frames: 30\n")
+    assert cli_track([str(tmp_path / "d.txt"), "--out", str(tmp_path / "o.txt"), "--config",
+                      str(tmp_path / "t.yaml")]) == 2
+    assert "lost_ttl_frames" in capsys.readouterr().err
