@@ -29,7 +29,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.geometry import iou_matrix
-from pipeline.mot import MotFormatError, MotSequence, read_mot
+from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot
+
+__all__ = ["evaluate_mot", "format_metrics", "cli_eval", "cli_track", "HOTA_ALPHAS"]
 
 HOTA_ALPHAS = np.arange(0.05, 0.96, 0.05)
 _EPS = np.finfo(np.float64).eps
@@ -233,10 +235,14 @@ def format_metrics(name: str, m: dict) -> str:
 
 
 def cli_eval(argv: list[str]) -> int:
-    """`vap eval track GT PRED [--iou 0.5] [--json]`. `argv` is what follows `vap eval track`.
+    """`vap eval track GT PRED [--iou 0.5] [--json]`.
 
-    Returns the exit code (0 ok, 2 user error such as a missing or malformed file).
+    `argv` is what follows `vap eval`, i.e. it starts with `track` (the only kind of evaluation
+    here); what follows `vap eval track` is accepted too. Returns the exit code (0 ok, 2 user
+    error such as a missing or malformed file).
     """
+    if argv[:1] == ["track"]:
+        argv = argv[1:]
     ap = argparse.ArgumentParser(prog="vap eval track",
                                  description="Score tracks against ground truth (MOTChallenge files).")
     ap.add_argument("gt", help="ground truth gt.txt")

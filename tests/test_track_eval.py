@@ -124,8 +124,21 @@ def test_cli_track_then_eval_on_synthetic_sequence(tmp_path: Path, capsys: pytes
     assert cli_eval([str(tmp_path / "gt.txt"), str(tmp_path / "out" / "tracks.txt"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["id_switches"] == 0 and m["idf1"] > 0.85 and m["mota"] > 0.8
-    assert cli_eval([str(tmp_path / "gt.txt"), str(tmp_path / "out" / "tracks.txt")]) == 0
+    assert cli_eval(["track", str(tmp_path / "gt.txt"), str(tmp_path / "out" / "tracks.txt")]) == 0
     assert "MOTA" in capsys.readouterr().out
+
+
+def test_vap_cli_routes_track_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the real `vap` entry point: `vap track ...` and `vap eval track GT PRED`."""
+    from pipeline.cli import main
+
+    rows = [(f, i, 10 + 5 * f + 100 * i, 50, 40, 80) for f in range(1, 31) for i in (1, 2)]
+    write_mot(tmp_path / "gt.txt", seq(rows))
+    write_mot(tmp_path / "det.txt", seq([(f, -1, x, y, w, h) for f, _, x, y, w, h in rows], 0.9))
+    assert main(["track", str(tmp_path / "det.txt"), "--out", str(tmp_path / "tr.txt")]) == 0
+    assert main(["eval", "track", str(tmp_path / "gt.txt"), str(tmp_path / "tr.txt"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert m["id_switches"] == 0 and m["mota"] > 0.95
 
 
 def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
