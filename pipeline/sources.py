@@ -410,7 +410,10 @@ class SyntheticSource(Source):
             raise SourceError("unsupported", f"{self.cfg.url}: synthetic scenes need engines.synth "
                                              f"({exc})") from None
         p = self.params
-        self._scene = SceneVideo(p["seed"], p["width"], p["height"], p["fps"], p["objects"], p["haze"])
+        try:
+            self._scene = SceneVideo(p["seed"], p["width"], p["height"], p["fps"], p["objects"], p["haze"])
+        except ValueError as exc:
+            raise SourceError("unsupported", f"{self.cfg.url}: {exc}") from None
 
     def close(self) -> None:
         self._scene = None

@@ -83,6 +83,7 @@ class StreamWorker:
         self._generation = 0
         self._source: Source | None = None
         self.state = "starting"
+        self._last_backoff_reason: str | None = None
         self._state_since = time.monotonic()
         # counters and observations (read by snapshot() and the watchdog)
         self.frames = 0           # frames handed to emit (also the next Frame.index)
@@ -170,7 +171,18 @@ class StreamWorker:
             old, self.state = self.state, state
             self._state_since = time.monotonic()
         self._metrics.set_state(self.name, state)
+        # One line per change; a retry loop failing the same way again is logged at DEBUG so a
+        # camera that is down for a day does not flood the log (the first failure and the
+        # recovery are always visible).
         level = logging.WARNING if state in ("backoff", "stalled") else logging.INFO
+        if state == "starting" and old == "backoff":
+            level = logging.DEBUG
+        elif state == "backoff":
+            if reason == self._last_backoff_reason:
+                level = logging.DEBUG
+            self._last_backoff_reason = reason
+        elif state == "streaming":
+            self._last_backoff_reason = None
         log.log(level, "stream %s: %s -> %s (%s)", self.name, old, state, reason)
         if self._on_state is not None:
             try:
