@@ -50,7 +50,9 @@ class StreamConfig(Strict):
     stall_min_s: float = Field(1.0, gt=0, description="Never call a stream stalled sooner than this")
     loop: bool = Field(False, description="Files only: start again at the end instead of finishing")
     realtime: bool = Field(False, description="Files and synthetic only: pace frames at their own fps")
-    queue_size: int = Field(2, ge=1, le=256, description="Frames buffered between decoder and batcher")
+    queue_size: int | None = Field(
+        None, ge=1, le=256, description="Frames buffered between decoder and batcher (default: 2 for live "
+        "streams, keeping latency low; the per-stream batch cap for files, keeping batches full)")
 
     @field_validator("name")
     @classmethod

@@ -130,9 +130,7 @@ class Pipeline:
             self._emitted[cfg.name] = 0
             self._finished.discard(cfg.name)
             self._finalised.discard(cfg.name)
-        default_q = 2 if cfg.is_live else max(2, self.batcher.per_stream_cap)
-        self.batcher.add_stream(cfg.name, cfg.is_live, cfg.queue_size if "queue_size" in cfg.model_fields_set
-                                else default_q)
+        self.batcher.add_stream(cfg.name, cfg.is_live, self.settings.queue_size_for(cfg))
         try:
             self.supervisor.add(cfg)
         except Exception:

@@ -84,6 +84,11 @@ class Settings(Strict):
             raise ValueError(f"sink names must be unique, got {sinks}")
         return self
 
+    def queue_size_for(self, stream: StreamConfig) -> int:
+        if stream.queue_size is not None:
+            return stream.queue_size
+        return 2 if stream.is_live else max(2, self.batch.per_stream_cap or self.batch.max_batch)
+
     def stream_tracker(self, stream: StreamSettings) -> TrackerConfig:
         return stream.tracker or self.tracker
 
@@ -184,4 +189,6 @@ def resolved_yaml(settings: Settings) -> str:
     for s, model in zip(data.get("streams", []), settings.streams):
         s["live"] = model.is_live
         s["kind"] = model.kind
+        s["queue_size"] = settings.queue_size_for(model)
+    data["batch"]["per_stream_cap"] = settings.batch.per_stream_cap or settings.batch.max_batch
     return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs (Debian and pip packages) and runs it.
+# Safe to re-run: installs are skipped when already present. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# GStreamer's RTSP server (a real RTSP peer for the source tests) runs on the system Python's gi.
+if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
+   || ! gst-inspect-1.0 x264enc >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends \
+    gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-tools \
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly >/dev/null
+fi
+
+# torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e ".[train,dev]"
+
+exec "$PY" -m pytest -q -p no:cacheprovider "$@"
