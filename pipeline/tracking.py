@@ -183,7 +183,7 @@ class _Kalman:
         k = dt * self.ref_fps  # process noise accumulates per (reference) frame elapsed
         std = self._std(mean, self.sp, self.sv, 1e-2, 1e-5 * self.ref_fps)
         mean = mean @ f.T
-        cov = np.einsum("ij,njk,lk->nil", f, cov, f, optimize=True)
+        cov = f @ cov @ f.T  # batched over tracks by matmul broadcasting
         idx = np.arange(8)
         cov[:, idx, idx] += (std ** 2) * k
         return mean, cov
@@ -203,8 +203,8 @@ class _Kalman:
         # K = P H^T S^-1  ->  solve S K^T = (P H^T)^T (S symmetric)
         gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)
         innov = meas - mean[:, :4]
-        mean = mean + np.einsum("nij,nj->ni", gain, innov)
-        cov = cov - np.einsum("nij,nkj->nik", gain, pht)
+        mean = mean + (gain @ innov[:, :, None])[:, :, 0]
+        cov = cov - gain @ pht.transpose(0, 2, 1)
         return mean, cov
 
 

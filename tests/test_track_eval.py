@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
-from pipeline.track_eval import cli_eval, evaluate_mot
+from pipeline.track_eval import bench_tracker, cli_eval, evaluate_mot
 
 DATA = Path(__file__).parent / "data" / "mot"
 
@@ -150,3 +150,12 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli_track([str(tmp_path / "d.txt"), "--out", str(tmp_path / "o.txt"), "--config",
                       str(tmp_path / "t.yaml")]) == 2
     assert "lost_ttl_frames" in capsys.readouterr().err
+
+
+def test_bench_tracker_smoke() -> None:
+    res = bench_tracker(counts=(5, 20), frames=80)
+    assert [r["objects"] for r in res] == [5, 20]
+    for r in res:
+        assert 0 < r["median_ms"] <= r["p99_ms"] and r["frames"] == 80
+        assert r["track_ids"] >= r["objects"] * 0.8  # it tracked the crowd, not nothing
+        assert r["id_switches"] <= r["objects"]  # ...and mostly kept identities
