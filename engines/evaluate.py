@@ -1,0 +1,259 @@
+"""COCO-style detection metrics in NumPy (mAP50, mAP50-95, per-class AP, P/R at a threshold).
+
+Why our own and not pycocotools at run time: training evaluates every epoch on arrays already in
+memory, and pycocotools wants JSON-like dicts and prints to stdout. This module follows COCOeval's
+bbox semantics exactly (checked against pycocotools in tests/test_evaluate_*.py):
+
+- IoU thresholds 0.50:0.05:0.95; boxes are continuous coordinates (area = w * h, no +1);
+- per image and class, detections sorted by score (stable) and cut to `max_dets` (COCO applies
+  maxDets per image *and category*), then matched greedily: each detection takes the unmatched
+  ground truth with the highest IoU >= threshold (ties go to the later ground truth, as in COCOeval);
+- per class, detections of all images are ranked by score (stable, images in order), precision is
+  made monotone and sampled at 101 recall points; classes without ground truth are left out of
+  the mean; area range "all", no crowd boxes.
+
+Also :func:`nms` / :func:`batched_nms`, used ONLY to evaluate the one-to-many reference head. The
+runtime is NMS-free and never calls them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["EvalResult", "evaluate_detections", "box_iou", "nms", "batched_nms", "IOU_THRESHOLDS"]
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of xyxy boxes (continuous coordinates, area = w * h)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+@dataclass
+class EvalResult:
+    """Detection metrics over a set of images.
+
+    map50 / map50_95: mean over classes that have ground truth. per_class_ap: AP50-95 per class
+    name (NaN for classes without ground truth), per_class_ap50 likewise. precision / recall:
+    micro-averaged at IoU 0.5 over detections with score >= conf (the operating point a deployment
+    would use); per_class_precision / per_class_recall the same per class.
+    """
+
+    map50: float
+    map50_95: float
+    per_class_ap: dict[str, float]
+    per_class_ap50: dict[str, float]
+    precision: float
+    recall: float
+    conf: float
+    per_class_precision: dict[str, float] = field(default_factory=dict)
+    per_class_recall: dict[str, float] = field(default_factory=dict)
+    n_images: int = 0
+    n_gt: int = 0
+    n_pred: int = 0
+    gt_per_class: dict[str, int] = field(default_factory=dict)
+    pred_per_class: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A fixed-width text table: one row per class, then 'all'."""
+        head = f"{'class':<16}{'gt':>7}{'pred':>8}{'P@' + format(self.conf, '.2f'):>9}{'R':>8}{'AP50':>8}{'AP50-95':>9}"
+        lines = [head, "-" * len(head)]
+
+        def fmt(v: float) -> str:
+            return "     -" if v != v else f"{v:6.3f}"
+
+        for name in self.per_class_ap:
+            lines.append(
+                f"{name:<16}{self.gt_per_class.get(name, 0):>7}{self.pred_per_class.get(name, 0):>8}"
+                f"{fmt(self.per_class_precision.get(name, float('nan'))):>9}"
+                f"{fmt(self.per_class_recall.get(name, float('nan'))):>8}"
+                f"{fmt(self.per_class_ap50[name]):>8}{fmt(self.per_class_ap[name]):>9}"
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'all':<16}{self.n_gt:>7}{self.n_pred:>8}{fmt(self.precision):>9}{fmt(self.recall):>8}"
+            f"{fmt(self.map50):>8}{fmt(self.map50_95):>9}"
+        )
+        lines.append(f"{self.n_images} images")
+        return "\n".join(lines)
+
+
+def _match_image_class(
+    boxes: np.ndarray, gt: np.ndarray, iou_thrs: np.ndarray
+) -> np.ndarray:
+    """Greedy COCO matching for one image and class. boxes: dets sorted by score. Returns [T, D] bool."""
+    t_n, d_n, g_n = len(iou_thrs), len(boxes), len(gt)
+    matched = np.zeros((t_n, d_n), bool)
+    if d_n == 0 or g_n == 0:
+        return matched
+    ious = box_iou(boxes, gt)
+    for ti, thr in enumerate(iou_thrs):
+        gt_taken = np.zeros(g_n, bool)
+        thr_eff = min(thr, 1 - 1e-10)
+        for d in range(d_n):
+            cand = np.where(gt_taken, -1.0, ious[d])
+            best = cand.max()
+            if best < thr_eff:
+                continue
+            # COCOeval keeps the last ground truth among equal best IoUs
+            g = int(np.flatnonzero(cand == best)[-1])
+            gt_taken[g] = True
+            matched[ti, d] = True
+    return matched
+
+
+def _average_precision(tp: np.ndarray, n_gt: int) -> float:
+    """101-point interpolated AP from ranked true-positive flags (COCOeval.accumulate)."""
+    if len(tp) == 0:
+        return 0.0
+    tps = np.cumsum(tp, dtype=np.float64)
+    fps = np.cumsum(~tp, dtype=np.float64)
+    rc = tps / n_gt
+    pr = tps / (fps + tps + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1])[::-1]
+    inds = np.searchsorted(rc, RECALL_POINTS, side="left")
+    q = np.zeros(len(RECALL_POINTS))
+    valid = inds < len(pr)
+    q[valid] = pr[inds[valid]]
+    return float(q.mean())
+
+
+def evaluate_detections(
+    preds: list[np.ndarray],
+    gts: list[np.ndarray],
+    num_classes: int,
+    names: list[str] | None = None,
+    conf: float = 0.25,
+    max_dets: int = 100,
+) -> EvalResult:
+    """COCO bbox metrics for per-image predictions and ground truth.
+
+    preds[i]: [n, 6] x1, y1, x2, y2, score, cls for image i (any order; class may be float).
+    gts[i]:   [m, 5] cls, x1, y1, x2, y2 for image i (same pixel space as the predictions).
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"preds has {len(preds)} images but gts has {len(gts)}; they must pair up")
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    names = list(names) if names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} names for {num_classes} classes")
+    T = len(IOU_THRESHOLDS)
+    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    matches: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    n_gt = np.zeros(num_classes, np.int64)
+    n_pred = np.zeros(num_classes, np.int64)
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        p = np.asarray(p, np.float64).reshape(-1, 6)
+        g = np.asarray(g, np.float64).reshape(-1, 5)
+        for arr, what, col in ((p, "prediction", 5), (g, "ground truth", 0)):
+            if len(arr) and not np.isfinite(arr).all():
+                raise ValueError(f"image {i}: {what} has NaN or inf values")
+            if len(arr) and ((arr[:, col] < 0).any() or (arr[:, col] >= num_classes).any()):
+                raise ValueError(f"image {i}: {what} class id outside 0..{num_classes - 1}")
+        p_cls = p[:, 5].round().astype(np.int64)
+        g_cls = g[:, 0].round().astype(np.int64)
+        for c in np.union1d(p_cls, g_cls):
+            pc = p[p_cls == c]
+            gc = g[g_cls == c, 1:5]
+            n_gt[c] += len(gc)
+            if len(pc) == 0:
+                continue
+            order = np.argsort(-pc[:, 4], kind="mergesort")[:max_dets]
+            pc = pc[order]
+            n_pred[c] += len(pc)
+            scores[c].append(pc[:, 4])
+            matches[c].append(_match_image_class(pc[:, :4], gc, IOU_THRESHOLDS))
+    ap = np.full((num_classes, T), np.nan)
+    prec_c = np.full(num_classes, np.nan)
+    rec_c = np.full(num_classes, np.nan)
+    tp_conf_total = 0
+    det_conf_total = 0
+    for c in range(num_classes):
+        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
+        m = np.concatenate(matches[c], 1) if matches[c] else np.zeros((T, 0), bool)
+        above = s >= conf
+        tp_c, det_c = int(m[0, above].sum()), int(above.sum())
+        tp_conf_total += tp_c
+        det_conf_total += det_c
+        if n_gt[c] == 0:
+            if det_c:
+                prec_c[c] = 0.0
+            continue
+        order = np.argsort(-s, kind="mergesort")
+        m = m[:, order]
+        for t in range(T):
+            ap[c, t] = _average_precision(m[t], int(n_gt[c]))
+        prec_c[c] = tp_c / det_c if det_c else 0.0
+        rec_c[c] = tp_c / n_gt[c]
+    has_gt = n_gt > 0
+    map50 = float(np.mean(ap[has_gt, 0])) if has_gt.any() else float("nan")
+    map50_95 = float(np.mean(ap[has_gt])) if has_gt.any() else float("nan")
+    total_gt = int(n_gt.sum())
+    return EvalResult(
+        map50=map50,
+        map50_95=map50_95,
+        per_class_ap={names[c]: float(np.mean(ap[c])) for c in range(num_classes)},
+        per_class_ap50={names[c]: float(ap[c, 0]) for c in range(num_classes)},
+        precision=tp_conf_total / det_conf_total if det_conf_total else 0.0,
+        recall=tp_conf_total / total_gt if total_gt else float("nan"),
+        conf=float(conf),
+        per_class_precision={names[c]: float(prec_c[c]) for c in range(num_classes)},
+        per_class_recall={names[c]: float(rec_c[c]) for c in range(num_classes)},
+        n_images=len(preds),
+        n_gt=total_gt,
+        n_pred=int(n_pred.sum()),
+        gt_per_class={names[c]: int(n_gt[c]) for c in range(num_classes)},
+        pred_per_class={names[c]: int(n_pred[c]) for c in range(num_classes)},
+    )
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, highest score first.
+
+    For evaluating the one-to-many reference head only (the shipped detector is NMS-free).
+    Each step suppresses, in one vectorised IoU row, every remaining box overlapping the current
+    best by more than `iou`.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    order = np.argsort(-scores, kind="mergesort")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        rest = order[1:]
+        ov = box_iou(boxes[i:i + 1], boxes[rest])[0]
+        order = rest[ov <= iou]
+    return np.asarray(keep, np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Class-aware NMS: boxes of different classes never suppress each other.
+
+    Shifts each class's boxes by a class-dependent offset larger than any coordinate, so one
+    plain :func:`nms` pass works per class at once.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    classes = np.asarray(classes).reshape(-1).astype(np.float64)
+    offset = classes[:, None] * (np.abs(boxes).max() * 2 + 1)
+    return nms(boxes + offset, scores, iou)
