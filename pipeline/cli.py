@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schema", help="print a JSON Schema")
     p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
+    p.add_argument("--markdown", action="store_true", help="config reference as Markdown tables")
 
     p = sub.add_parser("bench", help="measure engine and pipeline throughput and latency on this machine")
     p.add_argument("--model", type=Path, default=None)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "validate":
             return cmd_validate(args.config)
         if args.cmd == "schema":
-            return cmd_schema(args.which)
+            return cmd_schema(args.which, args.markdown)
         if args.cmd == "run":
             from pipeline.settings import load_settings
             return run_pipeline(load_settings(args.config), quiet=args.quiet, duration=args.duration)
@@ -140,8 +141,11 @@ def cmd_validate(path: Path) -> int:
     return EXIT_OK
 
 
-def cmd_schema(which: str) -> int:
-    if which == "event":
+def cmd_schema(which: str, markdown: bool = False) -> int:
+    if markdown:
+        from pipeline.docs import config_reference
+        print(config_reference(), end="")
+    elif which == "event":
         from pipeline.events import load_schema
         print(json.dumps(load_schema(), indent=2))
     else:

@@ -34,8 +34,8 @@ class StreamConfig(Strict):
     runs forever).
     """
 
-    name: str
-    url: str
+    name: str = Field(description="Unique id: metric label, event `stream`, track id prefix")
+    url: str = Field(description="rtsp://, http(s):// (HLS too), a file path, /dev/videoN or synthetic://?...")
     live: bool | None = Field(
         None, description="Live semantics (drop oldest frames, bounded latency). Default: true for cameras "
         "and synthetic scenes, false for files (every frame, backpressure).")
@@ -43,7 +43,7 @@ class StreamConfig(Strict):
     max_fps: float | None = Field(None, gt=0, description="Cap on frames taken per second (others dropped as 'stride')")
     open_timeout_s: float = Field(10.0, gt=0, description="Time allowed to open the stream")
     read_timeout_s: float = Field(5.0, gt=0, description="Time allowed for one read before the stream counts as lost")
-    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failure, with jitter")
     backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff")
     stall_factor: float = Field(
         10.0, gt=1, description="Stalled when no frame arrived for stall_factor x the observed frame interval")

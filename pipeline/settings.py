@@ -36,7 +36,8 @@ class StreamSettings(StreamConfig):
 
 class ModelConfig(Strict):
     path: Path = Field(SHIPPED_MODEL, description="Engine file: .onnx (ONNX Runtime); default: the shipped demo model")
-    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    backend: Literal["auto", "onnxruntime"] = Field(
+        "auto", description="Inference backend; 'auto' picks by file suffix (.onnx -> ONNX Runtime)")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
                                  description="ONNX Runtime execution providers, in order of preference")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = one per core)")
@@ -55,7 +56,7 @@ class BatchConfig(Strict):
 
 
 class ServerConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Serve the HTTP endpoints")
     host: str = Field("127.0.0.1", description="Bind address of /metrics, /healthz, /readyz and /streams")
     port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
 
@@ -63,13 +64,15 @@ class ServerConfig(Strict):
 class Settings(Strict):
     """One deployment: streams, model, batching, tracking, analytics, sinks, server."""
 
-    streams: list[StreamSettings] = Field(default_factory=list)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    batch: BatchConfig = Field(default_factory=BatchConfig)
-    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
-    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
-    sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()])
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    streams: list[StreamSettings] = Field(default_factory=list, description="Cameras and files (more can be "
+                                          "added at runtime through POST /streams)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The engine and its thresholds")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Deadline batching across streams")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracker defaults for every stream")
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig,
+                                       description="Zones/lines/timing defaults for streams without their own")
+    sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
 
     @model_validator(mode="after")

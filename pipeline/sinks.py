@@ -51,14 +51,15 @@ class JsonlSinkConfig(Strict):
     """Append events as JSON lines; rotate by size."""
 
     type: Literal["jsonl"] = "jsonl"
-    name: str = "jsonl"
+    name: str = Field("jsonl", description="Sink name (metric label); unique")
     path: Path = Field(Path("events/events.jsonl"), description="File to append to; rotated files sit next to it")
     rotate_mb: float = Field(100.0, gt=0, description="Rotate when the file passes this size")
     max_files: int | None = Field(None, ge=1, description="Delete the oldest rotated files beyond this count "
                                   "(None keeps all: vap never deletes events unless told to)")
-    fsync: Literal["always", "interval", "never"] = "interval"
-    fsync_interval_s: float = Field(1.0, gt=0)
-    filter: EventFilter = Field(default_factory=EventFilter)
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval", description="Power-loss safety: fsync every batch, every fsync_interval_s, or never")
+    fsync_interval_s: float = Field(1.0, gt=0, description="With fsync=interval: most seconds of events at risk")
+    filter: EventFilter = Field(default_factory=EventFilter, description="Which events this sink receives")
 
 
 class Sink(ABC):
