@@ -364,7 +364,7 @@ def _render_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.nda
         grey = int(rng.uniform(50, 140))
         cv2.rectangle(img, (0, y0), (w, y1), _shade((grey, grey, grey), 1.0), -1)
         lane_y = (y0 + y1) // 2
-        dash, gap = int(rng.uniform(15, 40) * unit), int(rng.uniform(10, 30) * unit)
+        dash, gap = max(1, int(rng.uniform(15, 40) * unit)), max(1, int(rng.uniform(10, 30) * unit))
         lt = max(1, int(rng.uniform(2, 5) * unit))
         for xx in range(int(rng.uniform(-dash, 0)), w, dash + gap):
             cv2.rectangle(img, (xx, lane_y - lt), (xx + dash, lane_y + lt), (230, 230, 220), -1)
@@ -387,7 +387,7 @@ def _render_background(h: int, w: int, rng: np.random.Generator) -> tuple[np.nda
         else:
             cv2.line(img, (cx, cy), (cx + int(rng.uniform(-3, 3) * s), cy + int(rng.uniform(-1, 1) * s)),
                      col, max(1, s // 10), cv2.LINE_AA)
-    noise = rng.normal(0, rng.uniform(2, 8), size=(h, w, 1)).astype(np.float32)
+    noise = rng.standard_normal(size=(h, w, 1), dtype=np.float32) * np.float32(rng.uniform(2, 8))
     img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return cv2.GaussianBlur(img, (3, 3), 0), horizon
 
@@ -519,7 +519,7 @@ def render_image(
         frame = add_haze(frame, 1.0 - float(haze), airlight=rng.uniform(0.75, 0.95), rng=rng)
     sigma = rng.uniform(0, 6)
     if sigma > 0.5:
-        noisy = frame.astype(np.float32) + rng.normal(0, sigma, size=frame.shape).astype(np.float32)
+        noisy = frame.astype(np.float32) + rng.standard_normal(size=frame.shape, dtype=np.float32) * np.float32(sigma)
         frame = np.clip(noisy, 0, 255).astype(np.uint8)
     return frame, gts
 
@@ -607,6 +607,7 @@ _SPEED = {PERSON: (40.0, 110.0), CAR: (180.0, 420.0), BICYCLE: (110.0, 230.0), D
 class _Life:
     """One appearance of an object in a slot: from entering to leaving the frame."""
 
+    j: int  # the slot's life number (0, 1, 2, ...)
     start: float  # frame index at which it enters (may be negative: already in view at frame 0)
     duration: float  # frames
     track_id: int
@@ -641,8 +642,8 @@ class SceneVideo:
         num_objects: int = 6,
         haze: float = 0.0,
     ) -> None:
-        if width < 32 or height < 32:
-            raise ValueError(f"SceneVideo needs at least 32x32 pixels, got {width}x{height}")
+        if width < 16 or height < 16:
+            raise ValueError(f"SceneVideo needs at least 16x16 pixels, got {width}x{height}")
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if num_objects < 0 or num_objects > 250:
@@ -663,6 +664,7 @@ class SceneVideo:
         light = np.random.default_rng([self.seed, 0x11]).uniform(0, 2 * math.pi, size=4)
         self._light_phase = light
         self._lives: list[list[_Life]] = [[] for _ in range(self.num_objects)]
+        self._max_lives = 64
         self._sprites: OrderedDict[int, _Sprite] = OrderedDict()
 
     # -- geometry hints for tests and demos -----------------------------------------------------
@@ -700,18 +702,22 @@ class SceneVideo:
         slow = rng.uniform(0.0, 0.85) if rng.random() < 0.5 else 0.0
         if start is None:
             start = -rng.uniform(0.0, 0.9) * duration
-        return _Life(start, duration, j * self.num_objects + slot + 1, cls, size_mul, p0, p1, wig, slow,
+        return _Life(j, start, duration, j * self.num_objects + slot + 1, cls, size_mul, p0, p1, wig, slow,
                      int(rng.integers(0, 2**31)))
 
     def _life_at(self, slot: int, index: int) -> _Life | None:
         lives = self._lives[slot]
-        if not lives:
+        if not lives or lives[0].start > index:
+            # first call, or a jump back before the kept window: replay the timeline from life 0
+            lives.clear()
             lives.append(self._new_life(slot, 0, None))
         while lives[-1].start + lives[-1].duration <= index:
             last = lives[-1]
-            gap_rng = np.random.default_rng([self.seed, slot, len(lives), 0x6A9])
+            gap_rng = np.random.default_rng([self.seed, slot, last.j + 1, 0x6A9])
             gap = gap_rng.uniform(0.0, 2.5) * self.fps
-            lives.append(self._new_life(slot, len(lives), last.start + last.duration + gap))
+            lives.append(self._new_life(slot, last.j + 1, last.start + last.duration + gap))
+            if len(lives) > self._max_lives:  # bounded memory on endless streams
+                del lives[: len(lives) - self._max_lives // 2]
         # binary search for the life covering this index
         lo, hi = 0, len(lives) - 1
         while lo < hi:
@@ -830,14 +836,23 @@ def write_video(
         raise ValueError(f"frames must be positive, got {frames}")
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p video needs even width and height, got {width}x{height}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     scene = SceneVideo(seed, width, height, fps, num_objects, haze)
+    codec_name = _codec_name(codec)
+    try:
+        av.codec.Codec(codec_name, "w")
+    except Exception:
+        raise ValueError(f"unknown or unavailable video encoder {codec!r}; use h264 (libx264), hevc or mpeg4") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     gt_path = path.with_name(path.stem + ".gt.txt")
     rows: list[str] = []
-    container = av.open(str(path), mode="w")
     try:
-        stream = container.add_stream(_codec_name(codec), rate=rate)
+        container = av.open(str(path), mode="w")
+    except ValueError:
+        raise ValueError(f"cannot tell the container format from {path.name!r}; use a .mp4, .mkv or .ts "
+                         "suffix") from None
+    try:
+        stream = container.add_stream(codec_name, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if stream.codec_context.name in ("libx264", "libx265"):
             stream.options = {"preset": "veryfast", "crf": "20"}
@@ -864,8 +879,48 @@ def write_video(
 # command line
 
 
+def _check_cli(argv: list[str]) -> int:
+    """`vap data check DATA.yaml`: validate a YOLO dataset and print what is wrong with it."""
+    from engines.dataset import DatasetError, load_data_yaml, validate_dataset
+
+    ap = argparse.ArgumentParser(prog="vap data check",
+                                 description="Validate a YOLO dataset: every image and label of each split.")
+    ap.add_argument("data", type=Path, help="data.yaml")
+    ap.add_argument("--examples", type=int, default=5, help="example paths shown per problem")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_data_yaml(args.data)
+    except DatasetError as e:
+        print(f"vap data check: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.data}: {len(spec.names)} classes ({', '.join(spec.names)}), root {spec.root}")
+    rc = 0
+    for split in ("train", "val"):
+        if not getattr(spec, split):
+            print(f"{split}: none")
+            continue
+        try:
+            print(validate_dataset(spec, split, max_examples=args.examples).summary())
+        except DatasetError as e:
+            print(f"vap data check: error: {e}", file=sys.stderr)
+            rc = 2
+    return rc
+
+
 def cli(argv: list[str]) -> int:
-    """`vap data synth`: write a synthetic YOLO dataset or a synthetic video with ground truth."""
+    """`vap data synth ...` (write a synthetic YOLO dataset or video) and `vap data check DATA.yaml`."""
+    argv = list(argv)
+    try:
+        if argv[:1] == ["check"]:
+            return _check_cli(argv[1:])
+        if argv[:1] == ["synth"]:
+            argv = argv[1:]
+        return _synth_cli(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return e.code if isinstance(e.code, int) else 2
+
+
+def _synth_cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="vap data synth",
         description="Write deterministic synthetic data: a YOLO dataset (--dataset) or a video with "

@@ -170,6 +170,28 @@ def test_cli_writes_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "v.gt.txt").exists()
 
 
+def test_cli_check_reports_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    yaml_path = write_yolo_dataset(tmp_path / "d", n_train=3, n_val=1, imgsz=64, seed=2)
+    (tmp_path / "d/labels/train/000000.txt").write_text("5 0.5 0.5 0.1 0.1\n")
+    assert cli(["check", str(yaml_path)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 3 images, 2 usable" in out and "class id not an integer" in out
+    assert cli(["check", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli(["--video", "x.mp4", "--codec", "nonsense", "--width", "64", "--height", "64"]) == 2
+    assert "unknown or unavailable video encoder" in capsys.readouterr().err
+
+
+def test_long_random_access_jumps_are_consistent() -> None:
+    a, b = SceneVideo(4, 96, 64, num_objects=3), SceneVideo(4, 96, 64, num_objects=3)
+    a._max_lives = 4  # force the kept window of the timeline to slide and replay
+    for i in (0, 5000, 20000, 3, 12000, 40000, 100):
+        fa, ga = a.frame(i)
+        fb, gb = b.frame(i)
+        assert np.array_equal(fa, fb) and ga == gb, i
+    assert max(len(x) for x in a._lives) <= 4
+
+
 def test_haze_model() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
