@@ -4,7 +4,7 @@ Three layers, so each can be used alone:
 - :func:`load_data_yaml` / :func:`validate_dataset` need only NumPy and OpenCV: `vap data check`
   and the runtime can use them without torch.
 - :func:`letterbox` is the one resize-and-pad convention shared with export and inference: keep
-  aspect, resize with bilinear interpolation, pad to S x S with grey 114, padding split evenly
+  aspect, resize (area when shrinking, bilinear when enlarging), pad to S x S with grey 114, padding split evenly
   (``pad_x = (S - new_w) // 2`` on the left, the rest on the right; same for y). A box in the
   network input maps back with ``x_src = (x - pad_x) / scale``.
 - :class:`YoloDataset` (torch) serves letterboxed tensors with targets in network-input pixels and
@@ -335,13 +335,19 @@ def validate_dataset(
 # image helpers (no torch)
 
 
+def _interp(scale: float) -> int:
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging: the runtime's choice
+    (pipeline/preprocess.py), so training sees pictures resampled the way inference does."""
+    return cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+
+
 def letterbox(
     img: np.ndarray, size: int | tuple[int, int], pad_value: int = PAD_VALUE
 ) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Resize keeping aspect ratio and pad to size x size (or (h, w)) with grey, centred.
 
-    Returns (out, scale, (pad_x, pad_y)): a source pixel x maps to x * scale + pad_x. Bilinear
-    resize; new size is round(w * scale) x round(h * scale); pad_x = (S - new_w) // 2 (the odd
+    Returns (out, scale, (pad_x, pad_y)): a source pixel x maps to x * scale + pad_x. Area
+    interpolation when shrinking, bilinear when enlarging; new size is round(w * scale) x round(h * scale); pad_x = (S - new_w) // 2 (the odd
     pixel, if any, goes right/bottom). Export, inference and training all use this one function.
     """
     if img.ndim != 3:
@@ -351,7 +357,7 @@ def letterbox(
     scale = min(th / h, tw / w)
     nw, nh = min(tw, max(1, int(round(w * scale)))), min(th, max(1, int(round(h * scale))))
     if (nw, nh) != (w, h):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img, (nw, nh), interpolation=_interp(scale))
     pad_x, pad_y = (tw - nw) // 2, (th - nh) // 2
     out = cv2.copyMakeBorder(img, pad_y, th - nh - pad_y, pad_x, tw - nw - pad_x,
                              cv2.BORDER_CONSTANT, value=(pad_value,) * img.shape[2])
@@ -374,7 +380,7 @@ def load_image(path: Path, max_side: int | None = None) -> np.ndarray:
         s = max_side / max(h, w)
         if s < 1 or s > 1:
             nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            img = cv2.resize(img, (nw, nh), interpolation=_interp(s))
     return img
 
 

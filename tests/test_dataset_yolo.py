@@ -123,6 +123,19 @@ def test_letterbox_centres_and_maps_back() -> None:
     assert (out[:, px:px + nw] == 0).all()
 
 
+@pytest.mark.parametrize("shape", [(720, 1280), (101, 37), (240, 320), (64, 64), (300, 500)])
+def test_letterbox_matches_the_runtime_preprocessing(shape: tuple[int, int]) -> None:
+    """Training and inference must place and resample pixels identically."""
+    from pipeline.preprocess import letterbox_into
+
+    img = np.random.default_rng(0).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    ours, scale, (px, py) = letterbox(img, 128)
+    canvas = np.full((128, 128, 3), 114, np.uint8)
+    lb = letterbox_into(img, canvas)
+    assert np.array_equal(ours, canvas)
+    assert scale == pytest.approx(lb.scale) and (px, py) == (lb.pad_x, lb.pad_y)
+
+
 def _solid_dataset(tmp_path: Path, n: int = 4) -> list[tuple[Path, np.ndarray]]:
     """Images with one solid red rectangle on a noisy blue-grey background, with exact labels."""
     rng = np.random.default_rng(0)
