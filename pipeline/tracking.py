@@ -82,6 +82,17 @@ class TrackerConfig(Strict):
         30.0, gt=0, description="Frame rate the std weights were tuned at: process noise grows with "
         "dt x noise_ref_fps, so a dropped frame adds the uncertainty of one more frame.")
 
+    oc_reupdate: bool = Field(
+        False, description="OC-SORT observation-centric re-update: when a lost track is found again, rewind "
+        "its filter to the last observation and re-run it along a straight virtual path to the new one, "
+        "instead of correcting the drifted prediction (fixes the velocity after occlusion).")
+    oc_direction_weight: float = Field(
+        0.0, ge=0, le=1, description="OC-SORT observation-centric momentum in stage 1: bonus (weight x score x "
+        "(pi/2 - angle)/pi) for detections in the direction the track has been moving; 0 = off, OC-SORT uses 0.2.")
+    oc_delta_s: float = Field(
+        0.1, gt=0, description="Time span over which a track's direction of motion is measured (OC-SORT: 3 "
+        "frames).")
+
     @model_validator(mode="after")
     def _ordered(self) -> "TrackerConfig":
         if self.low_thresh > self.high_thresh:
@@ -211,21 +222,20 @@ class _Kalman:
 # ---------------------------------------------------------------------------------------------
 
 
-def _assign(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal assignment on `cost` (rows x cols); pairs above `max_cost` are rejected.
+def _assign(cost: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal assignment on `cost` (rows x cols) among the pairs where `valid` holds.
 
-    Gated pairs are set to a huge cost before solving, so the solver never trades a good match for
-    a forbidden one, and any forbidden pair it is forced into is dropped afterwards.
+    Gated pairs get a huge cost before solving, so the solver never trades a good match for a
+    forbidden one, and any forbidden pair it is forced into is dropped afterwards.
     """
     if cost.size == 0:
         return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    gated = np.where(cost <= max_cost, cost, _INFEASIBLE)
     # rows/cols with no feasible pair at all cannot match: leave them out of the solve
-    rows_ok = np.flatnonzero((gated < _INFEASIBLE).any(axis=1))
-    cols_ok = np.flatnonzero((gated < _INFEASIBLE).any(axis=0))
+    rows_ok = np.flatnonzero(valid.any(axis=1))
+    cols_ok = np.flatnonzero(valid.any(axis=0))
     if len(rows_ok) == 0:
         return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    sub = gated[np.ix_(rows_ok, cols_ok)]
+    sub = np.where(valid[np.ix_(rows_ok, cols_ok)], cost[np.ix_(rows_ok, cols_ok)], _INFEASIBLE)
     r, c = linear_sum_assignment(sub)
     keep = sub[r, c] < _INFEASIBLE
     return rows_ok[r[keep]], cols_ok[c[keep]]
@@ -285,16 +295,21 @@ class ByteTracker:
         self._hits = np.zeros((n,), np.int32)
         self._last_seen = np.zeros((n,), np.float64)
         self._cls_score = np.zeros((n, n_cls), np.float64)
+        # observation-centric state (OC-SORT options): last observation and the filter state right
+        # after it, plus a direction anchor (an older observation centre and its time)
+        self._obs = np.zeros((n, 4))
+        self._snap_mean = np.zeros((n, 8))
+        self._snap_cov = np.zeros((n, 8, 8))
+        self._dir = np.zeros((n, 2))
+        self._dir_anchor = np.zeros((n, 2))
+        self._dir_anchor_t = np.zeros((n,))
+
+    _ARRAYS = ("_mean", "_cov", "_ids", "_confirmed", "_lost", "_hits", "_last_seen", "_cls_score", "_obs",
+               "_snap_mean", "_snap_cov", "_dir", "_dir_anchor", "_dir_anchor_t")
 
     def _keep(self, mask: np.ndarray) -> None:
-        self._mean = self._mean[mask]
-        self._cov = self._cov[mask]
-        self._ids = self._ids[mask]
-        self._confirmed = self._confirmed[mask]
-        self._lost = self._lost[mask]
-        self._hits = self._hits[mask]
-        self._last_seen = self._last_seen[mask]
-        self._cls_score = self._cls_score[mask]
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name)[mask])
 
     def _grow_classes(self, max_class: int) -> None:
         need = max_class + 1
@@ -309,14 +324,14 @@ class ByteTracker:
         mean, cov = self._kf.initiate(meas)
         cls = np.zeros((n, self._cls_score.shape[1]))
         cls[np.arange(n), classes] = scores
-        self._mean = np.concatenate([self._mean, mean])
-        self._cov = np.concatenate([self._cov, cov])
-        self._ids = np.concatenate([self._ids, np.zeros((n,), np.int64)])
-        self._confirmed = np.concatenate([self._confirmed, np.zeros((n,), bool)])
-        self._lost = np.concatenate([self._lost, np.zeros((n,), bool)])
-        self._hits = np.concatenate([self._hits, np.ones((n,), np.int32)])
-        self._last_seen = np.concatenate([self._last_seen, np.full((n,), t)])
-        self._cls_score = np.concatenate([self._cls_score, cls])
+        new = {
+            "_mean": mean, "_cov": cov, "_ids": np.zeros((n,), np.int64), "_confirmed": np.zeros((n,), bool),
+            "_lost": np.zeros((n,), bool), "_hits": np.ones((n,), np.int32), "_last_seen": np.full((n,), t),
+            "_cls_score": cls, "_obs": meas.copy(), "_snap_mean": mean.copy(), "_snap_cov": cov.copy(),
+            "_dir": np.zeros((n, 2)), "_dir_anchor": meas[:, :2].copy(), "_dir_anchor_t": np.full((n,), t),
+        }
+        for name in self._ARRAYS:
+            setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -335,6 +350,49 @@ class ByteTracker:
         if self._t_last is not None and t + self._t_offset < self._t_last:
             self._t_offset = self._t_last + self._last_dt - t
         return t + self._t_offset
+
+    def _observe(self, rows: np.ndarray, z: np.ndarray, now: float) -> None:
+        """Record observations: last measurement, filter snapshot, direction of motion."""
+        self._obs[rows] = z
+        self._snap_mean[rows] = self._mean[rows]
+        self._snap_cov[rows] = self._cov[rows]
+        due = now - self._dir_anchor_t[rows] >= self.cfg.oc_delta_s
+        if due.any():
+            r = rows[due]
+            step = z[due, :2] - self._dir_anchor[r]
+            norm = np.linalg.norm(step, axis=1, keepdims=True)
+            self._dir[r] = np.where(norm > 1e-6, step / np.maximum(norm, 1e-6), self._dir[r])
+            self._dir_anchor[r] = z[due, :2]
+            self._dir_anchor_t[r] = now
+
+    def _direction_bonus(self, tracks: np.ndarray, z: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """(tracks x dets) OC-SORT momentum term: (pi/2 - angle) / pi x score, where angle is between
+        the track's direction of motion and the direction from its last observation to the
+        detection; 0 for tracks without a direction yet."""
+        to_det = z[None, :, :2] - self._obs[tracks][:, None, :2]
+        norm = np.linalg.norm(to_det, axis=2)
+        cos = np.einsum("tdk,tk->td", to_det, self._dir[tracks]) / np.maximum(norm, 1e-6)
+        angle = np.arccos(np.clip(cos, -1.0, 1.0))
+        bonus = (np.pi / 2 - angle) / np.pi * scores[None, :]
+        has_dir = np.linalg.norm(self._dir[tracks], axis=1) > 0.5
+        return np.where(has_dir[:, None] & (norm > 1e-6), bonus, 0.0)
+
+    def _reupdate(self, rows: np.ndarray, z: np.ndarray, now: float) -> None:
+        """OC-SORT re-update: for tracks found again after a gap, restart from the filter state at
+        their last observation and feed it virtual observations on the straight line to the new
+        one, one per typical frame interval (at most 30), so the velocity reflects the gap."""
+        step_dt = self._last_dt if self._last_dt > 0 else 1.0 / self.cfg.noise_ref_fps
+        for k, row in enumerate(rows.tolist()):
+            gap = now - float(self._last_seen[row])
+            if gap <= 0:
+                continue
+            n_steps = int(min(30, max(1, round(gap / step_dt))))
+            mean, cov = self._snap_mean[row:row + 1], self._snap_cov[row:row + 1]
+            z0, z1 = self._obs[row], z[k]
+            for s in range(1, n_steps + 1):
+                mean, cov = self._kf.predict(mean, cov, gap / n_steps)
+                mean, cov = self._kf.update(mean, cov, (z0 + (z1 - z0) * (s / n_steps))[None, :])
+            self._mean[row], self._cov[row] = mean[0], cov[0]
 
     def update(self, dets: Detections, t: float) -> Tracks:
         """Advance to stream time `t` (seconds) with this frame's detections (may be empty)."""
@@ -374,19 +432,22 @@ class ByteTracker:
         track_det = np.full((n,), -1, np.intp)  # matched detection row per track
         track_cls = self._cls_score.argmax(axis=1).astype(np.int32) if n else np.zeros((0,), np.int32)
 
-        def cost_for(tr: np.ndarray, dr: np.ndarray, fuse: bool) -> tuple[np.ndarray, np.ndarray]:
+        def cost_for(tr: np.ndarray, dr: np.ndarray, fuse: bool, gate: float) -> tuple[np.ndarray, np.ndarray]:
+            """Cost (1 - similarity) and the validity mask (similarity >= gate) of tracks x dets."""
             iou = iou_matrix(pred_boxes[tr], d.boxes[dr])
             sim = iou * d.scores[dr][None, :] if fuse else iou
             if cfg.per_class:
                 sim = np.where(track_cls[tr][:, None] == d.class_ids[dr][None, :], sim, 0.0)
-            return 1.0 - sim, iou
+            return 1.0 - sim, sim >= gate
 
         # stage 1: confirmed tracks (tracked + lost) vs high-score detections, score-fused IoU
         pool = np.flatnonzero(self._confirmed)
         det_free = np.ones(len(d), bool)
         if len(pool) and len(high):
-            cost, _ = cost_for(pool, high, cfg.fuse_score)
-            r, c = _assign(cost, 1.0 - cfg.match_iou_high)
+            cost, valid = cost_for(pool, high, cfg.fuse_score, cfg.match_iou_high)
+            if cfg.oc_direction_weight > 0:
+                cost = cost - cfg.oc_direction_weight * self._direction_bonus(pool, meas_all[high], d.scores[high])
+            r, c = _assign(cost, valid)
             track_det[pool[r]] = high[c]
             det_free[high[c]] = False
 
@@ -395,8 +456,8 @@ class ByteTracker:
         # prediction is more likely noise than the object coming back.
         pool2 = np.flatnonzero(self._confirmed & ~self._lost & (track_det < 0))
         if len(pool2) and len(low):
-            cost, _ = cost_for(pool2, low, False)
-            r, c = _assign(cost, 1.0 - cfg.match_iou_low)
+            cost, valid = cost_for(pool2, low, False, cfg.match_iou_low)
+            r, c = _assign(cost, valid)
             track_det[pool2[r]] = low[c]
             det_free[low[c]] = False
 
@@ -404,8 +465,8 @@ class ByteTracker:
         tent = np.flatnonzero(~self._confirmed)
         rest_high = high[det_free[high]]
         if len(tent) and len(rest_high):
-            cost, _ = cost_for(tent, rest_high, False)
-            r, c = _assign(cost, 1.0 - cfg.match_iou_tentative)
+            cost, valid = cost_for(tent, rest_high, False, cfg.match_iou_tentative)
+            r, c = _assign(cost, valid)
             track_det[tent[r]] = rest_high[c]
             det_free[rest_high[c]] = False
 
@@ -413,12 +474,18 @@ class ByteTracker:
         matched = np.flatnonzero(track_det >= 0)
         if len(matched):
             rows = track_det[matched]
+            z = meas_all[rows]
             self._mean[matched], self._cov[matched] = self._kf.update(
-                self._mean[matched], self._cov[matched], meas_all[rows])
+                self._mean[matched], self._cov[matched], z)
+            if cfg.oc_reupdate:
+                refound = matched[self._lost[matched]]
+                if len(refound):
+                    self._reupdate(refound, z[self._lost[matched]], now)
             self._cls_score[matched, d.class_ids[rows]] += d.scores[rows]
             self._hits[matched] += 1
             self._last_seen[matched] = now
             self._lost[matched] = False
+            self._observe(matched, z, now)
         missed = track_det < 0
         self._hits[missed] = 0
         self._lost[missed & self._confirmed] = True
