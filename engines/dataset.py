@@ -511,8 +511,9 @@ def _make_yolo_dataset():
         Augmentation randomness is a pure function of (seed, epoch, index), so results do not
         depend on worker count or order; call :meth:`set_epoch` before each epoch (with
         persistent DataLoader workers, the workers' copies do not see it: use non-persistent
-        workers or recreate the loader). `cache`: keep decoded (already shrunk) images in RAM;
-        None = cache when they fit in `cache_limit_bytes`.
+        workers or recreate the loader). `cache`: decode every image once at construction and keep
+        it (shrunk to imgsz) in RAM, where forked workers share it; None = cache when the
+        estimate fits in `cache_limit_bytes`.
         """
 
         def __init__(
@@ -539,6 +540,12 @@ def _make_yolo_dataset():
             est = len(self.samples) * self.imgsz * self.imgsz * 3 * 3 // 4
             self._cache_on = est <= cache_limit_bytes if cache is None else bool(cache)
             self._cache: dict[int, np.ndarray] = {}
+            if self._cache_on:
+                # Decode everything now, in this process: DataLoader workers are forked per epoch
+                # (non-persistent, so set_epoch reaches them) and inherit this cache; a cache
+                # filled inside a worker would die with it at the end of the epoch.
+                for i in range(len(self.samples)):
+                    self._cache[i] = load_image(self.samples[i][0], self.imgsz)
 
         def __len__(self) -> int:
             return len(self.samples)
@@ -624,7 +631,7 @@ def _make_yolo_dataset():
             if hyp.haze > 0 and rng.random() < hyp.haze:
                 img = add_haze(img, rng.uniform(*hyp.haze_transmission), rng.uniform(0.7, 1.0), True, rng)
             if rng.random() < hyp.fliplr:
-                img = np.ascontiguousarray(img[:, ::-1])
+                img = cv2.flip(img, 1)
                 if len(t):
                     x1 = S - t[:, 3]
                     x2 = S - t[:, 1]
@@ -633,7 +640,11 @@ def _make_yolo_dataset():
 
         def __getitem__(self, i: int) -> tuple["torch.Tensor", "torch.Tensor"]:
             img, t = self.load_augmented(i) if self.augment else self.load_letterboxed(i)
-            x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+            # NumPy does the uint8 -> float scaling: torch's threaded kernels are ~10x slower for
+            # one small image (thread start-up) and fight the training loop for the same cores
+            x = np.empty((3, img.shape[0], img.shape[1]), np.float32)
+            np.multiply(img.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=x)
+            x = torch.from_numpy(x)
             return x, torch.from_numpy(t.reshape(-1, 5).astype(np.float32))
 
     # picklable by name (DataLoader workers under spawn): engines.dataset.YoloDataset
