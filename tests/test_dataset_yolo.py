@@ -243,3 +243,24 @@ def test_dataset_and_engines_import_without_torch(synth_yaml: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
+
+
+def test_haze_augmentation_and_loader_workers(tmp_path: Path) -> None:
+    import pickle
+
+    samples = _solid_dataset(tmp_path)
+    plain = AugmentConfig(mosaic=0.0, translate=0.0, scale=(1.0, 1.0), fliplr=0.0, hsv_h=0.0, hsv_s=0.0,
+                          hsv_v=0.0)
+    hazy = AugmentConfig(**{**plain.__dict__, "haze": 1.0, "haze_transmission": (0.3, 0.3)})
+    x0, t0 = YoloDataset(samples, 128, augment=True, hyp=plain)[0]
+    x1, t1 = YoloDataset(samples, 128, augment=True, hyp=hazy)[0]
+    assert torch.equal(t0, t1)  # haze moves no box
+    top0, top1 = x0[:, :20].std().item(), x1[:, :20].std().item()
+    assert top1 < 0.6 * top0, "haze lowers contrast where the scene is far"
+    # a DataLoader worker gets a pickled copy: the class must be found by name and behave the same
+    ds = YoloDataset(samples, 96, augment=True, seed=2)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert type(copy) is type(ds) and torch.equal(copy[1][0], ds[1][0])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate)
+    images, targets = next(iter(loader))
+    assert images.shape == (2, 3, 96, 96) and targets.shape[1] == 6
