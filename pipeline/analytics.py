@@ -24,6 +24,8 @@ Times: `t` is stream time (pts seconds) and drives dwell, loiter, stationary and
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -171,15 +173,15 @@ class _TrackState:
     last_t: float
     class_id: int
     score: float
-    box: np.ndarray
-    anchor_pt: np.ndarray  # stationary reference: where the centre settled
+    box: list[float]
+    anchor_pt: tuple[float, float]  # stationary reference: where the centre settled
     anchor_t: float
     start_scores: list[float] = field(default_factory=list)
     started: bool = False
     zones: dict[str, _ZoneState] = field(default_factory=dict)
     entered: list[str] = field(default_factory=list)  # zone names ever entered, in order
     line_side: dict[str, int] = field(default_factory=dict)  # committed side: -1 left, +1 right
-    line_clear_pt: dict[str, np.ndarray] = field(default_factory=dict)  # last point clear of the band
+    line_clear_pt: dict[str, list[float]] = field(default_factory=dict)  # last point clear of the band
     stationary: bool = False
     last_update_t: float = 0.0
 
@@ -258,26 +260,32 @@ class StreamAnalytics:
         n = len(tracks)
         if n:
             ids = tracks.ids.tolist()
+            # geometry for all tracks at once, then plain Python lists: the per-track loop below
+            # indexes them element by element, which is far cheaper on lists than on arrays
             boxes = np.asarray(tracks.boxes, dtype=np.float64).reshape(-1, 4)
-            zone_inside = [points_in_polygon(box_anchor(boxes, z.anchor), poly)
+            zone_inside = [points_in_polygon(box_anchor(boxes, z.anchor), poly).tolist()
                            for z, poly in zip(self.cfg.zones, self._polys)]
-            line_pts = [box_anchor(boxes, ln.anchor) for ln in self.cfg.lines]
-            line_dist = [signed_distance(p, a, b) for p, (a, b) in zip(line_pts, self._segs)]
-            centres = box_anchor(boxes, "center")
+            line_pts_arr = [box_anchor(boxes, ln.anchor) for ln in self.cfg.lines]
+            line_dist = [signed_distance(p, a, b).tolist() for p, (a, b) in zip(line_pts_arr, self._segs)]
+            line_pts = [p.tolist() for p in line_pts_arr]
+            centres = box_anchor(boxes, "center").tolist()
+            box_list = boxes.tolist()
+            score_list = tracks.scores.tolist()
+            class_list = tracks.class_ids.tolist()
             for i, tid in enumerate(ids):
                 st = self._tracks.get(tid)
-                score = float(tracks.scores[i])
-                cls = int(tracks.class_ids[i])
+                score = float(score_list[i])
+                cls = int(class_list[i])
                 if st is None:
                     st = self._tracks[tid] = _TrackState(first_t=t, last_t=t, class_id=cls, score=score,
-                                                         box=boxes[i].copy(), anchor_pt=centres[i].copy(),
+                                                         box=box_list[i], anchor_pt=tuple(centres[i]),
                                                          anchor_t=t)
-                st.last_t, st.class_id, st.score, st.box = t, cls, score, boxes[i].copy()
+                st.last_t, st.class_id, st.score, st.box = t, cls, score, box_list[i]
                 if not st.started:
                     st.start_scores.append(score)
                     if len(st.start_scores) > _MAX_START_SCORES:
                         del st.start_scores[0]
-                    if float(np.median(st.start_scores)) < self.cfg.min_start_score:
+                    if statistics.median(st.start_scores) < self.cfg.min_start_score:
                         continue
                     st.started = True
                     st.start_scores = []
@@ -303,16 +311,16 @@ class StreamAnalytics:
     # -- per-track rules -----------------------------------------------------------------------
 
     def _step(self, tid: int, st: _TrackState, t: float, capture_ts: float, i: int,
-              zone_inside: list[np.ndarray], line_pts: list[np.ndarray], line_dist: list[np.ndarray],
-              centre: np.ndarray) -> list[dict]:
+              zone_inside: list[list[bool]], line_pts: list[list[list[float]]], line_dist: list[list[float]],
+              centre: list[float]) -> list[dict]:
         events: list[dict] = []
         cfg = self.cfg
         if cfg.stationary_s is not None:
             w = st.box[2] - st.box[0]
             h = st.box[3] - st.box[1]
-            tol = cfg.stationary_tolerance * float(np.sqrt(max(w * h, 0.0))) + cfg.stationary_min_px
-            if float(np.hypot(*(centre - st.anchor_pt))) > tol:
-                st.anchor_pt, st.anchor_t = centre.copy(), t
+            tol = cfg.stationary_tolerance * math.sqrt(max(w * h, 0.0)) + cfg.stationary_min_px
+            if math.hypot(centre[0] - st.anchor_pt[0], centre[1] - st.anchor_pt[1]) > tol:
+                st.anchor_pt, st.anchor_t = (centre[0], centre[1]), t
                 st.stationary = False
             elif not st.stationary and t - st.anchor_t >= cfg.stationary_s:
                 st.stationary = True
@@ -323,7 +331,7 @@ class StreamAnalytics:
         zone_changed = False
         for k, zone in enumerate(cfg.zones):
             allowed = self._zone_cls[k]
-            now_in = bool(zone_inside[k][i]) and (allowed is None or st.class_id in allowed)
+            now_in = zone_inside[k][i] and (allowed is None or st.class_id in allowed)
             zs = st.zones.get(zone.name)
             if zs is None:
                 if not now_in:
@@ -359,7 +367,7 @@ class StreamAnalytics:
             allowed = self._line_cls[k]
             if allowed is not None and st.class_id not in allowed:
                 continue
-            d = float(line_dist[k][i])
+            d = line_dist[k][i]
             pt = line_pts[k][i]
             if abs(d) < line.hysteresis_px or (line.hysteresis_px == 0 and d == 0):
                 continue  # inside the band: undecided
@@ -375,7 +383,7 @@ class StreamAnalytics:
                     events.append(self._track_event("line.cross", tid, st, capture_ts, line=line.name,
                                                     direction=direction))
             st.line_side[line.name] = side
-            st.line_clear_pt[line.name] = pt.copy()
+            st.line_clear_pt[line.name] = pt
 
         if zone_changed or (cfg.update_interval_s is not None and t - st.last_update_t >= cfg.update_interval_s):
             st.last_update_t = t
@@ -416,6 +424,6 @@ class StreamAnalytics:
             **{"class": self._class_name(st.class_id)},
             class_id=int(st.class_id),
             score=round(min(1.0, max(0.0, st.score)), 4),
-            box=[round(float(v), 1) for v in st.box],
+            box=[round(v, 1) for v in st.box],
             **extra,
         )

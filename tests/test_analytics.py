@@ -266,3 +266,25 @@ def test_line_and_analytics_validation_errors() -> None:
     cfg = AnalyticsConfig(zones=[ZoneConfig(name="a", polygon=SQUARE, classes=["truck"])])
     with pytest.raises(ConfigError, match="zone 'a' lists unknown classes \\['truck'\\]"):
         StreamAnalytics("c", cfg, CLASSES)
+
+
+def test_state_bounded_when_many_tracks_come_and_go() -> None:
+    """2000 tracks, each alive 1 s and crossing a zone and a line; per-track state never piles up."""
+    cfg = AnalyticsConfig(zones=[ZoneConfig(name="z", polygon=SQUARE, inertia_frames=2)],
+                          lines=[LineConfig(name="l", points=((600, 0), (600, 720)))])
+    an = StreamAnalytics("c", cfg, CLASSES)
+    sizes = []
+    starts = ends = 0
+    for f in range(2000 + 10):
+        alive = [k for k in range(max(0, f - 9), min(f + 1, 2000))]  # track k lives frames k..k+9
+        rows = [(k + 1, feet(450 + 40 * (f - k), 450), 0.9, 0) for k in alive]
+        ended = [f - 10 + 1] if 0 <= f - 10 < 2000 else []  # the tracker reports the end a frame later
+        ev = an.update(tracks(rows, ended=ended), f / 10, T0 + f / 10, FRAME)
+        starts += sum(e["type"] == "track.start" for e in ev)
+        ends += sum(e["type"] == "track.end" for e in ev)
+        sizes.append(an.open_tracks())
+    assert max(sizes) <= 11
+    assert starts == 2000 and ends == 2000
+    assert an.open_tracks() == 0 and an.occupancy() == {"z": 0}
+    # the line is drawn top to bottom, so walking left to right goes from its right to its left: "out"
+    assert an.counts() == {"l": {"in": 0, "out": 2000}}
