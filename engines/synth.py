@@ -683,15 +683,17 @@ class SceneVideo:
     def _new_life(self, slot: int, j: int, start: float | None) -> _Life:
         rng = np.random.default_rng([self.seed, slot, j, 0x5CE])
         cls = int(rng.integers(0, len(CLASS_NAMES)))
-        size_mul = math.exp(rng.uniform(math.log(0.25), math.log(1.25)))
+        size_mul = math.exp(rng.uniform(math.log(0.4), math.log(1.4)))
         aspect = self.width / self.height
+        # largest long side this object reaches (perspective scale tops out at 1.3), in heights
+        l_max = _BASE_SIZE[cls] / 720.0 * size_mul * 1.3
         if slot == 0:
             x_a, x_b = rng.uniform(0.2, 0.8) * aspect, rng.uniform(0.2, 0.8) * aspect
-            top, bottom = rng.uniform(0.12, 0.3), 1.6
+            top, bottom = rng.uniform(0.12, 0.3), 1.02 + l_max  # leaves just past the bottom edge
             p0, p1 = ((x_a, top), (x_b, bottom)) if rng.random() < 0.5 else ((x_b, bottom), (x_a, top))
         else:
             ya, yb = rng.uniform(0.4, 1.05), rng.uniform(0.4, 1.05)
-            margin = 0.8 * size_mul
+            margin = 0.5 * l_max + 0.02
             p0, p1 = (-margin, ya), (aspect + margin, yb)
             if rng.random() < 0.5:
                 p0, p1 = (p1[0], yb), (p0[0], ya)
