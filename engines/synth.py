@@ -642,8 +642,8 @@ class SceneVideo:
         num_objects: int = 6,
         haze: float = 0.0,
     ) -> None:
-        if width < 16 or height < 16:
-            raise ValueError(f"SceneVideo needs at least 16x16 pixels, got {width}x{height}")
+        if width < 32 or height < 32:
+            raise ValueError(f"SceneVideo needs at least 32x32 pixels, got {width}x{height}")
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if num_objects < 0 or num_objects > 250:
