@@ -225,8 +225,9 @@ def test_tracker_and_analytics_end_to_end_events_validate() -> None:
             rows.append(feet(x, 300 + 80 * k))
             scores.append(0.85)
             cls.append(k % 3)
-        d = Detections(np.array(rows, np.float32).reshape(-1, 4) + rng.normal(0, 0.5, (len(rows), 4)).astype(np.float32),
-                       np.array(scores, np.float32), np.array(cls, np.int32))
+        noise = rng.normal(0, 0.5, (len(rows), 4)).astype(np.float32)
+        d = Detections(np.array(rows, np.float32).reshape(-1, 4) + noise, np.array(scores, np.float32),
+                       np.array(cls, np.int32))
         all_events += an.update(tr.update(d, t), t, T0 + t, FRAME)
     all_events += an.finish(150 / 25, T0 + 6)
     for e in all_events:
