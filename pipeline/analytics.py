@@ -159,6 +159,21 @@ class AnalyticsConfig(Strict):
         return v
 
 
+    def check_classes(self, class_names: list[str], where: str = "") -> None:
+        """Raise ConfigError if a zone or line filters on a class the engine does not have.
+
+        Separate from validation because the class names come from the engine's metadata, known
+        only once the model is loaded; `vap validate` can call it after loading the metadata.
+        """
+        known = set(class_names)
+        for kind, items in (("zone", self.zones), ("line", self.lines)):
+            for item in items:
+                unknown = [c for c in (item.classes or []) if c not in known]
+                if unknown:
+                    raise ConfigError(f"{where}{kind} {item.name!r} lists unknown classes {unknown}; "
+                                      f"the engine's classes are: {', '.join(class_names)}")
+
+
 @dataclass(slots=True)
 class _ZoneState:
     inside: bool = False
@@ -193,13 +208,7 @@ class StreamAnalytics:
         self.stream = stream
         self.cfg = cfg
         self.class_names = list(class_names)
-        known = set(self.class_names)
-        for kind, items in (("zone", cfg.zones), ("line", cfg.lines)):
-            for item in items:
-                unknown = [c for c in (item.classes or []) if c not in known]
-                if unknown:
-                    raise ConfigError(f"stream {stream!r}: {kind} {item.name!r} lists unknown classes "
-                                      f"{unknown}; the engine's classes are: {', '.join(self.class_names)}")
+        cfg.check_classes(self.class_names, where=f"stream {stream!r}: ")
         self._zone_cls = [self._class_mask(z.classes) for z in cfg.zones]
         self._line_cls = [self._class_mask(ln.classes) for ln in cfg.lines]
         self._tracks: dict[int, _TrackState] = {}

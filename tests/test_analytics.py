@@ -265,8 +265,12 @@ def test_line_and_analytics_validation_errors() -> None:
     with pytest.raises(ValidationError, match="inertia"):
         AnalyticsConfig.model_validate({"zones": [{"name": "a", "polygon": SQUARE, "inertia": 3}]})
     cfg = AnalyticsConfig(zones=[ZoneConfig(name="a", polygon=SQUARE, classes=["truck"])])
-    with pytest.raises(ConfigError, match="zone 'a' lists unknown classes \\['truck'\\]"):
+    with pytest.raises(ConfigError, match="stream 'c': zone 'a' lists unknown classes \\['truck'\\]"):
         StreamAnalytics("c", cfg, CLASSES)
+    line_cfg = AnalyticsConfig(lines=[LineConfig(name="g", points=((0, 0), (5, 5)), classes=["person", "bus"])])
+    with pytest.raises(ConfigError, match="line 'g' lists unknown classes \\['bus'\\]; the engine's classes are"):
+        line_cfg.check_classes(CLASSES)
+    line_cfg.check_classes(CLASSES + ["bus"])
 
 
 def test_state_bounded_when_many_tracks_come_and_go() -> None:
