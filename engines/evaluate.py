@@ -94,24 +94,26 @@ class EvalResult:
 def _match_image_class(
     boxes: np.ndarray, gt: np.ndarray, iou_thrs: np.ndarray
 ) -> np.ndarray:
-    """Greedy COCO matching for one image and class. boxes: dets sorted by score. Returns [T, D] bool."""
+    """Greedy COCO matching for one image and class. boxes: dets sorted by score. Returns [T, D] bool.
+
+    Loops over detections once, all thresholds at a time; detections that overlap no ground truth
+    by the lowest threshold can never match and are skipped (most of a top-K output).
+    """
     t_n, d_n, g_n = len(iou_thrs), len(boxes), len(gt)
     matched = np.zeros((t_n, d_n), bool)
     if d_n == 0 or g_n == 0:
         return matched
     ious = box_iou(boxes, gt)
-    for ti, thr in enumerate(iou_thrs):
-        gt_taken = np.zeros(g_n, bool)
-        thr_eff = min(thr, 1 - 1e-10)
-        for d in range(d_n):
-            cand = np.where(gt_taken, -1.0, ious[d])
-            best = cand.max()
-            if best < thr_eff:
-                continue
-            # COCOeval keeps the last ground truth among equal best IoUs
-            g = int(np.flatnonzero(cand == best)[-1])
-            gt_taken[g] = True
-            matched[ti, d] = True
+    thr = np.minimum(iou_thrs, 1 - 1e-10)[:, None]
+    taken = np.zeros((t_n, g_n), bool)
+    rows = np.arange(t_n)
+    for d in np.flatnonzero(ious.max(1) >= thr.min()):
+        cand = np.where(taken, -1.0, ious[d][None, :])  # [T, G]
+        # COCOeval keeps the last ground truth among equal best IoUs: argmax on the reversed row
+        g = g_n - 1 - np.argmax(cand[:, ::-1], axis=1)
+        ok = cand[rows, g] >= thr[:, 0]
+        taken[rows[ok], g[ok]] = True
+        matched[ok, d] = True
     return matched
 
 

@@ -101,6 +101,21 @@ def test_matches_pycocotools_past_max_dets() -> None:
     assert res.map50_95 == pytest.approx(ref, abs=1e-4)
 
 
+def test_equal_iou_ties_follow_pycocotools() -> None:
+    """A detection overlapping two ground truths equally takes the later one, as COCOeval does;
+    that choice decides what the next detections can still match."""
+    gts = [np.array([[0, 0, 0, 10, 10], [0, 2, 0, 12, 10]], float)]  # A, B overlapping
+    preds = [np.array([[1, 0, 11, 10, 0.9, 0],   # IoU 0.818 with A and with B: a tie
+                       [2, 0, 12, 10, 0.8, 0],   # exactly B (IoU 0.667 with A)
+                       [0, 0, 10, 10, 0.7, 0]], float)]  # exactly A
+    res = evaluate_detections(preds, gts, 1)
+    ref50, ref = _pycocotools(preds, gts, 1)
+    assert res.map50 == pytest.approx(ref50, abs=1e-4)
+    assert res.map50_95 == pytest.approx(ref, abs=1e-4)
+    # taking the first ground truth instead would give AP 1 at every threshold
+    assert res.map50_95 < 0.99
+
+
 def test_perfect_and_empty_predictions() -> None:
     gts = [np.array([[0, 10, 10, 50, 60], [1, 100, 100, 180, 150]], float), np.zeros((0, 5))]
     perfect = [np.array([[10, 10, 50, 60, 0.9, 0], [100, 100, 180, 150, 0.8, 1]], float), np.zeros((0, 6))]
