@@ -36,7 +36,6 @@ __all__ = [
     "DataSpec",
     "ValidationReport",
     "AugmentConfig",
-    "YoloDataset",
     "load_data_yaml",
     "validate_dataset",
     "label_path_for",
@@ -491,7 +490,10 @@ def _dataset_base():
     return tud.Dataset
 
 
-def __getattr__(name: str):  # PEP 562: build the torch class on first access, keep import torch-free
+def __getattr__(name: str):
+    """PEP 562: `engines.dataset.YoloDataset` is built (and torch imported) on first access, so
+    importing this module for letterbox/validation stays torch-free. (Not in __all__ for the same
+    reason: a star import must not pull torch.)"""
     if name == "YoloDataset":
         cls = _make_yolo_dataset()
         globals()["YoloDataset"] = cls

@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="YoloDataset is the training side (torch)")
 
 from engines.dataset import (
     AugmentConfig,
