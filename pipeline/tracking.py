@@ -422,10 +422,18 @@ class ByteTracker:
         low = np.flatnonzero(d.scores < cfg.high_thresh)
 
         # -- predict every track to now ---------------------------------------------------------
-        if cfg.motion == "xyah" and self._lost.any():
-            # a coasting box should not keep shrinking or growing: freeze its height velocity
+        if self._lost.any():
+            # a coasting box should not keep shrinking or growing: freeze its size velocity
             self._mean[self._lost, 7] = 0.0
+            if cfg.motion == "xywh":
+                self._mean[self._lost, 6] = 0.0
+        size_before = self._mean[:, 2:4].copy()
         self._mean, self._cov = self._kf.predict(self._mean, self._cov, dt)
+        if len(self._mean):
+            # a long prediction (dropped frames, a stall) extrapolates the size linearly, which can
+            # shrink a box to nothing or turn it inside out: one prediction may at most halve or
+            # double the size (the aspect, in xyah)
+            np.clip(self._mean[:, 2:4], 0.5 * size_before, 2.0 * size_before, out=self._mean[:, 2:4])
         pred_boxes = _to_boxes(self._mean, cfg.motion)
 
         n = len(self._ids)

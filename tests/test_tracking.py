@@ -339,3 +339,16 @@ def test_oc_direction_bonus_prefers_detections_ahead() -> None:
     # with the option on, the separated-objects scene still tracks perfectly
     seen = run_scene(ByteTracker(TrackerConfig(oc_direction_weight=0.2, oc_reupdate=True)), linear_scene(8, 90))
     assert all(len(set(v)) == 1 for v in seen.values())
+
+
+@pytest.mark.parametrize("motion", ["xyah", "xywh"])
+def test_shrinking_box_and_long_stall_stay_well_formed(motion: str) -> None:
+    """A box shrinking fast, then a 0.9 s stall: predictions must keep positive size, and the
+    object is picked up again with its id."""
+    tr = ByteTracker(TrackerConfig(motion=motion, lost_ttl_s=1.0))
+    for f in range(20):
+        tr.update(dets([box_at(300, 300, 80 - 3 * f, 160 - 6 * f)]), f / 30)
+    out = tr.update(dets([]), 19 / 30 + 0.9)
+    assert np.all(tr._mean[:, 2:4] > 0)  # white box: the predicted size
+    out = tr.update(dets([box_at(300, 300, 22, 46)]), 19 / 30 + 0.93)
+    assert out.ids.tolist() == [1]
