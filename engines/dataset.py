@@ -398,9 +398,9 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.5, 1.5)  # zoom range
     shear: float = 0.0  # +- degrees
     fliplr: float = 0.5
-    hsv_h: float = 0.015  # hue gain (fraction of the hue circle)
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
+    hsv_h: float = 0.015  # hue shift, +- fraction of the hue circle
+    hsv_s: float = 0.7  # saturation gain +- fraction
+    hsv_v: float = 0.4  # value (brightness) gain +- fraction
     haze: float = 0.0  # probability of adding haze (engines.haze)
     haze_transmission: tuple[float, float] = (0.35, 0.85)
     min_box_px: float = 2.0  # boxes narrower or lower than this after augmentation are dropped
@@ -462,10 +462,14 @@ def _filter_boxes(before: np.ndarray, after: np.ndarray, size: int, hyp: Augment
 def _hsv_jitter(img: np.ndarray, rng: np.random.Generator, hyp: AugmentConfig) -> np.ndarray:
     if hyp.hsv_h == 0 and hyp.hsv_s == 0 and hyp.hsv_v == 0:
         return img
-    gains = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
+    # hue is an angle: shift it (a gain would move reds and blues by different amounts);
+    # saturation and value scale
+    r = rng.uniform(-1, 1, 3)
+    shift, gains = r[0] * hyp.hsv_h * 180.0, r * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
     x = np.arange(256, dtype=np.float32)
-    lut_h = ((x * gains[0]) % 180).astype(np.uint8)
+    lut_h = np.round(x + shift).astype(np.int32) % 180
+    lut_h = np.where(x < 180, lut_h, x).astype(np.uint8)
     lut_s = np.clip(x * gains[1], 0, 255).astype(np.uint8)
     lut_v = np.clip(x * gains[2], 0, 255).astype(np.uint8)
     h, s, v = cv2.split(hsv)
