@@ -352,3 +352,35 @@ def test_shrinking_box_and_long_stall_stay_well_formed(motion: str) -> None:
     assert np.all(tr._mean[:, 2:4] > 0)  # white box: the predicted size
     out = tr.update(dets([box_at(300, 300, 22, 46)]), 19 / 30 + 0.93)
     assert out.ids.tolist() == [1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_invariants_under_random_input(seed: int) -> None:
+    """Random crowds, degenerate rows, jumps in time and class flicker: the contract holds."""
+    rng = np.random.default_rng(seed)
+    cfg = TrackerConfig(min_hits=int(rng.integers(1, 4)), per_class=bool(seed % 2), lost_ttl_s=0.3)
+    tr = ByteTracker(cfg)
+    base = rng.uniform(0, 1500, (30, 2))
+    ever: set[int] = set()
+    ended: set[int] = set()
+    t = 0.0
+    for f in range(400):
+        t += float(rng.choice([1 / 30, 1 / 15, 0.2, 0.0]))
+        n = int(rng.integers(0, 30))
+        xy = base[:n] + rng.normal(0, 3, (n, 2)) + 20 * np.sin(f / 20)
+        wh = rng.uniform(-5, 80, (n, 2))  # some degenerate (negative size) rows
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        d = Detections(boxes, rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 3, n).astype(np.int32))
+        out = tr.update(d, t)
+        ids = out.ids.tolist()
+        assert len(ids) == len(set(ids)) and all(i >= 1 for i in ids)
+        assert not (set(ids) & ended), "an ended id came back"
+        for box in out.boxes:  # every reported box is one of this frame's detections
+            assert np.any(np.all(np.isclose(d.boxes, box), axis=1))
+        assert out.scores.shape == (len(ids),) and out.class_ids.shape == (len(ids),)
+        assert set(out.ended.tolist()) <= ever and not (set(out.ended.tolist()) & ended)
+        ended |= set(out.ended.tolist())
+        ever |= set(ids)
+        assert tr.active_count() <= tr.state_size() <= 200
+    # ids are handed out at confirmation, which happens on a matched (reported) frame: no gaps
+    assert ever and ever == set(range(1, max(ever) + 1))
