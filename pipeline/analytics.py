@@ -311,7 +311,12 @@ class StreamAnalytics:
         return events
 
     def finish(self, t: float, capture_ts: float) -> list[dict]:
-        """End every open track (stream finished or removed): zone exits, then track.end."""
+        """End every open track (stream finished or removed): zone exits, then track.end.
+
+        Dwell and duration run to each track's last sighting, not to `t`: a track that was lost
+        for a while before the stream ended did not dwell in its zone meanwhile. Tracks that never
+        passed the false-positive gate end silently. All per-track state is dropped.
+        """
         events: list[dict] = []
         for tid in list(self._tracks):
             events.extend(self._end(tid, capture_ts))
