@@ -87,6 +87,8 @@ class TrainConfig(BaseModel):
     exist_ok: bool = False
     plots: bool = True
     log_every: int = Field(0, ge=0, description="print a progress line every N iterations (0 = per epoch)")
+    stop_after: int | None = Field(None, ge=1, description="end this invocation after N epochs (schedule still "
+                                   "spans `epochs`; continue with --resume)")
 
 
 class ConfigFileError(Exception):
@@ -593,7 +595,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 sums[k] = sums.get(k, 0.0) + v
             if rank == 0 and cfg.log_every and (i + 1) % cfg.log_every == 0:
                 el = time.perf_counter() - t_epoch
-                print(f"  epoch {epoch + 1} iter {i + 1}/{nb} loss {float(loss) / images.shape[0]:.3f} "
+                print(f"  epoch {epoch + 1} iter {i + 1}/{nb} loss {float(loss.detach()) / images.shape[0]:.3f} "
                       f"{n_img / el:.1f} img/s", flush=True)
             t_last = time.perf_counter()
         t_total = time.perf_counter() - t_epoch
@@ -637,6 +639,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             print(msg + (" *best*" if is_best else ""), flush=True)
         if ddp:
             dist.barrier()
+        if cfg.stop_after is not None and epoch + 1 - start_epoch >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            if rank == 0:
+                print(f"stopping after {cfg.stop_after} epoch(s) as asked; continue with "
+                      f"`vap train --resume {run}`")
+            break
     if rank == 0 and cfg.plots:
         _plots(run, curves)
     if ddp:
@@ -648,7 +655,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------
 # CLIs
 
-RESUME_OVERRIDABLE = ("device", "workers", "threads", "epochs", "log_every", "plots")
+RESUME_OVERRIDABLE = ("device", "workers", "threads", "epochs", "log_every", "plots", "stop_after")
 
 
 def resume_config(run_or_ckpt: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
