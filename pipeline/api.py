@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from pipeline.config import ConfigError
 from pipeline.settings import StreamSettings, format_validation_error
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, format_validation_error(exc, "stream"))
         try:
             self.pipeline.add_stream(cfg)
+        except ConfigError as exc:
+            return self._error(400, str(exc))
         except ValueError as exc:
             return self._error(409, str(exc))
         found = [s for s in self.pipeline.streams() if s["name"] == cfg.name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config import ConfigError
 from pipeline.frames import Detections
 from pipeline.preprocess import Letterbox, unletterbox
 
@@ -19,7 +20,8 @@ class Postprocessor:
                  classes: list[str] | None = None) -> None:
         unknown = [c for c in list(class_conf or {}) + list(classes or []) if c not in names]
         if unknown:
-            raise ValueError(f"unknown class names {unknown} in thresholds/classes; the model knows {names}")
+            raise ConfigError(f"model.classes/model.class_conf name unknown classes {unknown}; "
+                              f"the engine's classes are: {', '.join(names)}")
         thr = np.full(len(names), conf, dtype=np.float32)
         for name, value in (class_conf or {}).items():
             thr[names.index(name)] = value

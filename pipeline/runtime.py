@@ -85,6 +85,9 @@ class Pipeline:
         self.preprocess = BatchPreprocessor(info.input_hw, info.stride, rect=settings.model.rect and info.dynamic_hw)
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)
+        settings.analytics.check_classes(self.names, where="analytics: ")
+        for s in settings.streams:
+            settings.stream_analytics(s).check_classes(self.names, where=f"streams.{s.name}.analytics: ")
         self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
         self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
         self.hooks: list[ResultHook] = []
@@ -122,7 +125,9 @@ class Pipeline:
         return self._started and all(t.is_alive() for t in self._threads) and not self._stopping.is_set()
 
     def add_stream(self, cfg: StreamSettings) -> None:
-        """Start a stream now. ValueError if the name is taken."""
+        """Start a stream now. ValueError if the name is taken; ConfigError if its analytics name
+        classes the engine does not have."""
+        self.settings.stream_analytics(cfg).check_classes(self.names, where=f"streams.{cfg.name}.analytics: ")
         with self._lock:
             if cfg.name in self._configs:
                 raise ValueError(f"stream {cfg.name!r} already exists")

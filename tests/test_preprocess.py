@@ -53,5 +53,7 @@ def test_postprocess_thresholds_filter_and_clip():
 
 def test_postprocess_rejects_unknown_class_names():
     import pytest
-    with pytest.raises(ValueError, match="unknown class names"):
+
+    from pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown classes"):
         Postprocessor(["a"], classes=["b"])
