@@ -103,6 +103,9 @@ def classify_error(exc: BaseException, url: str, phase: str = "read", timeout_s:
         return err("unsupported", "is a directory, not a video file")
     if isinstance(exc, (av.error.DecoderNotFoundError, av.error.DemuxerNotFoundError,
                         av.error.ProtocolNotFoundError, av.error.PatchWelcomeError)):
+        if phase == "open" and isinstance(exc, av.error.DecoderNotFoundError):
+            return err("unsupported", "no decoder for this video (a codec this FFmpeg build lacks, "
+                                      "or a damaged header)")
         return err("unsupported", f"unsupported by this FFmpeg build ({strerror or type(exc).__name__})")
     if isinstance(exc, av.error.InvalidDataError):
         if phase == "open":
@@ -191,7 +194,16 @@ class AVSource(Source):
         self.kind = cfg.kind
         self._container: Any = None
         self._stream: Any = None
+        self._decoded = 0
+        self._last_pts: float | None = None
+        self._pts_restarted = False
         self._target, self._format, self._options = self._resolve()
+
+    @property
+    def _live_semantics(self) -> bool:
+        """True for inputs whose end or breakage means 'reconnect' (cameras, live HTTP/HLS);
+        false for local files and inputs configured live=False, which end instead."""
+        return self.kind != "file" and self.cfg.is_live
 
     def _resolve(self) -> tuple[str, str | None, dict[str, str]]:
         """URL, FFmpeg input format and options for this kind of source."""
@@ -260,14 +272,17 @@ class AVSource(Source):
         count = 0
         while True:
             yield from self._decode_until_eof(count_start=count)
-            count = self._decoded
             if self._interrupt.is_set():
                 return
             self._check_truncation()
+            if self.cfg.loop and self._decoded == count and not self._live_semantics:
+                self.last_decode_error = self.last_decode_error or "no decodable frame in the file"
+                return  # looping a file without a single frame would spin forever
             if self.cfg.loop:
                 self.open()  # reopening is the simplest exact way to restart demuxer and decoder
+                count = self._decoded
                 continue
-            if self.kind == "file" or not self.cfg.is_live:
+            if not self._live_semantics:
                 return
             raise SourceError("eof", f"{self.redacted_url}: stream ended (the server closed the connection)")
 
@@ -277,7 +292,7 @@ class AVSource(Source):
         container, stream = self._container, self._stream
         name = self.cfg.name
         self._decoded = count_start
-        self._last_pts: float | None = None
+        self._last_pts = None
         self._pts_restarted = False
         consecutive = 0
         realtime = self.cfg.realtime and self.kind == "file"
@@ -303,7 +318,10 @@ class AVSource(Source):
                     except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
                         consecutive += 1
                         self._count_error(f"undecodable packet ({type(exc).__name__})")
-                        if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                        # A file goes on to its next keyframe (every packet read is progress, and
+                        # reopening would replay it); a live stream is reconnected, which also
+                        # brings a fresh keyframe and renegotiates a changed codec.
+                        if consecutive >= MAX_CONSECUTIVE_ERRORS and self._live_semantics:
                             raise SourceError("decoder", f"{self.redacted_url}: {consecutive} packets in a row "
                                                          f"could not be decoded (codec changed or stream "
                                                          f"broken)") from None
@@ -338,7 +356,7 @@ class AVSource(Source):
                 consecutive += 1
                 self._count_error("corrupt container data")
                 if consecutive >= MAX_CONSECUTIVE_ERRORS:
-                    if self.kind == "file" or not self.cfg.is_live:
+                    if not self._live_semantics:
                         self.last_decode_error = "the rest of the file is unreadable"
                         return
                     raise e from None

@@ -229,6 +229,7 @@ class StreamWorker:
         """One open + read session: ('finished' | 'stopped' | 'error', error, seconds streamed)."""
         src: Source | None = None
         streaming_since: float | None = None
+        reported_errors = 0  # decode errors of this source already added to the counters
         try:
             src = open_source(self.cfg)
             with self._lock:
@@ -238,10 +239,11 @@ class StreamWorker:
             if self._stop.is_set():
                 return "stopped", None, 0.0
             src.open()
+            # The gap across a reconnect is an outage, not a frame interval: keep it out of the EMA.
+            self._last_arrival = None
             period = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
             next_due: float | None = None
             last_t: float | None = None
-            reported_errors = 0
             for frame in src.frames():
                 if not self._current(gen):
                     return "stopped", None, 0.0
@@ -285,6 +287,7 @@ class StreamWorker:
                     return "stopped", None, 0.0
             if src.decode_errors != reported_errors:
                 self._add_decode_errors(src.decode_errors - reported_errors)
+                reported_errors = src.decode_errors
             if not self._current(gen):
                 return "stopped", None, 0.0
             if src.last_decode_error and src.decode_errors:
@@ -300,6 +303,8 @@ class StreamWorker:
             return "error", err, (time.monotonic() - streaming_since) if streaming_since else 0.0
         finally:
             if src is not None:
+                if src.decode_errors != reported_errors and gen == self._generation:
+                    self._add_decode_errors(src.decode_errors - reported_errors)
                 src.close()
             with self._lock:
                 if self._source is src:
@@ -424,7 +429,10 @@ class Supervisor:
                 raise ValueError(f"stream {cfg.name!r} already exists: remove it first or pick another name")
             worker = StreamWorker(cfg, self._emit, self._metrics, self._on_state, stable_reset_s=self._stable_reset_s)
             self._workers[cfg.name] = worker
-            self._closing.clear()
+            if self._closing.is_set():  # added again after stop_all(): let the old watchdog end first
+                if self._watchdog is not None and self._watchdog is not threading.current_thread():
+                    self._watchdog.join(2 * self._period + 1.0)
+                self._closing.clear()
             if self._watchdog is None or not self._watchdog.is_alive():
                 self._watchdog = threading.Thread(target=self._watch, name="vap-watchdog", daemon=True)
                 self._watchdog.start()

@@ -215,6 +215,29 @@ def test_frozen_server_stalls_then_times_out_and_recovers(servers, rig) -> None:
     assert seq.index("stalled") < seq.index("backoff")
 
 
+def test_remove_during_a_blocked_read_returns_in_time_and_releases(servers, rig) -> None:
+    """stop()/remove() cannot interrupt FFmpeg mid-read, but they return within their timeout and
+    the reader closes its decoder as soon as the read times out (read_timeout_s)."""
+    col, _, sup = rig
+    srv = servers()
+    sup.add(StreamConfig(name="cam", url=srv.url(), **FAST))
+    assert wait_for(lambda: len(col.of("cam")) >= 5, timeout=15)
+    w = sup.worker("cam")
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.3)  # the reader is now blocked inside av_read_frame
+        t0 = time.monotonic()
+        sup.remove("cam", timeout=0.5)
+        assert time.monotonic() - t0 < 0.8
+        assert w.state == "stopped" and sup.names() == []
+        assert wait_for(lambda: not w.alive, timeout=FAST["read_timeout_s"] + 1.0)
+        assert w._source is None  # the session's finally closed the container
+        assert col.seq("cam")[-1] == "stopped"  # nothing written after the stop
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+
+
 def test_bad_streams_report_clearly_while_a_good_one_flows(servers, rig) -> None:
     col, _, sup = rig
     good = servers()

@@ -275,3 +275,45 @@ def test_http_404_is_not_found(http_dir) -> None:
     with pytest.raises(SourceError) as ei:
         src.open()
     assert ei.value.kind == "not_found" and "404" in str(ei.value)
+
+
+def test_damage_in_a_file_resumes_at_the_next_keyframe(tmp_path: Path) -> None:
+    full = write_video(tmp_path / "full.mp4", frames=100, gop=25)
+    bad = corrupted_copy(full, tmp_path / "bad.mp4", at=0.3, nbytes=3000)
+    frames, src = decode_all(StreamConfig(name="cam", url=str(bad)))
+    assert src.decode_errors >= 3
+    assert len(frames) < 100
+    assert frames[-1].pts == pytest.approx(3.96)  # decoding came back for the last GOP
+
+
+def test_live_stream_with_undecodable_run_raises_decoder_error(http_dir, monkeypatch) -> None:
+    """A live input whose packets keep failing (codec changed, broken encoder) is not limped
+    along: after MAX_CONSECUTIVE_ERRORS the source gives up so the supervisor reconnects."""
+    import pipeline.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_CONSECUTIVE_ERRORS", 5)
+    root, base = http_dir
+    full = write_video(root / "full.mp4", frames=100, gop=100)  # one keyframe: everything after the damage fails
+    corrupted_copy(full, root / "bad.mp4", at=0.3, nbytes=3000)
+    src = open_source(StreamConfig(name="cam", url=f"{base}/bad.mp4"))
+    src.open()
+    got = []
+    with pytest.raises(SourceError) as ei:
+        for f in src.frames():
+            got.append(f)
+    src.close()
+    assert ei.value.kind == "decoder" and "could not be decoded" in str(ei.value)
+    assert 10 <= len(got) < 100 and src.decode_errors >= 5
+
+
+def test_looping_a_file_without_frames_ends_instead_of_spinning(tmp_path: Path) -> None:
+    # FFmpeg cannot write a video file with no frames, so keep a Matroska header and no cluster.
+    full = write_video(tmp_path / "full.mkv", frames=10)
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(full.read_bytes()[:1000])
+    src = open_source(StreamConfig(name="cam", url=str(empty), loop=True))
+    src.open()
+    t0 = time.monotonic()
+    assert list(src.frames()) == []
+    assert time.monotonic() - t0 < 2
+    assert src.last_decode_error == "no decodable frame in the file"

@@ -62,10 +62,10 @@ def test_bad_parameters_are_clear(query: str, needle: str) -> None:
 
 
 def test_invalid_scene_size_is_reported_at_open() -> None:
-    src = open_source(StreamConfig(name="syn", url="synthetic://?width=20&height=20"))
+    src = open_source(StreamConfig(name="syn", url="synthetic://?objects=999"))
     with pytest.raises(SourceError) as ei:
         src.open()
-    assert ei.value.kind == "unsupported" and "32x32" in str(ei.value)
+    assert ei.value.kind == "unsupported" and "num_objects" in str(ei.value)
 
 
 def test_finite_synthetic_finishes_under_the_supervisor() -> None:

@@ -340,3 +340,24 @@ def test_watchdog_abandons_a_hung_read(monkeypatch, rig) -> None:
     assert made[0].closed.wait(5)
     idx = [f.index for f in col.of("h")]
     assert idx == list(range(len(idx)))
+
+
+from tests.test_sources_files import http_dir  # noqa: E402,F401 - shared fixture (local HTTP server)
+
+
+def test_live_decoder_breakdown_reconnects_and_counts(http_dir, monkeypatch, rig) -> None:  # noqa: F811
+    import pipeline.sources as sources
+
+    col, metrics, sup = rig
+    monkeypatch.setattr(sources, "MAX_CONSECUTIVE_ERRORS", 5)
+    root, base = http_dir
+    full = write_video(root / "full.mp4", frames=60, gop=60)
+    corrupted_copy(full, root / "bad.mp4", at=0.3, nbytes=3000)
+    sup.add(StreamConfig(name="cam", url=f"{base}/bad.mp4", backoff_initial_s=0.05, backoff_max_s=0.1))
+    assert wait_for(lambda: sup.worker("cam").reconnects >= 2, timeout=10)
+    w = sup.worker("cam")
+    assert w.decode_errors >= 10 and sample(metrics, "vap_decode_errors_total", stream="cam") == w.decode_errors
+    assert sample(metrics, "vap_stream_reconnects_total", stream="cam") == w.reconnects
+    assert "could not be decoded" in (w.last_error or "")
+    idx = [f.index for f in col.of("cam")]
+    assert len(idx) > 20 and idx == list(range(len(idx)))  # index keeps counting across reconnects
