@@ -10,7 +10,7 @@ Uses the TorchScript-based exporter (``dynamo=False``): it works offline and giv
 Usage::
 
     vap export runs/train/exp/best.pt --out engines/models/model.onnx [--imgsz 320] [--dynamic-hw]
-        [--max-det 300] [--opset 17]
+        [--max-det 300] [--opset 17] [--bench 1,4,8]
     python -m engines.export ...
 """
 
@@ -89,6 +89,42 @@ def export_onnx(checkpoint: Path, out: Path, imgsz: int | None = None, dynamic_h
                         source_sha256=sha256_file(checkpoint), scale=model.cfg.scale)
 
 
+def bench_onnx(path: str | Path, batches: tuple[int, ...] = (1, 4, 8), imgsz: int | None = None, runs: int = 20,
+               warmup: int = 3, threads: int | None = None) -> list[dict[str, float]]:
+    """ONNX Runtime CPU latency per batch size: median and p90 ms per batch, images/s at the median.
+
+    Medians, because these machines are shared and noisy; inputs are random (the graph has no
+    data-dependent control flow, so content does not change the cost).
+    """
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from engines.metadata import read_onnx_metadata
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    h, w = (imgsz, imgsz) if imgsz else read_onnx_metadata(path)["imgsz"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in batches:
+        x = rng.random((b, 3, h, w), dtype=np.float32)
+        for _ in range(warmup):
+            sess.run(None, {"images": x})
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, {"images": x})
+            times.append((time.perf_counter() - t0) * 1000)
+        med = float(np.median(times))
+        rows.append({"batch": b, "median_ms": med, "p90_ms": float(np.percentile(times, 90)),
+                     "images_per_s": 1000 * b / med})
+    return rows
+
+
 def cli(argv: list[str]) -> int:
     """``vap export CKPT --out model.onnx [--imgsz N] [--dynamic-hw] [--max-det K] [--opset N]``."""
     import argparse
@@ -100,6 +136,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--dynamic-hw", action="store_true", help="make input height/width dynamic")
     ap.add_argument("--max-det", type=int, default=300, help="K, rows per image in the output")
     ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--bench", default="", metavar="1,4,8",
+                    help="after export, time ONNX Runtime CPU inference at these batch sizes")
     args = ap.parse_args(argv)
     if args.out.suffix != ".onnx":
         print(f"vap export: --out must end in .onnx, got {args.out}", file=sys.stderr)
@@ -110,6 +148,15 @@ def cli(argv: list[str]) -> int:
         print(f"vap export: {exc}", file=sys.stderr)
         return 2
     print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB) + {path.with_suffix('.json')}")
+    if args.bench:
+        try:
+            batches = tuple(int(b) for b in args.bench.split(","))
+        except ValueError:
+            print(f"vap export: --bench wants batch sizes like 1,4,8, got {args.bench!r}", file=sys.stderr)
+            return 2
+        for row in bench_onnx(path, batches):
+            print(f"batch {row['batch']}: median {row['median_ms']:.1f} ms (p90 {row['p90_ms']:.1f}), "
+                  f"{row['images_per_s']:.1f} img/s")
     return 0
 
 

@@ -176,3 +176,11 @@ def test_cli_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "not a readable vap checkpoint" in capsys.readouterr().err
     assert cli([str(junk), "--out", str(tmp_path / "x.txt")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_bench_onnx_reports_each_batch(exported):
+    from engines.export import bench_onnx
+
+    rows = bench_onnx(exported, batches=(1, 2), runs=2, warmup=1)
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] for r in rows)

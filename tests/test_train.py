@@ -126,3 +126,9 @@ def test_ddp_two_processes_gloo(data_yaml, tmp_path):
     ck = torch.load(tmp_path / "ddp" / "last.pt", map_location="cpu", weights_only=False)
     # total batch 4 over 2 ranks = 2 per rank; 8 images / 2 ranks = 4 each -> 2 iterations
     assert ck["epoch"] == 0 and ck["ema_updates"] == 2
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("train-*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(recipe):
+    cfg = load_config(recipe, {})
+    assert cfg.model in "nsmlx" and cfg.imgsz % 32 == 0
