@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pipeline.config import StreamConfig, redact_url, source_kind
+from pipeline.config import StreamConfig, redact_url
 from pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def classify_error(exc: BaseException, url: str, phase: str = "read", timeout_s:
                                   "is the port right?)")
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return err("unreachable", f"connection lost ({strerror or type(exc).__name__})")
-    if isinstance(exc, (av.error.ExitError, TimeoutError, socket.timeout)):
+    if isinstance(exc, (av.error.ExitError, TimeoutError)):
         limit = f" within {timeout_s:g}s" if timeout_s else ""
         if phase == "open":
             return err("timeout", f"timeout: could not open the stream{limit} (host down, firewalled, "

@@ -361,3 +361,36 @@ def test_live_decoder_breakdown_reconnects_and_counts(http_dir, monkeypatch, rig
     assert "could not be decoded" in (w.last_error or "")
     idx = [f.index for f in col.of("cam")]
     assert len(idx) > 20 and idx == list(range(len(idx)))  # index keeps counting across reconnects
+
+
+@pytest.mark.parametrize("stream_s,expect_reset", [(0.4, True), (0.0, False)])
+def test_backoff_resets_only_after_a_stable_period(monkeypatch, stream_s: float, expect_reset: bool) -> None:
+    attempts: list[int] = []
+
+    def recording(attempt: int, initial: float, cap: float, rng=None) -> float:
+        attempts.append(attempt)
+        return 0.01  # the attempt number is what is under test; keep the waits short
+
+    class Flaky(ScriptedSource):
+        def frames(self) -> Iterator[Frame]:
+            img = np.zeros((8, 8, 3), np.uint8)
+            end = time.monotonic() + stream_s
+            i = 0
+            while time.monotonic() < end:
+                self._read(0.02)
+                yield Frame(self.cfg.name, i, None, time.time(), img)
+                i += 1
+            raise SourceError("eof", "dropped")
+
+    monkeypatch.setattr(sup_mod, "backoff_delay", recording)
+    monkeypatch.setattr(sup_mod, "open_source", lambda cfg: Flaky(cfg, 0, 0, 0))
+    sup = Supervisor(lambda f: True, Metrics(), stable_reset_s=0.3)
+    try:
+        sup.add(StreamConfig(name="f", url="rtsp://cam/f"))
+        assert wait_for(lambda: len(attempts) >= 4, timeout=5)
+    finally:
+        sup.stop_all()
+    if expect_reset:
+        assert attempts[:4] == [0, 0, 0, 0]  # each session streamed longer than stable_reset_s
+    else:
+        assert attempts[:4] == [0, 1, 2, 3]  # failing straight away: the backoff keeps growing
