@@ -538,6 +538,26 @@ def _yolo_rows(gts: list[GTObject], width: int, height: int) -> str:
 _ASPECTS = (1.0, 4 / 3, 16 / 9, 3 / 2, 3 / 4, 9 / 16)
 
 
+def _write_still(job: tuple[Path, Path, int, int, int, int, float]) -> None:
+    """Render and write one dataset image and its label file (a pure function of its job)."""
+    img_dir, lab_dir, seed, split_id, i, imgsz, haze_fraction = job
+    rng = np.random.default_rng([seed, split_id, i, 7])
+    long_side = int(round(imgsz * rng.uniform(0.75, 1.25)))
+    aspect = _ASPECTS[int(rng.integers(0, len(_ASPECTS)))]
+    if aspect >= 1:
+        w, h = long_side, int(round(long_side / aspect))
+    else:
+        h, w = long_side, int(round(long_side * aspect))
+    haze = rng.uniform(0.2, 0.7) if rng.random() < haze_fraction else 0.0
+    img, gts = render_image((seed, split_id, i), w, h, haze=haze)
+    name = f"{i:06d}"
+    ok = cv2.imwrite(str(img_dir / f"{name}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                     [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise OSError(f"could not write {img_dir / (name + '.jpg')}")
+    (lab_dir / f"{name}.txt").write_text(_yolo_rows(gts, w, h))
+
+
 def write_yolo_dataset(
     out_dir: Path,
     n_train: int,
@@ -545,6 +565,7 @@ def write_yolo_dataset(
     imgsz: int = 320,
     seed: int = 0,
     haze_fraction: float = 0.0,
+    workers: int = 1,
 ) -> Path:
     """Write a YOLO-format dataset of synthetic stills and return its data.yaml path.
 
@@ -552,6 +573,8 @@ def write_yolo_dataset(
     normalised), data.yaml with path/train/val/names. Picture sizes vary around `imgsz` (long side
     0.75..1.25 x imgsz, several aspect ratios) so letterboxing and scale augmentation get exercised.
     `haze_fraction` of the pictures get haze of random thickness. Train and val never share a seed.
+    Every image is a pure function of (seed, split, index), so `workers` > 1 (processes) writes
+    the same files faster on a machine with free cores.
     """
     import yaml
 
@@ -561,27 +584,26 @@ def write_yolo_dataset(
         raise ValueError(f"imgsz must be at least 32, got {imgsz}")
     if not 0.0 <= haze_fraction <= 1.0:
         raise ValueError(f"haze_fraction must be in 0..1, got {haze_fraction}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
+    jobs = []
     for split, n, split_id in (("train", n_train, 0), ("val", n_val, 1)):
         img_dir, lab_dir = out_dir / "images" / split, out_dir / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            rng = np.random.default_rng([seed, split_id, i, 7])
-            long_side = int(round(imgsz * rng.uniform(0.75, 1.25)))
-            aspect = _ASPECTS[int(rng.integers(0, len(_ASPECTS)))]
-            if aspect >= 1:
-                w, h = long_side, int(round(long_side / aspect))
-            else:
-                h, w = long_side, int(round(long_side * aspect))
-            haze = rng.uniform(0.2, 0.7) if rng.random() < haze_fraction else 0.0
-            img, gts = render_image((seed, split_id, i), w, h, haze=haze)
-            name = f"{i:06d}"
-            ok = cv2.imwrite(str(img_dir / f"{name}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                             [cv2.IMWRITE_JPEG_QUALITY, 92])
-            if not ok:
-                raise OSError(f"could not write {img_dir / (name + '.jpg')}")
-            (lab_dir / f"{name}.txt").write_text(_yolo_rows(gts, w, h))
+        jobs.extend((img_dir, lab_dir, int(seed), split_id, i, int(imgsz), float(haze_fraction)) for i in range(n))
+    if workers == 1:
+        for job in jobs:
+            _write_still(job)
+    else:
+        import multiprocessing as mp
+
+        # fork: workers inherit this module as loaded (spawn would re-run the caller's __main__)
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_still, jobs, chunksize=16):
+                pass
     data = {
         "path": str(out_dir.resolve()),
         "train": "images/train",
@@ -943,10 +965,12 @@ def _synth_cli(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--haze", type=float, default=0.0,
                     help="dataset: fraction of hazy images; video: haze thickness 0..1")
+    ap.add_argument("--workers", type=int, default=1, help="processes writing the dataset")
     args = ap.parse_args(argv)
     try:
         if args.dataset is not None:
-            yaml_path = write_yolo_dataset(args.dataset, args.train, args.val, args.imgsz, args.seed, args.haze)
+            yaml_path = write_yolo_dataset(args.dataset, args.train, args.val, args.imgsz, args.seed, args.haze,
+                                           workers=args.workers)
             print(f"wrote {args.train} train + {args.val} val images; data config: {yaml_path}")
         else:
             out = write_video(args.video, args.seed, args.frames, args.width, args.height, args.fps,

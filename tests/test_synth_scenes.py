@@ -129,10 +129,12 @@ def test_write_yolo_dataset_layout(tmp_path: Path) -> None:
             assert (v >= 0).all() and (v <= 1).all()
             rows += 1
     assert len(shapes) > 2 and rows > 12
-    # deterministic: same seed, same bytes
-    again = write_yolo_dataset(tmp_path / "ds2", n_train=2, n_val=0, imgsz=160, seed=3, haze_fraction=0.5)
-    assert (again.parent / "labels/train/000001.txt").read_text() == (
-        tmp_path / "ds/labels/train/000001.txt").read_text()
+    # deterministic: same seed, same bytes, also when written by several processes
+    again = write_yolo_dataset(tmp_path / "ds2", n_train=4, n_val=0, imgsz=160, seed=3, haze_fraction=0.5,
+                               workers=2)
+    for k in range(4):
+        for rel in (f"labels/train/{k:06d}.txt", f"images/train/{k:06d}.jpg"):
+            assert (again.parent / rel).read_bytes() == (tmp_path / "ds" / rel).read_bytes()
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
