@@ -25,6 +25,7 @@ import logging
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
 
-# After this many consecutive undecodable packets the stream counts as broken (live: reconnect;
-# file: the rest of the file is unreadable, so it ends).
+# After this many consecutive undecodable packets a live stream counts as broken and is
+# reconnected (a changed codec, a broken encoder). Files skip on to their next keyframe instead;
+# for files the limit only applies to container data the demuxer cannot get past.
 MAX_CONSECUTIVE_ERRORS = 50
 
 SOURCE_ERROR_KINDS = ("unreachable", "unauthorized", "forbidden", "not_found", "timeout", "corrupt",
@@ -143,7 +145,7 @@ def _refine_network_error(e: SourceError, url: str) -> SourceError:
 # sources
 
 
-class Source:
+class Source(ABC):
     """One stream: `open()`, iterate `frames()`, `close()` (idempotent).
 
     Subclasses keep `decode_errors` (damaged packets/frames skipped so far) and `blocked_since`
@@ -162,14 +164,17 @@ class Source:
     def redacted_url(self) -> str:
         return redact_url(self.cfg.url)
 
-    def open(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def open(self) -> None:
+        """Connect/open the input; raises SourceError with a clear, redacted reason."""
 
-    def frames(self) -> Iterator[Frame]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def frames(self) -> Iterator[Frame]:
+        """Decoded RGB frames; ends at the end of a finite input or raises SourceError."""
 
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None:
+        """Release the decoder/container; idempotent."""
 
     def interrupt(self) -> None:
         """Ask `frames()` to end soon (between frames and during pacing sleeps); thread-safe."""

@@ -169,6 +169,9 @@ def test_frames_arrive_with_size_and_increasing_pts(servers, rig, transport: str
     snap = sup.snapshot()[0]
     assert snap["state"] == "streaming" and snap["live"] is True and snap["resolution"] == [320, 240]
     assert metrics.registry.get_sample_value("vap_stream_up", {"stream": "cam"}) == 1
+    # the watchdog measures the decode rate once a second: the server sends 25 fps
+    assert wait_for(lambda: 18 <= sup.snapshot()[0]["fps"] <= 32, timeout=4), sup.snapshot()[0]["fps"]
+    assert 18 <= metrics.registry.get_sample_value("vap_stream_fps", {"stream": "cam"}) <= 32
 
 
 def test_server_restart_recovers_by_itself(servers, rig) -> None:
