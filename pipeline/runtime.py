@@ -151,8 +151,9 @@ class Pipeline:
             if name not in self._configs:
                 raise KeyError(name)
             del self._configs[name]
-        self.supervisor.remove(name, timeout)
+        # Queue first: a file decoder blocked in put() is released at once and sees it must stop.
         self.batcher.remove_stream(name)
+        self.supervisor.remove(name, timeout)
         self._to_remove.put(name)
         self.metrics.forget_stream(name)
         self._latency.pop(name, None)
@@ -190,8 +191,10 @@ class Pipeline:
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        # Close the batcher first: it releases decoders blocked on a full file queue (they stop at
+        # once), and next_batch still drains every frame already accepted before returning None.
+        self.batcher.close()
         self.supervisor.stop_all(timeout=min(5.0, timeout / 2))
-        self.batcher.close()  # next_batch drains what is queued, then returns None
         clean = True
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
