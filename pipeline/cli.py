@@ -50,7 +50,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
     "val": ("engines.train", "val_cli", "evaluate a checkpoint (COCO mAP, both heads)"),
     "export": ("engines.export", "cli", "export a checkpoint to ONNX under the engine contract"),
-    "data": ("engines.synth", "cli", "synthetic data: vap data synth ..."),
+    "data": ("engines.synth", "cli", "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
     "track": ("pipeline.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
     "eval": ("pipeline.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
 }
