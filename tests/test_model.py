@@ -11,7 +11,7 @@ from engines.assign import TaskAlignedAssigner, box_iou_pairwise
 from engines.detector import (DetectorConfig, build_detector, count_params, make_anchors, model_info,
                               topk_end2end)
 from engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
-from engines.nn import C2f, Conv, RepConv, fuse_conv_bn
+from engines.nn import Conv, RepConv, fuse_conv_bn
 from engines.optim import MuSGD, ModelEMA, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
 
 torch.set_num_threads(1)
