@@ -55,9 +55,28 @@ class Metrics:
         self.detections = Counter("vap_detections_total", "Detections after thresholds", ["class"], registry=r)
         self.active_tracks = Gauge("vap_active_tracks", "Confirmed tracks alive", ["stream"], registry=r)
         self.events = Counter("vap_events_total", "Events emitted", ["type"], registry=r)
+        self.line_crossings = Counter("vap_line_crossings_total", "Objects crossing a configured line",
+                                      ["stream", "line", "direction", "class"], registry=r)
+        self.zone_occupancy = Gauge("vap_zone_occupancy", "Objects inside a configured zone",
+                                    ["stream", "zone"], registry=r)
         # sinks
         self.sink_events = Counter("vap_sink_events_total", "Events written by a sink", ["sink"], registry=r)
         self.sink_errors = Counter("vap_sink_errors_total", "Sink write failures", ["sink"], registry=r)
+        # per-stream label sets of the event-derived metrics, so a removed stream's series go too
+        self._derived: dict[str, set[tuple[object, tuple[str, ...]]]] = {}
+
+    def count_events(self, events: list[dict]) -> None:
+        """Counters and gauges derived from events (one place, so they always agree with them)."""
+        for e in events:
+            self.events.labels(e["type"]).inc()
+            if e["type"] == "line.cross":
+                labels: tuple[str, ...] = (e["stream"], e["line"], e["direction"], e["class"])
+                self.line_crossings.labels(*labels).inc()
+                self._derived.setdefault(e["stream"], set()).add((self.line_crossings, labels))
+            elif "occupancy" in e and "zone" in e:
+                labels = (e["stream"], e["zone"])
+                self.zone_occupancy.labels(*labels).set(e["occupancy"])
+                self._derived.setdefault(e["stream"], set()).add((self.zone_occupancy, labels))
 
     def set_state(self, stream: str, state: str) -> None:
         """Mark `state` as the stream's current state (one-hot over STREAM_STATES)."""
@@ -70,6 +89,11 @@ class Metrics:
         for metric in (self.stream_up, self.stream_fps, self.active_tracks):
             try:
                 metric.remove(stream)
+            except KeyError:
+                pass
+        for metric, labels in self._derived.pop(stream, set()):
+            try:
+                metric.remove(*labels)
             except KeyError:
                 pass
         for s in STREAM_STATES:

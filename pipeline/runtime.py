@@ -225,9 +225,7 @@ class Pipeline:
         if is_down and was_down:
             return  # one stream.down per outage, not one per reconnect attempt
         self._down[stream] = is_down
-        event = make_event(etype, stream, time.time(), state=state, reason=reason or None)
-        self.metrics.events.labels(etype).inc()
-        self.bus.publish([event])
+        self._publish([make_event(etype, stream, time.time(), state=state, reason=reason or None)])
 
     # ------------------------------------------------------------------ data path
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -330,8 +328,7 @@ class Pipeline:
         return out
 
     def _publish(self, events: list[dict[str, Any]]) -> None:
-        for e in events:
-            self.metrics.events.labels(e["type"]).inc()
+        self.metrics.count_events(events)
         self.bus.publish(events)
 
     def _state_for(self, name: str) -> _StreamState | None:

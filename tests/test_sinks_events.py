@@ -68,3 +68,18 @@ def test_runner_filters_retries_and_flushes_on_close(tmp_path):
     assert [e["type"] for e in flaky.got] == ["stream.up"]
     assert m.registry.get_sample_value("vap_sink_errors_total", {"sink": "flaky"}) == 1
     assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "flaky"}) == 1
+
+
+def test_event_derived_metrics_and_their_removal():
+    m = Metrics()
+    box = dict(track_id="c:1", class_id=0, score=0.9, box=[0.0, 0.0, 1.0, 1.0], **{"class": "person"})
+    m.count_events([make_event("line.cross", "c", time.time(), line="gate", direction="in", **box),
+                    make_event("line.cross", "c", time.time(), line="gate", direction="in", **box),
+                    make_event("zone.enter", "c", time.time(), zone="bay", occupancy=3, **box)])
+    get = m.registry.get_sample_value
+    assert get("vap_line_crossings_total", {"stream": "c", "line": "gate", "direction": "in", "class": "person"}) == 2
+    assert get("vap_zone_occupancy", {"stream": "c", "zone": "bay"}) == 3
+    assert get("vap_events_total", {"type": "line.cross"}) == 2
+    m.forget_stream("c")
+    assert get("vap_zone_occupancy", {"stream": "c", "zone": "bay"}) is None
+    assert get("vap_line_crossings_total", {"stream": "c", "line": "gate", "direction": "in", "class": "person"}) is None
