@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -244,7 +245,7 @@ def evaluate_on_synthetic(seeds: Sequence[int], model: Path, frames: int = 300, 
                           height: int = 360, fps: float = 10.0,
                           tracker_cfg: TrackerConfig | Mapping[str, TrackerConfig] | None = None,
                           num_objects: int = 6, conf: float = 0.1, workdir: Path | None = None,
-                          perturb: Mapping[str, float] | None = None) -> list[dict]:
+                          perturb: Mapping[str, Any] | None = None) -> list[dict]:
     """Score tracking on generated videos, fed by the model and by perturbed ground truth.
 
     For each seed a video and its ground truth are written (to `workdir`, default a temporary
@@ -252,7 +253,8 @@ def evaluate_on_synthetic(seeds: Sequence[int], model: Path, frames: int = 300, 
     seed), and every tracker config tracks both sources. Returns one row per (source, tracker,
     seed) and a mean row per (source, tracker) with `seed` = "mean": keys `source` ("model" or
     "perturbed_gt"), `tracker`, `seed`, the `METRIC_KEYS` and the pre-tracking `det_recall` /
-    `det_precision` of the boxes at or above the tracker's `high_thresh`.
+    `det_precision` of the boxes at or above the tracker's `high_thresh`. `perturb` passes keyword
+    arguments to `perturb_gt` (its defaults otherwise; `frame_size` is always the video's).
     """
     from engines.synth import write_video
 
