@@ -297,6 +297,10 @@ class Pipeline:
             t = self._stream_time(state, frame)
             tracks = state.tracker.update(dets, t)
             new = state.analytics.update(tracks, t, frame.capture_ts, frame.shape)
+            for e in new:  # which frame caused it: lets consumers find the picture in the video
+                e["frame_index"] = frame.index
+                if frame.pts is not None:
+                    e["pts"] = round(frame.pts, 4)
             state.processed += 1
             if len(dets):
                 counts += np.bincount(dets.class_ids, minlength=len(self.names))
