@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FILE_SUFFIXES = {".mp4", ".mkv", ".avi", ".ts", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".h264", ".h265"}

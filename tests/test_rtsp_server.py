@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import StreamConfig
-from pipeline.frames import Frame
+from tests.collector import Collector
 from pipeline.metrics import Metrics
 from pipeline.supervisor import Supervisor
 
@@ -103,30 +103,6 @@ def servers():
     yield make
     for srv in started:
         srv.kill()
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.states: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    def emit(self, frame: Frame) -> bool:
-        with self.lock:
-            self.frames.append(frame)
-        return True
-
-    def on_state(self, stream: str, state: str, reason: str) -> None:
-        with self.lock:
-            self.states.append((stream, state, reason))
-
-    def of(self, stream: str) -> list[Frame]:
-        with self.lock:
-            return [f for f in self.frames if f.stream == stream]
-
-    def seq(self, stream: str) -> list[str]:
-        with self.lock:
-            return [s for n, s, _ in self.states if n == stream]
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -7,7 +7,6 @@ JSONL sink, HTTP API); the engine is a constant detector so the expected events 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from pathlib import Path
