@@ -13,16 +13,55 @@ import av
 import cv2
 import numpy as np
 
+from pipeline.analytics import AnalyticsConfig
 from pipeline.frames import Detections, Frame
+from pipeline.geometry import signed_distance
 from pipeline.tracking import Tracks
 
 _PALETTE = np.array([(230, 57, 70), (29, 161, 242), (42, 157, 143), (244, 162, 97), (131, 56, 236),
                      (255, 190, 11), (58, 134, 255), (251, 86, 7)], dtype=np.uint8)
 
 
-def draw_tracks(image: np.ndarray, tracks: Tracks, names: list[str]) -> np.ndarray:
-    """A copy of `image` (RGB) with each track's box, id and class."""
+def _pixels(points: list[tuple[float, float]], relative: bool, w: int, h: int) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64)
+    if relative:
+        pts = pts * (w, h)
+    return np.round(pts).astype(np.int32)
+
+
+def draw_geometry(image: np.ndarray, analytics: AnalyticsConfig | None) -> None:
+    """Draw the configured zones (outlined) and lines (with an arrow towards 'in') in place."""
+    if analytics is None:
+        return
+    h, w = image.shape[:2]
+    for zone in analytics.zones:
+        pts = _pixels(zone.polygon, zone.relative, w, h)
+        cv2.polylines(image, [pts], True, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, zone.name, tuple(int(v) for v in pts.min(axis=0) + (4, 14)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+    for line in analytics.lines:
+        a, b = _pixels(line.points, line.relative, w, h)
+        cv2.line(image, tuple(int(v) for v in a), tuple(int(v) for v in b), (0, 255, 255), 2, cv2.LINE_AA)
+        mid = (a + b) / 2
+        d = (b - a).astype(np.float64)
+        normal = np.array([-d[1], d[0]]) / max(1e-6, float(np.hypot(*d))) * 20
+        if signed_distance((mid + normal)[None], a, b)[0] < 0:  # point the arrow to the side 'in' ends on
+            normal = -normal
+        cv2.arrowedLine(image, tuple(int(v) for v in mid), tuple(int(v) for v in mid + normal), (0, 255, 255), 2,
+                        cv2.LINE_AA, tipLength=0.4)
+        label = f"{line.name} (in)"
+        (tw, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        tip = mid + normal
+        org = (tip[0] + 4, tip[1] + 4) if normal[0] >= 0 else (tip[0] - tw - 4, tip[1] + 4)  # beside the tip
+        cv2.putText(image, label, tuple(int(v) for v in org), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1,
+                    cv2.LINE_AA)
+
+
+def draw_tracks(image: np.ndarray, tracks: Tracks, names: list[str],
+                analytics: AnalyticsConfig | None = None) -> np.ndarray:
+    """A copy of `image` (RGB) with the zones and lines, and each track's box, id and class."""
     out = image.copy()
+    draw_geometry(out, analytics)
     for tid, box, cls, score in zip(tracks.ids, tracks.boxes, tracks.class_ids, tracks.scores):
         color = tuple(int(c) for c in _PALETTE[int(tid) % len(_PALETTE)])
         x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -37,8 +76,10 @@ def draw_tracks(image: np.ndarray, tracks: Tracks, names: list[str]) -> np.ndarr
 class AnnotatedWriter:
     """Writes one stream's annotated frames to an MP4; the size is fixed by the first frame."""
 
-    def __init__(self, path: Path, stream: str, names: list[str], fps: float = 25.0) -> None:
+    def __init__(self, path: Path, stream: str, names: list[str], fps: float = 25.0,
+                 analytics: AnalyticsConfig | None = None) -> None:
         self.path = Path(path)
+        self.analytics = analytics
         self.stream = stream
         self.names = names
         self.fps = fps
@@ -50,7 +91,7 @@ class AnnotatedWriter:
     def __call__(self, frame: Frame, dets: Detections, tracks: Tracks, events: list[dict]) -> None:
         if frame.stream != self.stream:
             return
-        img = draw_tracks(frame.image, tracks, self.names)
+        img = draw_tracks(frame.image, tracks, self.names, self.analytics)
         if self._container is None:
             h, w = img.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # yuv420p needs even sizes

@@ -75,7 +75,8 @@ def run_demo(out: Path, duration: float = 20.0, cameras: int = 2, port: int = 91
     write_video(clip, seed=100, frames=int(DEMO_FPS * max(2, duration // 2)), width=w, height=h, fps=DEMO_FPS,
                 num_objects=5)
     settings = demo_settings(out, cameras, port, clip, model)
-    writer = AnnotatedWriter(out / "annotated.mp4", "clip", [], fps=DEMO_FPS)
+    writer = AnnotatedWriter(out / "annotated.mp4", "clip", [], fps=DEMO_FPS,
+                             analytics=settings.stream_analytics(settings.streams[-1]))
     summary: dict[str, Any] = {}
 
     def done(pipeline: Any) -> None:
