@@ -190,7 +190,7 @@ def run_bench(model: Path | None, out_dir: Path, quick: bool = False, soak_s: fl
                   f"{result['soak']['rss_mb_end']} MB", file=sys.stderr)
         result["rss_mb_end"] = round(rss_mb(), 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "pipeline-quick.json" if quick else "pipeline.json"
+    name = f"pipeline-{model.stem}{'-quick' if quick else ''}.json"
     (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out_dir / name}", file=sys.stderr)
     return 0
