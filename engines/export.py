@@ -30,7 +30,12 @@ class ExportError(Exception):
 def export_model(model, out: str | Path, imgsz: int | tuple[int, int], names: list[str],
                  dynamic_hw: bool = False, max_det: int = 300, opset: int = 17,
                  source_sha256: str = "", scale: str = "") -> Path:
-    """Export an in-memory :class:`engines.detector.Detector` (fused and stripped here)."""
+    """Export an in-memory :class:`engines.detector.Detector` (fused and stripped here).
+
+    With ``dynamic_hw`` the top-K size is fixed at export as min(max_det, anchors x classes) of the
+    export size; an input so small that anchors x classes < K at run time (e.g. under 64 x 64 px
+    for 4 classes and K = 300) is rejected by ONNX Runtime's TopK.
+    """
     import torch
 
     from engines.detector import count_params
