@@ -8,6 +8,8 @@ stage, reason, class, event type, sink — never a URL or a track id.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Latency buckets from 1 ms to 30 s: covers a CPU engine at batch 16 and a stalled live stream.
@@ -86,18 +88,11 @@ class Metrics:
 
     def forget_stream(self, stream: str) -> None:
         """Remove a removed stream's series so label sets do not grow with churn."""
-        for metric in (self.stream_up, self.stream_fps, self.active_tracks):
-            try:
-                metric.remove(stream)
-            except KeyError:
-                pass
-        for metric, labels in self._derived.pop(stream, set()):
-            try:
-                metric.remove(*labels)
-            except KeyError:
-                pass
-        for s in STREAM_STATES:
-            try:
-                self.stream_state.remove(stream, s)
-            except KeyError:
-                pass
+        series: list[tuple[object, tuple[str, ...]]] = [
+            *((m, (stream,)) for m in (self.stream_up, self.stream_fps, self.active_tracks)),
+            *((self.stream_state, (stream, s)) for s in STREAM_STATES),
+            *self._derived.pop(stream, set()),
+        ]
+        for metric, labels in series:
+            with contextlib.suppress(KeyError):  # a series that was never set
+                metric.remove(*labels)  # type: ignore[attr-defined]

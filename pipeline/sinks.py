@@ -145,7 +145,12 @@ class SinkRunner:
 
     def _loop(self) -> None:
         while True:
-            batch = self._q.get()
+            try:
+                batch = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self._stopping.is_set():  # close() could not enqueue its sentinel in time
+                    break
+                continue
             if batch is None:
                 break
             while True:

@@ -19,9 +19,6 @@ import numpy as np
 import pytest
 
 from pipeline.config import StreamConfig
-from tests.collector import Collector
-from pipeline.metrics import Metrics
-from pipeline.supervisor import Supervisor
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_server.py")
@@ -115,15 +112,6 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 FAST = dict(open_timeout_s=3.0, read_timeout_s=1.5, backoff_initial_s=0.2, backoff_max_s=0.5, stall_min_s=0.5)
-
-
-@pytest.fixture()
-def rig():
-    col = Collector()
-    metrics = Metrics()
-    sup = Supervisor(col.emit, metrics, col.on_state)
-    yield col, metrics, sup
-    sup.stop_all(timeout=5)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -18,7 +18,6 @@ from pipeline.frames import Frame
 from pipeline.metrics import Metrics
 from pipeline.sources import Source, SourceError
 from pipeline.supervisor import StreamWorker, Supervisor, backoff_delay
-from tests.collector import Collector
 from tests.videos import corrupted_copy, resolution_change_ts, truncated_copy, write_video
 
 
@@ -34,15 +33,6 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-@pytest.fixture()
-def rig():
-    col = Collector()
-    metrics = Metrics()
-    sup = Supervisor(col.emit, metrics, col.on_state)
-    yield col, metrics, sup
-    sup.stop_all(timeout=5)
 
 
 def test_file_runs_to_finished_with_every_frame_once(tmp_path: Path, rig) -> None:
