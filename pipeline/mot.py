@@ -178,6 +178,11 @@ def cli_track(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"vap track: invalid tracker config {args.config}:\n{exc}", file=sys.stderr)
         return 2
+    if len(dets) and bool(np.all(dets.scores < 0)):
+        # MOTChallenge writes -1 for "no score" (ground truth, other trackers' output): without
+        # this every box would fall below the thresholds and nothing would be tracked.
+        print(f"vap track: {args.dets} has no scores (all -1); treating every box as score 1.0", file=sys.stderr)
+        dets = MotSequence(dets.frames, dets.ids, dets.boxes, np.ones_like(dets.scores), dets.classes)
     tracks = track_sequence(dets, cfg, args.fps)
     write_mot(args.out, tracks)
     n_ids = len(np.unique(tracks.ids)) if len(tracks) else 0

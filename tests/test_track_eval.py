@@ -173,3 +173,17 @@ def test_synthetic_mot_sequence_is_trackable_and_has_occlusions() -> None:
     assert 0.4 < m["hota"] < 1.0 and m["mota"] > 0.5
     same = evaluate_sequences(gt, gt)
     assert same["hota"] == pytest.approx(1.0) and same["idf1"] == pytest.approx(1.0)
+
+
+def test_vap_track_treats_missing_scores_as_confident(tmp_path, capsys):
+    """MOTChallenge's -1 'no score' must not make every box fall below the thresholds."""
+    from pipeline.cli import main
+
+    rows = [f"{f},-1,{100 + 5 * f},50,40,80,-1,-1,-1,-1" for f in range(1, 21)]
+    dets = tmp_path / "dets.txt"
+    dets.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tracks.txt"
+    assert main(["track", str(dets), "--out", str(out)]) == 0
+    assert "no scores" in capsys.readouterr().err
+    ids = {line.split(",")[1] for line in out.read_text().splitlines()}
+    assert len(ids) == 1 and len(out.read_text().splitlines()) >= 18  # one track, followed throughout
