@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -92,18 +92,24 @@ def source_kind(url: str) -> str:
         f"({', '.join(sorted(FILE_SUFFIXES))}), /dev/videoN or synthetic://")
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")
+
+
 def redact_url(url: str) -> str:
-    """Replace `user:pass@` in a URL with `***@` so credentials never reach logs, metrics or events."""
+    """Replace everything between `scheme://` and the last `@` with `***`.
+
+    Never raises, and errs towards hiding too much: passwords may contain `/`, `?`, `#` or `:`,
+    which defeat a URL parser, so the userinfo is cut textually up to the last `@`.
+    """
+    return _USERINFO.sub(r"\1***@", url)
+
+
+def check_url(url: str) -> None:
+    """Reject URLs a decoder could not use (e.g. a port out of range), with a redacted message."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return re.sub(r"//[^@/]*@", "//***@", url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+        urlsplit(url).port
+    except ValueError as exc:
+        raise ValueError(f"{redact_url(url)!r}: {exc}; check the host:port part") from None
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -87,9 +87,12 @@ class Metrics:
         self.stream_up.labels(stream).set(1.0 if state == "streaming" else 0.0)
 
     def forget_stream(self, stream: str) -> None:
-        """Remove a removed stream's series so label sets do not grow with churn."""
+        """Remove every series of a removed stream, so label sets do not grow with camera churn."""
+        per_stream = (self.stream_up, self.stream_fps, self.active_tracks, self.frames_decoded,
+                      self.frames_processed, self.decode_errors, self.reconnects, self.frame_latency)
         series: list[tuple[object, tuple[str, ...]]] = [
-            *((m, (stream,)) for m in (self.stream_up, self.stream_fps, self.active_tracks)),
+            *((m, (stream,)) for m in per_stream),
+            *((self.frames_dropped, (stream, r)) for r in DROP_REASONS),
             *((self.stream_state, (stream, s)) for s in STREAM_STATES),
             *self._derived.pop(stream, set()),
         ]

@@ -97,6 +97,7 @@ class Pipeline:
         self._states: dict[str, _StreamState] = {}     # post thread only
         self._emitted: dict[str, int] = {}
         self._finished: set[str] = set()               # decoder reached EOF (post thread finalises)
+        self._removing: set[str] = set()               # removal in progress: name reserved
         self._finalised: set[str] = set()
         self._to_remove: "queue.SimpleQueue[str]" = queue.SimpleQueue()
         self._down: dict[str, bool] = {}
@@ -111,8 +112,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
-        for name, target in (("prep", self._prep_loop), ("infer", self._infer_loop), ("post", self._post_loop)):
-            t = threading.Thread(target=self._guard(target), name=f"vap-{name}", daemon=True)
+        stages = (("prep", self._prep_loop, self._q_infer), ("infer", self._infer_loop, self._q_post),
+                  ("post", self._post_loop, None))
+        for name, target, downstream in stages:
+            t = threading.Thread(target=self._guard(target, downstream), name=f"vap-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         self._started = True
@@ -131,6 +134,8 @@ class Pipeline:
         with self._lock:
             if cfg.name in self._configs:
                 raise ValueError(f"stream {cfg.name!r} already exists")
+            if cfg.name in self._removing:
+                raise ValueError(f"stream {cfg.name!r} is still being removed; add it again in a moment")
             self._configs[cfg.name] = cfg
             self._emitted[cfg.name] = 0
             self._finished.discard(cfg.name)
@@ -146,17 +151,21 @@ class Pipeline:
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
 
     def remove_stream(self, name: str, timeout: float = 5.0) -> None:
-        """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown."""
+        """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown.
+
+        The name stays reserved until the post thread has closed the stream's tracks and removed
+        its metric series, so a stream re-added under the same name never shares state with it.
+        """
         with self._lock:
-            if name not in self._configs:
+            if name not in self._configs or name in self._removing:
                 raise KeyError(name)
-            del self._configs[name]
+            self._removing.add(name)
         # Queue first: a file decoder blocked in put() is released at once and sees it must stop.
         self.batcher.remove_stream(name)
         self.supervisor.remove(name, timeout)
+        with self._lock:
+            del self._configs[name]
         self._to_remove.put(name)
-        self.metrics.forget_stream(name)
-        self._latency.pop(name, None)
 
     def streams(self) -> list[dict[str, Any]]:
         return self.supervisor.snapshot()
@@ -228,7 +237,12 @@ class Pipeline:
         self._publish([make_event(etype, stream, time.time(), state=state, reason=reason or None)])
 
     # ------------------------------------------------------------------ data path
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+    def _guard(self, fn: Callable[[], None], downstream: "queue.Queue[_Batch | None] | None") -> Callable[[], None]:
+        """Run a data-path stage; on a crash record the error and end the stages after it.
+
+        The end marker lets the post thread still close open tracks (track.end) and exit, and
+        `_put` makes the stages before the crash give up instead of blocking on a dead consumer.
+        """
         def run() -> None:
             try:
                 fn()
@@ -236,7 +250,22 @@ class Pipeline:
                 log.exception("data path thread %s failed", threading.current_thread().name)
                 self.error = exc
                 self._done.set()
+                if downstream is not None:
+                    self._put(downstream, None, force=True)
         return run
+
+    def _put(self, q: "queue.Queue[_Batch | None]", item: "_Batch | None", force: bool = False) -> bool:
+        """Hand a batch to the next stage; False when a stage has failed and nobody will take it."""
+        while True:
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                if self.error is not None and not force:
+                    return False
+                me = threading.current_thread()
+                if force and not any(t.is_alive() for t in self._threads if t is not me):
+                    return False
 
     def _prep_loop(self) -> None:
         while True:
@@ -245,13 +274,15 @@ class Pipeline:
             if frames is None:
                 break
             if not frames:
-                self._q_infer.put(_Batch([]))  # lets the post thread notice finished/removed streams
+                if not self._put(self._q_infer, _Batch([])):  # lets post notice finished/removed streams
+                    return
                 continue
             t0 = time.perf_counter()
             images, transforms = self.preprocess([f.image for f in frames])
             self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
-            self._q_infer.put(_Batch(frames, images, transforms))
-        self._q_infer.put(None)
+            if not self._put(self._q_infer, _Batch(frames, images, transforms)):
+                return
+        self._put(self._q_infer, None)
 
     def _infer_loop(self) -> None:
         while (batch := self._q_infer.get()) is not None:
@@ -263,8 +294,9 @@ class Pipeline:
                 self.metrics.stage_seconds.labels("inference").observe(dt)
                 self.metrics.batch_size.observe(len(batch.frames))
                 batch.images = None
-            self._q_post.put(batch)
-        self._q_post.put(None)
+            if not self._put(self._q_post, batch):
+                return
+        self._put(self._q_post, None)
 
     def _post_loop(self) -> None:
         while True:
@@ -291,8 +323,7 @@ class Pipeline:
         counts = np.zeros(len(self.names), dtype=np.int64)
         for frame, dets in zip(batch.frames, dets_per_frame):
             state = self._state_for(frame.stream)
-            if state is None:  # stream removed while its frame was in flight
-                self.metrics.frames_dropped.labels(frame.stream, "removed").inc()
+            if state is None:  # stream removed while its frame was in flight: its series are gone too
                 continue
             t = self._stream_time(state, frame)
             tracks = state.tracker.update(dets, t)
@@ -319,6 +350,8 @@ class Pipeline:
         for ts in captures:
             self.metrics.event_latency.observe(now - ts)
         for frame in batch.frames:
+            if frame.stream not in self._states:
+                continue
             self.metrics.frame_latency.labels(frame.stream).observe(now - frame.capture_ts)
             self._latency.setdefault(frame.stream, deque(maxlen=256)).append(now - frame.capture_ts)
 
@@ -370,12 +403,21 @@ class Pipeline:
             self._publish(state.analytics.finish(t, capture_ts))
 
     def _drain_removals(self) -> None:
+        """Finish removed streams: close their tracks, then drop every trace of them."""
         while True:
             try:
                 name = self._to_remove.get_nowait()
             except queue.Empty:
                 return
             self._finish_stream(name, time.time())
+            self.metrics.forget_stream(name)  # after the track.end/zone events, which touch its series
+            self._latency.pop(name, None)
+            with self._lock:
+                for table in (self._emitted, self._down):
+                    table.pop(name, None)
+                self._finished.discard(name)
+                self._finalised.discard(name)
+                self._removing.discard(name)
 
     def _finalise_finished(self) -> None:
         with self._lock:

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.analytics import AnalyticsConfig
-from pipeline.config import ConfigError, StreamConfig, Strict, interpolate_env, redact_url, source_kind
+from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
+                             source_kind)
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 
@@ -31,6 +32,7 @@ class StreamSettings(StreamConfig):
     @classmethod
     def _url(cls, v: str) -> str:
         source_kind(v)  # raises with the list of supported forms
+        check_url(v)
         return v
 
 

@@ -53,6 +53,16 @@ def test_env_interpolation_and_missing_variable(monkeypatch):
 def test_redaction():
     assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
     assert redact_url("rtsp://10.0.0.5/live") == "rtsp://10.0.0.5/live"
+    # passwords with URL delimiters, and URLs a parser rejects, are still redacted and never raise
+    for url in ("rtsp://admin:pa/ss@cam/live", "rtsp://a:b?c@cam/x", "rtsp://a:b#c@cam/x",
+                "rtsp://admin:s3cret@cam:99999/live"):
+        assert "s3cret" not in redact_url(url) and "pa/ss" not in redact_url(url) and "***@" in redact_url(url)
+
+
+def test_bad_port_is_a_config_error_without_the_password():
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"streams": [{"name": "a", "url": "rtsp://admin:s3cret@cam:99999/live"}]})
+    assert "streams[0].url" in str(err.value) and "port" in str(err.value) and "s3cret" not in str(err.value)
 
 
 def test_cli_validate_prints_resolved_config_without_secrets(tmp_path, capsys, monkeypatch):

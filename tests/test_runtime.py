@@ -120,14 +120,25 @@ def test_control_api_add_remove_and_release(tmp_path, model):
         status, body = _request(f"{api.url}/streams/cam9", "DELETE")
         assert status == 200 and body == {"removed": "cam9"}
         assert not worker.alive and worker.state == "stopped"   # decoder thread gone
-        assert _request(f"{api.url}/streams/cam9", "DELETE")[0] == 404
         assert json.loads(_get(f"{api.url}/streams")[1]) == []
-        time.sleep(0.5)
+        deadline = time.time() + 10  # removal finishes on the post thread: then no series of cam9 remain
+        while 'stream="cam9"' in _get(f"{api.url}/metrics")[1].decode():
+            assert time.time() < deadline, "removed stream's metric series were never removed"
+            time.sleep(0.1)
+        assert _request(f"{api.url}/streams/cam9", "DELETE")[0] == 404
+        deadline = time.time() + 10  # the sink thread writes asynchronously
+        while len(ends := [e for e in _events(tmp_path) if e["type"] == "track.end"]) < 2:
+            assert time.time() < deadline, "removal did not close the stream's tracks"
+            time.sleep(0.1)
+        assert len(ends) == 2 and all(e["stream"] == "cam9" for e in ends)  # removal closed its tracks
+        status, _ = _request(f"{api.url}/streams", "POST", spec)  # the name can be used again
+        assert status == 201
+        _wait_processed(p, ["cam9"], 5)
     finally:
         assert p.stop()
         api.close()
-    ends = [e for e in _events(tmp_path) if e["type"] == "track.end"]
-    assert len(ends) == 2 and all(e["stream"] == "cam9" for e in ends)  # removal closed its tracks
+    starts = [e["track_id"] for e in _events(tmp_path) if e["type"] == "track.start"]
+    assert len(starts) == 4 and len(set(starts)) == 2  # the new incarnation's tracks start again at cam9:1..2
 
 
 class SlowBackend(Backend):
@@ -203,3 +214,33 @@ def test_corrupt_file_is_processed_up_to_and_past_the_damage(tmp_path, model):
     assert reg.get_sample_value("vap_frames_processed_total", {"stream": "good"}) == 60
     done_bad = reg.get_sample_value("vap_frames_processed_total", {"stream": "bad"})
     assert 25 <= done_bad < 60  # everything before the damage, and decoding resumed after it
+
+
+class FailingBackend(SlowBackend):
+    """A real engine that raises on its Nth batch (driver error, OOM, ...)."""
+
+    def __init__(self, inner: Backend, fail_at: int) -> None:
+        super().__init__(inner, 0.0)
+        self.calls, self.fail_at = 0, fail_at
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("engine exploded")
+        return self.inner.infer(images)
+
+
+def test_engine_failure_mid_run_stops_fast_and_closes_tracks(tmp_path, model):
+    live = write_video(tmp_path / "live.ts", frames=50)
+    p = Pipeline(_settings(tmp_path, model, [{"name": "cam", "url": str(live), "live": True, "realtime": True,
+                                               "loop": True}], shutdown_timeout_s=20),
+                 backend=FailingBackend(load_backend(model), fail_at=8))
+    p.start()
+    assert p.wait(timeout=20) is False          # the failure ends the wait instead of hanging
+    assert isinstance(p.error, RuntimeError)
+    t0 = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t0 < 5            # not the 20 s shutdown timeout
+    events = _events(tmp_path)
+    starts = {e["track_id"] for e in events if e["type"] == "track.start"}
+    assert starts and starts == {e["track_id"] for e in events if e["type"] == "track.end"}
