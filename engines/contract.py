@@ -56,7 +56,7 @@ def parse_names(raw: Any) -> list[str]:
     if isinstance(value, dict):
         try:
             items = sorted((int(k), str(v)) for k, v in value.items())
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ModelContractError(f"metadata 'names' has a non-integer class id: {exc}") from None
         if [k for k, _ in items] != list(range(len(items))):
             raise ModelContractError("metadata 'names' class ids must be 0..N-1 without gaps")
@@ -107,16 +107,23 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
         size = _parse_value(meta["imgsz"])
         if isinstance(size, int):
             size = [size, size]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        try:
+            hw = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
+        except (TypeError, ValueError):
+            hw = None
+        if hw is None:
             raise ModelContractError(f"{source}: metadata imgsz {meta['imgsz']!r} is not [h, w]")
-        hw = (int(size[0]), int(size[1]))
     else:
         raise ModelContractError(
             f"{source}: the input size is dynamic and the metadata has no 'imgsz'; set model.imgsz in the config")
 
     batch = input_shape[0]
-    stride = int(_parse_value(meta.get("stride", "32")))
-    k = output_shape[1] if isinstance(output_shape[1], int) else int(_parse_value(meta.get("max_det", "300")))
+    try:
+        stride = int(_parse_value(meta.get("stride", "32")))
+        k = output_shape[1] if isinstance(output_shape[1], int) else int(_parse_value(meta.get("max_det", "300")))
+    except (TypeError, ValueError):
+        raise ModelContractError(f"{source}: metadata stride {meta.get('stride')!r} or max_det "
+                                 f"{meta.get('max_det')!r} is not an integer; fix or remove it") from None
     return EngineInfo(
         names=names, input_hw=hw, stride=stride, max_det=int(k),
         dynamic_batch=not isinstance(batch, int), max_batch=batch if isinstance(batch, int) else None,

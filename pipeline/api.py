@@ -39,8 +39,8 @@ class ApiServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); set server.port to a free port "
-                          "or 0") from None
+            raise ConfigError(f"server: cannot listen on {host}:{port} ({exc.strerror}); set server.port to a "
+                              "free port (0 picks one)") from None
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.host = host
@@ -98,7 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         if self.path.rstrip("/") != "/streams":
             return self._error(404, "POST only to /streams")
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return self._error(400, "Content-Length is not a number")
         if length <= 0 or length > MAX_BODY:
             return self._error(400, f"send a JSON stream definition (1..{MAX_BODY} bytes)")
         try:

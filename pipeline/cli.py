@@ -170,7 +170,11 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
         prepare(pipeline)
     server = None
     if settings.server.enabled:
-        server = ApiServer(pipeline, settings.server.host, settings.server.port)
+        try:
+            server = ApiServer(pipeline, settings.server.host, settings.server.port)
+        except ConfigError:
+            pipeline.stop(timeout=2)  # release the sinks it opened
+            raise
         server.start()
         log.info("metrics and control API on %s (/metrics /healthz /readyz /streams)", server.url)
     stop = threading.Event()
@@ -187,9 +191,9 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
         if threading.current_thread() is threading.main_thread() else {}
     progress = None if quiet else Progress(pipeline)
-    pipeline.start()
     deadline = None if duration is None else time.monotonic() + duration
     try:
+        pipeline.start()
         while not stop.is_set():
             if pipeline.error is not None or pipeline.files_done():
                 break

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.config import Strict
+from pipeline.config import ConfigError, Strict
 from pipeline.metrics import Metrics
 
 log = logging.getLogger("vap.sinks")
@@ -80,8 +80,12 @@ class JsonlSink(Sink):
         self.cfg = cfg
         self.name = cfg.name
         self.path = Path(cfg.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"sinks: {cfg.name} cannot write {self.path} ({exc.strerror}); "
+                              "choose a writable path") from None
         self._last_sync = time.monotonic()
 
     def write(self, events: list[dict[str, Any]]) -> None:
@@ -97,16 +101,22 @@ class JsonlSink(Sink):
             self._rotate()
 
     def _rotate(self) -> None:
+        """Move the full file aside. A failure (disk full, permissions) is logged and writing goes on
+        in the current file: rotation is housekeeping, losing events over it is not acceptable."""
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
-        if self.cfg.max_files is not None:
-            rotated = sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))
-            for old in rotated[: max(0, len(rotated) - self.cfg.max_files)]:
-                old.unlink()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        try:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
+            if self.cfg.max_files is not None:
+                rotated = sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))
+                for old in rotated[: max(0, len(rotated) - self.cfg.max_files)]:
+                    old.unlink()
+        except OSError as exc:
+            log.error("sink %s: rotating %s failed (%s); still appending to it", self.name, self.path, exc)
+        finally:
+            self._fh = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
         if not self._fh.closed:

@@ -83,3 +83,24 @@ def test_cli_exit_codes_for_config_and_model_errors(tmp_path, capsys):
     assert main(["run", str(p), "--quiet"]) == 3
     assert "does not exist" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_busy_port_and_unwritable_sink_are_config_errors(tmp_path, capsys):
+    import socket
+
+    import numpy as np
+
+    from tests.onnx_models import constant_detector
+    model = constant_detector(tmp_path / "m.onnx", np.array([[1, 1, 5, 5, 0.9, 0]], np.float32), ["a"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = _write(tmp_path, f"model: {{path: {model}}}\nserver: {{port: {port}}}\n"
+                             f"sinks: [{{path: {tmp_path / 'e.jsonl'}}}]\n")
+        assert main(["run", str(p), "--quiet", "--duration", "1"]) == 2
+        assert "cannot listen" in capsys.readouterr().err
+    (tmp_path / "ro").write_text("a file, not a folder")
+    p = _write(tmp_path, f"model: {{path: {model}}}\nserver: {{port: 0}}\nsinks: [{{path: {tmp_path / 'ro' / 'e.jsonl'}}}]\n")
+    assert main(["run", str(p), "--quiet", "--duration", "1"]) == 2
+    assert "cannot write" in capsys.readouterr().err

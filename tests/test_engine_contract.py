@@ -83,3 +83,10 @@ def test_fixed_batch_graph_is_split_and_padded(tmp_path):
     be = load_backend(path)
     assert be.info.max_batch == 2
     assert be.infer(np.zeros((3, 3, 64, 64), np.float32)).shape == (3, 2, 6)
+
+
+def test_odd_metadata_values_are_contract_errors():
+    base = {"names": '["a"]', "imgsz": "[64, 64]"}
+    for bad in ({"stride": "[8, 16, 32]"}, {"imgsz": '["640", "x"]'}, {"names": "{None: 'a'}"}):
+        with pytest.raises(ModelContractError):
+            resolve_info({**base, **bad}, ["B", 3, "H", "W"], ["B", 300, 6], "m")

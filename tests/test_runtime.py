@@ -244,3 +244,19 @@ def test_engine_failure_mid_run_stops_fast_and_closes_tracks(tmp_path, model):
     events = _events(tmp_path)
     starts = {e["track_id"] for e in events if e["type"] == "track.start"}
     assert starts and starts == {e["track_id"] for e in events if e["type"] == "track.end"}
+
+
+def test_api_bad_content_length_is_400(tmp_path, model):
+    import http.client
+    p = Pipeline(_settings(tmp_path, model, []))
+    api = ApiServer(p, "127.0.0.1", 0)
+    api.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+        conn.putrequest("POST", "/streams")
+        conn.putheader("Content-Length", "abc")
+        conn.endheaders()
+        assert conn.getresponse().status == 400
+    finally:
+        api.close()
+        p.stop(timeout=2)

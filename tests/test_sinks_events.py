@@ -106,3 +106,25 @@ def test_close_with_a_full_queue_gives_up_at_the_deadline_and_ends_the_thread():
     release.set()
     runner._thread.join(2.0)
     assert not runner._thread.is_alive()          # the sink thread ended instead of blocking forever
+
+
+def test_failed_rotation_keeps_writing(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    sink = JsonlSink(JsonlSinkConfig(path=tmp_path / "events.jsonl", rotate_mb=0.0005, fsync="never"))
+    real_rename = Path.rename
+    calls = {"n": 0}
+
+    def flaky_rename(self, target):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", flaky_rename)
+    events = [make_event("stream.up", f"s{i}", time.time(), state="streaming") for i in range(30)]
+    for i in range(0, 30, 5):
+        sink.write(events[i:i + 5])
+    sink.close()
+    written = [json.loads(line)["id"] for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(written) == sorted(e["id"] for e in events) and calls["n"] > 1
