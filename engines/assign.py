@@ -102,7 +102,10 @@ class TaskAlignedAssigner:
         k = min(self.topk, a)
         top_vals, top_idx = align.topk(k, dim=-1)
         pos = torch.zeros_like(align, dtype=torch.bool)
-        pos.scatter_(-1, top_idx, top_vals > self.eps)
+        # Keep the top-k candidates whatever their metric: a tiny GT starts with IoU^6 ~ 1e-10 for
+        # every anchor, and a value cut-off would leave it without positives (so it never learns).
+        # Candidates whose metric is 0 get a zero soft target and zero box weight, so they are harmless.
+        pos.scatter_(-1, top_idx, True)
         pos &= in_gt
 
         # an anchor claimed by several GTs keeps the one it overlaps most

@@ -48,7 +48,7 @@ class MuSGD(torch.optim.Optimizer):
     """Muon + SGD hybrid (see module docstring).
 
     For a >= 2-D parameter with momentum buffer ``m`` (Nesterov):
-    ``update = muon_weight * NS(m) * sqrt(max(1, rows/cols)) * muon_scale + sgd_weight * m``.
+    ``update = muon_weight * NS(m) * muon_scale + sgd_weight * m``.
     ``muon_scale`` (0.2 * sqrt(max(rows, cols))) brings the orthogonal update's RMS close to that
     of a typical SGD step so the same learning rate works for both parts.
     """

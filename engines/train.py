@@ -524,7 +524,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    start_epoch, best_fit = 0, -1.0
+    start_epoch, best_fit = 0, -math.inf  # fitness without validation is minus a loss: always < -1
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         ema.ema.load_state_dict(ck["ema"])
@@ -581,6 +581,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = net(images)
             loss, parts = crit(out, targets, epoch, cfg.epochs)
+            if world > 1:  # DDP averages gradients over ranks: undo it, so the step equals one process's
+                loss = loss * world
             if not math.isfinite(float(loss.detach())):
                 raise RuntimeError(f"loss is {float(loss)} at epoch {epoch + 1} iter {i}: lower --lr0 or check labels")
             opt.zero_grad(set_to_none=True)

@@ -318,3 +318,21 @@ def test_ema_tracks_weights():
     for _ in range(100):
         ema.update(net)
     assert torch.allclose(ema.ema.weight, net.weight, atol=1e-3)
+
+
+@pytest.mark.parametrize("one_to_one", [False, True])
+def test_tiny_objects_get_positive_anchors(one_to_one):
+    """A 4 px object has IoU^6 ~ 1e-10 with every early prediction; it must still get positives."""
+    from engines.assign import TaskAlignedAssigner
+    from engines.detector import make_anchors
+
+    anchors, strides = make_anchors([(40, 40), (20, 20), (10, 10)], (8, 16, 32), torch.device("cpu"), torch.float32)
+    a = anchors.shape[0]
+    half = 10.5  # an untrained head predicts ~21 px boxes around every anchor
+    pd_boxes = torch.cat([anchors - half, anchors + half], dim=1).unsqueeze(0)
+    pd_scores = torch.full((1, a, 4), 0.01)
+    gt_boxes = torch.tensor([[[100.0, 100.0, 104.0, 104.0], [200.0, 40.0, 206.0, 46.0]]])
+    out = TaskAlignedAssigner(4, topk=7 if one_to_one else 10, one_to_one=one_to_one)(
+        pd_scores, pd_boxes, anchors, strides, torch.tensor([[1, 3]]), gt_boxes, torch.tensor([[True, True]]))
+    for g in range(2):
+        assert int(((out.gt_idx[0] == g) & out.fg[0]).sum()) >= 1, f"GT {g} got no positive anchor"
