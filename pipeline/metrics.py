@@ -63,7 +63,10 @@ class Metrics:
                                     ["stream", "zone"], registry=r)
         # sinks
         self.sink_events = Counter("vap_sink_events_total", "Events written by a sink", ["sink"], registry=r)
-        self.sink_errors = Counter("vap_sink_errors_total", "Sink write failures", ["sink"], registry=r)
+        self.sink_errors = Counter("vap_sink_errors_total", "Failed sink write attempts (retried)", ["sink"],
+                                   registry=r)
+        self.sink_dropped = Counter("vap_sink_dropped_total", "Events a sink could not accept in time and lost",
+                                    ["sink"], registry=r)
         # per-stream label sets of the event-derived metrics, so a removed stream's series go too
         self._derived: dict[str, set[tuple[object, tuple[str, ...]]]] = {}
 

@@ -148,7 +148,7 @@ class SinkRunner:
             self._q.put(wanted, timeout=block_s)
             return True
         except queue.Full:
-            self.metrics.sink_errors.labels(self.sink.name).inc(len(wanted))
+            self.metrics.sink_dropped.labels(self.sink.name).inc(len(wanted))
             log.error("sink %s is not keeping up: %d events dropped after waiting %.1fs",
                       self.sink.name, len(wanted), block_s)
             return False
