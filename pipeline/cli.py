@@ -38,13 +38,20 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == "torch":
-                print("error: this command needs PyTorch: pip install torch==2.13.0 'vap[train]'", file=sys.stderr)
+            root = (exc.name or "").split(".")[0]
+            if root in INSTALL_HINTS:
+                print(f"error: this command needs {root}: {INSTALL_HINTS[root]}", file=sys.stderr)
                 return EXIT_CONFIG
             raise
         return int(getattr(mod, func)(argv) or 0)
     return run
 
+
+INSTALL_HINTS: dict[str, str] = {
+    "torch": "pip install torch==2.13.0 'vap[train]'",
+    "ray": "pip install 'vap[cluster]'",
+    "tensorrt": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
+}
 
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
@@ -53,6 +60,10 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "data": ("engines.synth", "cli", "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
     "track": ("pipeline.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
     "eval": ("pipeline.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
+    "build-engine": ("engines.tensorrt.build", "cli", "build a TensorRT engine from an ONNX model (needs TensorRT)"),
+    "quantize": ("engines.quantize", "cli", "CPU INT8: static Q/DQ quantisation with calibration images"),
+    "dehaze": ("pipeline.dehaze_cli", "cli", "preview the dehazing stage on an image, folder or video"),
+    "cluster": ("pipeline.cluster.cli", "cli", "scale out on Ray: vap cluster plan | up"),
 }
 
 

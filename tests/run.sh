@@ -17,8 +17,15 @@ if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')"
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly >/dev/null
 fi
 
+# Real servers for the sink and observability tests: MQTT broker, Redis, Prometheus (+ promtool).
+if ! command -v mosquitto >/dev/null || ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends mosquitto redis-server prometheus >/dev/null
+fi
+
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".[train,dev]"
+"$PY" -m pip install -q -e ".[train,dev,sinks,cluster]"
 
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"
