@@ -67,6 +67,17 @@ class Metrics:
                                    registry=r)
         self.sink_dropped = Counter("vap_sink_dropped_total", "Events a sink could not accept in time and lost",
                                     ["sink"], registry=r)
+        self.sink_up = Gauge("vap_sink_up", "1 while the sink's last delivery attempt succeeded", ["sink"], registry=r)
+        self.sink_dead_letter = Counter(
+            "vap_sink_dead_letter_total", "Events a sink gave up on after its retries (written to its dead-letter file)",
+            ["sink"], registry=r)
+        self.spool_events = Gauge("vap_spool_events", "Undelivered events waiting in a sink's disk spool", ["sink"],
+                                  registry=r)
+        self.spool_bytes = Gauge("vap_spool_bytes", "Disk space used by a sink's spool", ["sink"], registry=r)
+        self.spool_age = Gauge("vap_spool_oldest_age_seconds", "How long the oldest spooled event has waited",
+                               ["sink"], registry=r)
+        self.spool_dropped = Counter("vap_spool_dropped_total", "Events lost because a sink's spool was full "
+                                     "(by its drop policy)", ["sink"], registry=r)
         # per-stream label sets of the event-derived metrics, so a removed stream's series go too
         self._derived: dict[str, set[tuple[object, tuple[str, ...]]]] = {}
 
