@@ -1,0 +1,408 @@
+"""Dehazing stage for video: dark channel prior (He, Sun, Tang, CVPR 2009 / TPAMI 2011), CPU.
+
+The scattering model (see :mod:`engines.haze`) says a hazy picture is I = J*t + A*(1 - t). The dark
+channel prior says that in haze-free outdoor patches some colour channel is nearly black, so the
+per-patch minimum of I/A measures the haze: t = 1 - omega*dark(I/A). Recovery inverts the model:
+J = (I - A)/max(t, t0) + A.
+
+Made fast and stable for live video:
+- Everything that needs a neighbourhood (dark channel, A, t, the guided filter's coefficients) runs
+  on a low-resolution copy (long side ``work_size``); only the final linear model t = a*grey + b and
+  the recovery run at full resolution ("fast guided filter", He & Sun 2015). Patch size and filter
+  radius are given for a 600 px picture (the paper's 15) and scaled to the working resolution, so
+  they cover the same part of the scene at any camera resolution.
+- A is kept per stream as an exponential moving average, re-estimated every ``airlight_every``
+  frames and reset on a scene change. Full-resolution t is never averaged over time (moving objects
+  would leave ghosts); it is cheap to recompute.
+- A gate with hysteresis turns the stage on only when the haze score (mean low-res dark channel of
+  the non-sky part of the picture) rises above ``gate_on`` and off when it falls below ``gate_off``.
+  Sky and white scenes are excluded from the score, so they do not switch the stage on.
+- Sky protection: where I is within ``sky_tolerance`` of A (sky, white walls, fog banks) t is raised
+  towards 1 so the recovery does not amplify noise there (Jiang et al.'s tolerance trick).
+- A cheap alternative mode: CLAHE on the luminance channel (Lab L), gated the same way.
+
+The per-stream state (:class:`DehazeState`) is plain Python so the CPU path here and the torch path
+(:mod:`pipeline.dehaze_torch`) share it and make identical decisions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.config import Strict
+
+__all__ = [
+    "DehazeConfig",
+    "DehazeState",
+    "Dehazer",
+    "FrameInfo",
+    "dark_channel",
+    "estimate_airlight",
+    "haze_score",
+    "guided_coefficients",
+    "scaled_size",
+    "work_shape",
+]
+
+REFERENCE_SIZE = 600  # the long side the paper's 15 px patch refers to
+
+
+class DehazeConfig(Strict):
+    """Dehazing stage settings (global default and per-stream override)."""
+
+    enabled: bool = Field(False, description="Run the dehazing stage on this stream's frames before letterboxing")
+    mode: Literal["dcp", "clahe"] = Field(
+        "dcp", description="dcp: dark channel prior dehazing; clahe: contrast-limited histogram equalisation of "
+        "the luminance only (cheaper, no haze model)")
+    gate: bool = Field(
+        True, description="Switch the stage on and off by the measured haze score (hysteresis); false keeps it "
+        "on for every frame")
+    gate_on: float = Field(0.35, ge=0, le=1, description="Haze score at or above which the gate turns the stage on")
+    gate_off: float = Field(0.27, ge=0, le=1, description="Haze score below which the gate turns the stage off "
+                            "(below gate_on, so a score near the threshold does not flicker)")
+    omega: float = Field(0.95, gt=0, le=1, description="Fraction of the haze removed (the paper's omega; 1 removes "
+                         "all, which looks unnatural far away)")
+    t0: float = Field(0.1, gt=0, lt=1, description="Lower bound of the transmission; bounds noise amplification "
+                      "in thick haze")
+    patch: int = Field(15, ge=1, le=99, description="Dark-channel patch side in pixels for a 600 px picture; "
+                       "scaled with the working resolution")
+    work_size: int = Field(320, ge=32, le=4096, description="Long side (px) of the low-resolution copy on which "
+                           "the dark channel, A and the guided-filter coefficients are computed")
+    guided_radius: int = Field(30, ge=1, le=300, description="Guided-filter radius in pixels for a 600 px "
+                               "picture; scaled like patch")
+    guided_eps: float = Field(1e-3, gt=0, description="Guided-filter regularisation (larger: smoother t)")
+    airlight_fraction: float = Field(0.001, gt=0, le=0.1, description="Fraction of brightest dark-channel "
+                                     "pixels among which A is taken (the brightest input pixel of them)")
+    airlight_every: int = Field(10, ge=1, description="Re-estimate A every N frames (in between, the smoothed A "
+                                "is reused)")
+    airlight_alpha: float = Field(0.2, gt=0, le=1, description="Weight of a new A estimate in the moving "
+                                  "average (1 = no smoothing)")
+    airlight_min: float = Field(0.3, ge=0, le=1, description="Floor of every channel of A; keeps dark scenes "
+                                "(night, black frames) from being stretched as if they were haze")
+    scene_change: float = Field(0.12, gt=0, le=1, description="Mean absolute change of a 32 px grey thumbnail "
+                                "(0..1) that counts as a scene change and resets the smoothed A")
+    sky_level: float = Field(0.85, gt=0, le=1, description="Low-res dark-channel value above which a pixel "
+                             "counts as sky/white and is left out of the haze score")
+    min_scene_fraction: float = Field(0.2, ge=0, le=1, description="If less than this fraction of the picture "
+                                      "is not sky/white, the haze score is 0 (nothing to dehaze)")
+    sky_tolerance: float = Field(0.15, ge=0, le=1, description="Where max|I - A| is below this, t is raised "
+                                 "towards 1 (sky protection; 0 disables)")
+    clahe_clip: float = Field(2.0, gt=0, description="CLAHE clip limit (mode clahe)")
+    clahe_grid: int = Field(8, ge=1, le=64, description="CLAHE tiles per side (mode clahe)")
+
+    @model_validator(mode="after")
+    def _gate_order(self) -> "DehazeConfig":
+        if self.gate_off > self.gate_on:
+            raise ValueError(f"gate_off ({self.gate_off}) must not be above gate_on ({self.gate_on}); "
+                             "the gate switches on at gate_on and off below gate_off")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes
+
+
+def work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
+    """(h, w) of the low-resolution working copy: long side `work_size`, never upscaled."""
+    long_side = max(h, w)
+    if long_side <= work_size:
+        return h, w
+    r = work_size / long_side
+    return max(1, round(h * r)), max(1, round(w * r))
+
+
+def scaled_size(size_at_600: int, work_long: int, odd: bool = True) -> int:
+    """A size given for a 600 px picture, scaled to a picture whose long side is `work_long`."""
+    s = max(1, round(size_at_600 * work_long / REFERENCE_SIZE))
+    if odd and s % 2 == 0:
+        s += 1
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks (float32 images in 0..1, H x W x C with C in {1, 3}, or H x W)
+
+
+def _channels_min(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else img.min(axis=2)
+
+
+def dark_channel(img: np.ndarray, patch: int) -> np.ndarray:
+    """Minimum over colour channels, then over a `patch` x `patch` square (grey erosion).
+
+    Erosion with a square kernel is separable inside OpenCV, so cost does not grow with patch**2.
+    Border pixels take the minimum over the part of the patch inside the picture.
+    """
+    m = np.ascontiguousarray(_channels_min(img), dtype=np.float32)
+    if patch <= 1:
+        return m
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (patch, patch))
+    return cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=float("inf"))
+
+
+def estimate_airlight(img: np.ndarray, dark: np.ndarray, fraction: float) -> np.ndarray:
+    """A: among the brightest `fraction` of dark-channel pixels, the brightest input pixel.
+
+    Why not the brightest pixel of the picture: headlights and white cars are brighter than the haze
+    but have a dark patch nearby, so their dark channel is low and they are never candidates.
+    Returns float32 [C] (C = 1 for grey input).
+    """
+    flat = dark.reshape(-1)
+    n = max(1, int(math.ceil(flat.size * fraction)))
+    idx = np.argpartition(flat, flat.size - n)[flat.size - n:] if n < flat.size else np.arange(flat.size)
+    pixels = img.reshape(flat.size, -1)[idx]
+    best = int(np.argmax(pixels.sum(axis=1)))
+    return pixels[best].astype(np.float32)
+
+
+def haze_score(dark: np.ndarray, sky_level: float, min_scene_fraction: float) -> float:
+    """Mean dark channel of the non-sky pixels (0 when almost everything is sky/white).
+
+    Why exclude sky: the dark channel of sky and white walls is high in clear weather too, so an
+    unmasked mean would switch the stage on for every bright scene.
+    """
+    scene = dark < sky_level
+    frac = float(scene.mean()) if dark.size else 0.0
+    if frac < max(min_scene_fraction, 1e-9):
+        return 0.0
+    return float(dark[scene].mean())
+
+
+def _box(x: np.ndarray, r: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, reflected borders (OpenCV's BORDER_REFLECT_101)."""
+    return cv2.boxFilter(x, cv2.CV_32F, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT_101)
+
+
+def guided_coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed guided-filter coefficients (mean_a, mean_b) such that q = mean_a*guide + mean_b.
+
+    He, Sun, Tang, "Guided Image Filtering" (ECCV 2010), grey guide. Returned at the guide's
+    resolution; the fast guided filter upsamples them and applies them to the full-resolution guide.
+    """
+    r = max(1, min(r, (min(guide.shape[:2]) - 1) // 2)) if min(guide.shape[:2]) > 2 else 1
+    mean_i = _box(guide, r)
+    mean_p = _box(src, r)
+    cov_ip = _box(guide * src, r) - mean_i * mean_p
+    var_i = _box(guide * guide, r) - mean_i * mean_i
+    a = cov_ip / (var_i + np.float32(eps))
+    b = mean_p - a * mean_i
+    return _box(a, r), _box(b, r)
+
+
+def _grey(img_u8_or_f: np.ndarray) -> np.ndarray:
+    """Luma (BT.601 weights, as cv2.COLOR_RGB2GRAY) as float32 0..1."""
+    if img_u8_or_f.ndim == 2:
+        g = img_u8_or_f
+    elif img_u8_or_f.dtype == np.uint8:
+        g = cv2.cvtColor(img_u8_or_f, cv2.COLOR_RGB2GRAY)
+    else:
+        g = img_u8_or_f[..., 0] * 0.299 + img_u8_or_f[..., 1] * 0.587 + img_u8_or_f[..., 2] * 0.114
+    if g.dtype == np.uint8:
+        return g.astype(np.float32) * np.float32(1 / 255)
+    return g.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-stream state (shared with the torch path)
+
+
+@dataclass
+class FrameInfo:
+    """What the stage measured and decided for one frame (for metrics, the CLI and tests)."""
+
+    score: float
+    active: bool
+    airlight: np.ndarray | None
+    scene_change: bool
+    seconds: float = 0.0
+
+
+@dataclass
+class DehazeState:
+    """Gate, smoothed A and scene-change detector of one stream.
+
+    Kept free of image arrays beyond a 32 px thumbnail, so a removed stream costs nothing to drop
+    and the CPU and torch paths can share it.
+    """
+
+    cfg: DehazeConfig
+    active: bool = False
+    airlight: np.ndarray | None = None
+    frames: int = 0
+    since_estimate: int = 0
+    thumb: np.ndarray | None = field(default=None, repr=False)
+
+    def gate(self, score: float) -> bool:
+        """Hysteresis: on at >= gate_on, off below gate_off, unchanged in between."""
+        if not self.cfg.gate:
+            self.active = True
+        elif self.active:
+            self.active = score >= self.cfg.gate_off
+        else:
+            self.active = score >= self.cfg.gate_on
+        return self.active
+
+    def is_scene_change(self, thumb: np.ndarray) -> bool:
+        """Compare the grey thumbnail with the last one; True on a cut or a camera move."""
+        prev, self.thumb = self.thumb, thumb
+        if prev is None or prev.shape != thumb.shape:
+            return prev is not None
+        return float(np.abs(thumb - prev).mean()) > self.cfg.scene_change
+
+    def needs_estimate(self, scene_change: bool) -> bool:
+        return self.airlight is None or scene_change or self.since_estimate >= self.cfg.airlight_every
+
+    def update_airlight(self, estimate: np.ndarray, scene_change: bool) -> np.ndarray:
+        """EMA of A; a scene change (or the first frame) takes the new estimate as it is."""
+        est = np.maximum(np.asarray(estimate, dtype=np.float32), np.float32(self.cfg.airlight_min))
+        if self.airlight is None or scene_change or self.airlight.shape != est.shape:
+            self.airlight = est
+        else:
+            a = np.float32(self.cfg.airlight_alpha)
+            self.airlight = (1 - a) * self.airlight + a * est
+        self.since_estimate = 0
+        return self.airlight
+
+
+def thumbnail(grey_low: np.ndarray) -> np.ndarray:
+    """32 px (long side) grey thumbnail for scene-change detection."""
+    h, w = work_shape(grey_low.shape[0], grey_low.shape[1], 32)
+    return cv2.resize(grey_low, (w, h), interpolation=cv2.INTER_AREA)
+
+
+# ----------------------------------------------------------------------------------------------
+# the stage
+
+
+class Dehazer:
+    """Dehazes the frames of one stream (keeps that stream's gate and A). Not thread-safe: one owner.
+
+    ``process`` takes RGB (or grey) uint8 frames, H x W x 3, H x W x 1 or H x W, and returns a frame
+    of the same shape and dtype: the input object itself when the gate is off.
+    """
+
+    def __init__(self, cfg: DehazeConfig | None = None) -> None:
+        self.cfg = cfg or DehazeConfig(enabled=True)
+        self.state = DehazeState(self.cfg)
+        self.last = FrameInfo(0.0, False, None, False)
+        self._clahe = cv2.createCLAHE(clipLimit=self.cfg.clahe_clip,
+                                      tileGridSize=(self.cfg.clahe_grid, self.cfg.clahe_grid))
+
+    def reset(self) -> None:
+        """Forget the stream's history (gate, A, thumbnail)."""
+        self.state = DehazeState(self.cfg)
+
+    def process(self, image: np.ndarray) -> np.ndarray:
+        t_start = time.perf_counter()
+        img, squeeze = _check_image(image)
+        cfg, st = self.cfg, self.state
+        h, w = img.shape[:2]
+        lh, lw = work_shape(h, w, cfg.work_size)
+        low_u8 = img if (lh, lw) == (h, w) else cv2.resize(img, (lw, lh), interpolation=cv2.INTER_AREA)
+        if low_u8.ndim == 2:
+            low_u8 = low_u8[:, :, None]
+        low = low_u8.astype(np.float32) * np.float32(1 / 255)
+        patch = scaled_size(cfg.patch, max(lh, lw))
+        dark = dark_channel(low, patch)
+        score = haze_score(dark, cfg.sky_level, cfg.min_scene_fraction)
+        active = st.gate(score)
+        grey_low = _grey(low_u8[:, :, 0] if low_u8.shape[2] == 1 else low_u8)
+        change = st.is_scene_change(thumbnail(grey_low))
+        st.frames += 1
+        st.since_estimate += 1
+        out = image
+        if active and cfg.mode == "clahe":
+            out = self._apply_clahe(img)
+        elif active:
+            if st.needs_estimate(change):
+                st.update_airlight(estimate_airlight(low, dark, cfg.airlight_fraction), change)
+            assert st.airlight is not None
+            out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw))
+        elif change:
+            st.airlight = None  # a stale A must not survive a cut while the gate was off
+        if out is not image and squeeze:
+            out = out.reshape(image.shape)
+        self.last = FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change,
+                              time.perf_counter() - t_start)
+        return out
+
+    # -- modes
+    def _apply_dcp(self, img: np.ndarray, low: np.ndarray, grey_low: np.ndarray, airlight: np.ndarray,
+                   work_long: int) -> np.ndarray:
+        cfg = self.cfg
+        t_low = transmission(low, airlight, cfg.omega, scaled_size(cfg.patch, work_long), cfg.t0, cfg.sky_tolerance)
+        mean_a, mean_b = guided_coefficients(grey_low, t_low, scaled_size(cfg.guided_radius, work_long, odd=False),
+                                             cfg.guided_eps)
+        h, w = img.shape[:2]
+        if mean_a.shape != (h, w):
+            mean_a = cv2.resize(mean_a, (w, h), interpolation=cv2.INTER_LINEAR)
+            mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
+        t = mean_a * _grey(img) + mean_b
+        return recover(img, t, airlight, cfg.t0)
+
+    def _apply_clahe(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 2:
+            return self._clahe.apply(img)
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        lab[:, :, 0] = self._clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def transmission(low: np.ndarray, airlight: np.ndarray, omega: float, patch: int, t0: float,
+                 sky_tolerance: float) -> np.ndarray:
+    """Raw (unrefined) transmission at low resolution: 1 - omega*dark(I/A), with sky protection."""
+    a = airlight.reshape(1, 1, -1)
+    t = 1.0 - np.float32(omega) * dark_channel(low / a, patch)
+    np.maximum(t, np.float32(t0), out=t)
+    if sky_tolerance > 0:
+        diff = np.abs(low - a).max(axis=2)
+        factor = np.float32(sky_tolerance) / np.maximum(diff, np.float32(1e-6))
+        np.maximum(factor, 1.0, out=factor)
+        t *= factor
+        np.minimum(t, 1.0, out=t)
+    return t.astype(np.float32, copy=False)
+
+
+def recover(img: np.ndarray, t: np.ndarray, airlight: np.ndarray, t0: float) -> np.ndarray:
+    """J = (I - A)/max(t, t0) + A on a uint8 frame (grey or RGB), rounded and saturated to uint8.
+
+    Done with OpenCV element-wise calls (per-channel scalars, no broadcast temporaries): this is the
+    bulk of the full-resolution cost, and OpenCV's loops are vectorised and release the GIL.
+    """
+    k = 1.0 / np.maximum(t, np.float32(t0))
+    a255 = [float(v) * 255.0 for v in np.asarray(airlight).reshape(-1)]
+    f = img.astype(np.float32)
+    if img.ndim == 2:
+        f -= np.float32(a255[0])
+        f *= k
+        f += np.float32(a255[0])
+    else:
+        scalar = (a255[0], a255[1], a255[2], 0.0)
+        cv2.subtract(f, scalar, dst=f)
+        cv2.multiply(f, cv2.merge([k, k, k]), dst=f)
+        cv2.add(f, scalar, dst=f)
+    np.maximum(f, 0.0, out=f)
+    return cv2.convertScaleAbs(f)  # rounds, saturates at 255 (negatives were clipped above)
+
+
+def _check_image(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Validate a frame; returns it as H x W (grey) or H x W x 3, and whether an H x W x 1 was squeezed."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"dehaze expects a NumPy image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"dehaze expects uint8 frames (0..255), got {image.dtype}; convert with "
+                         "(img * 255).clip(0, 255).astype(np.uint8)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0], True
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"dehaze got an empty image of shape {image.shape}")
+        return image, False
+    raise ValueError(f"dehaze expects H x W, H x W x 1 or H x W x 3 images, got shape {image.shape}")
