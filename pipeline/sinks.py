@@ -1,8 +1,12 @@
-"""Event delivery: each sink runs on its own thread behind a bounded queue.
+"""Event delivery: each sink runs on its own thread behind a bounded queue, with an optional disk spool.
 
-A slow sink therefore never delays the data path or the other sinks until its queue is full; then
-`publish` waits (backpressure, bounded by `block_s`) rather than silently losing accepted events,
-and only after that wait counts a drop. JSONL is the embedded default sink.
+A slow sink therefore never delays the data path or the other sinks. Network sinks (MQTT, Kafka,
+webhook, Redis) are at least once: a batch the sink cannot deliver goes to the sink's disk spool
+(`pipeline.spool`), and while the spool holds anything, new batches queue behind it there, so
+replay keeps the original order; the spool is drained, oldest first, with exponential backoff
+between failed attempts, and survives a restart of vap. Consumers deduplicate by event `id`.
+Without a spool (JSONL's default) a failed write is retried in place and the bounded queue
+applies backpressure: `publish` waits up to `block_s`, then counts a drop.
 
 JSONL durability: every batch of events is written and flushed to the OS before the next batch
 (a crash of vap loses nothing already written). `fsync` decides power-loss safety: `always`
@@ -17,41 +21,28 @@ import os
 import queue
 import threading
 import time
-from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
-from pipeline.config import ConfigError, Strict
+from pipeline.config import ConfigError
 from pipeline.metrics import Metrics
+from pipeline.sink_base import EventFilter, Sink, SinkConfigBase
+from pipeline.sink_kafka import KafkaSink, KafkaSinkConfig
+from pipeline.sink_mqtt import MqttSink, MqttSinkConfig
+from pipeline.sink_redis import RedisSink, RedisSinkConfig
+from pipeline.sink_webhook import WebhookSink, WebhookSinkConfig
+from pipeline.spool import Spool, SpoolConfig
 
 log = logging.getLogger("vap.sinks")
 
 
-class EventFilter(Strict):
-    """Which events a sink receives; an empty list means all."""
-
-    types: list[str] = Field(default_factory=list, description="Event types, e.g. ['track.start', 'line.cross']")
-    streams: list[str] = Field(default_factory=list)
-    classes: list[str] = Field(default_factory=list, description="Only track events of these classes")
-
-    def accepts(self, event: dict[str, Any]) -> bool:
-        if self.types and event["type"] not in self.types:
-            return False
-        if self.streams and event["stream"] not in self.streams:
-            return False
-        if self.classes and "class" in event and event["class"] not in self.classes:
-            return False
-        return True
-
-
-class JsonlSinkConfig(Strict):
+class JsonlSinkConfig(SinkConfigBase):
     """Append events as JSON lines; rotate by size."""
 
     type: Literal["jsonl"] = "jsonl"
-    name: str = Field("jsonl", description="Sink name (metric label); unique")
     path: Path = Field(Path("events/events.jsonl"), description="File to append to; rotated files sit next to it")
     rotate_mb: float = Field(100.0, gt=0, description="Rotate when the file passes this size")
     max_files: int | None = Field(None, ge=1, description="Delete the oldest rotated files beyond this count "
@@ -59,20 +50,8 @@ class JsonlSinkConfig(Strict):
     fsync: Literal["always", "interval", "never"] = Field(
         "interval", description="Power-loss safety: fsync every batch, every fsync_interval_s, or never")
     fsync_interval_s: float = Field(1.0, gt=0, description="With fsync=interval: most seconds of events at risk")
-    filter: EventFilter = Field(default_factory=EventFilter, description="Which events this sink receives")
-
-
-class Sink(ABC):
-    """Writes batches of events somewhere. Called from the sink's own thread only."""
-
-    name: str
-
-    @abstractmethod
-    def write(self, events: list[dict[str, Any]]) -> None:
-        """Deliver events in order; raise to signal failure (the runner counts and retries)."""
-
-    def close(self) -> None:
-        """Flush and release resources."""
+    spool: SpoolConfig = Field(default_factory=lambda: SpoolConfig(enabled=False),
+                               description="Disk spool (off: the file is local, a failed write is retried in place)")
 
 
 class JsonlSink(Sink):
@@ -127,17 +106,33 @@ class JsonlSink(Sink):
 
 
 class SinkRunner:
-    """One sink's thread: takes event batches from a bounded queue, retries failed writes."""
+    """One sink's thread: takes event batches from a bounded queue, delivers them, spools what fails.
+
+    With a spool (`sink.spool_config.enabled`): a failed batch is appended to the spool and so is
+    every later batch until the spool is empty again, so events leave in the order they came. The
+    head of the spool is retried with exponential backoff (`retry_s` doubling to `retry_max_s`).
+    At close the runner keeps replaying until its deadline; what is left stays on disk for the next
+    start. Without a spool a failed batch is retried in place every `retry_s`.
+    """
 
     def __init__(self, sink: Sink, event_filter: EventFilter, metrics: Metrics, maxsize: int = 1024,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, retry_max_s: float = 30.0, spool: Spool | None = None) -> None:
         self.sink = sink
         self.filter = event_filter
         self.metrics = metrics
         self.retry_s = retry_s
+        self.retry_max_s = retry_max_s
+        sink.metrics = metrics
+        cfg = getattr(sink, "spool_config", None)
+        if spool is None and cfg is not None and cfg.enabled:
+            spool = Spool(cfg.dir or Path("spool") / sink.name, int(cfg.max_mb * 1e6), cfg.policy,
+                          int(cfg.segment_mb * 1e6), cfg.fsync)
+        self.spool = spool
+        self.replay_batch = cfg.replay_batch if cfg is not None else 500
         self._q: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize)
         self._thread = threading.Thread(target=self._loop, name=f"sink-{sink.name}", daemon=True)
         self._stopping = threading.Event()
+        self._update_spool_metrics()
         self._thread.start()
 
     def offer(self, events: list[dict[str, Any]], block_s: float) -> bool:
@@ -153,7 +148,25 @@ class SinkRunner:
                       self.sink.name, len(wanted), block_s)
             return False
 
+    def _deliver(self, batch: list[dict[str, Any]]) -> bool:
+        try:
+            self.sink.write(batch)
+        except Exception as exc:  # a sink failure must never kill the thread
+            self.metrics.sink_errors.labels(self.sink.name).inc()
+            self.metrics.sink_up.labels(self.sink.name).set(0)
+            log.warning("sink %s: delivering %d events failed (%s)", self.sink.name, len(batch), exc)
+            return False
+        self.metrics.sink_events.labels(self.sink.name).inc(len(batch))
+        self.metrics.sink_up.labels(self.sink.name).set(1)
+        return True
+
     def _loop(self) -> None:
+        if self.spool is None:
+            self._loop_in_place()
+        else:
+            self._loop_spooled(self.spool)
+
+    def _loop_in_place(self) -> None:
         while True:
             try:
                 batch = self._q.get(timeout=0.2)
@@ -163,20 +176,83 @@ class SinkRunner:
                 continue
             if batch is None:
                 break
+            while not self._deliver(batch):
+                if self._stopping.wait(self.retry_s):
+                    log.error("sink %s: giving up on %d events at shutdown", self.sink.name, len(batch))
+                    break
+
+    def _to_spool(self, spool: Spool, batch: list[dict[str, Any]]) -> None:
+        dropped = spool.append(batch)
+        if dropped:
+            self.metrics.spool_dropped.labels(self.sink.name).inc(dropped)
+
+    def _loop_spooled(self, spool: Spool) -> None:
+        closing = False
+        backoff = self.retry_s
+        next_try = 0.0
+        while True:
+            if self._stopping.is_set():
+                break
+            if not len(spool):
+                if closing:
+                    break
+                try:
+                    batch = self._q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    closing = True
+                    continue
+                if not self._deliver(batch):
+                    self._to_spool(spool, batch)
+                    next_try = time.monotonic() + backoff
+                self._update_spool_metrics()
+                continue
+            # The spool holds events: everything new queues behind them, on disk.
+            wait = max(0.0, next_try - time.monotonic())
             while True:
                 try:
-                    self.sink.write(batch)
-                    self.metrics.sink_events.labels(self.sink.name).inc(len(batch))
+                    batch = self._q.get(timeout=min(wait, 0.2)) if wait > 0 else self._q.get_nowait()
+                except queue.Empty:
                     break
-                except Exception as exc:  # a sink failure must never kill the thread
-                    self.metrics.sink_errors.labels(self.sink.name).inc()
-                    log.warning("sink %s write failed (%s); retrying in %.1fs", self.sink.name, exc, self.retry_s)
-                    if self._stopping.wait(self.retry_s):
-                        log.error("sink %s: giving up on %d events at shutdown", self.sink.name, len(batch))
-                        break
+                if batch is None:
+                    closing = True
+                else:
+                    self._to_spool(spool, batch)
+                wait = max(0.0, next_try - time.monotonic())
+            if time.monotonic() >= next_try:
+                events, pos = spool.peek(self.replay_batch)
+                if events and self._deliver(events):
+                    spool.ack(pos)
+                    backoff = self.retry_s
+                    next_try = 0.0
+                else:
+                    backoff = min(backoff * 2, self.retry_max_s)
+                    next_try = time.monotonic() + backoff
+            self._update_spool_metrics()
+        # Deadline passed or closed: move anything still queued to disk so nothing accepted is lost.
+        while True:
+            try:
+                batch = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if batch is not None:
+                self._to_spool(spool, batch)
+        self._update_spool_metrics()
+        if len(spool):
+            log.warning("sink %s: %d undelivered events stay in the spool %s for the next start",
+                        self.sink.name, len(spool), spool.dir)
+
+    def _update_spool_metrics(self) -> None:
+        if self.spool is None:
+            return
+        name = self.sink.name
+        self.metrics.spool_events.labels(name).set(len(self.spool))
+        self.metrics.spool_bytes.labels(name).set(self.spool.size_bytes)
+        self.metrics.spool_age.labels(name).set(self.spool.oldest_age())
 
     def close(self, timeout: float) -> bool:
-        """Deliver what is queued, then close the sink. False if the deadline passed first."""
+        """Deliver what is queued (and spooled), then close the sink. False if the deadline passed first."""
         deadline = time.monotonic() + timeout
         try:
             self._q.put(None, timeout=max(0.0, timeout))
@@ -185,11 +261,13 @@ class SinkRunner:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         done = not self._thread.is_alive()
         self._stopping.set()
-        self._thread.join(0.5)
         try:
-            self.sink.close()
+            self.sink.close()  # also interrupts a sink waiting in its own retries
         except Exception as exc:
             log.error("sink %s close failed: %s", self.sink.name, exc)
+        self._thread.join(0.5)
+        if self.spool is not None and not self._thread.is_alive():
+            self.spool.close()
         return done
 
 
@@ -210,10 +288,47 @@ class EventBus:
         return all([r.close(max(0.1, deadline - time.monotonic())) for r in self.runners])
 
 
-SinkConfig = JsonlSinkConfig
+class _SinkType:
+    """The `type` of a sink entry; entries without one are JSONL (the original, typeless form).
+
+    A class rather than a function so its repr, which the generated config reference prints, is
+    stable from run to run.
+    """
+
+    def __call__(self, value: Any) -> str | None:
+        if isinstance(value, dict):
+            return value.get("type", "jsonl")
+        return getattr(value, "type", None)
+
+    __name__ = "sink_type"
+
+    def __repr__(self) -> str:
+        return "type"
 
 
-def build_sink(cfg: SinkConfig) -> Sink:
-    if isinstance(cfg, JsonlSinkConfig):
-        return JsonlSink(cfg)
-    raise ValueError(f"unknown sink type {cfg!r}")
+SinkConfig = Annotated[
+    Union[Annotated[JsonlSinkConfig, Tag("jsonl")], Annotated[MqttSinkConfig, Tag("mqtt")],
+          Annotated[KafkaSinkConfig, Tag("kafka")], Annotated[WebhookSinkConfig, Tag("webhook")],
+          Annotated[RedisSinkConfig, Tag("redis")]],
+    Discriminator(_SinkType(), custom_error_type="sink_type",
+                  custom_error_message="unknown sink type; use one of jsonl, mqtt, kafka, webhook, redis"),
+]
+"""One entry of `sinks:`; `type` picks the kind (jsonl, mqtt, kafka, webhook, redis)."""
+
+_SINKS: dict[type, type[Sink]] = {JsonlSinkConfig: JsonlSink, MqttSinkConfig: MqttSink, KafkaSinkConfig: KafkaSink,
+                                  WebhookSinkConfig: WebhookSink, RedisSinkConfig: RedisSink}
+
+
+def build_sink(cfg: SinkConfigBase) -> Sink:
+    """Open the sink a config describes (client libraries are imported here, lazily)."""
+    try:
+        cls = _SINKS[type(cfg)]
+    except KeyError:
+        raise ValueError(f"unknown sink type {cfg!r}") from None
+    sink = cls(cfg)  # type: ignore[call-arg]
+    sink.spool_config = cfg.spool
+    return sink
+
+
+__all__ = ["EventBus", "EventFilter", "JsonlSink", "JsonlSinkConfig", "KafkaSinkConfig", "MqttSinkConfig",
+           "RedisSinkConfig", "Sink", "SinkConfig", "SinkRunner", "SpoolConfig", "WebhookSinkConfig", "build_sink"]

@@ -1,0 +1,86 @@
+"""What every sink shares: the `Sink` interface, the event filter and the common config keys.
+
+Kept apart from `pipeline.sinks` (which composes the sink types into one config union and runs
+them) so each sink module can import it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from abc import ABC, abstractmethod
+from types import ModuleType
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.config import ConfigError, Strict
+from pipeline.spool import SpoolConfig
+
+
+class EventFilter(Strict):
+    """Which events a sink receives; an empty list means all."""
+
+    types: list[str] = Field(default_factory=list, description="Event types, e.g. ['track.start', 'line.cross']")
+    streams: list[str] = Field(default_factory=list, description="Stream names")
+    classes: list[str] = Field(default_factory=list, description="Only track events of these classes")
+
+    def accepts(self, event: dict[str, Any]) -> bool:
+        if self.types and event["type"] not in self.types:
+            return False
+        if self.streams and event["stream"] not in self.streams:
+            return False
+        if self.classes and "class" in event and event["class"] not in self.classes:
+            return False
+        return True
+
+
+class SinkConfigBase(Strict):
+    """Keys every sink has: a unique name, a filter and the disk spool used while it cannot deliver."""
+
+    name: str = Field("", description="Sink name (metric label, default spool dir); unique. Default: the type")
+    filter: EventFilter = Field(default_factory=EventFilter, description="Which events this sink receives")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig,
+                               description="Disk spool for events the sink cannot deliver now (replayed in order)")
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.name:
+            self.name = getattr(self, "type", "sink")
+
+
+class Sink(ABC):
+    """Writes batches of events somewhere. Called from the sink's own thread only."""
+
+    name: str
+    spool_config: SpoolConfig | None = None  # set by build_sink; the runner opens the spool
+    metrics: Any = None  # the pipeline's Metrics, set by the runner (for sink-specific counters)
+
+    @abstractmethod
+    def write(self, events: list[dict[str, Any]]) -> None:
+        """Deliver events in order; raise to signal failure (the runner spools or retries them)."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """The wire form of one event (compact UTF-8 JSON), the same for every sink."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def optional_client(module: str, sink_type: str) -> ModuleType:
+    """Import a sink's client library lazily; a missing one is a config error saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"sinks: the {sink_type} sink needs the Python package {module.split('.')[0]!r}, "
+                          "which is not installed; run pip install 'vap[sinks]'") from None
+
+
+def env_secret(var: str | None) -> str | None:
+    """A credential read from the environment (never from the YAML, so it cannot leak into `vap validate`)."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    return value if value else None

@@ -1,0 +1,301 @@
+"""A bounded, crash-safe FIFO of events on local disk: where a sink's events wait while its broker is down.
+
+Why a spool: delivery is at least once, so an event a sink could not deliver must neither be lost
+nor hold up the pipeline. The sink thread appends such events here and replays them, oldest first,
+once the broker answers again; the spool outlives a restart of vap.
+
+Layout: a directory of append-only segment files `seg-<n>.jsonl` (one JSON line per entry:
+`{"t": append time, "e": event}`) and `cursor.json`, the read position (segment, byte offset),
+replaced atomically after each acknowledged batch. A crash can therefore replay a batch that was
+delivered but not yet acknowledged (a duplicate, which consumers drop by event id), never skip one.
+A line torn by a crash at the end of the newest segment is cut off at open.
+
+Bounded by `max_mb`. When full, an explicit policy decides: `drop_oldest` deletes the oldest
+segment (keeps what is happening now; the usual choice for alerts) or `drop_newest` refuses new
+events. Either way every lost event is counted (`vap_spool_dropped_total`) and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline.config import ConfigError, Strict
+
+log = logging.getLogger("vap.spool")
+
+
+class SpoolConfig(Strict):
+    """Local disk spool for events a sink could not deliver (at-least-once while the broker is down)."""
+
+    enabled: bool = Field(True, description="Spool undelivered events on disk and replay them in order")
+    dir: Path | None = Field(None, description="Spool directory (default: spool/<sink name> under the working dir); "
+                             "must be private to this sink")
+    max_mb: float = Field(256.0, gt=0, description="Most disk space the spool may use")
+    policy: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest", description="When full: delete the oldest spooled events, or refuse new ones (counted)")
+    segment_mb: float = Field(8.0, gt=0, description="Size of one spool file; the unit that drop_oldest deletes")
+    fsync: bool = Field(False, description="fsync every append (power-loss safe, slower); a crash of vap alone "
+                        "loses nothing either way")
+    replay_batch: int = Field(500, ge=1, description="Events per delivery attempt when replaying")
+
+
+@dataclass
+class _Segment:
+    seq: int
+    path: Path
+    size: int
+    count: int  # entries not yet acknowledged
+
+
+@dataclass(frozen=True)
+class SpoolPosition:
+    """Where reading stopped after a `peek`; pass it to `ack` once those entries are delivered."""
+
+    seq: int
+    offset: int
+    count: int
+
+
+class Spool:
+    """FIFO of JSON-serialisable events on disk. Not thread-safe: one sink thread owns it."""
+
+    CURSOR = "cursor.json"
+
+    def __init__(self, directory: Path, max_bytes: int, policy: str = "drop_oldest",
+                 segment_bytes: int = 8 << 20, fsync: bool = False) -> None:
+        if policy not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"spool policy must be drop_oldest or drop_newest, got {policy!r}")
+        self.dir = Path(directory)
+        self.max_bytes = int(max_bytes)
+        self.policy = policy
+        # At least 4 segments fit, so drop_oldest never throws away most of the spool at once.
+        self.segment_bytes = max(1024, min(int(segment_bytes), self.max_bytes // 4 or 1))
+        self.fsync = fsync
+        self.dropped = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"spool directory {self.dir} is not writable ({exc.strerror}); "
+                              "set spool.dir to a writable path or spool.enabled: false") from None
+        self._segments: list[_Segment] = []
+        self._read_seq, self._read_off = 0, 0
+        self._fh: Any = None
+        self._oldest_t: float | None = None
+        self._open()
+
+    # ------------------------------------------------------------------ state
+    def _open(self) -> None:
+        cursor = self.dir / self.CURSOR
+        if cursor.exists():
+            try:
+                c = json.loads(cursor.read_text("utf-8"))
+                self._read_seq, self._read_off = int(c["seq"]), int(c["offset"])
+            except (ValueError, KeyError, TypeError):
+                log.error("spool %s: unreadable cursor; replaying every remaining segment from its start", self.dir)
+        for path in sorted(self.dir.glob("seg-*.jsonl"), key=lambda p: int(p.stem[4:])):
+            seq = int(path.stem[4:])
+            if seq < self._read_seq:  # fully acknowledged before a crash
+                path.unlink()
+                continue
+            start = self._read_off if seq == self._read_seq else 0
+            self._segments.append(_Segment(seq, path, path.stat().st_size, self._count_and_repair(path, start)))
+        if self._segments and self._segments[0].seq != self._read_seq:
+            self._read_seq, self._read_off = self._segments[0].seq, 0
+        if self._segments:
+            log.info("spool %s: %d events from a previous run to replay", self.dir, len(self))
+
+    def _count_and_repair(self, path: Path, start: int) -> int:
+        """Count complete entries after `start`; cut a torn last line (crash in the middle of a write)."""
+        count, good_end = 0, 0
+        with open(path, "rb") as fh:
+            data = fh.read()
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            try:
+                json.loads(data[pos:nl])
+            except ValueError:
+                break
+            if pos >= start:
+                count += 1
+            pos = good_end = nl + 1
+        if good_end < len(data):
+            log.warning("spool %s: cutting %d bytes of a torn entry", path, len(data) - good_end)
+            with open(path, "r+b") as fh:
+                fh.truncate(good_end)
+        return count
+
+    def __len__(self) -> int:
+        return sum(s.count for s in self._segments)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds the oldest unacknowledged entry has waited (0 when empty)."""
+        if not len(self):
+            self._oldest_t = None
+            return 0.0
+        if self._oldest_t is None:
+            entries, _ = self._read(1)
+            self._oldest_t = entries[0][0] if entries else None
+        return max(0.0, (now or time.time()) - self._oldest_t) if self._oldest_t else 0.0
+
+    # ------------------------------------------------------------------ writing
+    def append(self, events: list[dict[str, Any]]) -> int:
+        """Add events at the tail. Returns how many were dropped to respect the size bound."""
+        if not events:
+            return 0
+        now = round(time.time(), 3)
+        lines = [json.dumps({"t": now, "e": e}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+                 for e in events]
+        need = sum(len(x) for x in lines)
+        dropped = 0
+        if self.size_bytes + need > self.max_bytes:
+            if self.policy == "drop_newest":
+                room = self.max_bytes - self.size_bytes
+                keep = 0
+                while keep < len(lines) and len(lines[keep]) <= room:
+                    room -= len(lines[keep])
+                    keep += 1
+                dropped = len(lines) - keep
+                lines = lines[:keep]
+            else:
+                while self._segments and self.size_bytes + need > self.max_bytes:
+                    dropped += self._drop_oldest_segment()
+        if dropped:
+            self.dropped += dropped
+            log.error("spool %s is full (%.1f MB): %d events dropped by policy %s",
+                      self.dir, self.max_bytes / 1e6, dropped, self.policy)
+        if not lines:
+            return dropped
+        tail = self._tail()
+        data = b"".join(lines)
+        tail_fh = self._writer(tail)
+        tail_fh.write(data)
+        tail_fh.flush()
+        if self.fsync:
+            os.fsync(tail_fh.fileno())
+        tail.size += len(data)
+        tail.count += len(lines)
+        return dropped
+
+    def _tail(self) -> _Segment:
+        if not self._segments or self._segments[-1].size >= self.segment_bytes:
+            seq = self._segments[-1].seq + 1 if self._segments else max(self._read_seq, 1)
+            if not self._segments:
+                self._read_seq, self._read_off = seq, 0
+            self._segments.append(_Segment(seq, self.dir / f"seg-{seq:09d}.jsonl", 0, 0))
+        return self._segments[-1]
+
+    def _writer(self, seg: _Segment) -> Any:
+        if self._fh is None or self._fh.name != str(seg.path):
+            if self._fh is not None:
+                self._fh.close()
+            self._fh = open(seg.path, "ab")
+        return self._fh
+
+    def _drop_oldest_segment(self) -> int:
+        seg = self._segments.pop(0)
+        if self._fh is not None and self._fh.name == str(seg.path):
+            self._fh.close()
+            self._fh = None
+        seg.path.unlink(missing_ok=True)
+        self._oldest_t = None
+        if self._segments:
+            self._read_seq, self._read_off = self._segments[0].seq, 0
+        else:
+            self._read_seq, self._read_off = seg.seq + 1, 0
+        self._save_cursor()
+        return seg.count
+
+    # ------------------------------------------------------------------ reading
+    def peek(self, n: int) -> tuple[list[dict[str, Any]], SpoolPosition]:
+        """Up to `n` oldest events, without removing them."""
+        entries, pos = self._read(n)
+        return [e for _, e in entries], pos
+
+    def _read(self, n: int) -> tuple[list[tuple[float, dict[str, Any]]], SpoolPosition]:
+        out: list[tuple[float, dict[str, Any]]] = []
+        seq, off = self._read_seq, self._read_off
+        if self._fh is not None:
+            self._fh.flush()
+        for seg in self._segments:
+            if seg.seq < seq or seg.count == 0:
+                continue
+            start = off if seg.seq == self._read_seq else 0
+            with open(seg.path, "rb") as fh:
+                fh.seek(start)
+                pos = start
+                while len(out) < n:
+                    line = fh.readline()
+                    if not line.endswith(b"\n"):
+                        break
+                    rec = json.loads(line)
+                    out.append((rec["t"], rec["e"]))
+                    pos += len(line)
+            seq, off = seg.seq, pos
+            if len(out) >= n:
+                break
+        return out, SpoolPosition(seq, off, len(out))
+
+    def ack(self, pos: SpoolPosition) -> None:
+        """Forget everything up to `pos` (those events were delivered)."""
+        remaining = pos.count
+        while remaining and self._segments:
+            head = self._segments[0]
+            if head.seq < pos.seq:
+                remaining -= head.count
+                self._segments.pop(0)
+                if self._fh is not None and self._fh.name == str(head.path):
+                    self._fh.close()
+                    self._fh = None
+                head.path.unlink(missing_ok=True)
+            else:
+                head.count -= remaining
+                remaining = 0
+        self._read_seq, self._read_off = pos.seq, pos.offset
+        head = self._segments[0] if self._segments else None
+        if head is not None and head.count == 0 and head.seq == pos.seq and len(self._segments) > 1:
+            self._segments.pop(0)
+            head.path.unlink(missing_ok=True)
+            self._read_seq, self._read_off = self._segments[0].seq, 0
+        elif head is not None and head.count == 0 and len(self._segments) == 1:
+            # Empty: start over in a fresh segment so files do not grow forever.
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            head.path.unlink(missing_ok=True)
+            self._segments.clear()
+            self._read_seq, self._read_off = head.seq + 1, 0
+        self._oldest_t = None
+        self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        tmp = self.dir / (self.CURSOR + ".tmp")
+        tmp.write_text(json.dumps({"seq": self._read_seq, "offset": self._read_off}), "utf-8")
+        if self.fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / self.CURSOR)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
