@@ -406,3 +406,59 @@ def _check_image(image: np.ndarray) -> tuple[np.ndarray, bool]:
             raise ValueError(f"dehaze got an empty image of shape {image.shape}")
         return image, False
     raise ValueError(f"dehaze expects H x W, H x W x 1 or H x W x 3 images, got shape {image.shape}")
+
+
+class StreamDehazers:
+    """The runtime's dehazers, one per stream, owned by the prep thread (no locks needed).
+
+    Why a class of its own: the runtime only has to call :meth:`apply` per frame; this keeps the
+    per-stream state, rebuilds a stream's dehazer when its settings object changes (a stream removed
+    and added again with new settings) and drops the state of streams that are gone.
+    """
+
+    def __init__(self, metrics: object | None = None) -> None:
+        self.metrics = metrics
+        self._by_stream: dict[str, tuple[DehazeConfig, Dehazer]] = {}
+
+    def apply(self, stream: str, image: np.ndarray, cfg: DehazeConfig | None) -> np.ndarray:
+        """The frame to letterbox: dehazed when the stream's stage is enabled and its gate is on."""
+        if cfg is None or not cfg.enabled:
+            if self._by_stream.pop(stream, None) is not None:
+                self._forget_metrics(stream)
+            return image
+        entry = self._by_stream.get(stream)
+        if entry is None or entry[0] is not cfg:
+            entry = (cfg, Dehazer(cfg))
+            self._by_stream[stream] = entry
+        dehazer = entry[1]
+        out = dehazer.process(image)
+        m = self.metrics
+        if m is not None:
+            info = dehazer.last
+            m.dehaze_score.labels(stream).set(info.score)  # type: ignore[attr-defined]
+            m.dehaze_active.labels(stream).set(1.0 if info.active else 0.0)  # type: ignore[attr-defined]
+            m.dehaze_seconds.labels(stream).observe(info.seconds)  # type: ignore[attr-defined]
+            if info.airlight is not None and info.airlight.size == 3:
+                for ch, v in zip(("r", "g", "b"), info.airlight.tolist()):
+                    m.dehaze_airlight.labels(stream, ch).set(v)  # type: ignore[attr-defined]
+        return out
+
+    def prune(self, live: set[str]) -> None:
+        """Drop the state of streams not in `live` (removed streams)."""
+        for name in [n for n in self._by_stream if n not in live]:
+            del self._by_stream[name]
+
+    def streams(self) -> list[str]:
+        return list(self._by_stream)
+
+    def _forget_metrics(self, stream: str) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        for metric, labels in ((m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)),  # type: ignore[attr-defined]
+                               (m.dehaze_seconds, (stream,)),  # type: ignore[attr-defined]
+                               *((m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b"))):  # type: ignore[attr-defined]
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass

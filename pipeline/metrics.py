@@ -20,6 +20,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # Reasons a frame is dropped; the set is closed so the label stays bounded.
 DROP_REASONS = ("stale", "stride", "corrupt", "shutdown", "removed")
 STREAM_STATES = ("starting", "streaming", "stalled", "backoff", "stopped", "finished")
+AIRLIGHT_CHANNELS = ("r", "g", "b")  # "grey" is not used: frames in the data path are RGB
 
 
 class Metrics:
@@ -61,6 +62,15 @@ class Metrics:
                                       ["stream", "line", "direction", "class"], registry=r)
         self.zone_occupancy = Gauge("vap_zone_occupancy", "Objects inside a configured zone",
                                     ["stream", "zone"], registry=r)
+        # dehazing stage (pipeline.dehaze), per stream while the stage is enabled
+        self.dehaze_score = Gauge("vap_dehaze_haze_score", "Haze score of the last frame (mean low-res dark channel "
+                                  "of the non-sky part, 0..1)", ["stream"], registry=r)
+        self.dehaze_airlight = Gauge("vap_dehaze_airlight", "Smoothed atmospheric light A per colour channel (0..1)",
+                                     ["stream", "channel"], registry=r)
+        self.dehaze_active = Gauge("vap_dehaze_active", "1 while the haze gate has the dehazing stage on", ["stream"],
+                                   registry=r)
+        self.dehaze_seconds = Histogram("vap_dehaze_seconds", "Dehazing stage time per frame", ["stream"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
         # sinks
         self.sink_events = Counter("vap_sink_events_total", "Events written by a sink", ["sink"], registry=r)
         self.sink_errors = Counter("vap_sink_errors_total", "Failed sink write attempts (retried)", ["sink"],
@@ -103,11 +113,13 @@ class Metrics:
     def forget_stream(self, stream: str) -> None:
         """Remove every series of a removed stream, so label sets do not grow with camera churn."""
         per_stream = (self.stream_up, self.stream_fps, self.active_tracks, self.frames_decoded,
-                      self.frames_processed, self.decode_errors, self.reconnects, self.frame_latency)
+                      self.frames_processed, self.decode_errors, self.reconnects, self.frame_latency,
+                      self.dehaze_score, self.dehaze_active, self.dehaze_seconds)
         series: list[tuple[object, tuple[str, ...]]] = [
             *((m, (stream,)) for m in per_stream),
             *((self.frames_dropped, (stream, r)) for r in DROP_REASONS),
             *((self.stream_state, (stream, s)) for s in STREAM_STATES),
+            *((self.dehaze_airlight, (stream, c)) for c in AIRLIGHT_CHANNELS),
             *self._derived.pop(stream, set()),
         ]
         for metric, labels in series:

@@ -27,6 +27,7 @@ from engines.backends import Backend, load_backend
 from pipeline.analytics import StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
 from pipeline.config import redact_url
+from pipeline.dehaze import StreamDehazers
 from pipeline.events import make_event
 from pipeline.frames import Detections, Frame
 from pipeline.metrics import Metrics
@@ -83,6 +84,7 @@ class Pipeline:
         b = settings.batch
         self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch, self.metrics)
         self.preprocess = BatchPreprocessor(info.input_hw, info.stride, rect=settings.model.rect and info.dynamic_hw)
+        self._dehazers = StreamDehazers(self.metrics)  # prep thread only
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)
         settings.analytics.check_classes(self.names, where="analytics: ")
@@ -278,11 +280,20 @@ class Pipeline:
                     return
                 continue
             t0 = time.perf_counter()
-            images, transforms = self.preprocess([f.image for f in frames])
+            images, transforms = self.preprocess([self._dehazed(f) for f in frames])
             self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
             if not self._put(self._q_infer, _Batch(frames, images, transforms)):
                 return
         self._put(self._q_infer, None)
+
+    def _dehazed(self, frame: Frame) -> np.ndarray:
+        """The picture the engine sees: dehazed when the stream's dehaze stage is enabled and its gate is on."""
+        cfg = self.stream_config(frame.stream)
+        if self._dehazers.streams():
+            with self._lock:
+                live = set(self._configs)
+            self._dehazers.prune(live)
+        return self._dehazers.apply(frame.stream, frame.image, None if cfg is None else self.settings.stream_dehaze(cfg))
 
     def _infer_loop(self) -> None:
         while (batch := self._q_infer.get()) is not None:

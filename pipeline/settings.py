@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pipeline.analytics import AnalyticsConfig
 from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
                              source_kind)
+from pipeline.dehaze import DehazeConfig
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 
@@ -27,6 +28,7 @@ class StreamSettings(StreamConfig):
 
     tracker: TrackerConfig | None = Field(None, description="Overrides the global tracker settings")
     analytics: AnalyticsConfig | None = Field(None, description="Zones, lines and timing for this stream")
+    dehaze: DehazeConfig | None = Field(None, description="Overrides the global dehazing settings")
 
     @field_validator("url")
     @classmethod
@@ -73,6 +75,8 @@ class Settings(Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracker defaults for every stream")
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig,
                                        description="Zones/lines/timing defaults for streams without their own")
+    dehaze: DehazeConfig = Field(default_factory=DehazeConfig,
+                                 description="Dehazing defaults for every stream (off unless enabled)")
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
     server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
@@ -99,6 +103,9 @@ class Settings(Strict):
 
     def stream_analytics(self, stream: StreamSettings) -> AnalyticsConfig:
         return stream.analytics or self.analytics
+
+    def stream_dehaze(self, stream: StreamSettings) -> DehazeConfig:
+        return stream.dehaze or self.dehaze
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
