@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+END2END = "end2end"
+LEGACY = "one-to-many+nms"
+
+
 class ModelContractError(Exception):
     """The model cannot be used as a vap engine; the message says why and what to do."""
 
@@ -33,6 +37,7 @@ class EngineInfo:
     dynamic_hw: bool = False
     precision: str = "fp32"
     source: str = ""                   # path or description, for messages
+    layout: str = "end2end"            # END2END [B, K, 6], or LEGACY [B, 4+nc, N] decoded by the NMS fallback
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,19 +88,8 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
     if isinstance(input_shape[1], int) and input_shape[1] != 3:
         raise ModelContractError(
             f"{source}: input has {input_shape[1]} channels; a vap engine takes 3 (RGB) in NCHW layout")
-    if len(output_shape) != 3 or (isinstance(output_shape[2], int) and output_shape[2] != 6):
-        hint = ""
-        if len(output_shape) == 3 and isinstance(output_shape[1], int) and output_shape[1] > 6:
-            hint = (" This looks like a raw YOLO head that needs NMS ([B, 4+classes, anchors]); export an "
-                    "NMS-free model instead (vap export, or Ultralytics YOLO26/YOLOv10 with end2end=True).")
-        raise ModelContractError(
-            f"{source}: output has shape {output_shape}; the engine contract is [B, K, 6] rows "
-            f"x1, y1, x2, y2, score, class_id.{hint}")
-    if "end2end" in meta and not _truthy(meta["end2end"]):
-        raise ModelContractError(
-            f"{source}: metadata says end2end=False (the graph needs NMS); export with end-to-end on")
-
     names = parse_names(meta["names"]) if "names" in meta else list(class_names or [])
+    layout = output_layout(output_shape, meta, len(names), source)
     if not names:
         raise ModelContractError(
             f"{source}: no class names in the model metadata; set model.class_names in the config")
@@ -120,21 +114,49 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
     batch = input_shape[0]
     try:
         stride = int(_parse_value(meta.get("stride", "32")))
-        k = output_shape[1] if isinstance(output_shape[1], int) else int(_parse_value(meta.get("max_det", "300")))
+        k = output_shape[1] if layout == END2END and isinstance(output_shape[1], int) else \
+            int(_parse_value(meta.get("max_det", "300")))
     except (TypeError, ValueError):
         raise ModelContractError(f"{source}: metadata stride {meta.get('stride')!r} or max_det "
                                  f"{meta.get('max_det')!r} is not an integer; fix or remove it") from None
     return EngineInfo(
         names=names, input_hw=hw, stride=stride, max_det=int(k),
         dynamic_batch=not isinstance(batch, int), max_batch=batch if isinstance(batch, int) else None,
-        dynamic_hw=dyn_hw, precision=str(meta.get("precision", "fp32")), source=source,
+        dynamic_hw=dyn_hw, precision=str(meta.get("precision", "fp32")), source=source, layout=layout,
         extra={k: v for k, v in meta.items() if k not in ("names",)},
     )
 
 
-def check_output(out: Any, batch: int, source: str) -> None:
-    """Validate one inference result against [B, K, 6] (cheap: shape only)."""
+def output_layout(shape: list[Any], meta: dict[str, str], num_classes: int, source: str) -> str:
+    """END2END for `[B, K, 6]`; LEGACY for a one-to-many head `[B, 4+nc, N]` (boxes cx, cy, w, h then
+    class scores); anything else is refused with the shapes found and the shapes expected.
+
+    The metadata's end2end flag (Ultralytics writes it) wins over the shapes where present.
+    """
+    e2e = _truthy(meta["end2end"]) if "end2end" in meta else None
+    legacy_rows = f"[B, {4 + num_classes}, N]" if num_classes else "[B, 4+classes, N]"
+    expected = (f"expected [B, K, 6] (end-to-end: rows x1, y1, x2, y2, score, class_id; YOLO26/YOLOv10 or "
+                f"`vap export`) or {legacy_rows} (one-to-many head, YOLOv8/YOLO11 style, run with the NMS fallback)")
+    if len(shape) == 3:
+        d1, d2 = shape[1], shape[2]
+        fits_legacy = isinstance(d1, int) and d1 > 4 and (not num_classes or d1 == 4 + num_classes)
+        if d2 == 6 and e2e is not False:
+            return END2END
+        if fits_legacy and e2e is not True:
+            return LEGACY
+    raise ModelContractError(f"{source}: output has shape {shape}; {expected}.")
+
+
+def check_output(out: Any, batch: int, info: "EngineInfo | str") -> None:
+    """Validate one inference result against the engine's layout (cheap: shape only)."""
     shape = getattr(out, "shape", None)
+    if isinstance(info, EngineInfo) and info.layout == LEGACY:
+        rows = 4 + info.num_classes
+        if shape is None or len(shape) != 3 or shape[0] != batch or shape[1] != rows:
+            raise ModelContractError(f"{info.source}: engine returned shape {shape} for a batch of {batch}; "
+                                     f"expected [{batch}, {rows}, N] (one-to-many layout)")
+        return
+    source = info.source if isinstance(info, EngineInfo) else info
     if shape is None or len(shape) != 3 or shape[0] != batch or shape[2] != 6:
         raise ModelContractError(
             f"{source}: engine returned shape {shape} for a batch of {batch}; expected [{batch}, K, 6]")

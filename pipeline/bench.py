@@ -9,8 +9,6 @@ decode, preprocessing, batching, tracking, analytics and event delivery.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,23 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from engines.hostinfo import machine
 from pipeline.settings import SHIPPED_MODEL, parse_settings
 
 HD = (1280, 720)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
 def rss_mb() -> float:

@@ -21,11 +21,13 @@ def test_contract_model_runs_at_any_batch(tmp_path):
         np.testing.assert_allclose(out[-1], ROWS)
 
 
-def test_raw_yolo_head_is_refused_with_a_hint(tmp_path):
+def test_output_matching_no_layout_is_refused_with_shapes(tmp_path):
     with pytest.raises(ModelContractError) as err:
-        load_backend(bad_output_model(tmp_path / "raw.onnx"))
+        load_backend(bad_output_model(tmp_path / "raw.onnx", names=["a", "b", "c"]))
     msg = str(err.value)
-    assert "[B, K, 6]" in msg and "NMS" in msg and "end2end" in msg
+    assert "['B', 84, 100]" in msg and "[B, K, 6]" in msg and "[B, 7, N]" in msg and "NMS" in msg
+    with pytest.raises(ModelContractError, match="class_names"):   # a legacy head, but nameless
+        load_backend(bad_output_model(tmp_path / "raw2.onnx"))
 
 
 def test_missing_names_needs_config_names(tmp_path):
@@ -56,7 +58,7 @@ def test_ultralytics_style_metadata_is_understood():
     info = resolve_info(meta, [1, 3, 640, 640], [1, 300, 6], "yolo26n.onnx")
     assert info.names == ["person", "bicycle", "car"]
     assert info.max_batch == 1 and not info.dynamic_batch and info.max_det == 300
-    with pytest.raises(ModelContractError, match="end2end=False"):
+    with pytest.raises(ModelContractError, match=r"output has shape \[1, 300, 6\]"):  # end2end=False needs [B, 4+nc, N]
         resolve_info({**meta, "end2end": "False"}, [1, 3, 640, 640], [1, 300, 6], "m")
 
 

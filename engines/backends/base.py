@@ -13,14 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from engines.contract import EngineInfo, ModelContractError
+from engines.contract import LEGACY, EngineInfo, ModelContractError, check_output
 
 
 class Backend(ABC):
-    """A loaded engine. `info` describes its contract; `infer` runs one batch."""
+    """A loaded engine. `info` describes its contract; `infer` runs one batch.
+
+    Legacy one-to-many models (`info.layout == LEGACY`) come out of `infer` already in the contract
+    form, through the NumPy NMS fallback with `nms_conf` / `nms_iou`.
+    """
 
     info: EngineInfo
     name: str = "backend"
+    nms_conf: float = 0.001
+    nms_iou: float = 0.7
 
     @abstractmethod
     def _run(self, images: np.ndarray) -> np.ndarray:
@@ -28,14 +34,24 @@ class Backend(ABC):
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """`images` float32 [B, 3, H, W] -> float32 [B, K, 6]; splits batches a fixed graph can't take."""
-        limit = self.info.max_batch
-        if limit is None or images.shape[0] <= limit:
-            if limit is not None and images.shape[0] < limit:
-                pad = np.zeros((limit - images.shape[0], *images.shape[1:]), dtype=images.dtype)
-                return self._run(np.concatenate([images, pad]))[: images.shape[0]]
-            return self._run(images)
-        parts = [self.infer(images[i:i + limit]) for i in range(0, images.shape[0], limit)]
-        return np.concatenate(parts)
+        raw = self.infer_raw(images)
+        if self.info.layout == LEGACY:
+            from engines.nms_fallback import decode_one_to_many
+            return decode_one_to_many(raw, self.nms_conf, self.nms_iou, self.info.max_det)
+        return raw
+
+    def infer_raw(self, images: np.ndarray) -> np.ndarray:
+        """The graph's own output for any batch size (padding or splitting for fixed-batch graphs)."""
+        n, limit = images.shape[0], self.info.max_batch
+        if limit is not None and n > limit:
+            return np.concatenate([self.infer_raw(images[i:i + limit]) for i in range(0, n, limit)])
+        if limit is not None and n < limit:
+            pad = np.zeros((limit - n, *images.shape[1:]), dtype=images.dtype)
+            out = self._run(np.concatenate([images, pad]))[:n]
+        else:
+            out = self._run(images)
+        check_output(out, n, self.info)
+        return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
         """Release the engine's resources."""
@@ -44,8 +60,11 @@ class Backend(ABC):
 def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backend:
     """Open a model file with the backend that runs it.
 
-    `kind`: 'onnxruntime', 'tensorrt', 'torch', or 'auto' (by file suffix: .onnx -> ONNX Runtime).
+    `kind`: 'onnxruntime', 'tensorrt', 'torch', or 'auto' (by file suffix: .onnx -> ONNX Runtime,
+    .engine/.plan -> TensorRT, .pt -> torch). `nms_conf` / `nms_iou` apply to legacy one-to-many
+    models only; every other option goes to the backend's constructor.
     """
+    nms = {k: options.pop(k) for k in ("nms_conf", "nms_iou") if k in options}
     path = Path(path)
     if not path.exists():
         raise ModelContractError(f"model file {path} does not exist; check model.path in the config "
@@ -56,7 +75,18 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
         if not kind:
             raise ModelContractError(f"{path}: unknown model format {path.suffix!r}; use .onnx (ONNX Runtime), "
                                      ".engine (TensorRT) or .pt (torch)")
+    backend: Backend
     if kind == "onnxruntime":
         from engines.backends.onnxruntime import OrtBackend
-        return OrtBackend(path, **options)
-    raise ModelContractError(f"backend {kind!r} is not available in this build; use 'onnxruntime'")
+        backend = OrtBackend(path, **options)
+    elif kind == "torch":
+        from engines.backends.torch_backend import TorchBackend
+        backend = TorchBackend(path, **options)
+    elif kind == "tensorrt":
+        from engines.tensorrt.runtime import TrtBackend
+        backend = TrtBackend(path, **options)
+    else:
+        raise ModelContractError(f"unknown backend {kind!r}; use onnxruntime, tensorrt or torch")
+    for key, value in nms.items():
+        setattr(backend, key, float(value))
+    return backend

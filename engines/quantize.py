@@ -1,0 +1,171 @@
+"""CPU INT8: static Q/DQ quantisation of an engine with calibration images, and its accuracy report.
+
+``vap quantize MODEL.onnx --data data.yaml [--calib DIR_OR_YAML] [--out MODEL.int8.onnx]``
+
+Produces a second model next to the fp32 one; it never replaces it. The mAP of both models on the
+validation split and the speed of both on this CPU are measured and written into the INT8 model's
+metadata (``quantization``), so the accuracy cost travels with the file and the runtime can state
+it when it loads the model: INT8 is offered only with its loss reported, never silently.
+
+Only convolutions are quantised. The box decode, sigmoid and top-K at the end of the graph stay in
+float: box coordinates span hundreds of pixels and 8 bits would round them to whole-pixel steps at
+best, while those ops cost almost nothing next to the convolutions.
+
+The same function writes symmetric Q/DQ models for TensorRT 11 (``target="tensorrt"``), which only
+builds strongly typed networks and so takes INT8 as explicit Q/DQ nodes rather than a calibrator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engines.calibration import calibration_batches
+from engines.contract import ModelContractError
+from engines.hostinfo import cpu_name
+from engines.metadata import read_onnx_metadata, write_metadata
+
+
+def cpu_has_vnni() -> bool:
+    """x86 CPUs with VNNI accumulate u8 x s8 products without saturating; older ones need 7-bit weights."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, limit: int = 256,
+                 target: Literal["cpu", "tensorrt"] = "cpu", per_channel: bool = True) -> Path:
+    """Write a Q/DQ INT8 copy of `model` to `out`, calibrated on up to `limit` images.
+
+    `target="cpu"`: u8 activations, s8 weights (ONNX Runtime's fast CPU kernels), 7-bit weights on
+    CPUs without VNNI. `target="tensorrt"`: symmetric s8 for both, as TensorRT requires.
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model, out = Path(model), Path(out)
+    meta = read_onnx_metadata(model)
+    hw = tuple(meta.get("imgsz") or (0, 0))
+    graph_input = onnx.load(str(model), load_external_data=False).graph.input[0]
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[2] and dims[3]:
+        hw = (dims[2], dims[3])
+    if not all(hw):
+        raise ModelContractError(f"{model}: cannot tell the input size (no imgsz metadata, dynamic H/W)")
+    fixed_batch = dims[0] if dims and dims[0] else None
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = (({graph_input.name: b[i:i + 1]} for i in range(len(b)))
+                        if fixed_batch == 1 else ({graph_input.name: b},)
+                        for b in calibration_batches(calibration, hw, batch_size=fixed_batch or 8, limit=limit))
+            self._flat = (feed for group in self._it for feed in group)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._flat, None)
+
+    symmetric = target == "tensorrt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prep.onnx"
+        quant_pre_process(str(model), str(prepped), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepped), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+            per_channel=per_channel, reduce_range=(target == "cpu" and platform.machine() in ("x86_64", "AMD64")
+                                                   and not cpu_has_vnni()),
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    return out
+
+
+def _median_ms(path: Path, hw: tuple[int, int], batch: int, runs: int, threads: int) -> float:
+    from engines.backends.onnxruntime import OrtBackend
+
+    backend = OrtBackend(path, intra_op_threads=threads)
+    x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
+    for _ in range(3):
+        backend.infer(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def accuracy_report(fp32: Path, int8: Path, data: str | Path, limit: int = 0, batch: int = 8,
+                    threads: int = 0) -> dict[str, Any]:
+    """mAP of both models on the validation split and their median CPU latency at `batch`."""
+    from engines.backends.onnxruntime import OrtBackend
+    from engines.evaluate_engine import evaluate_backend, val_samples
+
+    samples, names = val_samples(data, limit=limit)
+    evals = {}
+    for key, path in (("fp32", fp32), ("int8", int8)):
+        evals[key] = evaluate_backend(OrtBackend(path, intra_op_threads=threads), samples, names, batch=batch)
+    hw = tuple(read_onnx_metadata(fp32)["imgsz"])
+    speed = {key: _median_ms(path, hw, batch, 20, threads) for key, path in (("fp32", fp32), ("int8", int8))}
+    return {
+        "data": str(data), "images": evals["fp32"].images, "batch": batch,
+        "map50_95": {k: round(v.result.map50_95, 4) for k, v in evals.items()},
+        "map50": {k: round(v.result.map50, 4) for k, v in evals.items()},
+        "map50_95_change": round(evals["int8"].result.map50_95 - evals["fp32"].result.map50_95, 4),
+        "median_ms": {k: round(v, 3) for k, v in speed.items()},
+        "speedup": round(speed["fp32"] / speed["int8"], 3),
+        "cpu": cpu_name(), "vnni": cpu_has_vnni(),
+    }
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for logs: what INT8 costs and gains."""
+    m = report["map50_95"]
+    return (f"INT8 mAP50-95 {m['int8']:.3f} vs fp32 {m['fp32']:.3f} ({report['map50_95_change']:+.3f}) on "
+            f"{report['images']} images of {report['data']}; {report['speedup']:.2f}x the fp32 speed at batch "
+            f"{report['batch']} on {report['cpu']}")
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vap quantize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="fp32 ONNX engine (vap export)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="data.yaml whose val split measures the accuracy change (required: INT8 is never silent)")
+    parser.add_argument("--calib", type=Path, default=None, help="folder of images or data.yaml (default: --data)")
+    parser.add_argument("--out", type=Path, default=None, help="default: MODEL.int8.onnx")
+    parser.add_argument("--limit", type=int, default=256, help="calibration images")
+    parser.add_argument("--val-limit", type=int, default=0, help="validation images (0 = all)")
+    parser.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu")
+    parser.add_argument("--per-tensor", action="store_true", help="one scale per tensor (faster, less accurate)")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        print(f"error: {args.model}: no such model file", file=sys.stderr)
+        return 3
+    out = args.out or args.model.with_suffix(".int8.onnx")
+    try:
+        print(f"calibrating on {args.calib or args.data} (up to {args.limit} images) ...", flush=True)
+        quantize_qdq(args.model, out, args.calib or args.data, args.limit, args.target, not args.per_tensor)
+        print(f"measuring mAP and speed of both models on {args.data} ...", flush=True)
+        report = accuracy_report(args.model, out, args.data, limit=args.val_limit)
+    except ModelContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    meta = read_onnx_metadata(out)
+    meta.update(precision="int8", quantization={**report, "format": "QDQ", "target": args.target,
+                                                "per_channel": not args.per_tensor, "fp32_model": args.model.name})
+    write_metadata(out, meta)
+    print(describe(report))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out} (+ {out.with_suffix('.json').name}); the fp32 model is unchanged")
+    return 0

@@ -1,0 +1,201 @@
+"""Backends behind one interface: torch vs ONNX Runtime parity, IO binding, the legacy one-to-many
+layout with the NMS fallback, and CPU INT8 with its accuracy report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.backends import load_backend
+from engines.contract import END2END, LEGACY, ModelContractError, resolve_info
+from engines.evaluate import box_iou
+from engines.nms_fallback import decode_one_to_many
+from tests.onnx_models import one_to_many_variant
+
+SHIPPED = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    from engines.synth import write_yolo_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    return write_yolo_dataset(root, 24, 40, imgsz=320, seed=0, haze_fraction=0.25)
+
+
+# ------------------------------------------------------------------------------------------ torch
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_onnx(tmp_path_factory) -> tuple[Path, Path]:
+    pytest.importorskip("torch")
+    from engines.export import export_onnx
+    from tests.test_export import _checkpoint
+
+    tmp = tmp_path_factory.mktemp("ck")
+    ck = _checkpoint(tmp)
+    return ck, export_onnx(ck, tmp / "m.onnx", imgsz=64, max_det=40)
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    """Rows agree as sets; rows tied with the K-th score may be cut differently, so those are exempt."""
+    d = np.abs(a[:, None, :] - b[None, :, :]).max(-1)
+    cut = max(a[-1, 4], b[-1, 4]) + atol
+    assert d.min(1)[a[:, 4] > cut].max(initial=0) <= atol
+    assert d.min(0)[b[:, 4] > cut].max(initial=0) <= atol
+    assert (a[:, 4] > cut).sum() >= len(a) // 2
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_torch_backend_matches_onnxruntime_fp32(checkpoint_and_onnx, batch):
+    ck, onnx_path = checkpoint_and_onnx
+    ort_be = load_backend(onnx_path)
+    torch_be = load_backend(ck, "auto")   # .pt -> torch
+    assert torch_be.name == "torch" and ort_be.name == "onnxruntime"
+    assert torch_be.info.names == ort_be.info.names and torch_be.info.max_det == ort_be.info.max_det
+    x = np.random.default_rng(batch).random((batch, 3, 64, 64), dtype=np.float32)
+    a, b = ort_be.infer(x), torch_be.infer(x)
+    assert a.shape == b.shape == (batch, 40, 6)
+    for i in range(batch):
+        _same_rows(a[i], b[i], 1e-4)
+
+
+def test_torch_backend_options_and_errors(checkpoint_and_onnx, tmp_path):
+    ck, onnx_path = checkpoint_and_onnx
+    with pytest.raises(ModelContractError, match="fp16 needs a CUDA device"):
+        load_backend(ck, "torch", fp16=True)
+    with pytest.raises(ModelContractError, match="CUDA graphs need a CUDA device"):
+        load_backend(ck, "torch", cuda_graphs=[1, 8])
+    with pytest.raises(ModelContractError, match=r"\.pt"):
+        load_backend(onnx_path, "torch")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not torch")
+    with pytest.raises(ModelContractError, match="cannot load as a vap checkpoint"):
+        load_backend(junk)
+    plain = load_backend(ck, "torch", channels_last=False)
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(plain.infer(x), load_backend(ck, "torch").infer(x), atol=1e-4)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ModelContractError, match="unknown backend 'openvino'"):
+        load_backend(SHIPPED, "openvino")
+
+
+# ------------------------------------------------------------------------------------ onnxruntime
+
+
+def test_io_binding_gives_the_same_output():
+    x = np.random.default_rng(1).random((3, 3, 320, 320), dtype=np.float32)
+    plain = load_backend(SHIPPED)
+    bound = load_backend(SHIPPED, io_binding=True, intra_op_threads=1)
+    np.testing.assert_array_equal(plain.infer(x), bound.infer(x))
+    np.testing.assert_array_equal(plain.infer(x[:1]), bound.infer(x[:1]))   # rebinding per batch shape
+
+
+def test_provider_options_and_missing_providers():
+    be = load_backend(SHIPPED, providers=[{"CPUExecutionProvider": {"arena_extend_strategy": "kSameAsRequested"}}])
+    assert be.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ModelContractError, match="onnxruntime-gpu"):
+        load_backend(SHIPPED, providers=["CUDAExecutionProvider"])
+
+
+# ------------------------------------------------------------------------------ legacy + NMS
+
+
+def test_layouts_are_told_apart_by_shape_and_metadata():
+    four = {"names": '["a", "b", "c", "d"]', "imgsz": "[320, 320]"}
+    assert resolve_info(four, ["B", 3, 320, 320], ["B", 300, 6], "m").layout == END2END
+    legacy = resolve_info(four, ["B", 3, 320, 320], ["B", 8, 2100], "m")
+    assert legacy.layout == LEGACY and legacy.max_det == 300
+    two = {"names": "{0: 'a', 1: 'b'}"}
+    assert resolve_info(two, [1, 3, 64, 64], [1, 6, 84], "m").layout == LEGACY          # 2 classes: 4+2 rows
+    assert resolve_info({**two, "end2end": "True"}, [1, 3, 64, 64], [1, 300, 6], "m").layout == END2END
+    with pytest.raises(ModelContractError) as err:
+        resolve_info(four, ["B", 3, 320, 320], ["B", 84, 8400], "coco.onnx")
+    assert "['B', 84, 8400]" in str(err.value) and "[B, 8, N]" in str(err.value)
+    with pytest.raises(ModelContractError, match="output has shape"):
+        resolve_info(four, [1, 3, 64, 64], [1, 2, 300, 6], "m")
+
+
+def test_nms_fallback_suppresses_within_a_class_only():
+    # anchors: two overlapping class-0 boxes, one class-1 box on top of them, one low score
+    cx = [50, 52, 51, 200]
+    cy = [50, 50, 50, 200]
+    wh = [40, 40, 40, 10]
+    scores = np.array([[0.9, 0.8, 0.1, 0.0005], [0.1, 0.1, 0.7, 0.0]], np.float32)
+    raw = np.concatenate([np.array([cx, cy, wh, wh], np.float32), scores])[None]
+    out = decode_one_to_many(raw, conf=0.001, iou=0.5, max_det=5)
+    assert out.shape == (1, 5, 6)
+    kept = out[0][out[0, :, 4] > 0]
+    np.testing.assert_allclose(kept[:, 4], [0.9, 0.7])        # second class-0 box suppressed
+    np.testing.assert_allclose(kept[:, 5], [0, 1])
+    np.testing.assert_allclose(kept[0, :4], [30, 30, 70, 70])
+    assert not out[0, 2:].any()                               # padding rows are zero
+
+
+def test_legacy_export_agrees_with_end_to_end(tmp_path, synth_data):
+    """The shipped model's trained head, exported both ways: top-K end-to-end and the legacy
+    `[B, 4+nc, A]` layout decoded by the NMS fallback, must find the same objects."""
+    from engines.evaluate_engine import evaluate_backend, val_samples
+
+    legacy_path = one_to_many_variant(SHIPPED, tmp_path / "legacy.onnx")
+    e2e, legacy = load_backend(SHIPPED), load_backend(legacy_path)
+    assert legacy.info.layout == LEGACY and legacy.info.names == e2e.info.names
+    samples, names = val_samples(synth_data)
+    a, b = evaluate_backend(e2e, samples, names), evaluate_backend(legacy, samples, names)
+    assert abs(a.result.map50_95 - b.result.map50_95) < 0.03, (a.summary(), b.summary())
+    assert a.result.map50_95 > 0.2
+    from engines.calibration import calibration_batches
+    x = next(calibration_batches(synth_data, (320, 320), batch_size=8, limit=8))
+    direct = total = 0
+    for p, q in zip(e2e.infer(x), legacy.infer(x)):
+        for row in p[p[:, 4] >= 0.5]:
+            # each confident end-to-end box is either found by the legacy path, or explained by NMS:
+            # a higher-scoring box of its class overlapping it by more than the NMS IoU
+            same = q[(q[:, 5] == row[5]) & (q[:, 4] > 0)]
+            iou = box_iou(row[None, :4], same[:, :4])[0]
+            total += 1
+            if len(same) and iou.max() > 0.95:
+                direct += 1
+            else:
+                assert ((iou > legacy.nms_iou) & (same[:, 4] > row[4])).any()
+        for row in q[q[:, 4] >= 0.5]:   # and the legacy path invents nothing
+            same = p[p[:, 5] == row[5]]
+            assert box_iou(row[None, :4], same[:, :4]).max() > 0.95
+    assert total >= 8 and direct / total > 0.8
+
+
+# ------------------------------------------------------------------------------------------- INT8
+
+
+def test_cpu_int8_model_carries_its_accuracy_report(tmp_path, synth_data, caplog):
+    from engines.quantize import cli
+
+    out = tmp_path / "m.int8.onnx"
+    assert cli([str(SHIPPED), "--data", str(synth_data), "--out", str(out), "--limit", "16"]) == 0
+    with caplog.at_level(logging.WARNING, logger="vap.engine"):
+        be = load_backend(out)
+    assert be.info.precision == "int8"
+    assert "INT8 mAP50-95" in caplog.text and "vs fp32" in caplog.text
+    from engines.metadata import read_onnx_metadata
+    report = read_onnx_metadata(out)["quantization"]
+    assert report["images"] == 40 and set(report["map50_95"]) == {"fp32", "int8"}
+    assert abs(report["map50_95_change"]) < 0.1          # calibrated INT8 stays close to fp32
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = next(iter(__import__("engines.calibration", fromlist=["x"]).calibration_batches(synth_data, (320, 320), 4, 4)))
+    assert be.infer(x).shape == (4, 300, 6)
+
+
+def test_quantize_needs_validation_data(capsys, tmp_path):
+    from engines.quantize import cli
+
+    with pytest.raises(SystemExit):
+        cli([str(SHIPPED)])                       # --data is required: INT8 is never silent
+    assert "--data" in capsys.readouterr().err
+    assert cli([str(tmp_path / "none.onnx"), "--data", "x.yaml"]) == 3
