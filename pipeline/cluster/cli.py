@@ -1,0 +1,244 @@
+"""`vap cluster plan | config | up`: size a Ray deployment and deploy it declaratively.
+
+- `plan` reads the registry and prints shards (GPU workers doing work), spares, the per-shard
+  loads the assignment gives, and the Helm values for `deploy/helm/vap-cluster`.
+- `config` prints the Ray Serve config file (for `serve deploy`, or KubeRay's `serveConfigV2`).
+- `up` PUTs that config to a running Ray cluster's dashboard (the Serve REST API, what `serve
+  deploy` does). A config-file deploy updates `user_config` in place, so adding a camera or a shard
+  reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
+
+None of these imports Ray: they compute, print and talk HTTP. Only the replicas need Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.cluster.assign import DEFAULT_SLACK, assign, loads, shard_cap
+from pipeline.cluster.registry import Registry, load_registry
+from pipeline.cluster.shard import ClusterConfig
+from pipeline.config import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+APP_NAME = "vap"
+DEPLOYMENT = "StreamWorker"        # = worker.DEPLOYMENT_NAME (not imported: that imports Ray)
+IMPORT_PATH = "pipeline.cluster.worker:app"
+MIN_SLACK = 0.1
+
+
+class DeployError(Exception):
+    """The Ray cluster is unreachable or refused the config (exit 1, not a usage error)."""
+
+
+def plan_shards(total_load: float, per_gpu: float, min_slack: float = MIN_SLACK,
+                spares: int | None = None) -> dict[str, Any]:
+    """Shards so that each GPU's cap is `per_gpu` with at least `min_slack` headroom over the mean.
+
+    Headroom matters because the bounded-load hash balances only up to its cap: with none, every
+    shard sits at its cap and each added camera pushes others around. Spares default to 10% of
+    the shards, at least one: a replica lost with its node restarts on a spare at once; without
+    one it waits for a new node.
+    """
+    if per_gpu <= 0:
+        raise ConfigError(f"--per-gpu must be > 0, got {per_gpu}")
+    shards = max(1, math.ceil(total_load * (1 + min_slack) / per_gpu - 1e-9))
+    spares = max(1, math.ceil(0.1 * shards)) if spares is None else spares
+    if spares < 0:
+        raise ConfigError(f"--spares must be >= 0, got {spares}")
+    return {"shards": shards, "spares": spares, "capacity": float(per_gpu),
+            "mean_load": total_load / shards if shards else 0.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vap cluster", description="Scale out on Ray Serve (KubeRay on Kubernetes)")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--cameras", required=True, metavar="REGISTRY",
+                        help="camera registry YAML (path or http(s):// URL) with version and cameras")
+        sp.add_argument("--per-gpu", type=float, default=None, metavar="N",
+                        help="cameras one GPU worker handles (1080p25 equivalents with --weighted)")
+        sp.add_argument("--shards", type=int, default=None, help="shard count (default: from --per-gpu)")
+        sp.add_argument("--spares", type=int, default=None, help="spare GPU workers (default: 10%%, at least 1)")
+        sp.add_argument("--weighted", action="store_true", help="balance by width x height x fps")
+
+    sp = sub.add_parser("plan", help="print shards, spares, per-shard loads and Helm values")
+    common(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, help_text in (("config", "print the Ray Serve config file"),
+                            ("up", "deploy to a running Ray cluster through the Serve REST API")):
+        sp = sub.add_parser(name, help=help_text)
+        common(sp)
+        sp.add_argument("--registry-location", default=None, metavar="PATH_OR_URL",
+                        help="where the workers read the registry (default: --cameras, made absolute)")
+        sp.add_argument("--settings", type=Path, default=None,
+                        help="worker deployment YAML without streams (model, batch, sinks, ...); "
+                             "'{shard}' in a string becomes the shard number")
+        sp.add_argument("--gpus-per-worker", type=float, default=1.0, help="0 for CPU-only workers")
+        sp.add_argument("--cpus-per-worker", type=float, default=1.0)
+        sp.add_argument("--metrics-port", type=int, default=9108)
+        sp.add_argument("--stall-s", type=float, default=30.0)
+        sp.add_argument("--app", default=APP_NAME, help="Serve application name")
+        if name == "up":
+            sp.add_argument("--address", default="http://127.0.0.1:8265",
+                            help="Ray dashboard address (the Serve REST API)")
+            sp.add_argument("--timeout", type=float, default=30.0)
+    return p
+
+
+def cli(argv: list[str]) -> int:
+    """Entry point of `vap cluster`; returns the exit code (0 ok, 1 deploy failed, 2 bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        if args.cmd == "plan":
+            return cmd_plan(args)
+        cfg = serve_config_from_args(args)
+        if args.cmd == "config":
+            print(yaml.safe_dump(cfg, sort_keys=False), end="")
+            return EXIT_OK
+        return cmd_up(cfg, args.address, args.timeout)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _shards_from_args(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+    total = sum(registry.weights(args.weighted).values())
+    if args.shards is not None:
+        if args.shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {args.shards}")
+        spares = max(1, math.ceil(0.1 * args.shards)) if args.spares is None else args.spares
+        return {"shards": args.shards, "spares": spares, "capacity": args.per_gpu,
+                "mean_load": total / args.shards}
+    if args.per_gpu is None:
+        raise ConfigError("give --per-gpu N (cameras one GPU handles) or --shards N")
+    return plan_shards(total, args.per_gpu, spares=args.spares)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    registry = load_registry(args.cameras)
+    plan = _shards_from_args(args, registry)
+    weights = registry.weights(args.weighted)
+    table = assign(weights, plan["shards"], DEFAULT_SLACK, plan["capacity"])
+    per_shard = loads(table, plan["shards"], weights)
+    counts = loads(table, plan["shards"])
+    cap = shard_cap(sum(weights.values()), plan["shards"], DEFAULT_SLACK, plan["capacity"]) if weights else 0.0
+    values = helm_values(plan, registry, args.weighted)
+    if args.json:
+        print(json.dumps({**plan, "cameras": len(registry.cameras), "registry_version": registry.version,
+                          "cap": cap, "loads": per_shard, "counts": counts, "helm_values": values}, indent=2))
+        return EXIT_OK
+    unit = "1080p25-equivalents" if args.weighted else "cameras"
+    print(f"registry {registry.version}: {len(registry.cameras)} cameras, total load "
+          f"{sum(weights.values()):.1f} {unit}")
+    print(f"shards: {plan['shards']} (GPU workers doing work), spares: {plan['spares']} "
+          f"(idle GPU workers that take over a lost one), worker pods: {plan['shards'] + plan['spares']}")
+    print(f"cap per shard: {cap:g} {unit}")
+    for s in range(plan["shards"]):
+        print(f"  shard {s}: {counts[s]:.0f} cameras, load {per_shard[s]:.1f}")
+    if plan["capacity"] is not None and per_shard and max(per_shard) > plan["capacity"] + 1e-9:
+        print(f"warning: a shard exceeds --per-gpu {plan['capacity']:g}; add shards", file=sys.stderr)
+    print("\n# Helm values (deploy/helm/vap-cluster):")
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def helm_values(plan: dict[str, Any], registry: Registry, weighted: bool) -> dict[str, Any]:
+    """The values a `helm install -f` needs for this plan (registry goes in separately)."""
+    return {"shards": plan["shards"], "spares": plan["spares"], "capacity": plan["capacity"],
+            "weighted": weighted, "registry": {"version": registry.version}}
+
+
+def serve_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    registry = load_registry(args.cameras)
+    plan = _shards_from_args(args, registry)
+    location = args.registry_location
+    if location is None:
+        location = args.cameras if args.cameras.startswith(("http://", "https://")) else \
+            str(Path(args.cameras).resolve())
+    settings: dict[str, Any] = {}
+    if args.settings is not None:
+        try:
+            settings = yaml.safe_load(args.settings.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{args.settings}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{args.settings}: not valid YAML ({exc})") from None
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{args.settings}: must be a mapping (a deployment YAML without streams)")
+    user_config = {"num_shards": plan["shards"], "registry": location, "registry_version": registry.version,
+                   "weighted": bool(args.weighted), "settings": settings, "metrics_port": args.metrics_port,
+                   "stall_s": args.stall_s}
+    if plan["capacity"] is not None:
+        user_config["capacity"] = plan["capacity"]
+    ClusterConfig.parse(user_config)  # fail here, not in every replica
+    return serve_config(user_config, num_replicas=plan["shards"], gpus=args.gpus_per_worker,
+                        cpus=args.cpus_per_worker, app=args.app)
+
+
+def serve_config(user_config: dict[str, Any], num_replicas: int, gpus: float = 1.0, cpus: float = 1.0,
+                 app: str = APP_NAME) -> dict[str, Any]:
+    """A Ray Serve config file (ServeDeploySchema) with one StreamWorker replica per shard."""
+    return {
+        "applications": [{
+            "name": app,
+            "import_path": IMPORT_PATH,
+            "route_prefix": None,
+            "deployments": [{
+                "name": DEPLOYMENT,
+                "num_replicas": num_replicas,
+                "ray_actor_options": {"num_gpus": gpus, "num_cpus": cpus},
+                "health_check_period_s": 10,
+                "health_check_timeout_s": 30,
+                "graceful_shutdown_timeout_s": 20,
+                "user_config": user_config,
+            }],
+        }],
+    }
+
+
+def deploy(config: dict[str, Any], address: str, timeout_s: float = 30.0) -> None:
+    """PUT a Serve config to the dashboard's REST API (declarative: Serve diffs it against what runs).
+
+    Raises DeployError when the cluster is unreachable or refuses the config.
+    """
+    url = address.rstrip("/") + "/api/serve/applications/"
+    req = urllib.request.Request(url, data=json.dumps(config).encode(), method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (operator's address)
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")[:2000]
+        raise DeployError(f"{url}: the cluster refused the config (HTTP {exc.code}): {body}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeployError(f"{url}: cannot reach the Ray dashboard ({getattr(exc, 'reason', exc)}); is the "
+                          "cluster running and --address right (default port 8265)?") from None
+
+
+def cmd_up(config: dict[str, Any], address: str, timeout_s: float) -> int:
+    deploy(config, address, timeout_s)
+    d = config["applications"][0]["deployments"][0]
+    print(f"deployed {config['applications'][0]['name']}: {d['num_replicas']} shards, registry "
+          f"{d['user_config']['registry_version']}; watch with `serve status --address {address}`")
+    return EXIT_OK
+
+
+__all__ = ["DeployError", "cli", "deploy", "helm_values", "plan_shards", "serve_config"]

@@ -1,0 +1,384 @@
+"""One shard's worker, without Ray: the ordinary pipeline plus "own these cameras".
+
+`worker.StreamWorker` (the Ray Serve deployment) is a thin wrapper around `ShardWorker`, so all
+logic here is testable in a plain process. A `ShardWorker`:
+- takes the cluster config (the Serve `user_config`, `ClusterConfig`) and its rank, loads the
+  registry, computes the global assignment (`assign.assign`) and keeps its own part;
+- diffs that part against the streams it runs and adds/removes streams on the running pipeline
+  (no restart: a camera added elsewhere moves nothing here);
+- rebuilds the pipeline only when the worker settings themselves change (model, batching, sinks);
+- serves `/metrics` with a `shard` label on every series plus `vap_owned_cameras{shard}`, and
+  `/healthz`, `/readyz`, `/cluster`;
+- reports unhealthy when its frame counters stall while cameras deliver (so Serve replaces it).
+
+Frames never leave this process: only the config comes in, only events (sinks) and metrics go out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import Field, ValidationError
+
+from pipeline.cluster.assign import DEFAULT_SLACK, assign, owned
+from pipeline.cluster.registry import Registry, RegistryError, load_registry
+from pipeline.config import ConfigError, Strict
+from pipeline.settings import Settings, StreamSettings, parse_settings
+
+log = logging.getLogger("vap.cluster")
+
+SHARD_PLACEHOLDER = "{shard}"
+PORT_TRIES = 16
+
+
+class ClusterConfig(Strict):
+    """What every replica gets as the Serve deployment's `user_config`.
+
+    Changing any field makes Serve call `reconfigure` on every replica in place (no restart).
+    """
+
+    num_shards: int = Field(ge=1, description="Shards (= GPU workers doing work); never taken from Serve's "
+                            "world_size, which can be stale during a rescale")
+    registry: str = Field(description="Camera registry: a YAML path on every node, or an http(s):// URL")
+    registry_version: str | None = Field(None, description="Expected registry version; a replica that reads "
+                                         "another one retries until registry_wait_s, then fails")
+    weighted: bool = Field(False, description="Balance by width x height x fps instead of camera count")
+    slack: float = Field(DEFAULT_SLACK, ge=0, description="Per-shard cap = (1 + slack) x mean load "
+                         "(when capacity is not set)")
+    capacity: float | None = Field(None, gt=0, description="Per-shard cap (cameras, or 1080p25 equivalents "
+                                   "when weighted); from `vap cluster plan --per-gpu`")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Each worker's deployment YAML, "
+                                     "without streams; '{shard}' in any string becomes the shard number")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the worker's /metrics")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Worker /metrics port; the next free one of "
+                              f"{PORT_TRIES} is taken when busy (several replicas per node); 0 = any")
+    stall_s: float = Field(30.0, gt=0, description="Unhealthy when no frame was processed this long while "
+                           "cameras deliver frames")
+    registry_wait_s: float = Field(30.0, ge=0, description="How long to wait for registry_version to appear")
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "user_config") -> "ClusterConfig":
+        """Validate; every problem is a ConfigError naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: must be a mapping with num_shards and registry, got {type(data).__name__}")
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            raise ConfigError(f"{source}: {problems}") from None
+        if cfg.settings.get("streams"):
+            raise ConfigError(f"{source}: settings.streams must be empty: cameras come from the registry")
+        return cfg
+
+
+def render_settings(cfg: ClusterConfig, shard: int) -> Settings:
+    """The worker's pipeline settings, '{shard}' filled in, HTTP server off (the worker serves its own)."""
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(SHARD_PLACEHOLDER, str(shard))
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+    data = fill(dict(cfg.settings))
+    data["streams"] = []
+    data.setdefault("server", {})
+    if isinstance(data["server"], dict):
+        data["server"] = {**data["server"], "enabled": False}
+    return parse_settings(data, "user_config.settings")
+
+
+class ShardWorker:
+    """The cameras of one shard on one single-node pipeline; see the module docstring."""
+
+    def __init__(self, pipeline_factory: Callable[[Settings], Any] | None = None, *, serve_http: bool = True) -> None:
+        self._factory = pipeline_factory or _default_pipeline
+        self._serve_http = serve_http
+        self._lock = threading.RLock()
+        self.pipeline: Any = None
+        self.cfg: ClusterConfig | None = None
+        self.rank: int | None = None
+        self.registry: Registry | None = None
+        self.owned: set[str] = set()
+        self._settings: Settings | None = None
+        self._streams: dict[str, StreamSettings] = {}
+        self._added_total = 0
+        self._removed_total = 0
+        self._reconfigures = 0
+        self._progress = (0.0, 0.0, time.monotonic(), time.monotonic())  # processed, decoded, t_proc, t_dec
+        self._server: _MetricsServer | None = None
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.metrics_registry.register(_ShardCollector(self))
+
+    # ------------------------------------------------------------------ control
+    def apply(self, cfg: ClusterConfig, rank: int) -> dict[str, Any]:
+        """Bring this worker to `cfg` as shard `rank`: load the registry, add/remove streams.
+
+        A rank >= num_shards owns nothing (a surplus replica during a rescale). Returns what
+        changed. Raises ConfigError/RegistryError for a bad config or registry (Serve then reports
+        the update as failed and keeps the previous replicas' state).
+        """
+        with self._lock:
+            registry = self._load_registry(cfg)
+            settings = render_settings(cfg, rank)
+            if self.pipeline is None or settings != self._settings:
+                self._restart_pipeline(settings)
+            mine: set[str] = set()
+            if rank < cfg.num_shards:
+                table = assign(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity)
+                mine = owned(table, rank)
+            wanted = {c.name: c.stream() for c in registry.cameras if c.name in mine}
+            removed = [n for n in self._streams if n not in wanted or self._streams[n] != wanted[n]]
+            for name in removed:
+                self._remove(name)
+            added = [n for n in sorted(wanted) if n not in self._streams]
+            for name in added:
+                self._add(wanted[name])
+            self.cfg, self.rank, self.registry, self.owned = cfg, rank, registry, set(wanted)
+            self._settings = settings
+            self._reconfigures += 1
+            self._added_total += len(added)
+            self._removed_total += len(removed)
+            self._reset_progress()
+            if self._serve_http and self._server is None:
+                self._server = _MetricsServer(self, cfg.metrics_host, cfg.metrics_port)
+            log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d", rank, cfg.num_shards,
+                     len(self.owned), len(registry.cameras), registry.version, len(added), len(removed))
+            return {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
+                    "registry_version": registry.version}
+
+    def _load_registry(self, cfg: ClusterConfig) -> Registry:
+        deadline = time.monotonic() + cfg.registry_wait_s
+        while True:
+            registry = load_registry(cfg.registry)
+            if cfg.registry_version is None or registry.version == cfg.registry_version:
+                return registry
+            if time.monotonic() >= deadline:
+                raise RegistryError(f"{cfg.registry}: has version {registry.version!r}, the deployment asks for "
+                                    f"{cfg.registry_version!r} (waited {cfg.registry_wait_s:g} s); update the "
+                                    "registry or registry_version")
+            time.sleep(min(1.0, cfg.registry_wait_s / 10 or 0.1))
+
+    def _restart_pipeline(self, settings: Settings) -> None:
+        old, self.pipeline = self.pipeline, None
+        if old is not None:
+            log.info("worker settings changed: restarting the pipeline with the same cameras")
+            old.stop()
+        self.pipeline = self._factory(settings)
+        self.pipeline.start()
+        keep = list(self._streams.values())
+        self._streams = {}
+        for cfg in keep:
+            self._add(cfg)
+
+    def _add(self, cfg: StreamSettings) -> None:
+        for attempt in range(50):  # a stream just removed under the same name is released within moments
+            try:
+                self.pipeline.add_stream(cfg)
+                break
+            except ValueError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+        self._streams[cfg.name] = cfg
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.pipeline.remove_stream(name)
+        except KeyError:
+            pass
+        self._streams.pop(name, None)
+
+    def close(self) -> None:
+        """Stop the pipeline (drain, flush sinks) and the metrics server."""
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            if self.pipeline is not None:
+                self.pipeline.stop()
+                self.pipeline = None
+
+    # ------------------------------------------------------------------ health
+    def _counters(self) -> tuple[float, float]:
+        m = self.pipeline.metrics
+        return _total(m.frames_processed), _total(m.frames_decoded)
+
+    def _reset_progress(self) -> None:
+        now = time.monotonic()
+        processed, decoded = self._counters() if self.pipeline is not None else (0.0, 0.0)
+        self._progress = (processed, decoded, now, now)
+
+    def check_health(self) -> None:
+        """Raise RuntimeError when this worker should be replaced.
+
+        Unhealthy: the data path died, or no frame was processed for `stall_s` while frames are
+        being decoded or a camera reports streaming (a hung engine or post stage). Cameras that are
+        all down are not the worker's fault: restarting would not help, the stream alerts say so.
+        """
+        with self._lock:
+            p = self.pipeline
+            if p is None or self.cfg is None:
+                raise RuntimeError("not configured yet")
+            if p.error is not None:
+                raise RuntimeError(f"data path failed: {p.error}")
+            if not p.ready:
+                raise RuntimeError("pipeline threads are not running")
+            now = time.monotonic()
+            processed, decoded = self._counters()
+            last_p, last_d, t_p, t_d = self._progress
+            if processed != last_p:
+                t_p = now
+            if decoded != last_d:
+                t_d = now
+            self._progress = (processed, decoded, t_p, t_d)
+            if self.owned and now - t_p > self.cfg.stall_s:
+                streaming = any(s["state"] == "streaming" for s in p.streams())
+                if streaming or t_d > t_p:
+                    raise RuntimeError(f"no frame processed for {now - t_p:.0f} s while cameras deliver frames "
+                                       f"(frame counters stalled at {processed:.0f})")
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def metrics_port(self) -> int | None:
+        return self._server.port if self._server else None
+
+    def describe(self) -> dict[str, Any]:
+        """What this worker does now (JSON-friendly): used by /cluster, tests and `vap cluster status`."""
+        with self._lock:
+            streams = self.pipeline.streams() if self.pipeline is not None else []
+            return {
+                "shard": self.rank,
+                "num_shards": self.cfg.num_shards if self.cfg else None,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "registry_version": self.registry.version if self.registry else None,
+                "registry_cameras": len(self.registry.cameras) if self.registry else 0,
+                "owned": sorted(self.owned),
+                "streams": {s["name"]: s["state"] for s in streams},
+                "frames_processed": self._counters()[0] if self.pipeline is not None else 0.0,
+                "metrics_port": self.metrics_port,
+                "reconfigures": self._reconfigures,
+            }
+
+
+def _default_pipeline(settings: Settings) -> Any:
+    from pipeline.runtime import Pipeline
+    return Pipeline(settings)
+
+
+def _total(counter: Any) -> float:
+    return sum(s.value for fam in counter.collect() for s in fam.samples if s.name.endswith("_total"))
+
+
+class _ShardCollector:
+    """The pipeline's series with a `shard` label added, plus the shard's own gauges."""
+
+    def __init__(self, worker: ShardWorker) -> None:
+        self.w = worker
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the pipeline; skip registration-time collection
+
+    def collect(self) -> Iterator[Metric]:
+        w = self.w
+        shard = "" if w.rank is None else str(w.rank)
+        num_shards = w.cfg.num_shards if w.cfg else 0
+        active = w.rank is not None and w.rank < num_shards
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["shard"])
+            g.add_metric([shard], value)
+            return g
+        yield gauge("vap_owned_cameras", "Cameras this shard owns now", len(w.owned))
+        yield gauge("vap_registry_cameras", "Cameras in the registry this shard loaded",
+                    len(w.registry.cameras) if w.registry else 0)
+        yield gauge("vap_cluster_shards", "num_shards in the deployment config", num_shards)
+        yield gauge("vap_shard_active", "1 when this replica's rank is a shard (< num_shards)", 1.0 if active else 0.0)
+        moves = CounterMetricFamily("vap_shard_camera_changes", "Cameras added to or removed from this shard",
+                                    labels=["shard", "change"])
+        moves.add_metric([shard, "added"], w._added_total)
+        moves.add_metric([shard, "removed"], w._removed_total)
+        yield moves
+        p = w.pipeline
+        if p is None:
+            return
+        for fam in p.metrics.registry.collect():
+            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            for s in fam.samples:
+                out.add_sample(s.name, {**s.labels, "shard": shard}, s.value, s.timestamp, s.exemplar)
+            yield out
+
+
+class _MetricsServer:
+    """GET /metrics, /healthz, /readyz, /cluster for one worker, on its own daemon thread."""
+
+    def __init__(self, worker: ShardWorker, host: str, port: int) -> None:
+        handler = type("Handler", (_Handler,), {"worker": worker})
+        last: OSError | None = None
+        tries = 1 if port == 0 else PORT_TRIES
+        for candidate in range(port, port + tries):
+            try:
+                self.httpd = ThreadingHTTPServer((host, candidate), handler)
+                break
+            except OSError as exc:
+                last = exc
+        else:
+            raise ConfigError(f"metrics_port: no free port in {port}..{port + tries - 1} on {host} ({last}); "
+                              "choose another metrics_port (0 picks any)")
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vap-shard-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    worker: ShardWorker
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0].rstrip("/")
+        w = self.worker
+        if path == "/metrics":
+            self._send(200, generate_latest(w.metrics_registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            try:
+                w.check_health()
+                self._send(200, {"status": "ok"})
+            except RuntimeError as exc:
+                self._send(503, {"status": str(exc)})
+        elif path == "/readyz":
+            ready = w.pipeline is not None and w.pipeline.ready
+            self._send(200 if ready else 503, {"ready": ready, "owned": len(w.owned)})
+        elif path == "/cluster":
+            self._send(200, w.describe())
+        else:
+            self._send(404, {"error": "unknown path; try /metrics, /healthz, /readyz, /cluster"})
+
+
+__all__ = ["ClusterConfig", "ShardWorker", "render_settings"]

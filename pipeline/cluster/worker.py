@@ -1,0 +1,76 @@
+"""The Ray Serve deployment `StreamWorker`: one replica per GPU, each a `ShardWorker`.
+
+Serve does what a home-made controller would: places one replica per GPU, restarts a replica
+whose process or node died (on a spare GPU when there is one), calls `check_health` and replaces
+a replica that fails it, and delivers the `user_config` to every replica through `reconfigure`
+without restarting it. This module only adapts those three hooks to `ShardWorker`.
+
+The shard number is the replica's Serve rank (`ReplicaRank.rank`, contiguous 0..N-1 once a
+rescale settles; Serve calls `reconfigure` again when it changes). The shard *count* is
+`user_config.num_shards`, never Serve's `world_size` (seen stale during a 3 -> 2 rescale).
+
+Importing this module imports Ray; `pipeline` itself never does. Serve config files refer to
+`pipeline.cluster.worker:app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+
+from pipeline.cluster.shard import ClusterConfig, ShardWorker
+
+log = logging.getLogger("vap.cluster")
+
+DEPLOYMENT_NAME = "StreamWorker"
+IMPORT_PATH = "pipeline.cluster.worker:app"
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    # Defaults only: `vap cluster up` sets these in the Serve config file, which takes precedence.
+    ray_actor_options={"num_gpus": 1},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=20,
+    max_ongoing_requests=8,
+)
+class StreamWorker:
+    """One shard: owns the cameras `assign` gives its rank, runs them on the single-node pipeline."""
+
+    def __init__(self) -> None:
+        # The pipeline starts in reconfigure: Serve always calls it right after __init__ with the
+        # user_config and the rank, and the rank is needed to know which cameras to open.
+        self.shard = ShardWorker()
+
+    def reconfigure(self, user_config: dict[str, Any], rank: Any) -> None:
+        """Serve calls this at start, on every user_config change and when the rank changes."""
+        cfg = ClusterConfig.parse(user_config)
+        summary = self.shard.apply(cfg, int(rank.rank))
+        log.info("reconfigured: %s", {k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
+
+    def check_health(self) -> None:
+        """Raising here makes Serve replace this replica (hung data path, stalled frame counters)."""
+        self.shard.check_health()
+
+    def describe(self) -> dict[str, Any]:
+        """Owned cameras, shard, pid, metrics port: for `vap cluster status` and the tests."""
+        return self.shard.describe()
+
+    async def __call__(self, request: Any) -> dict[str, Any]:
+        """HTTP GET on the route prefix (if one is set): the same as `describe`."""
+        return self.shard.describe()
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful shutdown (downscale, redeploy): drain and flush the sinks.
+        try:
+            self.shard.close()
+        except Exception:  # noqa: BLE001 (best effort at teardown)
+            log.exception("closing the shard worker failed")
+
+
+app = StreamWorker.bind()
+
+__all__ = ["DEPLOYMENT_NAME", "IMPORT_PATH", "StreamWorker", "app"]
