@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from engines.hostinfo import machine
-from pipeline.settings import SHIPPED_MODEL, parse_settings
+from pipeline.model_config import SHIPPED_MODEL
+from pipeline.settings import parse_settings
 
 HD = (1280, 720)
 

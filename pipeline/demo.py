@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.annotate import AnnotatedWriter
-from pipeline.settings import SHIPPED_MODEL, parse_settings
+from pipeline.model_config import SHIPPED_MODEL
+from pipeline.settings import parse_settings
 
 DEMO_FPS = 10
 DEMO_SIZE = (640, 360)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engines.backends import Backend, load_backend
+from engines.backends import Backend, backend_kind, load_backend
 from pipeline.analytics import StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
 from pipeline.config import redact_url
@@ -74,9 +74,10 @@ class Pipeline:
     def __init__(self, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.backend = backend or load_backend(
-            settings.model.path, settings.model.backend, providers=settings.model.providers,
-            intra_op_threads=settings.model.intra_op_threads, class_names=settings.model.class_names)
+        if backend is None:
+            kind = backend_kind(settings.model.path, settings.model.backend)
+            backend = load_backend(settings.model.path, kind, **settings.model.backend_options(kind))
+        self.backend = backend
         info = self.backend.info
         self.names = info.names
         self.metrics.info.info({"version": "0.1.0", "backend": self.backend.name, "model": str(settings.model.path.name),

@@ -8,7 +8,7 @@ into a `ConfigError` naming the key path and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -17,10 +17,10 @@ from pipeline.analytics import AnalyticsConfig
 from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
                              source_kind)
 from pipeline.dehaze import DehazeConfig
+from pipeline.model_config import ModelConfig
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
 
 
 class StreamSettings(StreamConfig):
@@ -36,20 +36,6 @@ class StreamSettings(StreamConfig):
         source_kind(v)  # raises with the list of supported forms
         check_url(v)
         return v
-
-
-class ModelConfig(Strict):
-    path: Path = Field(SHIPPED_MODEL, description="Engine file: .onnx (ONNX Runtime); default: the shipped demo model")
-    backend: Literal["auto", "onnxruntime"] = Field(
-        "auto", description="Inference backend; 'auto' picks by file suffix (.onnx -> ONNX Runtime)")
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
-                                 description="ONNX Runtime execution providers, in order of preference")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = one per core)")
-    class_names: list[str] | None = Field(None, description="Only for models without names in their metadata")
-    conf: float = Field(0.25, ge=0, le=1, description="Score threshold for every class")
-    class_conf: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds")
-    classes: list[str] | None = Field(None, description="Keep only these classes (None keeps all)")
-    rect: bool = Field(True, description="Minimal padding when the engine accepts dynamic height/width")
 
 
 class BatchConfig(Strict):

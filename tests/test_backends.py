@@ -199,3 +199,22 @@ def test_quantize_needs_validation_data(capsys, tmp_path):
         cli([str(SHIPPED)])                       # --data is required: INT8 is never silent
     assert "--data" in capsys.readouterr().err
     assert cli([str(tmp_path / "none.onnx"), "--data", "x.yaml"]) == 3
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_model_config_routes_options_to_the_chosen_backend():
+    from pipeline.config import ConfigError
+    from pipeline.settings import parse_settings
+
+    s = parse_settings({"model": {"conf": 0.4, "class_conf": {"car": 0.3},
+                                  "onnxruntime": {"intra_op_threads": 1, "io_binding": True}}})
+    ort_opts = s.model.backend_options("onnxruntime")
+    assert ort_opts["intra_op_threads"] == 1 and ort_opts["io_binding"] and "device" not in ort_opts
+    assert ort_opts["nms_conf"] == 0.3                       # the lowest threshold prefilters NMS candidates
+    assert s.model.backend_options("torch")["device"] == "cpu"
+    with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
+        parse_settings({"model": {"backend": "torch", "torch": {"device": "gpu0"}}})
+    with pytest.raises(ConfigError, match="unknown key 'providers'"):   # options live under their backend
+        parse_settings({"model": {"providers": ["CPUExecutionProvider"]}})

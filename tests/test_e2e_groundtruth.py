@@ -22,7 +22,8 @@ import pytest
 from engines.synth import CLASS_NAMES, write_video
 from pipeline.events import load_schema
 from pipeline.runtime import Pipeline
-from pipeline.settings import SHIPPED_MODEL, parse_settings
+from pipeline.model_config import SHIPPED_MODEL
+from pipeline.settings import parse_settings
 
 W, H, FPS, FRAMES = 640, 360, 10, 150
 SEEDS = (3, 5, 7, 9)

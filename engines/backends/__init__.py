@@ -1,5 +1,5 @@
 """Inference backends behind one interface (see `base.Backend`)."""
 
-from engines.backends.base import Backend, load_backend
+from engines.backends.base import Backend, backend_kind, load_backend
 
-__all__ = ["Backend", "load_backend"]
+__all__ = ["Backend", "backend_kind", "load_backend"]

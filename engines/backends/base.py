@@ -66,15 +66,7 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
     """
     nms = {k: options.pop(k) for k in ("nms_conf", "nms_iou") if k in options}
     path = Path(path)
-    if not path.exists():
-        raise ModelContractError(f"model file {path} does not exist; check model.path in the config "
-                                 "(the demo model ships as engines/models/vap-synth-n.onnx)")
-    if kind == "auto":
-        kind = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
-                ".pt": "torch"}.get(path.suffix.lower(), "")
-        if not kind:
-            raise ModelContractError(f"{path}: unknown model format {path.suffix!r}; use .onnx (ONNX Runtime), "
-                                     ".engine (TensorRT) or .pt (torch)")
+    kind = backend_kind(path, kind)
     backend: Backend
     if kind == "onnxruntime":
         from engines.backends.onnxruntime import OrtBackend
@@ -90,3 +82,21 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
     for key, value in nms.items():
         setattr(backend, key, float(value))
     return backend
+
+
+def backend_kind(path: str | Path, kind: str = "auto") -> str:
+    """The backend that runs `path`: `kind` itself, or for 'auto' the one its suffix names."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelContractError(f"model file {path} does not exist; check model.path in the config "
+                                 "(the demo model ships as engines/models/vap-synth-n.onnx)")
+    if kind != "auto":
+        return kind
+    found = SUFFIXES.get(path.suffix.lower())
+    if not found:
+        raise ModelContractError(f"{path}: unknown model format {path.suffix!r}; use .onnx (ONNX Runtime), "
+                                 ".engine (TensorRT) or .pt (torch)")
+    return found
+
+
+SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch"}

@@ -1,0 +1,71 @@
+"""The `model:` section of the deployment YAML: which engine, which backend, and its thresholds.
+
+Backend options live in one sub-section per backend (`onnxruntime:`, `torch:`, `tensorrt:`), so a
+setting is always read by the backend it names and none is silently ignored by another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.config import Strict
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
+
+
+class OnnxRuntimeOptions(Strict):
+    providers: list[str | dict[str, dict[str, Any]]] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="Execution providers in order of preference: names, or {name: {option: value}} "
+                    "(e.g. TensorrtExecutionProvider with trt_fp16_enable)")
+    intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core)")
+    inter_op_threads: int = Field(1, ge=0, description="Threads across independent graph branches")
+    io_binding: bool = Field(False, description="Bind inputs/outputs to the provider's device (pays on GPUs)")
+
+
+class TorchOptions(Strict):
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    fp16: bool = Field(False, description="Half precision (CUDA only)")
+    channels_last: bool = Field(True, description="Channels-last memory format (faster convolutions)")
+    compile: bool = Field(False, description="torch.compile the model (slow first call per input shape)")
+    cuda_graphs: list[int] = Field(default_factory=list,
+                                   description="Batch sizes to capture as CUDA graphs (batches pad up to one)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not (v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+
+class ModelConfig(Strict):
+    path: Path = Field(SHIPPED_MODEL, description="Engine file: .onnx (ONNX Runtime, or TensorRT via the engine "
+                       "cache), .engine/.plan (TensorRT), .pt (torch); default: the shipped demo model")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+        "auto", description="Inference backend; 'auto' picks by file suffix (.onnx -> ONNX Runtime, "
+                            ".engine -> TensorRT, .pt -> torch)")
+    onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions,
+                                            description="ONNX Runtime backend options")
+    torch: TorchOptions = Field(default_factory=TorchOptions, description="PyTorch backend options")
+    class_names: list[str] | None = Field(None, description="Only for models without names in their metadata")
+    conf: float = Field(0.25, ge=0, le=1, description="Score threshold for every class")
+    class_conf: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds")
+    classes: list[str] | None = Field(None, description="Keep only these classes (None keeps all)")
+    rect: bool = Field(True, description="Minimal padding when the engine accepts dynamic height/width")
+    nms_iou: float = Field(0.7, gt=0, le=1, description="Legacy one-to-many models only (YOLOv8/YOLO11 "
+                           "style outputs): IoU of the NumPy NMS fallback")
+
+    def backend_options(self, kind: str) -> dict[str, Any]:
+        """Constructor options for the backend `kind`, plus what every backend takes."""
+        common: dict[str, Any] = {"class_names": self.class_names, "nms_iou": self.nms_iou,
+                                  # candidates below every threshold are dropped later anyway: skip them in NMS
+                                  "nms_conf": min([self.conf, *self.class_conf.values()])}
+        if kind == "onnxruntime":
+            return {**common, **self.onnxruntime.model_dump()}
+        if kind == "torch":
+            return {**common, **self.torch.model_dump()}
+        return common
