@@ -1,0 +1,258 @@
+"""The few CUDA calls the TensorRT runtime needs, behind one small interface.
+
+Streams, device buffers, pinned (page-locked) host arrays and asynchronous copies, from pycuda
+(the `vap[tensorrt]` extra) or NVIDIA's cuda-python (`cuda.bindings.runtime`), whichever is
+installed; torch is never needed. Keeping these calls in one place lets the runtime's buffer and
+stream logic be tested on a machine without a GPU, against `HostOps` below, which implements the
+same interface with NumPy arrays standing in for device memory.
+
+Why pinned memory: an asynchronous copy from pageable memory is silently synchronous (the driver
+stages it through a pinned bounce buffer), which would serialise copies and inference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from engines.contract import ModelContractError
+
+
+class CudaOps(Protocol):
+    """What the runtime uses. Pointers are ints; streams are opaque, `stream_handle` gives the int."""
+
+    name: str
+
+    def activate(self) -> Any: ...           # context manager: make the device current in this thread
+    def new_stream(self) -> Any: ...
+    def stream_handle(self, stream: Any) -> int: ...
+    def synchronize(self, stream: Any) -> None: ...
+    def malloc(self, nbytes: int) -> int: ...
+    def free(self, ptr: int) -> None: ...
+    def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None: ...
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None: ...
+
+
+class PyCudaOps:
+    """pycuda, on the device's primary context (the one TensorRT's runtime API calls use)."""
+
+    name = "pycuda"
+
+    def __init__(self, device: int = 0) -> None:
+        import pycuda.driver as cuda
+
+        self.cuda = cuda
+        cuda.init()
+        self.ctx = cuda.Device(device).retain_primary_context()
+        self._buffers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        # pycuda contexts are per thread; the inference stage may call from a thread that never
+        # pushed one, so every use pushes the primary context and pops it afterwards.
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
+
+    def new_stream(self) -> Any:
+        return self.cuda.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def malloc(self, nbytes: int) -> int:
+        buf = self.cuda.mem_alloc(max(int(nbytes), 1))
+        with self._lock:
+            self._buffers[int(buf)] = buf
+        return int(buf)
+
+    def free(self, ptr: int) -> None:
+        with self._lock:
+            buf = self._buffers.pop(int(ptr), None)
+        if buf is not None:
+            buf.free()
+
+    def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return self.cuda.pagelocked_empty(shape, dtype)
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self.cuda.memcpy_htod_async(dst, src, stream)
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self.cuda.memcpy_dtoh_async(dst, src, stream)
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+class CudaPythonOps:
+    """NVIDIA cuda-python's runtime API (`cudaMalloc`, `cudaMemcpyAsync`, ...)."""
+
+    name = "cuda-python"
+
+    def __init__(self, device: int = 0) -> None:
+        self.rt = _cudart()
+        self.device = device
+        self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+        self._pinned: list[int] = []
+
+    def _check(self, result: Any, what: str) -> Any:
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA {what} failed: {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        self._check(self.rt.cudaSetDevice(self.device), "cudaSetDevice")
+        yield
+
+    def new_stream(self) -> Any:
+        return self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def synchronize(self, stream: Any) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self._check(self.rt.cudaFree(ptr), "cudaFree")
+
+    def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        ptr = int(self._check(self.rt.cudaMallocHost(max(nbytes, 1)), "cudaMallocHost"))
+        self._pinned.append(ptr)
+        raw = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
+        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self._check(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes,
+                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync")
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self._check(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes,
+                                            self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync")
+
+
+class HostOps:
+    """The same interface on host memory: 'device' buffers are NumPy byte arrays keyed by a fake
+    pointer, copies happen at once. Used by tests (and by nothing else) to run the runtime's
+    buffer, profile and context logic without a GPU."""
+
+    name = "host"
+
+    def __init__(self) -> None:
+        self.memory: dict[int, np.ndarray] = {}
+        self._next = 0x1000
+        self.syncs = 0
+        self.copies = 0
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        yield
+
+    def new_stream(self) -> Any:
+        return object()
+
+    def stream_handle(self, stream: Any) -> int:
+        return id(stream)
+
+    def synchronize(self, stream: Any) -> None:
+        self.syncs += 1
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = self._next
+        self._next += (int(nbytes) + 0xFFF) & ~0xFFF or 0x1000
+        self.memory[ptr] = np.zeros(int(nbytes), dtype=np.uint8)
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        del self.memory[ptr]
+
+    def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def view(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """The 'device' buffer at `ptr` as an array (what a kernel would read or write)."""
+        n = int(np.prod(shape))
+        return self.memory[ptr][: n * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
+        self.memory[dst][: raw.size] = raw
+        self.copies += 1
+
+    def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        dst.reshape(-1).view(np.uint8)[:] = self.memory[src][: dst.nbytes]
+        self.copies += 1
+
+
+def cuda_ops(kind: str = "auto", device: int = 0) -> CudaOps:
+    """pycuda or cuda-python ('auto': pycuda first). Missing both is a clear error."""
+    errors = []
+    for name, cls in (("pycuda", PyCudaOps), ("cuda-python", CudaPythonOps)):
+        if kind not in ("auto", name):
+            continue
+        try:
+            return cls(device)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+        except Exception as exc:  # driver errors: no GPU, no driver
+            raise ModelContractError(f"CUDA is not usable here ({name}: {exc}); TensorRT needs an NVIDIA GPU "
+                                     "and driver; use model.backend: onnxruntime on CPU") from None
+    raise ModelContractError(
+        "the TensorRT runtime needs pycuda or cuda-python (" + "; ".join(errors) + "): pip install 'vap[tensorrt]' "
+        "or pip install cuda-python")
+
+
+def gpu_properties(device: int = 0) -> tuple[int, int, str]:
+    """(major, minor, name) of GPU `device`, from pycuda, cuda-python or nvidia-smi."""
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        dev = cuda.Device(device)
+        major, minor = dev.compute_capability()
+        return int(major), int(minor), str(dev.name())
+    except Exception:  # not installed, or no driver/GPU: try the next source
+        pass
+    try:
+        rt = _cudart()
+        err, prop = rt.cudaGetDeviceProperties(device)
+        if int(err) == 0:
+            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            return int(prop.major), int(prop.minor), name.strip("\x00 ")
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", str(device), "--query-gpu=compute_cap,name",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True)
+        cap, name = (s.strip() for s in out.stdout.strip().splitlines()[0].split(",", 1))
+        major, minor = cap.split(".")
+        return int(major), int(minor), name
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pass
+    raise ModelContractError(f"cannot find CUDA GPU {device} (no pycuda, cuda-python or nvidia-smi answer); "
+                             "TensorRT needs an NVIDIA GPU and driver")

@@ -1,0 +1,326 @@
+"""TensorRT backend: a deserialized plan, a small pool of execution contexts, pinned host buffers.
+
+Per batch: pick the optimisation profile whose range holds the batch, set the input shape, copy
+the images into pinned memory, then queue host-to-device copy, `execute_async_v3` and
+device-to-host copy on the context's own CUDA stream and wait for that stream alone. The wait
+releases the GIL, so the pipeline's next batch is preprocessed while this one runs; with
+`contexts` > 1, that many batches from different threads are in flight at once, each on its own
+context, stream and buffers (a context, its profile and its buffers are never shared by two
+batches at the same time).
+
+The plan's metadata comes from the JSON sidecar written by `vap build-engine` (checked against
+this machine's TensorRT version and GPU) or from the 4-byte-length + JSON header of Ultralytics
+`.engine` exports. TensorRT and the CUDA bindings are imported when a backend is created, never
+at import time, so `import engines.tensorrt.runtime` works on machines without them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engines.backends.base import Backend
+from engines.contract import ModelContractError, check_output, resolve_info
+from engines.metadata import encode_metadata
+from engines.tensorrt.cache import (TrtEnvironment, check_sidecar, import_tensorrt, options_from_sidecar,
+                                    rebuild_command)
+from engines.tensorrt.cuda_ops import CudaOps, cuda_ops
+from engines.tensorrt.plan_file import read_sidecar_raw, split_header
+
+Shape = tuple[int, ...]
+PAD = 114 / 255
+
+
+@dataclass(frozen=True)
+class ProfileRange:
+    """One optimisation profile of the input tensor: index in the engine, (min, opt, max) shapes."""
+
+    index: int
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def fits(self, shape: Shape) -> bool:
+        return all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+
+
+def select_profile(ranges: Sequence[ProfileRange], shape: Shape) -> ProfileRange | None:
+    """The profile to run `shape` on: among those whose range holds it, the one with the smallest
+    maximum batch (kernels tuned for sizes close to the batch), then the closest optimum batch."""
+    fitting = [r for r in ranges if r.fits(shape)]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda r: (r.max[0], abs(r.opt[0] - shape[0]), r.index))
+
+
+def group_profiles(ranges: Sequence[ProfileRange], copies: int, contexts: int) -> list[list[ProfileRange]]:
+    """Split the engine's profiles between execution contexts: context c owns copy c.
+
+    `copies`: how many times the builder repeated the profile set (sidecar `profile_copies`);
+    plans without that record (Ultralytics) are one copy, so one context.
+    """
+    n = len(ranges)
+    if copies < 1 or n % copies:
+        copies = 1
+    per = n // copies
+    return [list(ranges[c * per:(c + 1) * per]) for c in range(min(contexts, copies))]
+
+
+def engine_metadata(path: Path, blob: bytes, env: TrtEnvironment | None) -> tuple[dict[str, Any], bytes, str]:
+    """(metadata, plan bytes, where the metadata came from) for an engine file's bytes.
+
+    Our sidecar wins; else an embedded (Ultralytics) header; else no metadata (names and size must
+    then come from the config and the plan's shapes).
+    """
+    import hashlib
+
+    header, plan = split_header(blob)
+    try:
+        sidecar = read_sidecar_raw(path)
+    except ValueError as exc:
+        raise ModelContractError(f"{exc}; delete it and rebuild the engine with vap build-engine") from None
+    if sidecar is not None:
+        check_sidecar(sidecar, path, env, hashlib.sha256(blob).hexdigest(),
+                      hint=rebuild_command(sidecar.get("source_model", "MODEL.onnx"), options_from_sidecar(sidecar)))
+        return sidecar, plan, "sidecar"
+    if header is not None:
+        return ultralytics_metadata(header), plan, "header"
+    return {}, plan, "none"
+
+
+def ultralytics_metadata(header: dict[str, Any]) -> dict[str, Any]:
+    """Map an Ultralytics engine header to our metadata keys (names, imgsz, stride, end2end, precision)."""
+    out = {k: header[k] for k in ("names", "imgsz", "stride", "end2end", "task") if k in header}
+    args = header.get("args") or {}
+    if isinstance(args, dict):
+        out["precision"] = "int8" if args.get("int8") else "fp16" if args.get("half") else "fp32"
+        if args.get("max_det"):
+            out["max_det"] = args["max_det"]
+    out["source_model"] = f"Ultralytics {header.get('version', '')} export".strip()
+    return out
+
+
+@dataclass
+class _Slot:
+    """One execution context with its own stream, profiles and buffers (used by one batch at a time)."""
+
+    context: Any
+    stream: Any
+    handle: int
+    profiles: list[ProfileRange]
+    d_in: int
+    d_out: int
+    h_in: np.ndarray
+    h_out: np.ndarray
+    active: int = -1
+
+
+class TrtBackend(Backend):
+    """A TensorRT plan honouring the engine contract (see module docstring).
+
+    `contexts`: execution contexts in the pool (capped by the profile copies in the plan).
+    `cuda`: 'auto' | 'pycuda' | 'cuda-python' or a CudaOps object; `trt_module` and `env` exist
+    so the buffer/profile logic can be tested without a GPU (a fake TensorRT and `HostOps`).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, class_names: list[str] | None = None, contexts: int = 2,
+                 device: int = 0, cuda: str | CudaOps = "auto", trt_module: Any = None,
+                 env: TrtEnvironment | None = None, **_ignored: Any) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelContractError(f"TensorRT engine {path} does not exist; build it with vap build-engine")
+        trt = trt_module or import_tensorrt()
+        self.trt = trt
+        self.ops: CudaOps = cuda_ops(cuda, device) if isinstance(cuda, str) else cuda
+        if env is None:
+            from engines.tensorrt.cuda_ops import gpu_properties
+
+            major, minor, gpu = gpu_properties(device)
+            env = TrtEnvironment(str(trt.__version__), f"{major}.{minor}", gpu)
+        self.env = env
+        meta, plan, self.meta_source = engine_metadata(path, path.read_bytes(), env)
+        self.meta = meta
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with self.ops.activate():
+            self.runtime = trt.Runtime(self._logger)
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            built = f"TensorRT {meta.get('tensorrt_version')}" if meta.get("tensorrt_version") else "another build"
+            raise ModelContractError(
+                f"{path}: TensorRT {trt.__version__} cannot deserialize this plan (built with {built}, or for "
+                f"another GPU, or not a TensorRT plan). Rebuild it on this machine: vap build-engine MODEL.onnx")
+        self._find_io(path)
+        ranges = [ProfileRange(p, *(tuple(int(v) for v in s)
+                                    for s in self.engine.get_tensor_profile_shape(self.input_name, p)))
+                  for p in range(self.engine.num_optimization_profiles)]
+        if not ranges:
+            fixed = tuple(int(v) for v in self.engine.get_tensor_shape(self.input_name))
+            ranges = [ProfileRange(0, fixed, fixed, fixed)]
+        self.ranges = ranges
+        groups = group_profiles(ranges, int(meta.get("profile_copies") or 1), max(1, int(contexts)))
+        self.min_batch = min(r.min[0] for r in ranges)
+        self.max_profile_batch = max(r.max[0] for r in ranges)
+        in_shape = [int(v) if int(v) >= 0 else None for v in self.engine.get_tensor_shape(self.input_name)]
+        out_shape = [int(v) if int(v) >= 0 else None for v in self.engine.get_tensor_shape(self.output_name)]
+        str_meta = encode_metadata({k: v for k, v in meta.items() if k in (
+            "names", "imgsz", "stride", "end2end", "max_det", "precision", "preprocessing", "dynamic_hw")})
+        if "imgsz" not in str_meta and in_shape[2] is None:
+            str_meta["imgsz"] = encode_metadata({"imgsz": list(ranges[0].max[2:])})["imgsz"]
+        info = resolve_info(str_meta, in_shape, out_shape, str(path), class_names)
+        # Batch splitting is done here per profile range, not by the base class (which pads to a
+        # fixed graph batch): a dynamic plan must not be padded up to its maximum batch.
+        self.info = type(info)(**{**info.__dict__, "max_batch": None,
+                                  "dynamic_batch": self.min_batch != self.max_profile_batch,
+                                  "dynamic_hw": any(r.min[2:] != r.max[2:] for r in ranges),
+                                  "input_hw": tuple(max(r.max[i] for r in ranges) for i in (2, 3)),
+                                  "extra": {**info.extra, "tensorrt_version": str(trt.__version__),
+                                            "metadata_from": self.meta_source}})
+        self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
+        self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+        self._slots: list[_Slot] = []
+        self._pool: queue.Queue[_Slot] = queue.Queue()
+        self._closed = False
+        self._lock = threading.Lock()
+        try:
+            with self.ops.activate():
+                for owned in groups:
+                    slot = self._make_slot(owned)
+                    self._slots.append(slot)
+                    self._pool.put(slot)
+        except BaseException:
+            self.close()
+            raise
+
+    def _find_io(self, path: Path) -> None:
+        trt, engine = self.trt, self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
+        if len(inputs) != 1 or not outputs:
+            raise ModelContractError(f"{path}: plan has inputs {inputs} and outputs {outputs}; a vap engine has one "
+                                     "input images [B, 3, H, W] and one output [B, K, 6]")
+        self.input_name = inputs[0]
+        wanted = self.meta.get("output_name")
+        self.output_name = wanted if wanted in outputs else outputs[0]
+
+    def _make_slot(self, owned: list[ProfileRange]) -> _Slot:
+        ops = self.ops
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise ModelContractError("TensorRT could not create an execution context (out of GPU memory?); "
+                                     "use fewer contexts or rebuild with a smaller --batch maximum")
+        stream = ops.new_stream()
+        handle = ops.stream_handle(stream)
+        # Output size at each profile's largest input, as TensorRT computes it (works for [B, K, 6]
+        # and for legacy [B, 4+nc, N] heads whose N grows with H/W).
+        max_out = 0
+        for r in owned:
+            context.set_optimization_profile_async(r.index, handle)
+            if not context.set_input_shape(self.input_name, r.max):
+                raise ModelContractError(f"{self.info.source}: TensorRT refused its own profile maximum {r.max}")
+            max_out = max(max_out, int(np.prod([int(v) for v in context.get_tensor_shape(self.output_name)])))
+        max_in = max(int(np.prod(r.max)) for r in owned)
+        d_in = ops.malloc(max_in * self._in_dtype.itemsize)
+        d_out = ops.malloc(max_out * self._out_dtype.itemsize)
+        slot = _Slot(context, stream, handle, owned, d_in, d_out,
+                     ops.pinned((max_in,), self._in_dtype), ops.pinned((max_out,), self._out_dtype),
+                     active=owned[-1].index)
+        # Addresses never change for a slot: set them once.
+        context.set_tensor_address(self.input_name, d_in)
+        context.set_tensor_address(self.output_name, d_out)
+        return slot
+
+    def fit_hw(self, images: np.ndarray) -> np.ndarray:
+        """Pad a batch below every profile's minimum H/W at the bottom/right with the letterbox grey.
+
+        Boxes are measured from the top-left corner, which does not move, so the runtime's
+        inverse letterbox stays exact. A batch above the maximum is an error (it would need a
+        resize the preprocessor did not record).
+        """
+        h, w = images.shape[2:]
+        min_h = min(r.min[2] for r in self.ranges)
+        min_w = min(r.min[3] for r in self.ranges)
+        if h >= min_h and w >= min_w:
+            return images
+        out = np.full((*images.shape[:2], max(h, min_h), max(w, min_w)), PAD, dtype=images.dtype)
+        out[:, :, :h, :w] = images
+        return out
+
+    def infer_raw(self, images: np.ndarray) -> np.ndarray:
+        """The plan's own output for a float32 [B, 3, H, W] batch of any size: splits batches above
+        the largest profile and pads batches below the smallest (padding rows are dropped).
+
+        Replaces the base class's fixed-graph padding, which would pad every batch up to the
+        maximum; the base class's `infer` still applies the legacy-layout NMS fallback on top.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ModelContractError(f"{self.info.source}: got input shape {images.shape}; expected [B, 3, H, W]")
+        images = self.fit_hw(images)
+        n = images.shape[0]
+        if n > self.max_profile_batch:
+            step = self.max_profile_batch
+            return np.concatenate([self.infer_raw(images[i:i + step]) for i in range(0, n, step)])
+        if n < self.min_batch:
+            pad = np.zeros((self.min_batch - n, *images.shape[1:]), dtype=images.dtype)
+            out = self._run(np.concatenate([images, pad]))[:n]
+        else:
+            out = self._run(images)
+        check_output(out, n, self.info)
+        return out
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("TensorRT backend is closed")
+        shape = tuple(int(v) for v in images.shape)
+        slot = self._pool.get()
+        try:
+            return self._run_on(slot, images, shape)
+        finally:
+            self._pool.put(slot)
+
+    def _run_on(self, slot: _Slot, images: np.ndarray, shape: Shape) -> np.ndarray:
+        ops, ctx = self.ops, slot.context
+        profile = select_profile(slot.profiles, shape)
+        if profile is None:
+            ranges = ", ".join(f"{r.min}..{r.max}" for r in slot.profiles)
+            raise ModelContractError(
+                f"{self.info.source}: input {shape} is outside every optimisation profile ({ranges}); lower "
+                "batch.max_batch or rebuild the engine with a larger --batch maximum / --hw range")
+        n_in = int(np.prod(shape))
+        host_in = slot.h_in[:n_in].reshape(shape)
+        np.copyto(host_in, images, casting="same_kind")
+        with ops.activate():
+            if slot.active != profile.index:
+                ctx.set_optimization_profile_async(profile.index, slot.handle)
+                slot.active = profile.index
+            if not ctx.set_input_shape(self.input_name, shape):
+                raise ModelContractError(f"{self.info.source}: TensorRT refused input shape {shape}")
+            ops.htod_async(slot.d_in, host_in, slot.stream)
+            if not ctx.execute_async_v3(slot.handle):
+                raise RuntimeError(f"{self.info.source}: TensorRT execute_async_v3 failed for input {shape}")
+            out_shape = tuple(int(v) for v in ctx.get_tensor_shape(self.output_name))
+            host_out = slot.h_out[:int(np.prod(out_shape))].reshape(out_shape)
+            ops.dtoh_async(host_out, slot.d_out, slot.stream)
+            ops.synchronize(slot.stream)
+        return host_out.astype(np.float32, copy=True)  # copy: the pinned buffer serves the next batch
+
+    def close(self) -> None:
+        """Free device buffers and contexts (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        slots, self._slots = self._slots, []
+        with self.ops.activate():
+            for slot in slots:
+                self.ops.free(slot.d_in)
+                self.ops.free(slot.d_out)
+                slot.context = None
+        self.engine = None

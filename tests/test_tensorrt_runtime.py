@@ -1,0 +1,381 @@
+"""TrtBackend without a GPU: a fake TensorRT module with the TensorRT 10 runtime API surface the backend
+uses, over `HostOps` (NumPy arrays standing in for device memory).
+
+What this can show: buffers are sized and addressed right, the input really travels host -> 'device'
+-> engine -> host, profiles are chosen by batch and switched per context, contexts are never shared by
+two batches at once, batches are split and padded correctly, metadata comes from the sidecar or an
+Ultralytics header, and mismatches are clear errors. What it cannot show: that real TensorRT behaves
+like the fake; the real-GPU test at the bottom skips here with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.contract import ModelContractError
+from engines.tensorrt.cache import BuildOptions, TrtEnvironment, sidecar_metadata
+from engines.tensorrt.cuda_ops import HostOps
+from engines.tensorrt.plan_file import with_header, write_sidecar
+from engines.tensorrt.runtime import ProfileRange, TrtBackend, group_profiles, select_profile
+
+ENV = TrtEnvironment("10.8.0.43", "8.9", "NVIDIA L4")
+K = 5
+
+
+class FakeTrt:
+    """The slice of the `tensorrt` module TrtBackend touches; plans are JSON describing IO and profiles."""
+
+    __version__ = "10.8.0.43"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class TensorIOMode:
+        INPUT = "input"
+        OUTPUT = "output"
+
+    def __init__(self, ops: HostOps) -> None:
+        self.ops = ops
+        self.in_use: dict[int, int] = {}  # profile index -> context id currently executing on it
+        self.lock = threading.Lock()
+        self.max_concurrent = 0
+        self.running = 0
+        fake = self
+
+        class Runtime:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, blob: bytes) -> Any:
+                if not blob.startswith(b'{"fake_plan"'):
+                    return None
+                return FakeEngine(fake, json.loads(blob))
+
+        self.Runtime = Runtime
+
+    @staticmethod
+    def nptype(dtype: str) -> Any:
+        return {"float32": np.float32, "float16": np.float16}[dtype]
+
+
+class FakeEngine:
+    def __init__(self, trt: FakeTrt, spec: dict[str, Any]) -> None:
+        self.trt, self.spec = trt, spec
+        self.num_io_tensors = 2
+        self.num_optimization_profiles = len(spec["profiles"])
+        self.contexts: list[FakeContext] = []
+
+    def get_tensor_name(self, i: int) -> str:
+        return ["images", "output0"][i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "input" if name == "images" else "output"
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return self.spec.get("dtype", "float32")
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name == "images":
+            hw = self.spec.get("hw") or [-1, -1]
+            return (-1, 3, *hw)
+        return (-1, K, 6)
+
+    def get_tensor_profile_shape(self, name: str, index: int) -> list[tuple[int, ...]]:
+        assert name == "images"
+        return [tuple(s) for s in self.spec["profiles"][index]]
+
+    def create_execution_context(self) -> "FakeContext":
+        ctx = FakeContext(self)
+        self.contexts.append(ctx)
+        return ctx
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine, self.trt = engine, engine.trt
+        self.profile = 0
+        self.addresses: dict[str, int] = {}
+        self.shape: tuple[int, ...] | None = None
+        self.profile_switches = 0
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        assert 0 <= index < self.engine.num_optimization_profiles
+        self.profile = index
+        self.profile_switches += 1
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, self.profile)
+        if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shape = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        assert self.shape is not None
+        return self.shape if name == "images" else (self.shape[0], K, 6)
+
+    def execute_async_v3(self, stream: int) -> bool:
+        trt = self.trt
+        with trt.lock:
+            owner = trt.in_use.get(self.profile)
+            assert owner is None, f"profile {self.profile} used by two contexts at once"
+            trt.in_use[self.profile] = id(self)
+            trt.running += 1
+            trt.max_concurrent = max(trt.max_concurrent, trt.running)
+        try:
+            time.sleep(0.01)  # long enough for concurrent callers to overlap
+            dtype = FakeTrt.nptype(self.engine.get_tensor_dtype("images"))
+            x = trt.ops.view(self.addresses["images"], self.shape, dtype).astype(np.float32)
+            b = self.shape[0]
+            out = np.zeros((b, K, 6), dtype=np.float32)
+            out[:, :, 0] = np.arange(K)                       # x1: row index
+            out[:, :, 1] = self.profile                       # y1: which profile ran it
+            out[:, :, 2] = self.shape[2]                      # x2: input height seen by the engine
+            out[:, :, 3] = self.shape[3]                      # y2: input width
+            out[:, :, 4] = x.mean(axis=(1, 2, 3))[:, None]    # score: this image's mean
+            out[:, :, 5] = np.arange(b)[:, None]              # class: position in the batch
+            trt.ops.view(self.addresses["output0"], (b, K, 6), dtype)[:] = out
+            return True
+        finally:
+            with trt.lock:
+                trt.in_use.pop(self.profile, None)
+                trt.running -= 1
+
+
+def write_engine(path: Path, batch_profiles: tuple[tuple[int, int, int], ...], contexts: int,
+                 hw: tuple[tuple[int, int], ...] = ((64, 64),) * 3, env: TrtEnvironment = ENV,
+                 dtype: str = "float32") -> Path:
+    profiles = [[[b[0], 3, *hw[0]], [b[1], 3, *hw[1]], [b[2], 3, *hw[2]]]
+                for _ in range(contexts) for b in batch_profiles]
+    fixed = hw[0] == hw[2]
+    blob = json.dumps({"fake_plan": True, "profiles": profiles, "dtype": dtype,
+                       "hw": list(hw[0]) if fixed else None}).encode()
+    path.write_bytes(blob)
+    opts = BuildOptions(batch_profiles=batch_profiles, contexts=contexts,
+                        hw_profile=None if fixed else hw)  # type: ignore[arg-type]
+    write_sidecar(path, sidecar_metadata(
+        {}, names=["person", "car"], imgsz=hw[2], stride=32, max_det=K, dynamic_hw=not fixed,
+        source_model="det.onnx", source_sha256="0" * 64, env=env, options=opts,
+        engine_sha256=hashlib.sha256(blob).hexdigest(), engine_bytes=len(blob), key="k" * 64,
+        input_name="images", output_name="output0", built_precision="fp16"))
+    return path
+
+
+def backend(path: Path, contexts: int = 2, env: TrtEnvironment = ENV, **kw: Any) -> tuple[TrtBackend, FakeTrt]:
+    ops = HostOps()
+    trt = FakeTrt(ops)
+    return TrtBackend(path, contexts=contexts, cuda=ops, trt_module=trt, env=env, **kw), trt
+
+
+def test_select_profile_prefers_the_tightest_range():
+    r = [ProfileRange(0, (1, 3, 64, 64), (8, 3, 64, 64), (32, 3, 64, 64)),
+         ProfileRange(1, (1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64)),
+         ProfileRange(2, (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))]
+    assert select_profile(r, (1, 3, 64, 64)).index == 1
+    assert select_profile(r, (5, 3, 64, 64)).index == 2
+    assert select_profile(r, (9, 3, 64, 64)).index == 0
+    assert select_profile(r, (33, 3, 64, 64)) is None
+    assert select_profile(r, (4, 3, 96, 64)) is None
+
+
+def test_group_profiles_gives_each_context_its_own_copy():
+    r = [ProfileRange(i, (1,), (1,), (1,)) for i in range(6)]
+    assert [[p.index for p in g] for g in group_profiles(r, copies=3, contexts=2)] == [[0, 1], [2, 3]]
+    assert [[p.index for p in g] for g in group_profiles(r, copies=3, contexts=8)] == [[0, 1], [2, 3], [4, 5]]
+    # Unknown or inconsistent copy count (e.g. an Ultralytics plan): one context owning everything.
+    assert [[p.index for p in g] for g in group_profiles(r, copies=4, contexts=2)] == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_data_round_trip_and_metadata(tmp_path: Path):
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1))
+    assert be.info.names == ["person", "car"] and be.info.input_hw == (64, 64) and be.info.max_det == K
+    assert be.info.max_batch is None and be.info.dynamic_batch and not be.info.dynamic_hw
+    assert be.info.extra["metadata_from"] == "sidecar"
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 3, 64, 64), dtype=np.float32)
+    out = be.infer(x)
+    assert out.shape == (3, K, 6) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 0, 5], [0, 1, 2])
+    np.testing.assert_array_equal(out[0, :, 0], np.arange(K))
+    # The result is a copy: the next batch reuses the pinned buffer without changing it.
+    before = out.copy()
+    be.infer(rng.random((3, 3, 64, 64), dtype=np.float32))
+    np.testing.assert_array_equal(out, before)
+    be.close()
+    be.close()  # idempotent
+    assert be.ops.memory == {}  # type: ignore[attr-defined]
+
+
+def test_batches_are_split_above_and_padded_below_the_profiles(tmp_path: Path):
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((2, 4, 4),), contexts=1))
+    x = np.random.default_rng(1).random((11, 3, 64, 64), dtype=np.float32)
+    out = be.infer(x)
+    assert out.shape == (11, K, 6)
+    np.testing.assert_allclose(out[:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    # Split into engine calls of 4, 4 and 3 (3 fits the 2..4 range): positions restart per call.
+    np.testing.assert_array_equal(out[:, 0, 5], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2])
+    one = be.infer(x[:1])
+    assert one.shape == (1, K, 6)
+    np.testing.assert_allclose(one[0, 0, 4], x[0].mean(), rtol=1e-6)
+
+
+def test_profile_switches_per_batch_size(tmp_path: Path):
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 1, 1), (2, 8, 16)), contexts=1))
+    x = np.zeros((16, 3, 64, 64), dtype=np.float32)
+    ctx = trt_contexts(be)[0]
+    at_start = ctx.profile_switches           # sizing the buffers visits every owned profile once
+    assert at_start == 2
+    assert be.infer(x[:1])[0, 0, 1] == 0      # batch 1 -> the batch-1 profile
+    assert be.infer(x[:5])[0, 0, 1] == 1      # batch 5 -> the 2..16 profile
+    assert be.infer(x[:1])[0, 0, 1] == 0
+    assert ctx.profile_switches == at_start + 3
+    be.infer(x[:1])
+    assert ctx.profile_switches == at_start + 3   # same profile again: no switch
+
+
+def trt_contexts(be: TrtBackend) -> list[FakeContext]:
+    return [slot.context for slot in be._slots]
+
+
+def test_concurrent_batches_use_separate_contexts_and_profiles(tmp_path: Path):
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=3), contexts=3)
+    assert len(be._slots) == 3
+    assert [[p.index for p in s.profiles] for s in be._slots] == [[0], [1], [2]]
+    rng = np.random.default_rng(2)
+    inputs = [rng.random((4, 3, 64, 64), dtype=np.float32) for _ in range(12)]
+    results: list[Any] = [None] * len(inputs)
+
+    def worker(i: int) -> None:
+        results[i] = be.infer(inputs[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    for x, out in zip(inputs, results):
+        np.testing.assert_allclose(out[:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert trt.max_concurrent >= 2  # batches really overlapped (fake execute sleeps 10 ms)
+    assert trt.max_concurrent <= 3
+
+
+def test_contexts_are_capped_by_profile_copies(tmp_path: Path):
+    be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2), contexts=4)
+    assert len(be._slots) == 2
+
+
+def test_dynamic_hw_pads_small_inputs_and_refuses_large_ones(tmp_path: Path):
+    hw = ((128, 128), (256, 256), (256, 256))
+    be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 2, 4),), contexts=1, hw=hw))
+    assert be.info.dynamic_hw and be.info.input_hw == (256, 256)
+    out = be.infer(np.zeros((2, 3, 96, 160), dtype=np.float32))
+    assert tuple(out[0, 0, 2:4]) == (128, 160)  # padded at the bottom to the profile minimum
+    np.testing.assert_allclose(out[0, 0, 4], (96 * 160 * 0 + (128 - 96) * 160 * 114 / 255) / (128 * 160), rtol=1e-5)
+    with pytest.raises(ModelContractError, match="outside every optimisation profile"):
+        be.infer(np.zeros((1, 3, 288, 256), dtype=np.float32))
+
+
+def test_fp16_engine_io_is_converted(tmp_path: Path):
+    be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 2, 2),), contexts=1, dtype="float16"))
+    x = np.full((2, 3, 64, 64), 0.5, dtype=np.float32)
+    out = be.infer(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 4], 0.5)
+
+
+def test_engine_for_another_gpu_is_refused_with_rebuild_hint(tmp_path: Path):
+    path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2,
+                        env=TrtEnvironment("10.3.0.26", "8.6", "NVIDIA A10"))
+    with pytest.raises(ModelContractError) as exc:
+        backend(path)
+    msg = str(exc.value)
+    assert "built with TensorRT 10.3.0.26 for compute capability 8.6 (NVIDIA A10)" in msg
+    assert "vap build-engine det.onnx --fp16 --batch 1,4,8" in msg
+
+
+def test_stale_sidecar_is_refused(tmp_path: Path):
+    path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1)
+    path.write_bytes(path.read_bytes().replace(b'"dtype"', b'"dtype" '))
+    with pytest.raises(ModelContractError, match="does not match its sidecar"):
+        backend(path)
+    (tmp_path / "det.json").write_text("[1, 2]")
+    with pytest.raises(ModelContractError, match="does not hold a JSON object"):
+        backend(path)
+
+
+def test_undeserializable_plan_says_how_to_rebuild(tmp_path: Path):
+    path = tmp_path / "junk.engine"
+    path.write_bytes(b"\x00\x01not a plan at all" * 8)
+    with pytest.raises(ModelContractError, match="cannot deserialize this plan.*vap build-engine"):
+        backend(path, class_names=["a"])
+
+
+def test_ultralytics_engine_with_header_loads(tmp_path: Path):
+    plan = json.dumps({"fake_plan": True, "profiles": [[[1, 3, 64, 64], [4, 3, 64, 64], [8, 3, 64, 64]]],
+                       "hw": [64, 64]}).encode()
+    header = {"description": "Ultralytics YOLO26n model", "version": "8.4.0", "stride": 32, "task": "detect",
+              "batch": 8, "imgsz": [64, 64], "names": {"0": "person", "1": "bicycle", "2": "car"},
+              "end2end": True, "args": {"half": True, "int8": False, "dynamic": True, "max_det": K}}
+    path = tmp_path / "yolo26n.engine"
+    path.write_bytes(with_header(plan, header))
+    be, _ = backend(path, contexts=2)
+    assert be.info.names == ["person", "bicycle", "car"]
+    assert be.info.precision == "fp16" and be.info.extra["metadata_from"] == "header"
+    assert len(be._slots) == 1  # one profile: one context, never shared
+    out = be.infer(np.ones((2, 3, 64, 64), dtype=np.float32))
+    np.testing.assert_allclose(out[:, 0, 4], 1.0)
+
+
+def test_plan_without_any_metadata_needs_class_names(tmp_path: Path):
+    path = tmp_path / "bare.engine"
+    path.write_bytes(json.dumps({"fake_plan": True, "profiles": [[[1, 3, 64, 64]] * 3], "hw": [64, 64]}).encode())
+    with pytest.raises(ModelContractError, match="no class names"):
+        backend(path)
+    be, _ = backend(path, class_names=["a", "b"])
+    assert be.info.names == ["a", "b"] and be.info.extra["metadata_from"] == "none"
+
+
+def _cuda_available() -> bool:
+    try:
+        from engines.tensorrt.cuda_ops import gpu_properties
+        gpu_properties(0)
+        return True
+    except Exception:
+        return False
+
+
+def test_real_tensorrt_build_and_run(tmp_path: Path):
+    """Build the shipped model with real TensorRT and compare with ONNX Runtime (GPU machines only)."""
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if not _cuda_available():
+        pytest.skip("no CUDA GPU")
+    from engines.backends.onnxruntime import OrtBackend
+    from engines.tensorrt.build import build_engine
+
+    model = Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx"
+    out = build_engine(model, tmp_path / "n.engine", BuildOptions(precision="fp32", batch_profiles=((1, 4, 8),)),
+                       cache_dir=tmp_path)
+    trt_be = TrtBackend(out)
+    ort_be = OrtBackend(model)
+    h, w = trt_be.info.input_hw
+    x = np.random.default_rng(0).random((4, 3, h, w), dtype=np.float32)
+    a, b = trt_be.infer(x), ort_be.infer(x)
+    np.testing.assert_allclose(a[..., 4], b[..., 4], atol=2e-3)
+    trt_be.close()
