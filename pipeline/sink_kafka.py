@@ -55,6 +55,7 @@ class KafkaSink(Sink):
             conf.update({"sasl.username": user, "sasl.password": password or ""})
         conf.update(cfg.options)
         self._ck = ck
+        self.settings = {k: v for k, v in conf.items() if "password" not in k}  # for logs and tests
         try:
             self.producer = ck.Producer(conf, logger=log)
         except ck.KafkaException as exc:
