@@ -1,0 +1,533 @@
+"""`vap build-engine MODEL.onnx`: build a TensorRT plan with the TensorRT Python API (10.x and 11.x).
+
+What a build does, in order:
+
+1. Check the ONNX model against the engine contract and work out the optimisation profiles
+   (plain Python and the `onnx` package: usage and model errors are reported before TensorRT is
+   even imported, so they read the same on machines without it).
+2. Parse it with TensorRT's ONNX parser into an explicit-batch network.
+3. Configure: workspace limit, precision, one optimisation profile per batch range (times the
+   number of concurrent execution contexts), the H/W range when the model's input size is
+   dynamic, and a timing cache file that makes the next build on this GPU faster.
+4. Build with a progress monitor that prints phases and steps (builds take minutes) and that
+   returns "stop" to TensorRT after Ctrl-C, so the build ends cleanly instead of being killed.
+5. Write the plan atomically and its JSON sidecar (engine contract metadata + what it was built for).
+
+Precision: TensorRT 10 takes FP16 and INT8 as builder flags (INT8 with an entropy calibrator fed
+from a folder of images or a YOLO data.yaml, letterboxed exactly like the runtime does). TensorRT
+11 builds strongly typed networks only and removed those flags; there INT8 means a Q/DQ ONNX
+model, which this command produces first with `engines.quantize.quantize_qdq` and then builds,
+and FP16 means an ONNX model converted to mixed precision (NVIDIA ModelOpt AutoCast, used when it
+is installed). Both are said in the output, never done silently.
+
+Nothing in this module has run against a real TensorRT here (no GPU on the development machines);
+see docs/tensorrt.md for what was verified where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engines.contract import EngineInfo, ModelContractError, resolve_info
+from engines.metadata import decode_metadata, sha256_file
+from engines.tensorrt.cache import (BuildOptions, TensorRTUnavailable, TrtEnvironment, cache_key,
+                                    default_cache_dir, detect_environment, engine_path, import_tensorrt,
+                                    parse_batch, parse_hw, sidecar_metadata, timing_cache_path)
+from engines.tensorrt.plan_file import atomic_write, read_sidecar_raw, write_sidecar
+
+Shape4 = tuple[int, int, int, int]
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 130
+
+
+class BuildCancelled(Exception):
+    """The user stopped the build (Ctrl-C); nothing was written."""
+
+
+class BuildFailed(Exception):
+    """TensorRT could not build the network; its messages were logged above this error."""
+
+
+@dataclass(frozen=True)
+class OnnxSummary:
+    """The ONNX model as the builder needs it: IO names and shapes, metadata, contract info."""
+
+    path: Path
+    input_name: str
+    output_name: str
+    input_shape: list[int | None]
+    output_shape: list[int | None]
+    meta: dict[str, Any]
+    info: EngineInfo
+
+
+def inspect_onnx(path: str | Path, class_names: list[str] | None = None) -> OnnxSummary:
+    """Read IO and metadata with `onnx` (no TensorRT) and check the engine contract."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelContractError(f"ONNX model {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise ModelContractError(f"{path} is not a readable ONNX model ({exc})") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or not model.graph.output:
+        raise ModelContractError(f"{path}: has inputs {[i.name for i in inputs]}; a vap engine has exactly one, "
+                                 "images [B, 3, H, W]")
+
+    def dims(value_info: Any) -> list[int | None]:
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in value_info.type.tensor_type.shape.dim]
+
+    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ModelContractError(f"{path}: input {inputs[0].name} is not float32; the engine contract takes float32")
+    raw = {p.key: p.value for p in model.metadata_props}
+    info = resolve_info(raw, dims(inputs[0]), dims(model.graph.output[0]), str(path), class_names)
+    return OnnxSummary(path, inputs[0].name, model.graph.output[0].name, dims(inputs[0]),
+                       dims(model.graph.output[0]), decode_metadata(raw), info)
+
+
+def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Shape4, Shape4, Shape4]]:
+    """The (min, opt, max) input shapes of every optimisation profile, in engine order.
+
+    Profiles repeat `options.contexts` times: copy c of batch range i has index
+    c * len(batch_profiles) + i, and execution context c owns copy c (see runtime.py).
+    Raises ValueError when the options contradict the model (fixed batch or size).
+    """
+    b_fixed = summary.input_shape[0]
+    for b in options.batch_profiles:
+        if b_fixed is not None and tuple(b) != (b_fixed,) * 3:
+            raise ValueError(f"{summary.path.name} has a fixed batch size of {b_fixed}: use --batch {b_fixed}, or "
+                             "export it with a dynamic batch (vap export does by default)")
+    h_fixed, w_fixed = summary.input_shape[2], summary.input_shape[3]
+    if h_fixed is not None and w_fixed is not None:
+        fixed = (h_fixed, w_fixed)
+        if options.hw_profile and any(tuple(hw) != fixed for hw in options.hw_profile):
+            raise ValueError(f"{summary.path.name} has a fixed input size {h_fixed}x{w_fixed}; drop --hw or export "
+                             "with --dynamic-hw")
+        hw = (fixed, fixed, fixed)
+    elif h_fixed is not None or w_fixed is not None:
+        raise ValueError(f"{summary.path.name}: input shape {summary.input_shape} has only one of H/W dynamic; "
+                         "vap engines have both fixed or both dynamic")
+    else:
+        hw = options.hw_profile or (summary.info.input_hw,) * 3
+        stride = summary.info.stride
+        bad = [f"{h}x{w}" for h, w in hw if h % stride or w % stride]
+        if bad:
+            raise ValueError(f"--hw sizes {', '.join(bad)} are not multiples of the model stride {stride}")
+    out = []
+    for _ in range(options.contexts):
+        for lo, opt, hi in options.batch_profiles:
+            out.append(((lo, 3, *hw[0]), (opt, 3, *hw[1]), (hi, 3, *hw[2])))
+    return out  # type: ignore[return-value]
+
+
+class BuildProgress:
+    """Prints the builder's phases and steps, at most about once a second per phase, and answers
+    TensorRT's "continue?" with False once `cancel` is set (Ctrl-C).
+
+    Plain Python so it is tested without TensorRT; `progress_monitor` wraps it in the TensorRT
+    interface. TensorRT calls it from its own threads, hence the lock.
+    """
+
+    def __init__(self, log: Callable[[str], None] = print, cancel: threading.Event | None = None,
+                 interval_s: float = 1.0, max_depth: int = 2) -> None:
+        self.log = log
+        self.cancel = cancel or threading.Event()
+        self.interval_s = interval_s
+        self.max_depth = max_depth
+        self._phases: dict[str, tuple[int, int, float]] = {}  # name -> (depth, steps, start time)
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+
+    def _stamp(self) -> str:
+        s = int(time.monotonic() - self._t0)
+        return f"[{s // 60:02d}:{s % 60:02d}]"
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        with self._lock:
+            depth = self._phases[parent_phase][0] + 1 if parent_phase in self._phases else 0
+            self._phases[phase_name] = (depth, int(num_steps), time.monotonic())
+            if depth < self.max_depth:
+                self.log(f"{self._stamp()} {'  ' * depth}{phase_name} ({num_steps} steps)")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        with self._lock:
+            depth, steps, _ = self._phases.get(phase_name, (0, 0, 0.0))
+            now = time.monotonic()
+            if depth < self.max_depth and steps > 1 and now - self._last.get(phase_name, 0.0) >= self.interval_s:
+                self._last[phase_name] = now
+                self.log(f"{self._stamp()} {'  ' * depth}{phase_name}: {step + 1}/{steps}")
+        return not self.cancel.is_set()
+
+    def phase_finish(self, phase_name: str) -> None:
+        with self._lock:
+            depth, _, start = self._phases.pop(phase_name, (0, 0, time.monotonic()))
+            self._last.pop(phase_name, None)
+            if depth == 0:
+                self.log(f"{self._stamp()} {phase_name} done in {time.monotonic() - start:.1f} s")
+
+
+def progress_monitor(trt: Any, progress: BuildProgress) -> Any:
+    """A `trt.IProgressMonitor` forwarding to `progress` (TensorRT >= 10)."""
+
+    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            progress.phase_start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return progress.step_complete(phase_name, step)
+
+        def phase_finish(self, phase_name: str) -> None:
+            progress.phase_finish(phase_name)
+
+    return _Monitor()
+
+
+def run_cancellable(fn: Callable[[], Any], cancel: threading.Event, log: Callable[[str], None] = print,
+                    poll_s: float = 0.2) -> Any:
+    """Run the blocking `fn` (TensorRT's build) in a worker thread so Ctrl-C reaches Python.
+
+    The first Ctrl-C sets `cancel` (the progress monitor then tells TensorRT to stop at its next
+    step) and waits for `fn` to return; a second Ctrl-C gives up waiting. Raises BuildCancelled
+    after a cancel, re-raises an exception from `fn`.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended
+
+    def work() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="trt-build", daemon=True).start()
+    while not done.is_set():
+        try:
+            done.wait(poll_s)
+        except KeyboardInterrupt:
+            if cancel.is_set():
+                raise BuildCancelled("build abandoned (second Ctrl-C)") from None
+            cancel.set()
+            log("Ctrl-C: stopping the build at TensorRT's next step (Ctrl-C again to abandon it)")
+    if "error" in box:
+        raise box["error"]
+    if cancel.is_set():
+        raise BuildCancelled("build cancelled; nothing was written")
+    return box.get("result")
+
+
+def fit_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """A calibration batch of exactly `size` rows (TensorRT's calibrator has a fixed batch size):
+    a short last batch repeats its own images rather than adding blank ones."""
+    if len(batch) == size:
+        return batch
+    if len(batch) > size:
+        return batch[:size]
+    return np.concatenate([batch, batch[np.arange(size - len(batch)) % len(batch)]])
+
+
+def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache_file: Path,
+                    log: Callable[[str], None] = print) -> Any:
+    """A `trt.IInt8EntropyCalibrator2` (TensorRT 10) fed from `batches` ([B, 3, H, W] float32)."""
+    size = batch_shape[0]
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.iterator = iter(batches)
+            with ops.activate():
+                self.stream = ops.new_stream()
+                self.device = ops.malloc(int(np.prod(batch_shape)) * 4)
+            self.host = ops.pinned(batch_shape, np.float32)
+            self.seen = 0
+
+        def get_batch_size(self) -> int:
+            return size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self.iterator, None)
+            if batch is None:
+                log(f"calibration: {self.seen} images")
+                return None
+            np.copyto(self.host, fit_batch(np.asarray(batch, dtype=np.float32), size))
+            with ops.activate():
+                ops.htod_async(self.device, self.host, self.stream)
+                ops.synchronize(self.stream)
+            self.seen += min(len(batch), size)
+            if self.seen % (size * 8) < size:
+                log(f"calibration: {self.seen} images")
+            return [self.device]
+
+        def read_calibration_cache(self) -> bytes | None:
+            if cache_file.is_file():
+                log(f"calibration: reusing {cache_file}")
+                return cache_file.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            atomic_write(cache_file, bytes(memoryview(cache)))
+
+    return _Calibrator()
+
+
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _fp16_onnx_for_trt11(source: Path, out: Path, log: Callable[[str], None]) -> Path:
+    """TensorRT 11 has no FP16 flag: convert the ONNX model to mixed precision with ModelOpt AutoCast."""
+    try:
+        import modelopt.onnx.autocast as autocast
+        import onnx
+    except ImportError:
+        raise ModelContractError(
+            "TensorRT 11 builds strongly typed networks only and has no FP16 builder flag; an FP16 engine needs "
+            "the ONNX model converted to mixed precision first. Install NVIDIA ModelOpt (pip install "
+            "'nvidia-modelopt[onnx]') and run again, or build --fp32, or --int8 (Q/DQ).") from None
+    target = out.with_suffix(".fp16.onnx")
+    log(f"TensorRT 11: converting {source.name} to mixed FP16 with ModelOpt AutoCast -> {target}")
+    onnx.save(autocast.convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
+                                                  keep_io_types=True), str(target))
+    return target
+
+
+def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, *, env: TrtEnvironment | None = None,
+                 cache_dir: str | Path | None = None, log: Callable[[str], None] = print,
+                 cancel: threading.Event | None = None, class_names: list[str] | None = None) -> Path:
+    """Build `onnx_path` into the plan `out` (+ `out.json` sidecar); returns `out`.
+
+    Raises ModelContractError (model unusable / parser errors), ValueError (options contradict the
+    model), TensorRTUnavailable, BuildFailed or BuildCancelled.
+    """
+    onnx_path, out = Path(onnx_path), Path(out)
+    options.validate()
+    summary = inspect_onnx(onnx_path, class_names)
+    shapes = profile_shapes(summary, options)
+    trt = import_tensorrt()
+    env = env or detect_environment()
+    major = trt_major(trt)
+    source_sha = sha256_file(onnx_path)
+    key = cache_key(source_sha, env, options)
+    notes: list[str] = []
+    source = onnx_path
+    if major >= 11 and options.precision == "int8":
+        from engines.quantize import quantize_qdq
+
+        source = out.with_suffix(".qdq.onnx")
+        msg = (f"TensorRT {trt.__version__} builds strongly typed networks only (no INT8 calibrator): writing a Q/DQ "
+               f"INT8 ONNX {source.name} calibrated on {options.calibration} and building that")
+        log(msg)
+        notes.append(msg)
+        quantize_qdq(onnx_path, source, options.calibration or "", limit=options.calib_limit, target="tensorrt")
+    elif major >= 11 and options.precision == "fp16":
+        source = _fp16_onnx_for_trt11(onnx_path, out, log)
+        notes.append(f"TensorRT {trt.__version__}: FP16 from a ModelOpt AutoCast mixed-precision ONNX")
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch is the only mode since TensorRT 10 (flag 0); 11 is always strongly typed.
+    network = builder.create_network(0) if major < 11 else builder.create_network()
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ModelContractError(f"{source}: TensorRT's ONNX parser refused the model:\n  " + "\n  ".join(errors))
+    if network.num_inputs != 1:
+        raise ModelContractError(f"{source}: TensorRT sees {network.num_inputs} inputs; a vap engine has one")
+    input_name = network.get_input(0).name
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if major < 11 and options.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 builds keep FP16 for the layers left in float
+    for lo, opt, hi in shapes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+
+    calib_ops = None
+    if major < 11 and options.precision == "int8":
+        from engines.calibration import calibration_batches
+        from engines.tensorrt.cuda_ops import cuda_ops
+
+        config.set_flag(trt.BuilderFlag.INT8)
+        calib_hw = (shapes[0][1][2], shapes[0][1][3])
+        calib_shape = (options.calib_batch, 3, *calib_hw)
+        calib_profile = builder.create_optimization_profile()
+        calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
+        config.set_calibration_profile(calib_profile)
+        calib_ops = cuda_ops()
+        log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
+            f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
+        config.int8_calibrator = int8_calibrator(
+            trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
+                                                options.calib_limit),
+            calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
+
+    tc_path = Path(options.timing_cache) if options.timing_cache else timing_cache_path(
+        cache_dir or out.parent, env)
+    timing = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+
+    cancel = cancel or threading.Event()
+    progress = BuildProgress(log, cancel)
+    config.progress_monitor = progress_monitor(trt, progress)
+    profiles_text = "; ".join(f"batch {lo[0]},{opt[0]},{hi[0]} HxW {lo[2]}x{lo[3]}..{hi[2]}x{hi[3]}"
+                              for lo, opt, hi in shapes[:len(options.batch_profiles)])
+    log(f"building {out.name} from {source.name}: TensorRT {trt.__version__}, {env.device_name or 'GPU'} "
+        f"({env.sm}), {options.precision}, {profiles_text} (x{options.contexts} contexts), workspace "
+        f"{options.workspace_gib:g} GiB, timing cache {tc_path}")
+    t0 = time.monotonic()
+    plan = run_cancellable(lambda: builder.build_serialized_network(network, config), cancel, log)
+    if plan is None:
+        raise BuildFailed(f"TensorRT could not build {source.name} (see its messages above); try a larger "
+                          "--workspace or a smaller --batch maximum")
+    blob = memoryview(plan).tobytes()
+    atomic_write(tc_path, memoryview(config.get_timing_cache().serialize()).tobytes())
+    if trt.Runtime(logger).deserialize_cuda_engine(blob) is None:
+        raise BuildFailed(f"TensorRT built {out.name} but cannot load it back; rebuild, and report it if it repeats")
+    info = summary.info
+    hw_max = shapes[0][2][2:]
+    meta = sidecar_metadata(
+        summary.meta, names=info.names, imgsz=(int(hw_max[0]), int(hw_max[1])), stride=info.stride,
+        max_det=info.max_det, dynamic_hw=shapes[0][0][2:] != shapes[0][2][2:], source_model=onnx_path,
+        source_sha256=source_sha, env=env, options=options, engine_sha256=_sha256(blob), engine_bytes=len(blob),
+        key=key, input_name=input_name, output_name=summary.output_name, built_precision=options.precision,
+        notes=notes)
+    atomic_write(out, blob)
+    write_sidecar(out, meta)
+    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {out.with_suffix('.json').name} in "
+        f"{time.monotonic() - t0:.0f} s")
+    return out
+
+
+def _sha256(blob: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(blob).hexdigest()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="vap build-engine", description="Build a TensorRT engine from an ONNX model (needs TensorRT and a GPU)")
+    ap.add_argument("model", type=Path, help="ONNX model honouring the engine contract (vap export)")
+    prec = ap.add_mutually_exclusive_group()
+    prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="(default)")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                      help="INT8 with calibration images (--calib); on TensorRT 11 via a Q/DQ ONNX")
+    ap.add_argument("--calib", default=None, metavar="DIR_OR_YAML",
+                    help="calibration images: a folder or a YOLO data.yaml (train split)")
+    ap.add_argument("--calib-limit", type=int, default=256, help="images used for calibration")
+    ap.add_argument("--calib-batch", type=int, default=8)
+    ap.add_argument("--batch", action="append", default=None, metavar="MIN,OPT,MAX",
+                    help="batch range of one optimisation profile; repeat for several (default 1,8,16)")
+    ap.add_argument("--hw", default=None, metavar="MIN,OPT,MAX",
+                    help="input size range for dynamic-H/W models, e.g. 320x320,640x640,640x640 (default: imgsz)")
+    ap.add_argument("--contexts", type=int, default=2,
+                    help="execution contexts that may run batches at once (each gets its own profile copy)")
+    ap.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="builder workspace limit")
+    ap.add_argument("--timing-cache", default=None, metavar="PATH",
+                    help="timing cache file (default: one per TensorRT version and GPU in the cache folder)")
+    dest = ap.add_mutually_exclusive_group()
+    dest.add_argument("--cache-dir", type=Path, default=None, help="engine cache folder (default: "
+                      "$VAP_ENGINE_CACHE or ~/.cache/vap/engines)")
+    dest.add_argument("--out", type=Path, default=None, help="write the engine here instead of the cache")
+    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has a matching engine")
+    ap.add_argument("--class-names", default=None, help="comma-separated names when the model has none")
+    return ap.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    """Command-line flags -> validated BuildOptions (ValueError names the bad flag)."""
+    batches = tuple(parse_batch(b) for b in (args.batch or ["1,8,16"]))
+    return BuildOptions(precision=args.precision or "fp16", batch_profiles=batches,
+                        hw_profile=parse_hw(args.hw) if args.hw else None, contexts=args.contexts,
+                        workspace_gib=args.workspace, calibration=args.calib, calib_limit=args.calib_limit,
+                        calib_batch=args.calib_batch, timing_cache=args.timing_cache).validate()
+
+
+def cli(argv: list[str]) -> int:
+    """Entry point of `vap build-engine`. Exit codes: 0 built (or already cached), 1 the build failed,
+    2 bad usage or TensorRT missing, 3 the model cannot be used, 130 cancelled with Ctrl-C."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage message
+        return int(exc.code or 0)
+
+    def err(msg: str) -> None:
+        print(f"vap build-engine: {msg}", file=sys.stderr)
+
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        err(str(exc))
+        return EXIT_USAGE
+    if args.model.suffix.lower() != ".onnx":
+        err(f"{args.model} is not an .onnx model; export one with vap export (an .engine is already built)")
+        return EXIT_USAGE
+    if options.precision == "int8" and not Path(options.calibration or "").exists():
+        err(f"calibration source {options.calibration} does not exist (a folder of images or a data.yaml)")
+        return EXIT_USAGE
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    try:
+        summary = inspect_onnx(args.model, names)
+        profile_shapes(summary, options)
+    except ModelContractError as exc:
+        err(str(exc))
+        return EXIT_MODEL
+    except ValueError as exc:
+        err(str(exc))
+        return EXIT_USAGE
+    try:
+        import_tensorrt()
+        env = detect_environment()
+    except TensorRTUnavailable as exc:
+        err(str(exc))
+        return EXIT_USAGE
+    except ModelContractError as exc:  # no GPU / driver
+        err(str(exc))
+        return EXIT_USAGE
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.out is not None:
+        out = args.out
+    else:
+        out = engine_path(cache_dir, args.model, cache_key(sha256_file(args.model), env, options), env, options)
+        if out.is_file() and not args.force and read_sidecar_raw(out) is not None:
+            print(f"{out} is already built for this model, GPU and TensorRT version (use --force to rebuild)")
+            return EXIT_OK
+    try:
+        build_engine(args.model, out, options, env=env, cache_dir=cache_dir, class_names=names)
+    except BuildCancelled as exc:
+        err(str(exc))
+        return EXIT_CANCELLED
+    except BuildFailed as exc:
+        err(str(exc))
+        return EXIT_FAIL
+    except ModelContractError as exc:
+        err(str(exc))
+        return EXIT_MODEL
+    except ValueError as exc:
+        err(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(sys.argv[1:]))
