@@ -88,6 +88,8 @@ class Metrics:
                                ["sink"], registry=r)
         self.spool_dropped = Counter("vap_spool_dropped_total", "Events lost because a sink's spool was full "
                                      "(by its drop policy)", ["sink"], registry=r)
+        self.snapshots = Counter("vap_snapshots_total", "Event snapshots by result (written, skipped, failed)",
+                                 ["result"], registry=r)
         # per-stream label sets of the event-derived metrics, so a removed stream's series go too
         self._derived: dict[str, set[tuple[object, tuple[str, ...]]]] = {}
 

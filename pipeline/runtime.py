@@ -35,6 +35,7 @@ from pipeline.postprocess import Postprocessor
 from pipeline.preprocess import BatchPreprocessor, Letterbox
 from pipeline.settings import Settings, StreamSettings
 from pipeline.sinks import EventBus, SinkRunner, build_sink
+from pipeline.snapshots import Snapshotter
 from pipeline.supervisor import Supervisor
 from pipeline.tracking import ByteTracker, Tracks
 
@@ -94,6 +95,10 @@ class Pipeline:
         self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
         self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
         self.hooks: list[ResultHook] = []
+        snap_cfg = getattr(settings, "snapshots", None)  # Settings.snapshots: SnapshotConfig (issue 7)
+        self.snapshots = Snapshotter(snap_cfg, self.metrics) if snap_cfg is not None and snap_cfg.enabled else None
+        if self.snapshots is not None:
+            self.hooks.append(self.snapshots)  # runs before the events are published: adds their paths
 
         self._lock = threading.Lock()
         self._configs: dict[str, StreamSettings] = {}
@@ -211,6 +216,8 @@ class Pipeline:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
+        if self.snapshots is not None:
+            self.snapshots.close(max(0.5, deadline - time.monotonic()))
         clean &= self.bus.close(max(0.5, deadline - time.monotonic()))
         self.backend.close()
         self._done.set()

@@ -1,0 +1,156 @@
+"""Snapshots: a JPEG of the frame (and of the object's crop) for chosen events, path put into the event.
+
+Why: an alert that says "person entered zone door" is far more useful with the picture. The
+snapshot is taken from the very frame that caused the event, so it shows what the detector saw.
+
+Encoding a 1080p JPEG costs several milliseconds, too much for the `post` thread that owns tracking,
+so the pipeline only assigns the path and hands the (already decoded, never modified) frame to one
+writer thread behind a bounded queue. When that queue is full, or a stream exceeds
+`max_per_stream_s`, the event goes out without a snapshot (counted), never late. Paths are
+relative to `dir`, so consumers on another machine can map them onto a shared mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.config import ConfigError, Strict
+from pipeline.frames import Detections, Frame
+
+log = logging.getLogger("vap.snapshots")
+
+DEFAULT_TYPES = ["track.start", "zone.enter", "zone.loiter"]
+
+
+class SnapshotConfig(Strict):
+    """Optional JPEG snapshots of the frame and the object crop for chosen event types."""
+
+    enabled: bool = Field(False, description="Write snapshots and add their paths to the events")
+    dir: Path = Field(Path("events/snapshots"), description="Root folder; files go to <stream>/<date>/<event id>.jpg")
+    types: list[str] = Field(default_factory=lambda: list(DEFAULT_TYPES),
+                             description="Event types that get a snapshot (track.start and zone events)")
+    crop: bool = Field(True, description="Also write the object's crop (<event id>-crop.jpg)")
+    crop_margin: float = Field(0.1, ge=0, le=1, description="Margin around the box, as a fraction of its size")
+    quality: int = Field(85, ge=10, le=100, description="JPEG quality")
+    max_per_stream_s: float = Field(5.0, gt=0, description="At most this many snapshots per stream and second")
+    queue_size: int = Field(32, ge=1, description="Frames waiting for the writer; beyond it events go without one")
+
+
+class Snapshotter:
+    """A pipeline result hook: `(frame, dets, tracks, new_events)` -> adds `snapshot` paths to events."""
+
+    def __init__(self, cfg: SnapshotConfig, metrics: Any = None) -> None:
+        import cv2  # the runtime already depends on OpenCV; imported here to keep module import light
+        self._cv2 = cv2
+        self.cfg = cfg
+        self.metrics = metrics
+        self.root = Path(cfg.dir)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"snapshots: cannot create {self.root} ({exc.strerror}); choose a writable dir") \
+                from None
+        self.written = 0
+        self.skipped = 0
+        self._types = set(cfg.types)
+        self._budget: dict[str, tuple[float, float]] = {}  # stream -> (tokens, last refill)
+        self._q: queue.Queue[tuple[np.ndarray, list[tuple[Path, tuple[int, int, int, int] | None]]] | None] = \
+            queue.Queue(cfg.queue_size)
+        self._thread = threading.Thread(target=self._writer, name="vap-snapshots", daemon=True)
+        self._thread.start()
+
+    def __call__(self, frame: Frame, dets: Detections, tracks: Any, events: list[dict[str, Any]]) -> None:
+        wanted = [e for e in events if e["type"] in self._types and "box" in e]
+        if not wanted:
+            return
+        jobs: list[tuple[Path, tuple[int, int, int, int] | None]] = []
+        chosen = []
+        for e in wanted:
+            if not self._take(frame.stream):
+                self._skip(1)
+                continue
+            day = datetime.fromtimestamp(frame.capture_ts, tz=timezone.utc).strftime("%Y%m%d")
+            rel = Path(frame.stream) / day / f"{e['id']}.jpg"
+            jobs.append((rel, None))
+            if self.cfg.crop:
+                crop_rel = rel.with_name(f"{e['id']}-crop.jpg")
+                jobs.append((crop_rel, self._crop_box(e["box"], frame.shape)))
+            chosen.append((e, rel, crop_rel if self.cfg.crop else None))
+        if not jobs:
+            return
+        try:
+            self._q.put_nowait((frame.image, jobs))
+        except queue.Full:
+            self._skip(len(chosen))
+            return
+        for e, rel, crop_rel in chosen:  # paths only once the write is queued: never a dangling path
+            e["snapshot"] = rel.as_posix()
+            if crop_rel is not None:
+                e["snapshot_crop"] = crop_rel.as_posix()
+
+    def _take(self, stream: str) -> bool:
+        """Token bucket per stream (rate max_per_stream_s, burst the same)."""
+        rate = self.cfg.max_per_stream_s
+        now = time.monotonic()
+        tokens, last = self._budget.get(stream, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate)
+        ok = tokens >= 1
+        self._budget[stream] = (tokens - 1 if ok else tokens, now)
+        return ok
+
+    def _skip(self, n: int) -> None:
+        self.skipped += n
+        if self.metrics is not None:
+            self.metrics.snapshots.labels("skipped").inc(n)
+
+    def _crop_box(self, box: list[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        h, w = shape
+        x1, y1, x2, y2 = box
+        mx, my = (x2 - x1) * self.cfg.crop_margin, (y2 - y1) * self.cfg.crop_margin
+        return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(w, int(np.ceil(x2 + mx))),
+                min(h, int(np.ceil(y2 + my))))
+
+    def _writer(self) -> None:
+        cv2 = self._cv2
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg.quality]
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            image, jobs = item
+            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # frames are RGB, JPEG encoders expect BGR
+            for rel, box in jobs:
+                pic = bgr if box is None else bgr[box[1]:max(box[3], box[1] + 1), box[0]:max(box[2], box[0] + 1)]
+                path = self.root / rel
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    ok, data = cv2.imencode(".jpg", pic, params)
+                    if not ok:
+                        raise OSError("JPEG encoding failed")
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(data.tobytes())
+                    tmp.replace(path)  # readers never see a half-written JPEG
+                    self.written += 1
+                    if self.metrics is not None:
+                        self.metrics.snapshots.labels("written").inc()
+                except OSError as exc:
+                    log.error("snapshot %s could not be written: %s", path, exc)
+                    if self.metrics is not None:
+                        self.metrics.snapshots.labels("failed").inc()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the writer."""
+        try:
+            self._q.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)

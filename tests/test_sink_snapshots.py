@@ -1,0 +1,83 @@
+"""Snapshots: JPEG of the frame and the crop for track.start/zone events, path in the event."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+
+from pipeline.events import load_schema, make_event
+from pipeline.frames import Detections, Frame
+from pipeline.metrics import Metrics
+from pipeline.snapshots import SnapshotConfig, Snapshotter
+
+
+def _frame(stream: str = "cam", index: int = 0) -> Frame:
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[20:60, 30:90] = (255, 0, 0)  # a red (RGB) object
+    return Frame(stream, index, None, time.time(), img)
+
+
+def _start(stream: str = "cam", n: int = 1) -> dict:
+    return make_event("track.start", stream, time.time(), track_id=f"{stream}:{n}", class_id=0, score=0.9,
+                      box=[30.0, 20.0, 90.0, 60.0], **{"class": "person"})
+
+
+def test_frame_and_crop_written_and_paths_in_valid_events(tmp_path):
+    m = Metrics()
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path, crop_margin=0.0), m)
+    ev = [_start(), make_event("stream.up", "cam", time.time(), state="streaming")]
+    snap(_frame(), Detections(), None, ev)
+    snap.close()
+    assert "snapshot" not in ev[1]                       # not a snapshot type
+    jsonschema.validate(ev[0], load_schema())
+    full = cv2.imread(str(tmp_path / ev[0]["snapshot"]))
+    crop = cv2.imread(str(tmp_path / ev[0]["snapshot_crop"]))
+    assert full.shape == (120, 160, 3) and crop.shape == (40, 60, 3)
+    b, g, r = crop[20, 30]
+    assert r > 200 and b < 60                            # colours survived RGB -> BGR -> JPEG
+    assert Path(ev[0]["snapshot"]).parts[0] == "cam" and ev[0]["snapshot"].endswith(ev[0]["id"] + ".jpg")
+    assert m.registry.get_sample_value("vap_snapshots_total", {"result": "written"}) == 2
+
+
+def test_rate_limit_skips_without_dangling_paths(tmp_path):
+    m = Metrics()
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path, max_per_stream_s=2, crop=False), m)
+    events = [_start(n=i + 1) for i in range(5)]
+    snap(_frame(), Detections(), None, events)
+    snap.close()
+    with_path = [e for e in events if "snapshot" in e]
+    assert len(with_path) == 2                           # burst of 2, the rest skipped
+    assert all((tmp_path / e["snapshot"]).is_file() for e in with_path)
+    assert m.registry.get_sample_value("vap_snapshots_total", {"result": "skipped"}) == 3
+
+
+def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
+    from pipeline.runtime import Pipeline
+    from pipeline.settings import parse_settings
+    from tests.onnx_models import constant_detector
+    from tests.videos import write_video
+
+    model = constant_detector(tmp_path / "m.onnx", np.array([[10, 10, 30, 40, 0.9, 0]], np.float32), ["person"])
+    video = write_video(tmp_path / "a.mp4", frames=10)
+    settings = parse_settings({"streams": [{"name": "a", "url": str(video)}], "model": {"path": str(model)},
+                               "sinks": [{"path": str(tmp_path / "events.jsonl"), "fsync": "never"}],
+                               "server": {"port": 0}})
+    # Settings has no `snapshots` key yet (settings.py belongs to another change): attach it the way the
+    # field will arrive, so the runtime wiring is exercised end to end.
+    object.__setattr__(settings, "snapshots", SnapshotConfig(enabled=True, dir=tmp_path / "snaps"))
+    p = Pipeline(settings)
+    p.start()
+    assert p.wait(60)
+    assert p.stop()
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["type"] == "track.start"]
+    assert len(starts) == 1
+    assert (tmp_path / "snaps" / starts[0]["snapshot"]).is_file()
+    assert (tmp_path / "snaps" / starts[0]["snapshot_crop"]).is_file()
+    for e in events:
+        jsonschema.validate(e, load_schema())
