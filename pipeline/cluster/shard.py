@@ -37,6 +37,7 @@ from pipeline.settings import Settings, StreamSettings, parse_settings
 log = logging.getLogger("vap.cluster")
 
 SHARD_PLACEHOLDER = "{shard}"
+REPLICA_PLACEHOLDER = "{replica}"
 PORT_TRIES = 16
 
 
@@ -57,7 +58,8 @@ class ClusterConfig(Strict):
     capacity: float | None = Field(None, gt=0, description="Per-shard cap (cameras, or 1080p25 equivalents "
                                    "when weighted); from `vap cluster plan --per-gpu`")
     settings: dict[str, Any] = Field(default_factory=dict, description="Each worker's deployment YAML, "
-                                     "without streams; '{shard}' in any string becomes the shard number")
+                                     "without streams; in any string '{shard}' becomes the shard number and "
+                                     "'{replica}' the replica's unique id (e.g. one event file per worker)")
     metrics_host: str = Field("0.0.0.0", description="Bind address of the worker's /metrics")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Worker /metrics port; the next free one of "
                               f"{PORT_TRIES} is taken when busy (several replicas per node); 0 = any")
@@ -81,11 +83,12 @@ class ClusterConfig(Strict):
         return cfg
 
 
-def render_settings(cfg: ClusterConfig, shard: int) -> Settings:
-    """The worker's pipeline settings, '{shard}' filled in, HTTP server off (the worker serves its own)."""
+def render_settings(cfg: ClusterConfig, shard: int, replica: str = "0") -> Settings:
+    """The worker's pipeline settings, '{shard}'/'{replica}' filled in, HTTP server off (the worker
+    serves its own endpoints)."""
     def fill(value: Any) -> Any:
         if isinstance(value, str):
-            return value.replace(SHARD_PLACEHOLDER, str(shard))
+            return value.replace(SHARD_PLACEHOLDER, str(shard)).replace(REPLICA_PLACEHOLDER, replica)
         if isinstance(value, dict):
             return {k: fill(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -102,8 +105,10 @@ def render_settings(cfg: ClusterConfig, shard: int) -> Settings:
 class ShardWorker:
     """The cameras of one shard on one single-node pipeline; see the module docstring."""
 
-    def __init__(self, pipeline_factory: Callable[[Settings], Any] | None = None, *, serve_http: bool = True) -> None:
+    def __init__(self, pipeline_factory: Callable[[Settings], Any] | None = None, *, serve_http: bool = True,
+                 replica_id: str | None = None) -> None:
         self._factory = pipeline_factory or _default_pipeline
+        self.replica_id = replica_id or f"pid{os.getpid()}"
         self._serve_http = serve_http
         self._lock = threading.RLock()
         self.pipeline: Any = None
@@ -131,7 +136,7 @@ class ShardWorker:
         """
         with self._lock:
             registry = self._load_registry(cfg)
-            settings = render_settings(cfg, rank)
+            settings = render_settings(cfg, rank, self.replica_id)
             if self.pipeline is None or settings != self._settings:
                 self._restart_pipeline(settings)
             mine: set[str] = set()
@@ -262,6 +267,7 @@ class ShardWorker:
                 "shard": self.rank,
                 "num_shards": self.cfg.num_shards if self.cfg else None,
                 "pid": os.getpid(),
+                "replica": self.replica_id,
                 "host": socket.gethostname(),
                 "registry_version": self.registry.version if self.registry else None,
                 "registry_cameras": len(self.registry.cameras) if self.registry else 0,

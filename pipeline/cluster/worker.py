@@ -43,7 +43,8 @@ class StreamWorker:
     def __init__(self) -> None:
         # The pipeline starts in reconfigure: Serve always calls it right after __init__ with the
         # user_config and the rank, and the rank is needed to know which cameras to open.
-        self.shard = ShardWorker()
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.shard = ShardWorker(replica_id=replica)
 
     def reconfigure(self, user_config: dict[str, Any], rank: Any) -> None:
         """Serve calls this at start, on every user_config change and when the rank changes."""

@@ -1,0 +1,135 @@
+"""The camera -> shard assignment: deterministic, balanced within its cap, minimal movement."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cluster.assign import assign, camera_weight, loads, moved, owned, shard_cap, shard_preference
+
+
+def cams(n: int, prefix: str = "cam") -> list[str]:
+    return [f"{prefix}-{i:04d}" for i in range(n)]
+
+
+def test_every_camera_gets_exactly_one_shard_in_range():
+    a = assign(cams(301), 3)
+    assert set(a) == set(cams(301))
+    assert set(a.values()) == {0, 1, 2}
+    assert sum(len(owned(a, s)) for s in range(3)) == 301
+    assert owned(a, 3) == set()  # a surplus rank owns nothing
+
+
+def test_deterministic_across_input_order_and_processes():
+    names = cams(200)
+    a = assign(names, 7)
+    shuffled = list(names)
+    random.Random(1).shuffle(shuffled)
+    assert assign(shuffled, 7) == a
+    # another interpreter (different PYTHONHASHSEED) computes the same table
+    code = ("import json,sys; from pipeline.cluster.assign import assign; "
+            "print(json.dumps(assign([f'cam-{i:04d}' for i in range(200)], 7), sort_keys=True))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "12345", "PATH": ""}).stdout
+    import json
+    assert json.loads(out) == a
+
+
+@pytest.mark.parametrize("n,shards,slack", [(301, 3, 0.25), (1000, 20, 0.25), (1000, 20, 0.1), (50, 7, 0.0),
+                                            (5, 8, 0.25)])
+def test_balance_within_cap(n, shards, slack):
+    a = assign(cams(n), shards, slack)
+    cap = shard_cap(n, shards, slack)
+    per = loads(a, shards)
+    assert max(per) <= cap
+    assert cap <= max(-(-n // shards), (1 + slack) * n / shards + 1)  # the cap itself is tight
+
+
+def test_plain_rendezvous_would_be_less_balanced():
+    """The cap does something: without it (huge slack) the largest shard is clearly bigger."""
+    n, shards = 1000, 20
+    capped = max(loads(assign(cams(n), shards, 0.1), shards))
+    uncapped = max(loads(assign(cams(n), shards, 100.0), shards))
+    assert capped <= 55 < uncapped
+
+
+def test_weighted_balance_counts_pixels_not_cameras():
+    rng = random.Random(3)
+    sizes = [(1920, 1080, 25), (1280, 720, 15), (640, 360, 10), (3840, 2160, 25)]
+    weights = {c: camera_weight(*rng.choice(sizes)) for c in cams(400)}
+    a = assign(weights, 10, 0.2)
+    per = loads(a, 10, weights)
+    assert max(per) <= shard_cap(sum(weights.values()), 10, 0.2) + 4.0  # + one 4K camera at most
+    assert camera_weight(3840, 2160, 25) == pytest.approx(4.0)
+    assert camera_weight(None, None, None) == 1.0
+
+
+def test_oversized_camera_still_gets_a_shard():
+    a = assign({"huge": 100.0, "a": 1.0, "b": 1.0}, 2, 0.0)
+    assert set(a) == {"huge", "a", "b"}
+
+
+def _add_remove_moves(names: list[str], shards: int, trials: int = 40, **kw) -> tuple[list[int], list[int]]:
+    base = assign(names, shards, **kw)
+    adds = [len(moved(base, assign(names + [f"new-{k}"], shards, **kw))) for k in range(trials)]
+    removes = [len(moved(base, assign(names[:k] + names[k + 1:], shards, **kw))) for k in range(trials)]
+    return adds, removes
+
+
+def test_adding_or_removing_a_camera_moves_no_other_when_caps_do_not_bind():
+    adds, removes = _add_remove_moves(cams(301), 3)
+    assert adds == [0] * 40 and removes == [0] * 40
+
+
+def test_adding_or_removing_a_camera_moves_few_when_shards_are_at_capacity():
+    """With a fixed per-GPU capacity some shards sit at their cap; a new camera there pushes at most
+    a handful of others (bounded-loads cascade), and most additions move nothing."""
+    names = cams(400)
+    assert max(loads(assign(names, 10, capacity=42), 10)) == 42  # the cap binds here
+    adds, removes = _add_remove_moves(names, 10, capacity=42)
+    assert max(adds) <= 4 and max(removes) <= 4
+    assert sum(m == 0 for m in adds) >= 15 and sum(m == 0 for m in removes) >= 15
+    assert sum(adds) / 40 < 1.0 and sum(removes) / 40 < 1.0
+
+
+def test_shard_count_change_moves_about_one_over_s_plus_one():
+    names = cams(2000)
+    for s in (2, 3, 5, 10):
+        frac = len(moved(assign(names, s), assign(names, s + 1))) / len(names)
+        assert frac == pytest.approx(1 / (s + 1), abs=0.06), (s, frac)
+        # and back: S+1 -> S moves the same cameras home
+        assert moved(assign(names, s + 1), assign(names, s)) == moved(assign(names, s), assign(names, s + 1))
+
+
+def test_growing_shards_moves_cameras_only_to_the_new_shard_when_uncapped():
+    names = cams(500)
+    a, b = assign(names, 4, slack=100.0), assign(names, 5, slack=100.0)
+    assert {b[c] for c in moved(a, b)} == {4}
+
+
+def test_preference_is_a_permutation():
+    p = shard_preference("cam-1", 9)
+    assert sorted(p) == list(range(9))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ((["a"], 0), "num_shards"), ((["a"], 2.5), "num_shards"), ((["a", "a"], 2), "unique"),
+    (({"a": -1.0}, 2), "positive"), (({"a": float("nan")}, 2), "positive"),
+])
+def test_bad_input_is_a_clear_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        assign(*bad)
+
+
+def test_bad_slack_and_capacity():
+    with pytest.raises(ValueError, match="slack"):
+        assign(["a"], 2, slack=-0.1)
+    with pytest.raises(ValueError, match="capacity"):
+        assign(["a"], 2, capacity=0)
+
+
+def test_empty_registry():
+    assert assign([], 3) == {}
