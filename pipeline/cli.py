@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks"))
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     p.add_argument("--soak-s", type=float, default=0.0, help="also run a multi-stream memory soak this long")
+    p.add_argument("--engine-only", action="store_true",
+                   help="only the engine: every backend and precision this machine can run, per batch size")
+    p.add_argument("--batches", default="1,8,32", help="batch sizes for --engine-only (comma-separated)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="--engine-only: .pt for the torch backend "
+                   "(default: MODEL.pt next to the model)")
+    p.add_argument("--int8", type=Path, default=None, help="--engine-only: INT8 model (default: MODEL.int8.onnx)")
 
     for name, (_, _, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.demo import run_demo
             return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
                             model=args.model)
+        if args.cmd == "bench" and args.engine_only:
+            return cmd_bench_engines(args)
         if args.cmd == "bench":
             from pipeline.bench import run_bench
             return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
@@ -142,6 +150,27 @@ def main(argv: list[str] | None = None) -> int:
 def _model_errors() -> tuple[type[BaseException], ...]:
     from engines.contract import ModelContractError
     return (ModelContractError,)
+
+
+def cmd_bench_engines(args: argparse.Namespace) -> int:
+    from pipeline.bench_engines import markdown, run_engine_bench
+    from pipeline.model_config import SHIPPED_MODEL
+
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batches must be comma-separated integers, got {args.batches!r}") from None
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batches needs positive batch sizes, got {args.batches!r}")
+    model = args.model or SHIPPED_MODEL
+    if not model.is_file():
+        print(f"error: model {model} not found (pass --model)", file=sys.stderr)
+        return EXIT_MODEL
+    result = run_engine_bench(model, args.out, batches, 1.0 if args.quick else 4.0, args.checkpoint, args.int8)
+    print(markdown(result), end="")
+    for s in result["skipped"]:
+        print(f"not measured: {s['variant']}: {s['why']}")
+    return EXIT_OK
 
 
 def cmd_validate(path: Path) -> int:

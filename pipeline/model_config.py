@@ -29,7 +29,8 @@ class OnnxRuntimeOptions(Strict):
 class TorchOptions(Strict):
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     fp16: bool = Field(False, description="Half precision (CUDA only)")
-    channels_last: bool = Field(True, description="Channels-last memory format (faster convolutions)")
+    channels_last: bool | None = Field(None, description="Channels-last memory format; default: on for CUDA "
+                                       "(tensor cores), off on CPU (measured slower there for small models)")
     compile: bool = Field(False, description="torch.compile the model (slow first call per input shape)")
     cuda_graphs: list[int] = Field(default_factory=list,
                                    description="Batch sizes to capture as CUDA graphs (batches pad up to one)")

@@ -76,7 +76,7 @@ def test_torch_backend_options_and_errors(checkpoint_and_onnx, tmp_path):
     junk.write_bytes(b"not torch")
     with pytest.raises(ModelContractError, match="cannot load as a vap checkpoint"):
         load_backend(junk)
-    plain = load_backend(ck, "torch", channels_last=False)
+    plain = load_backend(ck, "torch", channels_last=True)
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     np.testing.assert_allclose(plain.infer(x), load_backend(ck, "torch").infer(x), atol=1e-4)
 
@@ -280,3 +280,21 @@ def test_model_config_routes_options_to_the_chosen_backend():
         parse_settings({"model": {"backend": "torch", "torch": {"device": "gpu0"}}})
     with pytest.raises(ConfigError, match="unknown key 'providers'"):   # options live under their backend
         parse_settings({"model": {"providers": ["CPUExecutionProvider"]}})
+
+
+def test_engine_bench_measures_every_variant_it_can_and_says_why_not(tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    assert main(["bench", "--engine-only", "--quick", "--batches", "1,2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "engines-vap-synth-n.json").read_text())
+    measured = {r["variant"] for r in result["results"]}
+    assert {"onnxruntime-cpu", "onnxruntime-cpu-iobinding", "torch-cpu"} <= measured
+    assert all(r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] for r in result["results"])
+    assert [r["batch"] for r in result["results"] if r["variant"] == "onnxruntime-cpu"] == [1, 2]
+    why = {s["variant"]: s["why"] for s in result["skipped"]}
+    assert "onnxruntime-cpu-int8" in why          # no INT8 model next to the shipped one
+    out = capsys.readouterr().out
+    assert "| onnxruntime-cpu | fp32 | 1 |" in out and "not measured: onnxruntime-cpu-int8" in out
+    assert main(["bench", "--engine-only", "--batches", "0"]) == 2

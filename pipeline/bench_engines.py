@@ -1,0 +1,140 @@
+"""`vap bench --engine-only`: throughput and latency per backend, precision and batch size.
+
+Every variant that can run on this machine is measured in one run (so ratios compare like with
+like): ONNX Runtime fp32 (plain and with IO binding), ONNX Runtime INT8 (the `vap quantize` model
+next to the fp32 one, if present), PyTorch on CPU, and where a CUDA GPU is present PyTorch fp32 /
+fp16 / fp16 with CUDA graphs, ONNX Runtime's CUDA provider and TensorRT. Variants that cannot run
+here are listed with the reason, never silently dropped. Inputs are random (the graphs have no
+data-dependent control flow before top-K) at the engine's own input size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.hostinfo import machine
+
+
+@dataclass
+class Variant:
+    name: str
+    path: Path
+    kind: str
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        return False
+    return torch.cuda.is_available()
+
+
+def variants(model: Path, checkpoint: Path | None, int8: Path | None) -> tuple[list[Variant], list[dict[str, str]]]:
+    """What to measure here, and what not (with why)."""
+    import onnxruntime as ort
+
+    runs = [Variant("onnxruntime-cpu", model, "onnxruntime", "fp32"),
+            Variant("onnxruntime-cpu-iobinding", model, "onnxruntime", "fp32", {"io_binding": True})]
+    skipped: list[dict[str, str]] = []
+    if int8 and int8.is_file():
+        runs.append(Variant("onnxruntime-cpu-int8", int8, "onnxruntime", "int8"))
+    else:
+        skipped.append({"variant": "onnxruntime-cpu-int8", "why": f"no INT8 model at {int8} (make one with vap quantize)"})
+    cuda = _cuda()
+    if checkpoint and checkpoint.is_file():
+        if importlib.util.find_spec("torch") is not None:
+            runs.append(Variant("torch-cpu", checkpoint, "torch", "fp32", {"device": "cpu"}))
+            if cuda:
+                runs += [Variant("torch-cuda", checkpoint, "torch", "fp32", {"device": "cuda"}),
+                         Variant("torch-cuda-fp16", checkpoint, "torch", "fp16", {"device": "cuda", "fp16": True}),
+                         Variant("torch-cuda-fp16-graphs", checkpoint, "torch", "fp16",
+                                 {"device": "cuda", "fp16": True, "cuda_graphs": [1, 8, 32]})]
+        else:
+            skipped.append({"variant": "torch", "why": "PyTorch not installed"})
+    else:
+        skipped.append({"variant": "torch", "why": f"no training checkpoint at {checkpoint}"})
+    if not cuda:
+        skipped.append({"variant": "torch-cuda*", "why": "no CUDA GPU visible to PyTorch"})
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        runs.append(Variant("onnxruntime-cuda", model, "onnxruntime", "fp32",
+                            {"providers": ["CUDAExecutionProvider"], "io_binding": True}))
+    else:
+        skipped.append({"variant": "onnxruntime-cuda", "why": "onnxruntime-gpu not installed"})
+    if importlib.util.find_spec("tensorrt") is not None:
+        runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16", {"precision": "fp16"}))
+    else:
+        skipped.append({"variant": "tensorrt", "why": "TensorRT not installed"})
+    return runs, skipped
+
+
+def measure(backend: Any, batch: int, hw: tuple[int, int], seconds: float) -> dict[str, float]:
+    x = np.random.default_rng(batch).random((batch, 3, *hw), dtype=np.float32)
+    for _ in range(3):
+        backend.infer(x)
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
+        t0 = time.perf_counter()
+        backend.infer(x)
+        times.append(1000 * (time.perf_counter() - t0))
+    med = statistics.median(times)
+    return {"batch": batch, "median_ms": round(med, 3), "p90_ms": round(float(np.percentile(times, 90)), 3),
+            "images_per_s": round(1000 * batch / med, 1), "runs": len(times)}
+
+
+def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: float,
+                     checkpoint: Path | None = None, int8: Path | None = None) -> dict[str, Any]:
+    from engines.backends import load_backend
+    from engines.contract import ModelContractError
+
+    checkpoint = checkpoint or model.with_suffix(".pt")
+    int8 = int8 or model.with_suffix(".int8.onnx")
+    runs, skipped = variants(model, checkpoint, int8)
+    result: dict[str, Any] = {"machine": machine(), "model": model.name, "batches": batches, "results": [],
+                              "skipped": skipped}
+    print(f"engine bench: {model.name} on {result['machine']['cpu']} x{result['machine']['cores']}", file=sys.stderr)
+    for v in runs:
+        try:
+            backend = load_backend(v.path, v.kind, **v.options)
+        except ModelContractError as exc:
+            skipped.append({"variant": v.name, "why": str(exc)})
+            continue
+        hw = backend.info.input_hw
+        for b in batches:
+            row = {"variant": v.name, "backend": v.kind, "precision": v.precision, "input_hw": list(hw),
+                   **measure(backend, b, hw, seconds)}
+            result["results"].append(row)
+            print(f"  {v.name:<28} batch {b:>3}: {row['median_ms']:>9.2f} ms  {row['images_per_s']:>8.1f} img/s",
+                  file=sys.stderr)
+        backend.close()
+    base = {r["batch"]: r["images_per_s"] for r in result["results"] if r["variant"] == "onnxruntime-cpu"}
+    for r in result["results"]:
+        if r["batch"] in base:
+            r["speedup_vs_onnxruntime_cpu"] = round(r["images_per_s"] / base[r["batch"]], 3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"engines-{model.stem}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as a Markdown table (for benchmarks/engines.md)."""
+    lines = ["| variant | precision | batch | median ms | p90 ms | images/s | vs ORT CPU |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["results"]:
+        lines.append(f"| {r['variant']} | {r['precision']} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['images_per_s']:.1f} | {r.get('speedup_vs_onnxruntime_cpu', float('nan')):.2f}x |")
+    return "\n".join(lines) + "\n"
