@@ -46,6 +46,7 @@ __all__ = [
     "dark_channel",
     "estimate_airlight",
     "haze_score",
+    "flat_mask",
     "guided_coefficients",
     "scaled_size",
     "work_shape",
@@ -86,10 +87,12 @@ class DehazeConfig(Strict):
                                   "average (1 = no smoothing)")
     airlight_min: float = Field(0.3, ge=0, le=1, description="Floor of every channel of A; keeps dark scenes "
                                 "(night, black frames) from being stretched as if they were haze")
-    scene_change: float = Field(0.12, gt=0, le=1, description="Mean absolute change of a 32 px grey thumbnail "
-                                "(0..1) that counts as a scene change and resets the smoothed A")
-    sky_level: float = Field(0.85, gt=0, le=1, description="Low-res dark-channel value above which a pixel "
-                             "counts as sky/white and is left out of the haze score")
+    scene_change: float = Field(0.3, gt=0, le=2, description="1 - correlation of consecutive 32 px grey "
+                                "thumbnails above which the frame counts as a new scene (resets the smoothed A)")
+    sky_level: float = Field(0.7, gt=0, le=1, description="Low-res dark-channel value above which a textureless "
+                             "pixel counts as sky/white and is left out of the haze score")
+    sky_texture: float = Field(0.03, ge=0, le=1, description="Local grey standard deviation (0..1) below which a "
+                               "bright pixel counts as textureless (sky, white wall) for the haze score")
     min_scene_fraction: float = Field(0.2, ge=0, le=1, description="If less than this fraction of the picture "
                                       "is not sky/white, the haze score is 0 (nothing to dehaze)")
     sky_tolerance: float = Field(0.15, ge=0, le=1, description="Where max|I - A| is below this, t is raised "
@@ -155,24 +158,39 @@ def estimate_airlight(img: np.ndarray, dark: np.ndarray, fraction: float) -> np.
     Returns float32 [C] (C = 1 for grey input).
     """
     flat = dark.reshape(-1)
-    n = max(1, int(math.ceil(flat.size * fraction)))
-    idx = np.argpartition(flat, flat.size - n)[flat.size - n:] if n < flat.size else np.arange(flat.size)
+    n = min(flat.size, max(1, int(math.ceil(flat.size * fraction))))
+    kth = np.partition(flat, flat.size - n)[flat.size - n]
+    # every pixel tied with the n-th brightest joins (deterministic, and the torch path does the same)
+    idx = np.flatnonzero(flat >= kth)
     pixels = img.reshape(flat.size, -1)[idx]
-    best = int(np.argmax(pixels.sum(axis=1)))
+    best = int(np.argmax(pixels.sum(axis=1)))  # first of equals: lowest index
     return pixels[best].astype(np.float32)
 
 
-def haze_score(dark: np.ndarray, sky_level: float, min_scene_fraction: float) -> float:
+def haze_score(dark: np.ndarray, sky_level: float, min_scene_fraction: float,
+               flat: np.ndarray | None = None) -> float:
     """Mean dark channel of the non-sky pixels (0 when almost everything is sky/white).
 
-    Why exclude sky: the dark channel of sky and white walls is high in clear weather too, so an
-    unmasked mean would switch the stage on for every bright scene.
+    Sky/white = dark channel above `sky_level` and, when `flat` (a bool mask of textureless pixels)
+    is given, no texture either. Why exclude it: the dark channel of sky and white walls is high in
+    clear weather too, so an unmasked mean would switch the stage on for every bright scene; the
+    texture test keeps hazy but structured parts of the scene (buildings, cars in fog) in the score.
     """
-    scene = dark < sky_level
+    sky = dark >= sky_level
+    if flat is not None:
+        sky &= flat
+    scene = ~sky
     frac = float(scene.mean()) if dark.size else 0.0
     if frac < max(min_scene_fraction, 1e-9):
         return 0.0
     return float(dark[scene].mean())
+
+
+def flat_mask(grey: np.ndarray, radius: int, max_std: float) -> np.ndarray:
+    """Pixels whose local grey standard deviation (window 2*radius+1) is below `max_std` (0..1 units)."""
+    m = _box(grey, radius)
+    var = _box(grey * grey, radius) - m * m
+    return var < np.float32(max_std * max_std)
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
@@ -250,11 +268,20 @@ class DehazeState:
         return self.active
 
     def is_scene_change(self, thumb: np.ndarray) -> bool:
-        """Compare the grey thumbnail with the last one; True on a cut or a camera move."""
+        """Compare the grey thumbnail with the last one; True on a cut or a camera move.
+
+        Compares structure (1 - correlation of the thumbnails), not brightness: haze thickening or
+        the sun going behind a cloud changes every pixel but is not a new scene, and must not reset A.
+        Flat thumbnails (black, white, grey frames) have no structure: their mean level decides.
+        """
         prev, self.thumb = self.thumb, thumb
         if prev is None or prev.shape != thumb.shape:
             return prev is not None
-        return float(np.abs(thumb - prev).mean()) > self.cfg.scene_change
+        sp, st = float(prev.std()), float(thumb.std())
+        if sp < 0.01 or st < 0.01:
+            return abs(float(prev.mean()) - float(thumb.mean())) > 0.1 or (sp < 0.01) != (st < 0.01)
+        corr = float(((prev - prev.mean()) * (thumb - thumb.mean())).mean()) / (sp * st)
+        return 1.0 - corr > self.cfg.scene_change
 
     def needs_estimate(self, scene_change: bool) -> bool:
         return self.airlight is None or scene_change or self.since_estimate >= self.cfg.airlight_every
@@ -311,9 +338,10 @@ class Dehazer:
         low = low_u8.astype(np.float32) * np.float32(1 / 255)
         patch = scaled_size(cfg.patch, max(lh, lw))
         dark = dark_channel(low, patch)
-        score = haze_score(dark, cfg.sky_level, cfg.min_scene_fraction)
-        active = st.gate(score)
         grey_low = _grey(low_u8[:, :, 0] if low_u8.shape[2] == 1 else low_u8)
+        flat = flat_mask(grey_low, max(1, patch // 2), cfg.sky_texture)
+        score = haze_score(dark, cfg.sky_level, cfg.min_scene_fraction, flat)
+        active = st.gate(score)
         change = st.is_scene_change(thumbnail(grey_low))
         st.frames += 1
         st.since_estimate += 1
@@ -324,7 +352,8 @@ class Dehazer:
             if st.needs_estimate(change):
                 st.update_airlight(estimate_airlight(low, dark, cfg.airlight_fraction), change)
             assert st.airlight is not None
-            out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw))
+            sky = (dark >= np.float32(cfg.sky_level)) & flat
+            out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw), sky)
         elif change:
             st.airlight = None  # a stale A must not survive a cut while the gate was off
         if out is not image and squeeze:
@@ -335,9 +364,11 @@ class Dehazer:
 
     # -- modes
     def _apply_dcp(self, img: np.ndarray, low: np.ndarray, grey_low: np.ndarray, airlight: np.ndarray,
-                   work_long: int) -> np.ndarray:
+                   work_long: int, sky: np.ndarray | None = None) -> np.ndarray:
         cfg = self.cfg
         t_low = transmission(low, airlight, cfg.omega, scaled_size(cfg.patch, work_long), cfg.t0, cfg.sky_tolerance)
+        if sky is not None:
+            t_low[sky] = 1.0  # textureless sky/white: nothing to recover, only noise to amplify
         mean_a, mean_b = guided_coefficients(grey_low, t_low, scaled_size(cfg.guided_radius, work_long, odd=False),
                                              cfg.guided_eps)
         h, w = img.shape[:2]

@@ -1,0 +1,85 @@
+"""The torch dehazing path matches the CPU path (pipeline.dehaze_torch vs pipeline.dehaze)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.haze import add_haze
+from engines.synth import render_image
+from pipeline.dehaze import DehazeConfig, Dehazer
+
+torch = pytest.importorskip("torch", reason="the torch dehazing path needs torch")
+from pipeline.dehaze_torch import TorchDehazer  # noqa: E402
+
+# The tolerance the module docstring promises when the working size divides the frame size.
+MEAN_TOL, P999_TOL = 0.5, 3.0  # in 0..255 levels
+
+
+def _frames(w: int, h: int, n: int = 3) -> list[np.ndarray]:
+    return [add_haze(render_image((31, i), w, h)[0], 0.35, 0.85) for i in range(n)]
+
+
+def _to_u8(x: "torch.Tensor") -> np.ndarray:
+    return (x.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(640, 360), (1280, 720)])
+def test_torch_matches_cpu_within_tolerance(size):
+    cfg = DehazeConfig(enabled=True, gate=False)
+    frames = _frames(*size, n=2)
+    cpu = [Dehazer(cfg).process(f) for f in frames]
+    td = TorchDehazer(cfg, "cpu")
+    states = [td.new_state() for _ in frames]
+    out, infos = td.process(torch.from_numpy(np.stack(frames)), states)
+    got = _to_u8(out)
+    for i, f in enumerate(frames):
+        ref = Dehazer(cfg)
+        ref.process(f)
+        np.testing.assert_allclose(infos[i].airlight, ref.last.airlight, atol=2 / 255)
+        assert infos[i].score == pytest.approx(ref.last.score, abs=0.01)
+        d = np.abs(got[i].astype(int) - cpu[i].astype(int))
+        assert d.mean() < MEAN_TOL and np.percentile(d, 99.9) <= P999_TOL, (d.mean(), np.percentile(d, 99.9))
+        assert np.abs(got[i].astype(int) - f.astype(int)).mean() > 10 * d.mean()  # and it did dehaze
+
+
+def test_gate_and_airlight_state_follow_the_cpu_path_frame_by_frame():
+    cfg = DehazeConfig(enabled=True, airlight_every=2)
+    clear = render_image((31, 7), 320, 180)[0]
+    seq = [clear, clear, add_haze(clear, 0.3, 0.85), add_haze(clear, 0.3, 0.8), add_haze(clear, 0.3, 0.75), clear]
+    cpu = Dehazer(cfg)
+    td = TorchDehazer(cfg, "cpu")
+    state = td.new_state()
+    for img in seq:
+        cpu.process(img)
+        _, (info,) = td.process(torch.from_numpy(img[None]), [state])
+        assert info.active == cpu.last.active
+        if cpu.last.airlight is None:
+            assert info.airlight is None
+        else:
+            np.testing.assert_allclose(info.airlight, cpu.last.airlight, atol=2 / 255)
+    assert [cpu.last.active] == [False]
+
+
+def test_float_nchw_and_uint8_nhwc_inputs_agree_and_gated_off_items_pass_through():
+    cfg = DehazeConfig(enabled=True)
+    hazy = _frames(320, 180, n=1)[0]
+    clear = render_image((31, 8), 320, 180)[0]
+    batch_u8 = torch.from_numpy(np.stack([hazy, clear]))
+    batch_f = batch_u8.permute(0, 3, 1, 2).float() / 255
+    td = TorchDehazer(cfg, "cpu")
+    a, infos = td.process(batch_u8, [td.new_state(), td.new_state()])
+    b, _ = td.process(batch_f, [td.new_state(), td.new_state()])
+    assert [i.active for i in infos] == [True, False]
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(a[1], batch_f[1])  # gate off: untouched
+
+
+def test_bad_input_is_a_clear_error():
+    td = TorchDehazer(DehazeConfig(enabled=True), "cpu")
+    with pytest.raises(ValueError, match="one DehazeState per batch item"):
+        td.process(torch.zeros(2, 3, 32, 32), [td.new_state()])
+    with pytest.raises(ValueError, match="batch"):
+        td.process(torch.zeros(3, 32, 32), [td.new_state()])
+    with pytest.raises(ValueError, match="clahe"):
+        TorchDehazer(DehazeConfig(enabled=True, mode="clahe"), "cpu").process(torch.zeros(1, 3, 32, 32), [None])
