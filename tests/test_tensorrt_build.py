@@ -455,3 +455,17 @@ def test_cli_builds_into_the_cache_once(tmp_path: Path, model: Path, monkeypatch
     out = tmp_path / "explicit.engine"
     assert B.cli([str(model), "--fp32", "--out", str(out)]) == 0
     assert json.loads(out.read_bytes())["flags"] == [] and read_sidecar_raw(out)["precision"] == "fp32"
+
+
+def test_build_legacy_one_to_many_model_records_its_layout(tmp_path: Path, monkeypatch):
+    import onnx
+
+    raw = bad_output_model(tmp_path / "v8.onnx", channels=6, anchors=84, imgsz=64)
+    m = onnx.load(str(raw))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "names", "{0: 'person', 1: 'car'}"   # Ultralytics writes a Python literal
+    onnx.save(m, str(raw))
+    fake_trt(monkeypatch)
+    out = B.build_engine(raw, tmp_path / "v8.engine", BuildOptions(contexts=1), env=ENV, log=lambda s: None)
+    meta = read_sidecar_raw(out)
+    assert meta["end2end"] is False and meta["names"] == {"0": "person", "1": "car"}

@@ -89,6 +89,8 @@ class FakeEngine:
         if name == "images":
             hw = self.spec.get("hw") or [-1, -1]
             return (-1, 3, *hw)
+        if "legacy_classes" in self.spec:  # one-to-many head [B, 4+nc, N], N = anchors at this H/W
+            return (-1, 4 + self.spec["legacy_classes"], -1)
         return (-1, K, 6)
 
     def get_tensor_profile_shape(self, name: str, index: int) -> list[tuple[int, ...]]:
@@ -128,7 +130,12 @@ class FakeContext:
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         assert self.shape is not None
-        return self.shape if name == "images" else (self.shape[0], K, 6)
+        if name == "images":
+            return self.shape
+        if "legacy_classes" in self.engine.spec:
+            h, w = self.shape[2:]
+            return (self.shape[0], 4 + self.engine.spec["legacy_classes"], (h // 8) * (w // 8))
+        return (self.shape[0], K, 6)
 
     def execute_async_v3(self, stream: int) -> bool:
         trt = self.trt
@@ -143,6 +150,14 @@ class FakeContext:
             dtype = FakeTrt.nptype(self.engine.get_tensor_dtype("images"))
             x = trt.ops.view(self.addresses["images"], self.shape, dtype).astype(np.float32)
             b = self.shape[0]
+            if "legacy_classes" in self.engine.spec:
+                shape = self.get_tensor_shape("output0")
+                raw = np.zeros(shape, dtype=np.float32)
+                raw[:, :4, :] = [[10], [20], [8], [8]]       # every anchor: the same box, cx cy w h
+                raw[:, 4 + 1, :] = 0.01                        # weak class-1 scores everywhere
+                raw[:, 4 + 1, 3] = x.mean(axis=(1, 2, 3))      # anchor 3: score = image mean
+                trt.ops.view(self.addresses["output0"], shape, dtype)[:] = raw
+                return True
             out = np.zeros((b, K, 6), dtype=np.float32)
             out[:, :, 0] = np.arange(K)                       # x1: row index
             out[:, :, 1] = self.profile                       # y1: which profile ran it
@@ -160,20 +175,22 @@ class FakeContext:
 
 def write_engine(path: Path, batch_profiles: tuple[tuple[int, int, int], ...], contexts: int,
                  hw: tuple[tuple[int, int], ...] = ((64, 64),) * 3, env: TrtEnvironment = ENV,
-                 dtype: str = "float32") -> Path:
+                 dtype: str = "float32", source_sha256: str = "0" * 64, key: str = "k" * 64,
+                 **spec: Any) -> Path:
     profiles = [[[b[0], 3, *hw[0]], [b[1], 3, *hw[1]], [b[2], 3, *hw[2]]]
                 for _ in range(contexts) for b in batch_profiles]
     fixed = hw[0] == hw[2]
     blob = json.dumps({"fake_plan": True, "profiles": profiles, "dtype": dtype,
-                       "hw": list(hw[0]) if fixed else None}).encode()
+                       "hw": list(hw[0]) if fixed else None, **spec}).encode()
     path.write_bytes(blob)
     opts = BuildOptions(batch_profiles=batch_profiles, contexts=contexts,
                         hw_profile=None if fixed else hw)  # type: ignore[arg-type]
     write_sidecar(path, sidecar_metadata(
         {}, names=["person", "car"], imgsz=hw[2], stride=32, max_det=K, dynamic_hw=not fixed,
-        source_model="det.onnx", source_sha256="0" * 64, env=env, options=opts,
-        engine_sha256=hashlib.sha256(blob).hexdigest(), engine_bytes=len(blob), key="k" * 64,
-        input_name="images", output_name="output0", built_precision="fp16"))
+        source_model="det.onnx", source_sha256=source_sha256, env=env, options=opts,
+        engine_sha256=hashlib.sha256(blob).hexdigest(), engine_bytes=len(blob), key=key,
+        input_name="images", output_name="output0", built_precision="fp16",
+        end2end="legacy_classes" not in spec))
     return path
 
 
@@ -350,6 +367,57 @@ def test_plan_without_any_metadata_needs_class_names(tmp_path: Path):
         backend(path)
     be, _ = backend(path, class_names=["a", "b"])
     assert be.info.names == ["a", "b"] and be.info.extra["metadata_from"] == "none"
+
+
+def test_legacy_one_to_many_plan_goes_through_the_nms_fallback(tmp_path: Path):
+    path = write_engine(tmp_path / "v8.engine", ((1, 2, 4),), contexts=1, legacy_classes=2)
+    be, _ = backend(path)
+    assert be.info.layout != "end2end"
+    x = np.full((3, 3, 64, 64), 0.75, dtype=np.float32)
+    out = be.infer(x)                       # base class: raw [B, 6, 64] -> NMS -> [B, K, 6]
+    assert out.shape == (3, be.info.max_det, 6)
+    np.testing.assert_allclose(out[:, 0], [[6, 16, 14, 24, 0.75, 1]] * 3, rtol=1e-6)
+    assert np.all(out[:, 1:, 4] == 0)       # identical boxes: NMS keeps one per image
+
+
+def test_torch_tensor_input_matches_numpy(tmp_path: Path):
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1))
+    x = np.random.default_rng(3).random((2, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_array_equal(be.infer(torch.from_numpy(x)), be.infer(x))
+
+
+def test_onnx_path_goes_through_the_engine_cache(tmp_path: Path):
+    from engines.metadata import sha256_file
+    from engines.tensorrt.cache import decide
+    from engines.tensorrt.runtime import build_options
+    from tests.onnx_models import constant_detector
+
+    model = constant_detector(tmp_path / "det.onnx", np.zeros((1, 6), np.float32), ["person", "car"], imgsz=64)
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelContractError) as exc:
+        backend(model, contexts=1, cache_dir=cache, batch_profiles=[[1, 4, 8]], precision="fp16")
+    assert f"vap build-engine {model} --fp16 --batch 1,4,8 --contexts 1 --cache-dir {cache}" in str(exc.value)
+    opts = build_options("fp16", "1,4,8", contexts=1)
+    d = decide(model, opts, cache, ENV)
+    cache.mkdir()
+    write_engine(d.path, ((1, 4, 8),), contexts=1, source_sha256=sha256_file(model), key=d.key)
+    be, _ = backend(model, contexts=1, cache_dir=cache, batch_profiles="1,4,8")
+    assert be.path == d.path and be.info.names == ["person", "car"]
+
+
+def test_build_options_from_config_values():
+    from engines.tensorrt.runtime import build_options
+
+    o = build_options("int8", [[1, 1, 1], "2,8,16"], [[320, 320], [640, 640], [640, 640]], contexts=3,
+                      calibration="calib/")
+    assert o.batch_profiles == ((1, 1, 1), (2, 8, 16)) and o.hw_profile == ((320, 320), (640, 640), (640, 640))
+    assert build_options("fp16", [1, 8, 16]).batch_profiles == ((1, 8, 16),)
+    with pytest.raises(ValueError, match="--calib"):
+        build_options("int8")
+    with pytest.raises(ModelContractError, match="model.tensorrt options: batch profile"):
+        backend(Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx",
+                batch_profiles="8,1,16")
 
 
 def _cuda_available() -> bool:

@@ -409,7 +409,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         max_det=info.max_det, dynamic_hw=shapes[0][0][2:] != shapes[0][2][2:], source_model=onnx_path,
         source_sha256=source_sha, env=env, options=options, engine_sha256=_sha256(blob), engine_bytes=len(blob),
         key=key, input_name=input_name, output_name=summary.output_name, built_precision=options.precision,
-        notes=notes)
+        end2end=getattr(info, "layout", "end2end") == "end2end", notes=notes)
     atomic_write(out, blob)
     write_sidecar(out, meta)
     log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {out.with_suffix('.json').name} in "

@@ -232,7 +232,7 @@ def options_from_sidecar(meta: dict[str, Any]) -> BuildOptions:
 def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, stride: int, max_det: int,
                      dynamic_hw: bool, source_model: str | Path, source_sha256: str, env: TrtEnvironment,
                      options: BuildOptions, engine_sha256: str, engine_bytes: int, key: str,
-                     input_name: str, output_name: str, built_precision: str,
+                     input_name: str, output_name: str, built_precision: str, end2end: bool = True,
                      notes: list[str] | None = None) -> dict[str, Any]:
     """The JSON sidecar of a built plan: the engine contract metadata (design: engine output) plus
     what it was built for, so a load can check both before trusting it."""
@@ -247,7 +247,7 @@ def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, 
         "names": {str(i): n for i, n in enumerate(names)},
         "imgsz": [int(imgsz[0]), int(imgsz[1])],
         "stride": int(stride),
-        "end2end": True,
+        "end2end": bool(end2end),  # False: a one-to-many head, run through the NMS fallback
         "max_det": int(max_det),
         "precision": built_precision,
         "preprocessing": onnx_meta.get("preprocessing") or PREPROCESSING,

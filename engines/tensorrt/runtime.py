@@ -20,20 +20,25 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from engines.backends.base import Backend
 from engines.contract import ModelContractError, check_output, resolve_info
 from engines.metadata import encode_metadata
-from engines.tensorrt.cache import (TrtEnvironment, check_sidecar, import_tensorrt, options_from_sidecar,
-                                    rebuild_command)
+from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, check_sidecar, import_tensorrt,
+                                    options_from_sidecar, parse_batch, parse_hw, rebuild_command, resolve_engine)
 from engines.tensorrt.cuda_ops import CudaOps, cuda_ops
 from engines.tensorrt.plan_file import read_sidecar_raw, split_header
 
 Shape = tuple[int, ...]
 PAD = 114 / 255
+
+
+def _is_torch(x: Any) -> bool:
+    """A torch tensor, recognised without importing torch (the runtime must not need it)."""
+    return type(x).__module__.split(".")[0] == "torch"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,25 @@ def ultralytics_metadata(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int] | str] = ((1, 8, 16),),
+                  hw_profile: str | Sequence[Sequence[int]] | None = None, contexts: int = 2,
+                  workspace_gib: float = 4.0, calibration: str | None = None,
+                  calib_limit: int = 256) -> BuildOptions:
+    """BuildOptions from config-style values: batch ranges as [1, 8, 16] or "1,8,16", the H/W
+    range as [[h, w], [h, w], [h, w]] or "320x320,640x640,640x640". ValueError names the problem."""
+    if isinstance(batch_profiles, str) or (batch_profiles and isinstance(batch_profiles[0], int)):
+        batch_profiles = [batch_profiles]  # type: ignore[list-item]
+    batches = tuple(parse_batch(b if isinstance(b, str) else ",".join(str(int(v)) for v in b))
+                    for b in batch_profiles)
+    hw = None
+    if hw_profile is not None:
+        hw = parse_hw(hw_profile if isinstance(hw_profile, str)
+                      else ",".join(f"{int(h)}x{int(w)}" for h, w in hw_profile))
+    return BuildOptions(precision=precision, batch_profiles=batches, hw_profile=hw,  # type: ignore[arg-type]
+                        contexts=int(contexts), workspace_gib=float(workspace_gib), calibration=calibration,
+                        calib_limit=int(calib_limit)).validate()
+
+
 @dataclass
 class _Slot:
     """One execution context with its own stream, profiles and buffers (used by one batch at a time)."""
@@ -123,6 +147,9 @@ class _Slot:
 class TrtBackend(Backend):
     """A TensorRT plan honouring the engine contract (see module docstring).
 
+    `path`: a built `.engine`/`.plan`, or an `.onnx` model, which is looked up in the engine
+    cache (`cache_dir`) with the build options below and built first when `build_missing`
+    (else a missing plan is a ModelContractError giving the `vap build-engine` command).
     `contexts`: execution contexts in the pool (capped by the profile copies in the plan).
     `cuda`: 'auto' | 'pycuda' | 'cuda-python' or a CudaOps object; `trt_module` and `env` exist
     so the buffer/profile logic can be tested without a GPU (a fake TensorRT and `HostOps`).
@@ -131,11 +158,17 @@ class TrtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, class_names: list[str] | None = None, contexts: int = 2,
-                 device: int = 0, cuda: str | CudaOps = "auto", trt_module: Any = None,
-                 env: TrtEnvironment | None = None, **_ignored: Any) -> None:
+                 device: int = 0, cuda: str | CudaOps = "auto", *, build_missing: bool = False,
+                 cache_dir: str | Path | None = None, precision: str = "fp16",
+                 batch_profiles: Sequence[Sequence[int] | str] = ((1, 8, 16),),
+                 hw_profile: str | Sequence[Sequence[int]] | None = None, workspace_gib: float = 4.0,
+                 calibration: str | None = None, calib_limit: int = 256,
+                 log: Callable[[str], None] = print, trt_module: Any = None,
+                 env: TrtEnvironment | None = None) -> None:
         path = Path(path)
         if not path.is_file():
-            raise ModelContractError(f"TensorRT engine {path} does not exist; build it with vap build-engine")
+            raise ModelContractError(f"TensorRT model {path} does not exist; check model.path "
+                                     "(an .onnx model, or an .engine built with vap build-engine)")
         trt = trt_module or import_tensorrt()
         self.trt = trt
         self.ops: CudaOps = cuda_ops(cuda, device) if isinstance(cuda, str) else cuda
@@ -145,6 +178,14 @@ class TrtBackend(Backend):
             major, minor, gpu = gpu_properties(device)
             env = TrtEnvironment(str(trt.__version__), f"{major}.{minor}", gpu)
         self.env = env
+        if path.suffix.lower() == ".onnx":
+            try:
+                options = build_options(precision, batch_profiles, hw_profile, contexts, workspace_gib,
+                                        calibration, calib_limit)
+            except ValueError as exc:
+                raise ModelContractError(f"model.tensorrt options: {exc}") from None
+            path = resolve_engine(path, options, cache_dir, build_missing, env=env, log=log)
+        self.path = path
         meta, plan, self.meta_source = engine_metadata(path, path.read_bytes(), env)
         self.meta = meta
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -237,45 +278,59 @@ class TrtBackend(Backend):
         context.set_tensor_address(self.output_name, d_out)
         return slot
 
-    def fit_hw(self, images: np.ndarray) -> np.ndarray:
+    def fit_hw(self, images: Any) -> Any:
         """Pad a batch below every profile's minimum H/W at the bottom/right with the letterbox grey.
 
         Boxes are measured from the top-left corner, which does not move, so the runtime's
-        inverse letterbox stays exact. A batch above the maximum is an error (it would need a
-        resize the preprocessor did not record).
+        inverse letterbox stays exact. A batch above the maximum is refused later, by profile
+        selection (it would need a resize the preprocessor did not record).
         """
-        h, w = images.shape[2:]
+        h, w = int(images.shape[2]), int(images.shape[3])
         min_h = min(r.min[2] for r in self.ranges)
         min_w = min(r.min[3] for r in self.ranges)
         if h >= min_h and w >= min_w:
             return images
+        if _is_torch(images):
+            import torch
+
+            return torch.nn.functional.pad(images, (0, max(0, min_w - w), 0, max(0, min_h - h)), value=PAD)
         out = np.full((*images.shape[:2], max(h, min_h), max(w, min_w)), PAD, dtype=images.dtype)
         out[:, :, :h, :w] = images
         return out
 
-    def infer_raw(self, images: np.ndarray) -> np.ndarray:
-        """The plan's own output for a float32 [B, 3, H, W] batch of any size: splits batches above
-        the largest profile and pads batches below the smallest (padding rows are dropped).
+    def infer_raw(self, images: Any) -> np.ndarray:
+        """The plan's own output for a [B, 3, H, W] batch of any size: splits batches above the
+        largest profile and pads batches below the smallest (padding rows are dropped).
 
+        `images`: a float NumPy array, or a torch tensor; a CUDA tensor (from
+        `engines.gpu_preprocess`) is read in place on the GPU, so no input crosses PCIe.
         Replaces the base class's fixed-graph padding, which would pad every batch up to the
         maximum; the base class's `infer` still applies the legacy-layout NMS fallback on top.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ModelContractError(f"{self.info.source}: got input shape {images.shape}; expected [B, 3, H, W]")
+        if _is_torch(images) and not images.is_cuda:
+            images = images.detach().numpy()
+        if len(images.shape) != 4 or images.shape[1] != 3:
+            raise ModelContractError(f"{self.info.source}: got input shape {tuple(images.shape)}; "
+                                     "expected [B, 3, H, W]")
         images = self.fit_hw(images)
-        n = images.shape[0]
+        n = int(images.shape[0])
         if n > self.max_profile_batch:
             step = self.max_profile_batch
             return np.concatenate([self.infer_raw(images[i:i + step]) for i in range(0, n, step)])
         if n < self.min_batch:
-            pad = np.zeros((self.min_batch - n, *images.shape[1:]), dtype=images.dtype)
-            out = self._run(np.concatenate([images, pad]))[:n]
+            if _is_torch(images):
+                import torch
+
+                padded = torch.cat([images, images.new_zeros((self.min_batch - n, *images.shape[1:]))])
+            else:
+                padded = np.concatenate([images, np.zeros((self.min_batch - n, *images.shape[1:]), images.dtype)])
+            out = self._run(padded)[:n]
         else:
             out = self._run(images)
         check_output(out, n, self.info)
         return out
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, images: Any) -> np.ndarray:
         if self._closed:
             raise RuntimeError("TensorRT backend is closed")
         shape = tuple(int(v) for v in images.shape)
@@ -285,7 +340,7 @@ class TrtBackend(Backend):
         finally:
             self._pool.put(slot)
 
-    def _run_on(self, slot: _Slot, images: np.ndarray, shape: Shape) -> np.ndarray:
+    def _run_on(self, slot: _Slot, images: Any, shape: Shape) -> np.ndarray:
         ops, ctx = self.ops, slot.context
         profile = select_profile(slot.profiles, shape)
         if profile is None:
@@ -293,23 +348,43 @@ class TrtBackend(Backend):
             raise ModelContractError(
                 f"{self.info.source}: input {shape} is outside every optimisation profile ({ranges}); lower "
                 "batch.max_batch or rebuild the engine with a larger --batch maximum / --hw range")
-        n_in = int(np.prod(shape))
-        host_in = slot.h_in[:n_in].reshape(shape)
-        np.copyto(host_in, images, casting="same_kind")
+        on_device = _is_torch(images)
+        if on_device:
+            device_in = self._device_input(images)
+        else:
+            host_in = slot.h_in[:int(np.prod(shape))].reshape(shape)
+            np.copyto(host_in, images, casting="same_kind")
         with ops.activate():
             if slot.active != profile.index:
                 ctx.set_optimization_profile_async(profile.index, slot.handle)
                 slot.active = profile.index
             if not ctx.set_input_shape(self.input_name, shape):
                 raise ModelContractError(f"{self.info.source}: TensorRT refused input shape {shape}")
-            ops.htod_async(slot.d_in, host_in, slot.stream)
-            if not ctx.execute_async_v3(slot.handle):
-                raise RuntimeError(f"{self.info.source}: TensorRT execute_async_v3 failed for input {shape}")
-            out_shape = tuple(int(v) for v in ctx.get_tensor_shape(self.output_name))
-            host_out = slot.h_out[:int(np.prod(out_shape))].reshape(out_shape)
-            ops.dtoh_async(host_out, slot.d_out, slot.stream)
-            ops.synchronize(slot.stream)
+            if on_device:
+                ctx.set_tensor_address(self.input_name, int(device_in.data_ptr()))
+            else:
+                ops.htod_async(slot.d_in, host_in, slot.stream)
+            try:
+                if not ctx.execute_async_v3(slot.handle):
+                    raise RuntimeError(f"{self.info.source}: TensorRT execute_async_v3 failed for input {shape}")
+                out_shape = tuple(int(v) for v in ctx.get_tensor_shape(self.output_name))
+                host_out = slot.h_out[:int(np.prod(out_shape))].reshape(out_shape)
+                ops.dtoh_async(host_out, slot.d_out, slot.stream)
+                ops.synchronize(slot.stream)
+            finally:
+                if on_device:
+                    ctx.set_tensor_address(self.input_name, slot.d_in)
         return host_out.astype(np.float32, copy=True)  # copy: the pinned buffer serves the next batch
+
+    def _device_input(self, images: Any) -> Any:
+        """A CUDA tensor as the plan's input: its dtype, contiguous, with the producer's queued work
+        finished (it ran on torch's stream, the plan runs on ours)."""
+        import torch
+
+        want = torch.float16 if self._in_dtype == np.float16 else torch.float32
+        x = images.to(dtype=want).contiguous()
+        torch.cuda.current_stream(x.device).synchronize()
+        return x
 
     def close(self) -> None:
         """Free device buffers and contexts (idempotent)."""
