@@ -17,6 +17,7 @@ events. Either way every lost event is counted (`vap_spool_dropped_total`) and l
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -88,6 +89,14 @@ class Spool:
         except OSError as exc:
             raise ConfigError(f"spool directory {self.dir} is not writable ({exc.strerror}); "
                               "set spool.dir to a writable path or spool.enabled: false") from None
+        # One owner per directory: two writers would interleave segments and fight over the cursor.
+        self._lock_fh = open(self.dir / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_fh.close()
+            raise ConfigError(f"spool directory {self.dir} is already in use by another sink or vap process; "
+                              "give each sink its own spool.dir") from None
         self._segments: list[_Segment] = []
         self._read_seq, self._read_off = 0, 0
         self._fh: Any = None
@@ -299,3 +308,5 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
+        if not self._lock_fh.closed:
+            self._lock_fh.close()  # releases the flock

@@ -81,6 +81,10 @@ def test_age_and_unwritable_dir(tmp_path):
     sp.append(_events(1))
     assert 0 <= sp.oldest_age() < 5
     assert sp.oldest_age(now=time.time() + 100) > 99
+    with pytest.raises(ConfigError, match="already in use"):
+        Spool(tmp_path / "a", max_bytes=10_000)               # a second owner of the same directory
+    sp.close()
+    assert len(Spool(tmp_path / "a", max_bytes=10_000)) == 1  # free again once closed
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         Spool(tmp_path / "file" / "sub", max_bytes=10_000)
