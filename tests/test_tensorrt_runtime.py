@@ -293,6 +293,20 @@ def test_concurrent_batches_use_separate_contexts_and_profiles(tmp_path: Path):
     assert trt.max_concurrent <= 3
 
 
+def test_submit_keeps_batches_in_flight_from_one_caller(tmp_path: Path):
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2), contexts=2)
+    assert be.contexts == 2
+    rng = np.random.default_rng(4)
+    inputs = [rng.random((4, 3, 64, 64), dtype=np.float32) for _ in range(6)]
+    futures = [be.submit(x) for x in inputs]
+    for x, f in zip(inputs, futures):
+        np.testing.assert_allclose(f.result(5)[:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert trt.max_concurrent == 2
+    be.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        be.submit(inputs[0])
+
+
 def test_contexts_are_capped_by_profile_copies(tmp_path: Path):
     be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2), contexts=4)
     assert len(be._slots) == 2

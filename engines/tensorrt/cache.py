@@ -347,14 +347,15 @@ BuildFn = Callable[[Path, Path, BuildOptions], Path]
 
 def resolve_engine(onnx_or_engine: str | Path, options: BuildOptions, cache_dir: str | Path | None = None,
                    build_missing: bool = False, env: TrtEnvironment | None = None, build: BuildFn | None = None,
-                   log: Callable[[str], None] = print) -> Path:
+                   log: Callable[[str], None] = print, class_names: list[str] | None = None) -> Path:
     """The plan to run for `onnx_or_engine`, built first when allowed.
 
     An `.engine`/`.plan` path is checked (sidecar present and fresh, same TensorRT version and GPU)
     and returned. An `.onnx` path is looked up in `cache_dir`; a missing or stale plan is built
     (with a visible message, since it takes minutes) when `build_missing`, else this raises a
-    `ModelContractError` that gives the `vap build-engine` command. `env`/`build` are injectable
-    for tests; by default they come from TensorRT on this machine.
+    `ModelContractError` that gives the `vap build-engine` command. `class_names` is for models
+    without names in their metadata. `env`/`build` are injectable for tests; by default they come
+    from TensorRT on this machine.
     """
     path = Path(onnx_or_engine)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -386,7 +387,7 @@ def resolve_engine(onnx_or_engine: str | Path, options: BuildOptions, cache_dir:
         from engines.tensorrt.build import build_engine
 
         def build(src: Path, out: Path, opts: BuildOptions) -> Path:
-            return build_engine(src, out, opts, env=env, cache_dir=cache_dir, log=log)
+            return build_engine(src, out, opts, env=env, cache_dir=cache_dir, log=log, class_names=class_names)
     built = build(path, decision.path, options)
     meta = read_sidecar_raw(built)
     if meta is None:

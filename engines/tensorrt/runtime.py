@@ -184,7 +184,7 @@ class TrtBackend(Backend):
                                         calibration, calib_limit)
             except ValueError as exc:
                 raise ModelContractError(f"model.tensorrt options: {exc}") from None
-            path = resolve_engine(path, options, cache_dir, build_missing, env=env, log=log)
+            path = resolve_engine(path, options, cache_dir, build_missing, env=env, log=log, class_names=class_names)
         self.path = path
         meta, plan, self.meta_source = engine_metadata(path, path.read_bytes(), env)
         self.meta = meta
@@ -227,6 +227,7 @@ class TrtBackend(Backend):
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         self._slots: list[_Slot] = []
         self._pool: queue.Queue[_Slot] = queue.Queue()
+        self._executor: Any = None
         self._closed = False
         self._lock = threading.Lock()
         try:
@@ -386,12 +387,37 @@ class TrtBackend(Backend):
         torch.cuda.current_stream(x.device).synchronize()
         return x
 
+    @property
+    def contexts(self) -> int:
+        """Execution contexts in the pool: how many batches can be in flight at once."""
+        return len(self._slots)
+
+    def submit(self, images: Any) -> Any:
+        """Start `infer(images)` on a free execution context and return a `concurrent.futures.Future`.
+
+        Lets one caller keep several batches in flight (copy-in of the next batch overlaps the
+        current batch's execution on another context); `.result()` gives the [B, K, 6] array.
+        The caller must not modify `images` until the future is done.
+        """
+        if self._closed:
+            raise RuntimeError("TensorRT backend is closed")
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=max(1, len(self._slots)),
+                                                        thread_name_prefix="trt-infer")
+        return self._executor.submit(self.infer, images)
+
     def close(self) -> None:
-        """Free device buffers and contexts (idempotent)."""
+        """Wait for submitted batches, then free device buffers and contexts (idempotent)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         slots, self._slots = self._slots, []
         with self.ops.activate():
             for slot in slots:
