@@ -450,7 +450,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "$VAP_ENGINE_CACHE or ~/.cache/vap/engines)")
     dest.add_argument("--out", type=Path, default=None, help="write the engine here instead of the cache")
     ap.add_argument("--force", action="store_true", help="rebuild even when the cache has a matching engine")
-    ap.add_argument("--class-names", default=None, help="comma-separated names when the model has none")
+    ap.add_argument("--class-names", default=None, metavar="A,B,C",
+                    help="comma-separated class names, for models without names in their metadata")
     return ap.parse_args(argv)
 
 
