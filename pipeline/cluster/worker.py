@@ -49,7 +49,7 @@ class StreamWorker:
     def reconfigure(self, user_config: dict[str, Any], rank: Any) -> None:
         """Serve calls this at start, on every user_config change and when the rank changes."""
         cfg = ClusterConfig.parse(user_config)
-        summary = self.shard.apply(cfg, int(rank.rank))
+        summary = self.shard.apply(cfg, int(getattr(rank, "rank", rank)))  # ReplicaRank (2.60) or an int
         log.info("reconfigured: %s", {k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
 
     def check_health(self) -> None:

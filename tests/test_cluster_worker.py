@@ -1,0 +1,441 @@
+"""The shard worker without Ray: registry, config, reconfigure diffing, health, metrics, `vap cluster`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cluster.assign import assign, owned
+from pipeline.cluster.cli import cli
+from pipeline.cluster.registry import RegistryError, load_registry, parse_registry
+from pipeline.cluster.shard import ClusterConfig, ShardWorker
+from pipeline.config import ConfigError
+from pipeline.metrics import Metrics
+
+
+def write_registry(path: Path, n: int, version: str, fps: int = 2) -> list[str]:
+    names = [f"cam-{i:02d}" for i in range(n)]
+    cams = [{"name": c, "url": f"synthetic://?seed={i}&fps={fps}&width=96&height=64&objects=2"}
+            for i, c in enumerate(names)]
+    path.write_text(yaml.safe_dump({"version": version, "cameras": cams}))
+    return names
+
+
+class FakePipeline:
+    """Records stream changes; counters are driven by the test."""
+
+    instances: list["FakePipeline"] = []
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.configs: dict = {}
+        self.log: list[tuple[str, str]] = []
+        self.error = None
+        self.ready = False
+        self.state = "streaming"
+        FakePipeline.instances.append(self)
+
+    def start(self) -> None:
+        self.ready = True
+
+    def stop(self, timeout=None) -> bool:
+        self.ready = False
+        return True
+
+    def add_stream(self, cfg) -> None:
+        if cfg.name in self.configs:
+            raise ValueError("taken")
+        self.configs[cfg.name] = cfg
+        self.log.append(("add", cfg.name))
+
+    def remove_stream(self, name, timeout=5.0) -> None:
+        del self.configs[name]
+        self.log.append(("remove", name))
+
+    def streams(self) -> list[dict]:
+        return [{"name": n, "state": self.state} for n in self.configs]
+
+
+def cfg(registry: Path, **kw) -> ClusterConfig:
+    return ClusterConfig.parse({"num_shards": 2, "registry": str(registry), "metrics_port": 0, **kw})
+
+
+@pytest.fixture()
+def fake_worker():
+    FakePipeline.instances.clear()
+    w = ShardWorker(FakePipeline, serve_http=False)
+    yield w
+    w.close()
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_loads_and_weights(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"version": 5, "cameras": [
+        {"name": "a", "url": "rtsp://10.0.0.1/s", "width": 3840, "height": 2160, "fps": 25},
+        {"name": "b", "url": "rtsp://10.0.0.2/s", "max_fps": 5}]}))
+    r = load_registry(str(p))
+    assert r.version == "5" and r.names() == ["a", "b"]
+    assert r.weights(True) == {"a": pytest.approx(4.0), "b": 1.0}
+    assert r.weights(False) == {"a": 1.0, "b": 1.0}
+    s = r.cameras[1].stream()  # load hints stripped, stream settings kept
+    assert s.max_fps == 5 and not hasattr(s, "width")
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"cameras": []}, "version: Field required"),
+    ({"version": "1", "cameras": [{"name": "a", "url": "rtsp://h/s", "bogus": 1}]},
+     r"cameras\[0\].bogus: unknown key 'bogus' \(allowed here: .*url"),
+    ({"version": "1", "cameras": [{"name": "a", "url": "rtsp://h/s"}, {"name": "a", "url": "rtsp://h/t"}]},
+     "used twice"),
+    ({"version": "1", "cameras": [{"name": "a", "url": "gopher://h"}]}, "unsupported source"),
+    ({"version": "1", "cameras": [{"name": "a", "url": "rtsp://u:${NOPE_NOT_SET}@h/s"}]}, "NOPE_NOT_SET"),
+    (["not", "a", "mapping"], "top level must be a mapping"),
+])
+def test_registry_errors_name_the_problem(data, match):
+    with pytest.raises(RegistryError, match=match):
+        parse_registry(data, "reg.yaml")
+
+
+def test_registry_password_never_in_messages():
+    with pytest.raises(RegistryError) as err:
+        parse_registry({"version": "1", "cameras": [{"name": "bad name", "url": "rtsp://u:s3cret@h:99999/x"}]})
+    assert "s3cret" not in str(err.value)
+
+
+def test_registry_file_problems(tmp_path):
+    with pytest.raises(RegistryError, match="no such registry file"):
+        load_registry(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: [1\n")
+    with pytest.raises(RegistryError, match="not valid YAML at line"):
+        load_registry(str(bad))
+    with pytest.raises(RegistryError, match="is a directory"):
+        load_registry(str(tmp_path))
+
+
+def test_registry_from_url(tmp_path):
+    body = yaml.safe_dump({"version": "u1", "cameras": [{"name": "a", "url": "rtsp://h/s"}]}).encode()
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/r.yaml":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        assert load_registry(base + "/r.yaml").version == "u1"
+        with pytest.raises(RegistryError, match="HTTP 404"):
+            load_registry(base + "/nope.yaml")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# ---------------------------------------------------------------- cluster config
+@pytest.mark.parametrize("data,match", [
+    ({"registry": "r.yaml"}, "num_shards"),
+    ({"num_shards": 0, "registry": "r.yaml"}, "num_shards"),
+    ({"num_shards": 2, "registry": "r.yaml", "bogus": 1}, "bogus"),
+    ({"num_shards": 2, "registry": "r.yaml", "settings": {"streams": [{"name": "x", "url": "rtsp://h/s"}]}},
+     "cameras come from the registry"),
+    ("nope", "must be a mapping"),
+])
+def test_cluster_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match):
+        ClusterConfig.parse(data)
+
+
+# ---------------------------------------------------------------- reconfigure
+def test_apply_owns_its_part_of_the_assignment(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 10, "v1")
+    out = fake_worker.apply(cfg(reg), 1)
+    want = owned(assign(names, 2), 1)
+    assert fake_worker.owned == want and set(out["added"]) == want
+    assert set(fake_worker.pipeline.configs) == want
+
+
+def test_rank_beyond_num_shards_owns_nothing(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 10, "v1")
+    fake_worker.apply(cfg(reg), 0)
+    out = fake_worker.apply(cfg(reg), 2)  # a surplus replica during a 3 -> 2 rescale
+    assert fake_worker.owned == set() and fake_worker.pipeline.configs == {}
+    assert out["added"] == []
+
+
+def test_new_camera_is_added_without_restart_or_touching_others(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 10, "v1")
+    fake_worker.apply(cfg(reg, registry_version="v1"), 0)
+    p = fake_worker.pipeline
+    before = set(fake_worker.owned)
+    p.log.clear()
+    # add cameras until one lands on shard 0
+    n = 10
+    while True:
+        n += 1
+        names = write_registry(reg, n, f"v{n}")
+        if assign(names, 2)[names[-1]] == 0:
+            break
+    fake_worker.apply(cfg(reg, registry_version=f"v{n}"), 0)
+    assert fake_worker.pipeline is p  # same pipeline: no restart
+    assert p.log == [("add", names[-1])]
+    assert fake_worker.owned == before | {names[-1]}
+
+
+def test_changed_camera_url_is_replaced(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    fake_worker.apply(cfg(reg), 0)
+    mine = sorted(fake_worker.owned)[0]
+    data = yaml.safe_load(reg.read_text())
+    for c in data["cameras"]:
+        if c["name"] == mine:
+            c["url"] = "rtsp://10.9.9.9/new"
+    data["version"] = "v2"
+    reg.write_text(yaml.safe_dump(data))
+    fake_worker.pipeline.log.clear()
+    fake_worker.apply(cfg(reg), 0)
+    assert fake_worker.pipeline.log == [("remove", mine), ("add", mine)]
+    assert fake_worker.pipeline.configs[mine].url == "rtsp://10.9.9.9/new"
+
+
+def test_settings_change_restarts_pipeline_with_same_cameras(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 8, "v1")
+    fake_worker.apply(cfg(reg), 0)
+    first = fake_worker.pipeline
+    fake_worker.apply(cfg(reg, settings={"batch": {"max_batch": 2}}), 0)
+    assert fake_worker.pipeline is not first and not first.ready
+    assert set(fake_worker.pipeline.configs) == fake_worker.owned
+    assert fake_worker.pipeline.settings.batch.max_batch == 2
+
+
+def test_shard_and_replica_placeholders(tmp_path):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 4, "v1")
+    w = ShardWorker(FakePipeline, serve_http=False, replica_id="abc")
+    try:
+        w.apply(cfg(reg, settings={"sinks": [{"type": "jsonl", "path": str(tmp_path / "ev-{shard}-{replica}.jsonl")}]}),
+                1)
+        assert str(w.pipeline.settings.sinks[0].path).endswith("ev-1-abc.jsonl")
+        assert w.pipeline.settings.server.enabled is False  # the worker serves its own endpoints
+    finally:
+        w.close()
+
+
+def test_registry_version_mismatch_waits_then_fails(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 4, "v1")
+    fake_worker.apply(cfg(reg, registry_version="v1"), 0)
+    before = set(fake_worker.owned)
+    t0 = time.monotonic()
+    with pytest.raises(RegistryError, match="has version 'v1', the deployment asks for 'v2'"):
+        fake_worker.apply(cfg(reg, registry_version="v2", registry_wait_s=0.3), 0)
+    assert time.monotonic() - t0 >= 0.3
+    assert fake_worker.owned == before  # nothing changed on a failed update
+
+    def publish_later():
+        time.sleep(0.3)
+        write_registry(reg, 5, "v2")
+    threading.Thread(target=publish_later).start()
+    out = fake_worker.apply(cfg(reg, registry_version="v2", registry_wait_s=5), 0)
+    assert out["registry_version"] == "v2"
+
+
+# ---------------------------------------------------------------- health
+def test_health_fails_when_frames_stall_while_cameras_stream(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    fake_worker.apply(cfg(reg, stall_s=0.2), 0)
+    p = fake_worker.pipeline
+    name = sorted(fake_worker.owned)[0]
+    p.metrics.frames_processed.labels(name).inc()
+    fake_worker.check_health()
+    time.sleep(0.1)
+    p.metrics.frames_processed.labels(name).inc()
+    fake_worker.check_health()  # progressing: healthy
+    time.sleep(0.3)
+    with pytest.raises(RuntimeError, match="no frame processed"):
+        fake_worker.check_health()
+    p.metrics.frames_processed.labels(name).inc()
+    fake_worker.check_health()  # recovered
+
+
+def test_health_ok_when_all_cameras_are_down(tmp_path, fake_worker):
+    """Cameras that are down are not the worker's fault; restarting it would not help."""
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    fake_worker.apply(cfg(reg, stall_s=0.1), 0)
+    fake_worker.pipeline.state = "backoff"
+    time.sleep(0.25)
+    fake_worker.check_health()
+
+
+def test_health_fails_when_decoding_continues_but_processing_stalls(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    fake_worker.apply(cfg(reg, stall_s=0.2), 0)
+    p = fake_worker.pipeline
+    p.state = "stalled"
+    name = sorted(fake_worker.owned)[0]
+    fake_worker.check_health()
+    time.sleep(0.3)
+    p.metrics.frames_decoded.labels(name).inc()
+    with pytest.raises(RuntimeError, match="no frame processed"):
+        fake_worker.check_health()
+
+
+def test_health_fails_on_data_path_error(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 2, "v1")
+    fake_worker.apply(cfg(reg), 0)
+    fake_worker.pipeline.error = RuntimeError("engine died")
+    with pytest.raises(RuntimeError, match="engine died"):
+        fake_worker.check_health()
+
+
+def test_unconfigured_worker_is_unhealthy():
+    with pytest.raises(RuntimeError, match="not configured"):
+        ShardWorker(FakePipeline, serve_http=False).check_health()
+
+
+# ---------------------------------------------------------------- real pipeline + HTTP
+def test_real_pipeline_worker_serves_metrics_with_shard_label(tmp_path):
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 4, "v1", fps=5)
+    w = ShardWorker()
+    try:
+        w.apply(cfg(reg, settings={"model": {"onnxruntime": {"intra_op_threads": 1}},
+                                   "sinks": [{"type": "jsonl", "path": str(tmp_path / "ev-{shard}.jsonl")}]}), 1)
+        mine = owned(assign(names, 2), 1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and w.describe()["frames_processed"] < 4:
+            time.sleep(0.2)
+        base = f"http://127.0.0.1:{w.metrics_port}"
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert f'vap_owned_cameras{{shard="1"}} {float(len(mine))}' in text
+        assert 'vap_registry_cameras{shard="1"} 4.0' in text
+        assert 'vap_cluster_shards{shard="1"} 2.0' in text
+        for cam in mine:
+            assert f'vap_frames_processed_total{{shard="1",stream="{cam}"}}' in text
+        info = json.loads(urllib.request.urlopen(base + "/cluster", timeout=5).read())
+        assert info["shard"] == 1 and set(info["owned"]) == mine and info["frames_processed"] >= 4
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
+        assert urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+    finally:
+        w.close()
+    events = [json.loads(x) for x in (tmp_path / "ev-1.jsonl").read_text().splitlines()]
+    assert {e["stream"] for e in events} == mine  # only its own cameras' events
+
+
+# ---------------------------------------------------------------- vap cluster
+def test_plan_prints_shards_spares_and_helm_values(tmp_path, capsys):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 40, "v9")
+    assert cli(["plan", "--cameras", str(reg), "--per-gpu", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "shards: 3" in out and "spares: 1" in out  # ceil(40 x 1.1 / 16) = 3
+    values = yaml.safe_load(out.split("# Helm values (deploy/helm/vap-cluster):", 1)[1])
+    assert values == {"shards": 3, "spares": 1, "capacity": 16.0, "weighted": False, "registry": {"version": "v9"}}
+    assert cli(["plan", "--cameras", str(reg), "--per-gpu", "16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sum(data["counts"]) == 40 and max(data["loads"]) <= 16
+
+
+def test_plan_bad_input_exit_2(tmp_path, capsys):
+    assert cli(["plan", "--cameras", str(tmp_path / "none.yaml"), "--per-gpu", "4"]) == 2
+    assert "no such registry file" in capsys.readouterr().err
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 3, "v1")
+    assert cli(["plan", "--cameras", str(reg)]) == 2
+    assert "--per-gpu" in capsys.readouterr().err
+    assert cli(["plan", "--cameras", str(reg), "--per-gpu", "0"]) == 2
+
+
+def test_config_is_a_valid_serve_config(tmp_path, capsys):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    settings = tmp_path / "worker.yaml"
+    settings.write_text("batch: {max_batch: 4}\n")
+    assert cli(["config", "--cameras", str(reg), "--shards", "2", "--settings", str(settings)]) == 0
+    cfg_out = yaml.safe_load(capsys.readouterr().out)
+    dep = cfg_out["applications"][0]["deployments"][0]
+    assert dep["num_replicas"] == 2 and dep["user_config"]["num_shards"] == 2
+    assert dep["user_config"]["registry"] == str(reg.resolve())
+    assert dep["user_config"]["registry_version"] == "v3"
+    assert dep["user_config"]["settings"] == {"batch": {"max_batch": 4}}
+    ray = pytest.importorskip("ray")
+    assert ray
+    from ray.serve.schema import ServeDeploySchema
+    ServeDeploySchema.model_validate(cfg_out)
+
+
+def test_up_puts_the_config_to_the_serve_rest_api(tmp_path, capsys):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    seen: list[tuple[str, str, dict]] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rc = cli(["up", "--cameras", str(reg), "--shards", "3", "--address", f"http://127.0.0.1:{srv.server_address[1]}"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rc == 0
+    (method, path, body), = seen
+    assert method == "PUT" and path == "/api/serve/applications/"
+    assert body["applications"][0]["deployments"][0]["user_config"]["num_shards"] == 3
+
+
+def test_up_unreachable_cluster_is_exit_1(tmp_path, capsys):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 2, "v1")
+    assert cli(["up", "--cameras", str(reg), "--shards", "1", "--address", "http://127.0.0.1:9", "--timeout", "2"]) == 1
+    assert "cannot reach the Ray dashboard" in capsys.readouterr().err
+
+
+def test_cluster_commands_and_pipeline_import_without_ray(tmp_path):
+    """`import pipeline` and `vap cluster plan` never import Ray (the single-node product doesn't need it)."""
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    code = ("import sys; sys.modules['ray'] = None\n"  # any `import ray` now fails
+            "import pipeline, pipeline.runtime, pipeline.cluster.shard\n"
+            "from pipeline.cli import main\n"
+            f"rc = main(['cluster', 'plan', '--cameras', {str(reg)!r}, '--per-gpu', '4'])\n"
+            "assert 'ray' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+            "sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "shards: 2" in run.stdout
