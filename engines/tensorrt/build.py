@@ -252,10 +252,10 @@ def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.iterator = iter(batches)
-            with ops.activate():
+            with ops.activate():  # pycuda allocates (pinned memory too) in the current context
                 self.stream = ops.new_stream()
                 self.device = ops.malloc(int(np.prod(batch_shape)) * 4)
-            self.host = ops.pinned(batch_shape, np.float32)
+                self.host = ops.pinned(batch_shape, np.float32)
             self.seen = 0
 
         def get_batch_size(self) -> int:
@@ -375,10 +375,11 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         calib_ops = cuda_ops()
         log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
             f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
-        config.int8_calibrator = int8_calibrator(
+        calibrator = int8_calibrator(
             trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
                                                 options.calib_limit),
             calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
+        config.int8_calibrator = calibrator  # the local reference outlives the build, as TensorRT requires
 
     tc_path = Path(options.timing_cache) if options.timing_cache else timing_cache_path(
         cache_dir or out.parent, env)
@@ -387,7 +388,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
 
     cancel = cancel or threading.Event()
     progress = BuildProgress(log, cancel)
-    config.progress_monitor = progress_monitor(trt, progress)
+    monitor = progress_monitor(trt, progress)  # kept referenced until the build returns
+    config.progress_monitor = monitor
     profiles_text = "; ".join(f"batch {lo[0]},{opt[0]},{hi[0]} HxW {lo[2]}x{lo[3]}..{hi[2]}x{hi[3]}"
                               for lo, opt, hi in shapes[:len(options.batch_profiles)])
     log(f"building {out.name} from {source.name}: TensorRT {trt.__version__}, {env.device_name or 'GPU'} "
@@ -395,6 +397,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         f"{options.workspace_gib:g} GiB, timing cache {tc_path}")
     t0 = time.monotonic()
     plan = run_cancellable(lambda: builder.build_serialized_network(network, config), cancel, log)
+    del monitor
     if plan is None:
         raise BuildFailed(f"TensorRT could not build {source.name} (see its messages above); try a larger "
                           "--workspace or a smaller --batch maximum")

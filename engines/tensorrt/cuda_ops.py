@@ -147,6 +147,11 @@ class CudaPythonOps:
         raw = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
         return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
+    def release(self) -> None:
+        """Free the pinned host memory handed out by `pinned` (arrays must no longer be used)."""
+        while self._pinned:
+            self._check(self.rt.cudaFreeHost(self._pinned.pop()), "cudaFreeHost")
+
     def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
         self._check(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes,
                                             self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync")

@@ -16,6 +16,7 @@ at import time, so `import engines.tensorrt.runtime` works on machines without t
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from dataclasses import dataclass
@@ -172,6 +173,7 @@ class TrtBackend(Backend):
         trt = trt_module or import_tensorrt()
         self.trt = trt
         self.ops: CudaOps = cuda_ops(cuda, device) if isinstance(cuda, str) else cuda
+        self._owns_ops = isinstance(cuda, str)
         if env is None:
             from engines.tensorrt.cuda_ops import gpu_properties
 
@@ -217,12 +219,11 @@ class TrtBackend(Backend):
         info = resolve_info(str_meta, in_shape, out_shape, str(path), class_names)
         # Batch splitting is done here per profile range, not by the base class (which pads to a
         # fixed graph batch): a dynamic plan must not be padded up to its maximum batch.
-        self.info = type(info)(**{**info.__dict__, "max_batch": None,
-                                  "dynamic_batch": self.min_batch != self.max_profile_batch,
-                                  "dynamic_hw": any(r.min[2:] != r.max[2:] for r in ranges),
-                                  "input_hw": tuple(max(r.max[i] for r in ranges) for i in (2, 3)),
-                                  "extra": {**info.extra, "tensorrt_version": str(trt.__version__),
-                                            "metadata_from": self.meta_source}})
+        self.info = dataclasses.replace(
+            info, max_batch=None, dynamic_batch=self.min_batch != self.max_profile_batch,
+            dynamic_hw=any(r.min[2:] != r.max[2:] for r in ranges),
+            input_hw=tuple(max(r.max[i] for r in ranges) for i in (2, 3)),
+            extra={**info.extra, "tensorrt_version": str(trt.__version__), "metadata_from": self.meta_source})
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         self._slots: list[_Slot] = []
@@ -424,4 +425,7 @@ class TrtBackend(Backend):
                 self.ops.free(slot.d_in)
                 self.ops.free(slot.d_out)
                 slot.context = None
-        self.engine = None
+            self.engine = None  # contexts, then the engine, while the device is current
+            release = getattr(self.ops, "release", None)
+            if callable(release) and self._owns_ops:
+                release()
