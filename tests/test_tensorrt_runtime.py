@@ -461,3 +461,17 @@ def test_real_tensorrt_build_and_run(tmp_path: Path):
     a, b = trt_be.infer(x), ort_be.infer(x)
     np.testing.assert_allclose(a[..., 4], b[..., 4], atol=2e-3)
     trt_be.close()
+
+
+def test_missing_cuda_bindings_and_gpu_are_clear_errors(monkeypatch):
+    import importlib.util
+
+    from engines.tensorrt import cuda_ops as C
+
+    if any(importlib.util.find_spec(m) for m in ("pycuda", "cuda")):
+        pytest.skip("a CUDA binding is installed here; this checks the message without one")
+    with pytest.raises(ModelContractError, match="needs pycuda or cuda-python.*pip install 'vap\\[tensorrt\\]'"):
+        C.cuda_ops("auto")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi either
+    with pytest.raises(ModelContractError, match="cannot find CUDA GPU 0"):
+        C.gpu_properties(0)
