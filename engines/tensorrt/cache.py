@@ -29,7 +29,7 @@ import json
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -414,7 +414,3 @@ def import_tensorrt() -> Any:
             f"TensorRT not installed ({exc}); it needs an NVIDIA GPU: pip install 'vap[tensorrt]' "
             "(tensorrt>=10 and pycuda), or run the ONNX model with model.backend: onnxruntime") from None
     return tensorrt
-
-
-def environment_dict(env: TrtEnvironment) -> dict[str, str]:
-    return asdict(env)
