@@ -73,7 +73,7 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None) -> tuple[l
     else:
         skipped.append({"variant": "onnxruntime-cuda", "why": "onnxruntime-gpu not installed"})
     if importlib.util.find_spec("tensorrt") is not None:
-        runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16", {"precision": "fp16"}))
+        runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16", {"precision": "fp16", "build_missing": True}))
     else:
         skipped.append({"variant": "tensorrt", "why": "TensorRT not installed"})
     return runs, skipped

@@ -43,6 +43,25 @@ class TorchOptions(Strict):
         return v
 
 
+class TensorrtOptions(Strict):
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="Precision of engines built from .onnx")
+    build_missing: bool = Field(False, description="Build a missing or stale engine at start (takes minutes, "
+                                "logged) instead of refusing with the vap build-engine command to run")
+    cache_dir: Path | None = Field(None, description="Engine cache (default $VAP_ENGINE_CACHE, else "
+                                   "~/.cache/vap/engines); keyed by model sha256, TensorRT version, GPU, precision, "
+                                   "profiles")
+    batch_profiles: list[list[int]] = Field(default_factory=lambda: [[1, 8, 16]],
+                                            description="Optimisation profiles as [min, opt, max] batch sizes")
+    hw_profile: list[list[int]] | None = Field(None, description="For dynamic-H/W models: [[min_h, min_w], "
+                                               "[opt_h, opt_w], [max_h, max_w]]")
+    contexts: int = Field(2, ge=1, le=8, description="Execution contexts (batches in flight at once)")
+    workspace_gib: float = Field(4.0, gt=0, description="Builder workspace limit")
+    calibration: str | None = Field(None, description="INT8: folder of images or data.yaml to calibrate on")
+    calib_limit: int = Field(256, ge=1, description="INT8: calibration images")
+    device: int = Field(0, ge=0, description="CUDA device index")
+    cuda: Literal["auto", "pycuda", "cuda-python"] = Field("auto", description="CUDA binding for buffers and streams")
+
+
 class ModelConfig(Strict):
     path: Path = Field(SHIPPED_MODEL, description="Engine file: .onnx (ONNX Runtime, or TensorRT via the engine "
                        "cache), .engine/.plan (TensorRT), .pt (torch); default: the shipped demo model")
@@ -52,6 +71,7 @@ class ModelConfig(Strict):
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions,
                                             description="ONNX Runtime backend options")
     torch: TorchOptions = Field(default_factory=TorchOptions, description="PyTorch backend options")
+    tensorrt: TensorrtOptions = Field(default_factory=TensorrtOptions, description="TensorRT backend options")
     class_names: list[str] | None = Field(None, description="Only for models without names in their metadata")
     conf: float = Field(0.25, ge=0, le=1, description="Score threshold for every class")
     class_conf: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds")
@@ -69,4 +89,9 @@ class ModelConfig(Strict):
             return {**common, **self.onnxruntime.model_dump()}
         if kind == "torch":
             return {**common, **self.torch.model_dump()}
+        if kind == "tensorrt":
+            import logging
+
+            log = logging.getLogger("vap.engine")
+            return {**common, **self.tensorrt.model_dump(), "log": log.info}
         return common

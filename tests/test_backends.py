@@ -298,3 +298,18 @@ def test_engine_bench_measures_every_variant_it_can_and_says_why_not(tmp_path, c
     out = capsys.readouterr().out
     assert "| onnxruntime-cpu | fp32 | 1 |" in out and "not measured: onnxruntime-cpu-int8" in out
     assert main(["bench", "--engine-only", "--batches", "0"]) == 2
+
+
+def test_run_with_tensorrt_where_it_is_missing_is_a_clear_model_error(tmp_path, capsys):
+    pytest.importorskip("yaml")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here; this checks the message where it is not")
+    from pipeline.cli import main
+
+    cfg = tmp_path / "trt.yaml"
+    cfg.write_text("model: {backend: tensorrt}\nserver: {enabled: false}\nsinks: []\n")
+    assert main(["run", str(cfg), "--quiet", "--duration", "1"]) == 3
+    err = capsys.readouterr().err
+    assert "TensorRT not installed" in err and "onnxruntime" in err and "Traceback" not in err
