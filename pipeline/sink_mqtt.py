@@ -9,6 +9,9 @@ Why these choices:
 - The availability topic is retained "online" while connected and the broker publishes the last
   will "offline" when vap dies without saying goodbye (Home Assistant's availability convention).
 - Credentials come from environment variables named in the config, never from the YAML itself.
+- Throughput depends on the broker answering PUBACKs at once: mosquitto's default leaves Nagle's
+  algorithm on, which holds acknowledgements back by ~40 ms per batch (measured here: 225 events/s
+  at 10 events per batch, against ~17,700 with `set_tcp_nodelay true` in mosquitto.conf).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def mosquitto(tmp: Path) -> Server:
     # persistence: subscribers' sessions and queued QoS 1 messages survive the broker restart
     # `user`: mosquitto started as root otherwise switches to user "mosquitto", who cannot write here
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {tmp}/\nautosave_interval 1\nuser {getpass.getuser()}\n")
+                    f"persistence_location {tmp}/\nautosave_interval 1\nset_tcp_nodelay true\nuser {getpass.getuser()}\n")
     return Server([binary, "-c", str(conf)], port, tmp)
 
 
