@@ -77,6 +77,8 @@ class ModelConfig(Strict):
     class_conf: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds")
     classes: list[str] | None = Field(None, description="Keep only these classes (None keeps all)")
     rect: bool = Field(True, description="Minimal padding when the engine accepts dynamic height/width")
+    gpu_preprocess: bool = Field(False, description="Letterbox and normalise on the GPU (needs torch with CUDA and "
+                                 "the tensorrt or torch backend), so only uint8 frames cross PCIe")
     nms_iou: float = Field(0.7, gt=0, le=1, description="Legacy one-to-many models only (YOLOv8/YOLO11 "
                            "style outputs): IoU of the NumPy NMS fallback")
 

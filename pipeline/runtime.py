@@ -26,7 +26,7 @@ import numpy as np
 from engines.backends import Backend, backend_kind, load_backend
 from pipeline.analytics import StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
-from pipeline.config import redact_url
+from pipeline.config import ConfigError, redact_url
 from pipeline.dehaze import StreamDehazers
 from pipeline.events import make_event
 from pipeline.frames import Detections, Frame
@@ -69,6 +69,25 @@ class _Batch:
     output: np.ndarray | None = None
 
 
+def gpu_preprocessor(backend: Backend, torch_device: str, trt_device: int, rect: bool) -> Any:
+    """Letterbox + normalise on the GPU that runs the engine (uint8 frames cross PCIe, not floats)."""
+    if backend.name not in ("tensorrt", "torch"):
+        raise ConfigError(f"model.gpu_preprocess needs the tensorrt or torch backend (this model runs on "
+                          f"{backend.name}); set gpu_preprocess: false")
+    device = torch_device if backend.name == "torch" else f"cuda:{trt_device}"
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ConfigError("model.gpu_preprocess needs PyTorch with CUDA: pip install torch") from None
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise ConfigError(f"model.gpu_preprocess needs a CUDA device (got {device!r}, CUDA available: "
+                          f"{torch.cuda.is_available()}); set gpu_preprocess: false")
+    from engines.gpu_preprocess import GpuPreprocessor
+
+    info = backend.info
+    return GpuPreprocessor(info.input_hw, info.stride, rect=rect, device=device)
+
+
 class Pipeline:
     """One node's data path. `start()`, then `wait()` or `stop()`; streams can change while running."""
 
@@ -85,7 +104,10 @@ class Pipeline:
                                 "input": f"{info.input_hw[0]}x{info.input_hw[1]}"})
         b = settings.batch
         self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch, self.metrics)
-        self.preprocess = BatchPreprocessor(info.input_hw, info.stride, rect=settings.model.rect and info.dynamic_hw)
+        rect = settings.model.rect and info.dynamic_hw
+        self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
+                                           rect) if settings.model.gpu_preprocess else \
+            BatchPreprocessor(info.input_hw, info.stride, rect=rect)
         self._dehazers = StreamDehazers(self.metrics)  # prep thread only
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)

@@ -313,3 +313,47 @@ def test_run_with_tensorrt_where_it_is_missing_is_a_clear_model_error(tmp_path, 
     assert main(["run", str(cfg), "--quiet", "--duration", "1"]) == 3
     err = capsys.readouterr().err
     assert "TensorRT not installed" in err and "onnxruntime" in err and "Traceback" not in err
+
+
+def test_gpu_preprocess_refuses_backends_and_machines_it_cannot_use():
+    from pipeline.config import ConfigError
+    from pipeline.runtime import Pipeline
+    from pipeline.settings import parse_settings
+
+    s = parse_settings({"model": {"gpu_preprocess": True}, "server": {"enabled": False}, "sinks": []})
+    with pytest.raises(ConfigError, match="tensorrt or torch backend"):
+        Pipeline(s)
+    s = parse_settings({"model": {"path": str(SHIPPED_PT), "gpu_preprocess": True}, "server": {"enabled": False},
+                        "sinks": []})
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        Pipeline(s)                                # torch backend on cpu
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA GPU")
+def test_cuda_fp16_and_gpu_preprocessing_match_onnxruntime_cpu(synth_data):
+    """fp16 parity on the GPU: uint8 frames letterboxed on the GPU, the shipped weights in fp16
+    (with and without CUDA graphs), against ONNX Runtime fp32 on the CPU path."""
+    from engines.calibration import calibration_images
+    from engines.dataset import load_image
+    from engines.gpu_preprocess import GpuPreprocessor
+    from pipeline.preprocess import BatchPreprocessor
+
+    frames = [load_image(p) for p in calibration_images(synth_data, limit=8)]
+    ref_in, _ = BatchPreprocessor((320, 320))(frames)
+    ref = load_backend(SHIPPED).infer(ref_in)
+    gpu_in, _ = GpuPreprocessor((320, 320), device="cuda")(frames)
+    for opts in ({}, {"cuda_graphs": [8]}):
+        out = load_backend(SHIPPED_PT, "torch", device="cuda", fp16=True, **opts).infer(gpu_in)
+        for p, q in zip(ref, out):
+            for row in p[p[:, 4] >= 0.3]:
+                same = q[q[:, 5] == row[5]]
+                assert box_iou(row[None, :4], same[:, :4]).max() > 0.98
+                assert np.abs(same[:, 4] - row[4]).min() < 0.02

@@ -88,7 +88,9 @@ class TorchBackend(Backend):
         names = list(ck.get("names") or ck["model_cfg"].get("names") or [str(i) for i in range(model.cfg.nc)])
         return model, names, int(ck["model_cfg"].get("imgsz") or model.cfg.imgsz)
 
-    def _to_device(self, images: np.ndarray) -> Any:
+    def _to_device(self, images: Any) -> Any:
+        if isinstance(images, self.torch.Tensor):   # already preprocessed on the GPU (model.gpu_preprocess)
+            return images.to(self.device, dtype=self.dtype).contiguous(memory_format=self.memory_format)
         x = self.torch.from_numpy(np.ascontiguousarray(images))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
