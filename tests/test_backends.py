@@ -357,3 +357,21 @@ def test_cuda_fp16_and_gpu_preprocessing_match_onnxruntime_cpu(synth_data):
                 same = q[q[:, 5] == row[5]]
                 assert box_iou(row[None, :4], same[:, :4]).max() > 0.98
                 assert np.abs(same[:, 4] - row[4]).min() < 0.02
+
+
+def test_tensorrt_qdq_is_symmetric_int8(tmp_path, synth_data):
+    """TensorRT takes INT8 only as symmetric signed Q/DQ (zero points 0, int8)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from engines.quantize import quantize_qdq
+
+    out = quantize_qdq(SHIPPED, tmp_path / "trt.qdq.onnx", synth_data, limit=8, target="tensorrt")
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    cpu = quantize_qdq(SHIPPED, tmp_path / "cpu.qdq.onnx", synth_data, limit=8, target="cpu")
+    cpu_inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(cpu)).graph.initializer}
+    assert any(cpu_inits[n.input[2]].dtype == np.uint8 for n in onnx.load(str(cpu)).graph.node
+               if n.op_type == "QuantizeLinear" and len(n.input) > 2)     # CPU: u8 activations
