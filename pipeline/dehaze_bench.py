@@ -1,0 +1,360 @@
+"""Benchmarks of the dehazing stage (issue 6); results go to benchmarks/dehaze-*.json.
+
+    python -m pipeline.dehaze_bench quality  [--out benchmarks/dehaze-quality.json]
+    python -m pipeline.dehaze_bench map --data runs/data/haze-val/data.yaml --model M.onnx [--model ...]
+    python -m pipeline.dehaze_bench flicker
+    python -m pipeline.dehaze_bench speed
+    python -m pipeline.dehaze_bench pipeline
+
+Why each exists:
+- quality: the method's correctness where the answer is known. Synthetic scenes (engines.synth) get
+  haze from the same scattering model (engines.haze); PSNR and SSIM of dehazed vs clean are compared
+  with hazy vs clean.
+- map: the point of the stage. Detection mAP50-95 of an ONNX model on a hazy validation set, with
+  the images fed as the pipeline feeds them (dehaze, then letterbox), with and without the stage.
+- flicker: video stability. Frame-to-frame change of mean brightness on a hazy synthetic video with
+  the smoothed A against A re-estimated on every frame.
+- speed / pipeline: stage latency at 720p and 1080p, and frames/s of the whole pipeline with the
+  stage on against off, in one run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dehaze import DehazeConfig, Dehazer
+
+# ----------------------------------------------------------------------------------------------
+# image quality
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB for uint8 images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Wang, Bovik, Sheikh, Simoncelli 2004): Gaussian window sigma 1.5 (11 px), K1 0.01,
+    K2 0.03, L 255, computed per channel and averaged. Written here with SciPy (no scikit-image)."""
+    from scipy.ndimage import gaussian_filter
+
+    x = a.astype(np.float64)
+    y = b.astype(np.float64)
+    if x.ndim == 2:
+        x, y = x[:, :, None], y[:, :, None]
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    vals = []
+    for c in range(x.shape[2]):
+        xi, yi = x[:, :, c], y[:, :, c]
+        f = lambda z: gaussian_filter(z, 1.5, truncate=3.5)  # noqa: E731  (11 x 11 window)
+        mx, my = f(xi), f(yi)
+        sxx = f(xi * xi) - mx * mx
+        syy = f(yi * yi) - my * my
+        sxy = f(xi * yi) - mx * my
+        m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+        vals.append(float(m[5:-5, 5:-5].mean()))  # drop the border where the window is clipped
+    return float(np.mean(vals))
+
+
+def quality(n_scenes: int = 12, size: tuple[int, int] = (640, 360),
+            transmissions: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict[str, Any]:
+    from engines.haze import add_haze
+    from engines.synth import render_image
+
+    w, h = size
+    modes = {"dcp": DehazeConfig(enabled=True, gate=False),
+             "dcp_gated": DehazeConfig(enabled=True),  # each picture a new scene: on iff score >= gate_on
+             "clahe": DehazeConfig(enabled=True, gate=False, mode="clahe")}
+    rows = []
+    for t in transmissions:
+        acc: dict[str, list[float]] = {}
+        for i in range(n_scenes):
+            clean = render_image((101, i), w, h)[0]
+            airlight = 0.75 + 0.2 * ((i * 7) % 10) / 9  # 0.75..0.95 like the training generator
+            hazy = add_haze(clean, t, airlight)
+            outs = {"hazy": hazy, **{m: Dehazer(c).process(hazy) for m, c in modes.items()}}
+            for name, img in outs.items():
+                acc.setdefault(f"{name}_psnr", []).append(psnr(img, clean))
+                acc.setdefault(f"{name}_ssim", []).append(ssim(img, clean))
+            acc.setdefault("dcp_better_psnr", []).append(float(psnr(outs["dcp"], clean) > psnr(hazy, clean)))
+        rows.append({"transmission_far": t, "scenes": n_scenes,
+                     **{k: round(float(np.mean(v)), 4) for k, v in acc.items()}})
+    return {"size": f"{w}x{h}", "haze": "engines.haze.add_haze, depth gradient (t at the top rows given; "
+            "clear near the bottom), airlight 0.75..0.95", "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# detection accuracy
+
+
+def _xyxy(labels: np.ndarray, w: int, h: int) -> np.ndarray:
+    """YOLO rows (cls, cx, cy, w, h normalised) -> (cls, x1, y1, x2, y2) pixels."""
+    lab = np.asarray(labels, np.float64).reshape(-1, 5)
+    c, cx, cy, bw, bh = lab.T
+    return np.stack([c, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=1)
+
+
+def detection_map(model: Path, data_yaml: Path, variants: dict[str, DehazeConfig | None], batch: int = 16,
+                  limit: int = 0, add_haze_t: tuple[float, float] | None = None) -> dict[str, Any]:
+    """mAP of an ONNX model on a YOLO val split, each image dehazed per variant then letterboxed as in
+    the pipeline. Every image is its own scene: a fresh dehazer (gate and A) per image.
+
+    With `add_haze_t` = (lo, hi), haze is added to every image first (engines.haze.add_haze, far-row
+    transmission uniform in lo..hi, airlight 0.75..0.95, depth gradient; seeded per image), so one
+    clean set gives hazy sets of controlled thickness with unchanged labels."""
+    from engines.backends import load_backend
+    from engines.dataset import load_data_yaml, load_image, validate_dataset
+    from engines.evaluate import evaluate_detections
+    from pipeline.preprocess import BatchPreprocessor, unletterbox
+
+    spec = load_data_yaml(data_yaml)
+    rep = validate_dataset(spec, "val")
+    samples = list(rep.usable)[: limit or None]  # (image path, YOLO label rows)
+    be = load_backend(model)
+    prep = BatchPreprocessor(be.info.input_hw, be.info.stride, rect=be.info.dynamic_hw)
+    images = [load_image(p) for p, _ in samples]
+    if add_haze_t is not None:
+        from engines.haze import add_haze
+
+        hazed = []
+        for i, im in enumerate(images):
+            rng = np.random.default_rng([2026, i])
+            hazed.append(add_haze(im, float(rng.uniform(*add_haze_t)), float(rng.uniform(0.75, 0.95)), True, rng))
+        images = hazed
+    gts = [_xyxy(lab, im.shape[1], im.shape[0]) for (_, lab), im in zip(samples, images)]
+    paths = samples
+    out: dict[str, Any] = {"model": str(model), "data": str(data_yaml), "images": len(paths),
+                           "added_haze_t": None if add_haze_t is None else list(add_haze_t), "variants": {}}
+    for name, cfg in variants.items():
+        preds, on, ms = [], 0, []
+        for s in range(0, len(images), batch):
+            chunk = []
+            for im in images[s:s + batch]:
+                if cfg is None:
+                    chunk.append(im)
+                    continue
+                d = Dehazer(cfg)
+                chunk.append(d.process(im))
+                on += int(d.last.active)
+                ms.append(d.last.seconds * 1000)
+            x, lbs = prep(chunk)
+            y = be.infer(x)
+            for k, lb in enumerate(lbs):
+                rows = y[k][y[k][:, 4] > 0.001]
+                boxes = unletterbox(rows[:, :4].astype(np.float32), lb)
+                preds.append(np.concatenate([boxes, rows[:, 4:6]], axis=1))
+        ev = evaluate_detections(preds, gts, len(spec.names), list(spec.names))
+        out["variants"][name] = {"map50_95": round(ev.map50_95, 4), "map50": round(ev.map50, 4),
+                                 "precision": round(ev.precision, 4), "recall": round(ev.recall, 4),
+                                 "gate_on_fraction": None if cfg is None else round(on / len(images), 3),
+                                 "stage_ms_median": None if cfg is None else round(statistics.median(ms), 2)}
+        print(f"  {Path(model).name} {name:>10}: mAP50-95 {ev.map50_95:.4f} mAP50 {ev.map50:.4f}", flush=True)
+    be.close()
+    return out
+
+
+MAP_VARIANTS: dict[str, DehazeConfig | None] = {
+    "none": None,
+    "dcp_gated": DehazeConfig(enabled=True),
+    "dcp_always": DehazeConfig(enabled=True, gate=False),
+    "dcp_gated_omega0.8": DehazeConfig(enabled=True, omega=0.8),
+    "clahe_gated": DehazeConfig(enabled=True, mode="clahe"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# temporal stability
+
+
+def flicker(frames: int = 200, size: tuple[int, int] = (640, 360), haze: float = 0.6, seed: int = 4,
+            objects: int = 10) -> dict[str, Any]:
+    """Mean |delta mean brightness| between consecutive frames (0..255) of a hazy synthetic video."""
+    from engines.synth import SceneVideo
+
+    w, h = size
+    video = SceneVideo(seed, w, h, 25.0, objects, haze)
+    src = [_frame(video, i) for i in range(frames)]
+    variants = {
+        "smoothed_A": DehazeConfig(enabled=True, gate=False),
+        "A_every_frame_no_smoothing": DehazeConfig(enabled=True, gate=False, airlight_every=1, airlight_alpha=1.0),
+    }
+
+    def stats(seq: list[np.ndarray]) -> dict[str, float]:
+        means = np.array([f.mean() for f in seq])
+        d = np.abs(np.diff(means))
+        return {"mean_abs_delta": round(float(d.mean()), 4), "p95_abs_delta": round(float(np.percentile(d, 95)), 4),
+                "max_abs_delta": round(float(d.max()), 4)}
+
+    out: dict[str, Any] = {"frames": frames, "size": f"{w}x{h}", "haze": haze, "objects": objects,
+                           "input": stats(src)}
+    for name, cfg in variants.items():
+        d = Dehazer(cfg)
+        res, a_hist = [], []
+        for f in src:
+            res.append(d.process(f))
+            a_hist.append(d.last.airlight)
+        a = np.asarray(a_hist)
+        out[name] = {**stats(res), "A_std_per_channel": [round(float(v), 5) for v in a.std(axis=0)],
+                     "A_max_step": round(float(np.abs(np.diff(a, axis=0)).max()), 5)}
+    return out
+
+
+def _frame(video: Any, i: int) -> np.ndarray:
+    f = video.frame(i)
+    return f[0] if isinstance(f, tuple) else f
+
+
+# ----------------------------------------------------------------------------------------------
+# speed
+
+
+def speed(n: int = 40) -> dict[str, Any]:
+    from engines.synth import SceneVideo
+
+    out: dict[str, Any] = {}
+    for label, (w, h) in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
+        video = SceneVideo(5, w, h, 25.0, 8, 0.5)
+        frames = [_frame(video, i) for i in range(8)]
+        res: dict[str, Any] = {}
+        for name, cfg in (("dcp_on", DehazeConfig(enabled=True, gate=False)),
+                          ("clahe_on", DehazeConfig(enabled=True, gate=False, mode="clahe")),
+                          ("gate_off_score_only", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0))):
+            d = Dehazer(cfg)
+            for f in frames[:3]:
+                d.process(f)  # warm-up
+            times = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                d.process(frames[i % len(frames)])
+                times.append((time.perf_counter() - t0) * 1000)
+            res[name] = {"median_ms": round(statistics.median(times), 2),
+                         "p95_ms": round(float(np.percentile(times, 95)), 2)}
+        try:
+            import torch
+
+            from pipeline.dehaze_torch import TorchDehazer
+
+            td = TorchDehazer(DehazeConfig(enabled=True, gate=False), "cpu")
+            batch = torch.from_numpy(np.stack(frames[:1]))
+            st = [td.new_state()]
+            td.process(batch, st)
+            times = []
+            for _ in range(max(5, n // 4)):
+                t0 = time.perf_counter()
+                td.process(batch, st)
+                times.append((time.perf_counter() - t0) * 1000)
+            res["torch_cpu_dcp_on_batch1"] = {"median_ms": round(statistics.median(times), 2),
+                                              "p95_ms": round(float(np.percentile(times, 95)), 2),
+                                              "threads": torch.get_num_threads()}
+        except ImportError:
+            res["torch_cpu_dcp_on_batch1"] = "torch not installed"
+        out[label] = res
+        print(f"  {label}: {res}", flush=True)
+    return out
+
+
+def pipeline_cost(frames: int = 150, size: tuple[int, int] = (1280, 720), model: Path | None = None) -> dict[str, Any]:
+    """Frames/s of the whole pipeline (file source, every frame, shipped model) with the stage off and on."""
+    from engines.synth import write_video
+    from pipeline.runtime import Pipeline
+    from pipeline.settings import parse_settings
+
+    model = model or parse_settings({}).model.path  # the shipped model by default
+    w, h = size
+    out: dict[str, Any] = {"frames": frames, "size": f"{w}x{h}", "model": Path(model).name}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        clip = write_video(tmp / "fog.mp4", 7, frames, w, h, 25.0, 8, 0.6)
+        for name, dh in (("off", {"enabled": False}), ("dcp_on", {"enabled": True, "gate": False}),
+                         ("dcp_gated", {"enabled": True}), ("clahe_on", {"enabled": True, "gate": False,
+                                                                          "mode": "clahe"})):
+            settings = parse_settings({"streams": [{"name": "fog", "url": str(clip), "dehaze": dh}],
+                                       "model": {"path": str(model)}, "batch": {"max_batch": 4},
+                                       "sinks": [{"path": str(tmp / f"{name}.jsonl"), "fsync": "never"}],
+                                       "server": {"enabled": False}}, "bench")
+            p = Pipeline(settings)
+            t0 = time.perf_counter()
+            p.start()
+            ok = p.wait(900)
+            dt = time.perf_counter() - t0
+            p.stop()
+            if not ok:
+                raise RuntimeError("pipeline run did not finish")
+            reg = p.metrics.registry
+            n = reg.get_sample_value("vap_frames_processed_total", {"stream": "fog"}) or 0
+            inf_sum = reg.get_sample_value("vap_inference_seconds_sum") or 0.0
+            inf_cnt = reg.get_sample_value("vap_batch_size_sum") or 1.0
+            dz_sum = reg.get_sample_value("vap_dehaze_seconds_sum", {"stream": "fog"})
+            out[name] = {"fps": round(n / dt, 2), "seconds": round(dt, 2), "frames": int(n),
+                         "engine_ms_per_frame": round(1000 * inf_sum / inf_cnt, 2),
+                         "dehaze_ms_per_frame": None if dz_sum is None else round(1000 * dz_sum / max(n, 1), 2)}
+            print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cv2
+
+    info["opencv"] = cv2.__version__
+    info["opencv_threads"] = cv2.getNumThreads()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.dehaze_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("quality", "map", "flicker", "speed", "pipeline"))
+    ap.add_argument("--out", help="JSON result file (default benchmarks/dehaze-WHAT.json)")
+    ap.add_argument("--data", help="map: YOLO data.yaml of the (hazy) validation set")
+    ap.add_argument("--model", action="append", help="map/pipeline: ONNX model(s)")
+    ap.add_argument("--limit", type=int, default=0, help="map: first N images only")
+    ap.add_argument("--add-haze", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                    help="map: add haze of far-row transmission T_LO..T_HI to every image first")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    if args.what == "quality":
+        res: Any = quality()
+    elif args.what == "map":
+        if not args.data or not args.model:
+            print("map needs --data and --model", file=sys.stderr)
+            return 2
+        res = [detection_map(Path(m), Path(args.data), MAP_VARIANTS, limit=args.limit,
+                             add_haze_t=tuple(args.add_haze) if args.add_haze else None) for m in args.model]
+    elif args.what == "flicker":
+        res = flicker()
+    elif args.what == "speed":
+        res = speed()
+    else:
+        res = pipeline_cost(model=Path(args.model[0]) if args.model else None)
+    doc = {"benchmark": args.what, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "wall_s": round(time.time() - t0, 1), "machine": machine_info(), "result": res}
+    out = Path(args.out or f"benchmarks/dehaze-{args.what}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(res, indent=2)[:4000])
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
