@@ -264,7 +264,42 @@ def test_registry_version_mismatch_waits_then_fails(tmp_path, fake_worker):
     assert out["registry_version"] == "v2"
 
 
+def test_one_refused_camera_does_not_cost_the_shard_its_others(tmp_path):
+    class Picky(FakePipeline):
+        def add_stream(self, cfg):
+            if cfg.name == "cam-03":
+                raise ConfigError("streams.cam-03.analytics: class 'truck' is not in the model")
+            super().add_stream(cfg)
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 10, "v1")
+    shard = assign(names, 2)["cam-03"]
+    w = ShardWorker(Picky, serve_http=False)
+    try:
+        out = w.apply(cfg(reg), shard)
+        assert out["failed"] == ["cam-03"] and "truck" in w.describe()["failed"]["cam-03"]
+        assert set(w.pipeline.configs) == owned(assign(names, 2), shard) - {"cam-03"}
+        assert "cam-03" in w.owned  # still this shard's responsibility: reported, not silently dropped
+        text = __import__("prometheus_client").generate_latest(w.metrics_registry).decode()
+        assert f'vap_shard_camera_failures{{shard="{shard}"}} 1.0' in text
+    finally:
+        w.close()
+
+
 # ---------------------------------------------------------------- health
+def test_health_check_does_not_wait_for_a_long_reconfigure(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 4, "v1")
+    fake_worker.apply(cfg(reg), 0)
+    t = threading.Thread(target=lambda: pytest.raises(RegistryError, fake_worker.apply,
+                                                      cfg(reg, registry_version="v2", registry_wait_s=1.0), 0))
+    t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    fake_worker.check_health()
+    fake_worker.describe()
+    assert time.monotonic() - t0 < 0.2
+    t.join()
+
 def test_health_fails_when_frames_stall_while_cameras_stream(tmp_path, fake_worker):
     reg = tmp_path / "r.yaml"
     write_registry(reg, 6, "v1")

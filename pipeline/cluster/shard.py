@@ -122,7 +122,10 @@ class ShardWorker:
         self._removed_total = 0
         self._reconfigures = 0
         self._progress = (0.0, 0.0, time.monotonic(), time.monotonic())  # processed, decoded, t_proc, t_dec
+        self._progress_lock = threading.Lock()
         self._server: _MetricsServer | None = None
+        self._applying = False
+        self.failed: dict[str, str] = {}   # owned cameras the pipeline refused (bad analytics classes...)
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.metrics_registry.register(_ShardCollector(self))
 
@@ -134,34 +137,56 @@ class ShardWorker:
         changed. Raises ConfigError/RegistryError for a bad config or registry (Serve then reports
         the update as failed and keeps the previous replicas' state).
         """
+        registry = self._load_registry(cfg)  # may wait for a version: outside the lock
         with self._lock:
-            registry = self._load_registry(cfg)
-            settings = render_settings(cfg, rank, self.replica_id)
-            if self.pipeline is None or settings != self._settings:
-                self._restart_pipeline(settings)
-            mine: set[str] = set()
-            if rank < cfg.num_shards:
-                table = assign(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity)
-                mine = owned(table, rank)
-            wanted = {c.name: c.stream() for c in registry.cameras if c.name in mine}
-            removed = [n for n in self._streams if n not in wanted or self._streams[n] != wanted[n]]
-            for name in removed:
-                self._remove(name)
-            added = [n for n in sorted(wanted) if n not in self._streams]
-            for name in added:
+            self._applying = True
+            try:
+                return self._apply(cfg, rank, registry)
+            finally:
+                self._applying = False
+                self._reset_progress()
+
+    def _apply(self, cfg: ClusterConfig, rank: int, registry: Registry) -> dict[str, Any]:
+        settings = render_settings(cfg, rank, self.replica_id)
+        if self.pipeline is None or settings != self._settings:
+            self._restart_pipeline(settings)
+        self._settings = settings
+        mine: set[str] = set()
+        if rank < cfg.num_shards:
+            table = assign(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity)
+            mine = owned(table, rank)
+        wanted = {c.name: c.stream() for c in registry.cameras if c.name in mine}
+        removed = [n for n in self._streams if n not in wanted or self._streams[n] != wanted[n]]
+        for name in removed:
+            self._remove(name)
+        self.failed = {n: msg for n, msg in self.failed.items() if n in wanted and n not in removed}
+        added = []
+        for name in sorted(wanted):
+            if name in self._streams:
+                continue
+            try:
                 self._add(wanted[name])
-            self.cfg, self.rank, self.registry, self.owned = cfg, rank, registry, set(wanted)
-            self._settings = settings
-            self._reconfigures += 1
-            self._added_total += len(added)
-            self._removed_total += len(removed)
-            self._reset_progress()
-            if self._serve_http and self._server is None:
-                self._server = _MetricsServer(self, cfg.metrics_host, cfg.metrics_port)
-            log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d", rank, cfg.num_shards,
-                     len(self.owned), len(registry.cameras), registry.version, len(added), len(removed))
-            return {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
-                    "registry_version": registry.version}
+                added.append(name)
+                self.failed.pop(name, None)
+            except (ConfigError, ValueError) as exc:  # one bad camera must not cost the shard its others
+                self.failed[name] = str(exc)
+                log.error("camera %s not started: %s", name, exc)
+        self.cfg, self.rank, self.registry, self.owned = cfg, rank, registry, set(wanted)
+        self._reconfigures += 1
+        self._added_total += len(added)
+        self._removed_total += len(removed)
+        if self._serve_http:
+            where = (cfg.metrics_host, cfg.metrics_port)
+            if self._server is not None and self._server.asked != where:
+                self._server.close()
+                self._server = None
+            if self._server is None:
+                self._server = _MetricsServer(self, *where)
+        log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d%s", rank, cfg.num_shards,
+                 len(self.owned), len(registry.cameras), registry.version, len(added), len(removed),
+                 f", {len(self.failed)} failed to start" if self.failed else "")
+        return {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
+                "failed": sorted(self.failed), "registry_version": registry.version}
 
     def _load_registry(self, cfg: ClusterConfig) -> Registry:
         deadline = time.monotonic() + cfg.registry_wait_s
@@ -216,14 +241,15 @@ class ShardWorker:
                 self.pipeline = None
 
     # ------------------------------------------------------------------ health
-    def _counters(self) -> tuple[float, float]:
-        m = self.pipeline.metrics
+    def _counters(self, pipeline: Any = None) -> tuple[float, float]:
+        m = (pipeline or self.pipeline).metrics
         return _total(m.frames_processed), _total(m.frames_decoded)
 
     def _reset_progress(self) -> None:
         now = time.monotonic()
         processed, decoded = self._counters() if self.pipeline is not None else (0.0, 0.0)
-        self._progress = (processed, decoded, now, now)
+        with self._progress_lock:
+            self._progress = (processed, decoded, now, now)
 
     def check_health(self) -> None:
         """Raise RuntimeError when this worker should be replaced.
@@ -231,17 +257,23 @@ class ShardWorker:
         Unhealthy: the data path died, or no frame was processed for `stall_s` while frames are
         being decoded or a camera reports streaming (a hung engine or post stage). Cameras that are
         all down are not the worker's fault: restarting would not help, the stream alerts say so.
+        Takes no lock, so a long reconfigure (many streams, a registry wait) never times it out;
+        while one runs only a data-path failure counts.
         """
-        with self._lock:
-            p = self.pipeline
-            if p is None or self.cfg is None:
-                raise RuntimeError("not configured yet")
-            if p.error is not None:
+        p = self.pipeline
+        if self._applying:
+            if p is not None and p.error is not None:
                 raise RuntimeError(f"data path failed: {p.error}")
-            if not p.ready:
-                raise RuntimeError("pipeline threads are not running")
+            return
+        if p is None or self.cfg is None:
+            raise RuntimeError("not configured yet")
+        if p.error is not None:
+            raise RuntimeError(f"data path failed: {p.error}")
+        if not p.ready:
+            raise RuntimeError("pipeline threads are not running")
+        with self._progress_lock:
             now = time.monotonic()
-            processed, decoded = self._counters()
+            processed, decoded = self._counters(p)
             last_p, last_d, t_p, t_d = self._progress
             if processed != last_p:
                 t_p = now
@@ -260,23 +292,25 @@ class ShardWorker:
         return self._server.port if self._server else None
 
     def describe(self) -> dict[str, Any]:
-        """What this worker does now (JSON-friendly): used by /cluster, tests and `vap cluster status`."""
-        with self._lock:
-            streams = self.pipeline.streams() if self.pipeline is not None else []
-            return {
-                "shard": self.rank,
-                "num_shards": self.cfg.num_shards if self.cfg else None,
-                "pid": os.getpid(),
-                "replica": self.replica_id,
-                "host": socket.gethostname(),
-                "registry_version": self.registry.version if self.registry else None,
-                "registry_cameras": len(self.registry.cameras) if self.registry else 0,
-                "owned": sorted(self.owned),
-                "streams": {s["name"]: s["state"] for s in streams},
-                "frames_processed": self._counters()[0] if self.pipeline is not None else 0.0,
-                "metrics_port": self.metrics_port,
-                "reconfigures": self._reconfigures,
-            }
+        """What this worker does now (JSON-friendly): used by /cluster and the tests. Lock-free (a
+        reconfigure may be running), so fields can be a moment apart."""
+        p = self.pipeline
+        streams = p.streams() if p is not None else []
+        return {
+            "shard": self.rank,
+            "num_shards": self.cfg.num_shards if self.cfg else None,
+            "pid": os.getpid(),
+            "replica": self.replica_id,
+            "host": socket.gethostname(),
+            "registry_version": self.registry.version if self.registry else None,
+            "registry_cameras": len(self.registry.cameras) if self.registry else 0,
+            "owned": sorted(self.owned),
+            "failed": dict(self.failed),
+            "streams": {s["name"]: s["state"] for s in streams},
+            "frames_processed": self._counters(p)[0] if p is not None else 0.0,
+            "metrics_port": self.metrics_port,
+            "reconfigures": self._reconfigures,
+        }
 
 
 def _default_pipeline(settings: Settings) -> Any:
@@ -311,6 +345,8 @@ class _ShardCollector:
         yield gauge("vap_registry_cameras", "Cameras in the registry this shard loaded",
                     len(w.registry.cameras) if w.registry else 0)
         yield gauge("vap_cluster_shards", "num_shards in the deployment config", num_shards)
+        yield gauge("vap_shard_camera_failures", "Owned cameras the pipeline refused to start (see /cluster)",
+                    len(w.failed))
         yield gauge("vap_shard_active", "1 when this replica's rank is a shard (< num_shards)", 1.0 if active else 0.0)
         moves = CounterMetricFamily("vap_shard_camera_changes", "Cameras added to or removed from this shard",
                                     labels=["shard", "change"])
@@ -332,6 +368,7 @@ class _MetricsServer:
 
     def __init__(self, worker: ShardWorker, host: str, port: int) -> None:
         handler = type("Handler", (_Handler,), {"worker": worker})
+        self.asked = (host, port)
         last: OSError | None = None
         tries = 1 if port == 0 else PORT_TRIES
         for candidate in range(port, port + tries):
