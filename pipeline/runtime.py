@@ -326,18 +326,40 @@ class Pipeline:
         return self._dehazers.apply(frame.stream, frame.image, None if cfg is None else self.settings.stream_dehaze(cfg))
 
     def _infer_loop(self) -> None:
+        """Run batches in order. A backend with several execution contexts (TensorRT's `submit`)
+        gets up to that many batches in flight, so the copy-in of the next overlaps this one's run."""
+        depth = int(getattr(self.backend, "contexts", 1)) if hasattr(self.backend, "submit") else 1
+        pending: deque[tuple[_Batch, Any, float]] = deque()
+
+        def finish(batch: _Batch, output: np.ndarray, t0: float) -> bool:
+            batch.output = output
+            dt = time.perf_counter() - t0
+            self.metrics.inference_seconds.observe(dt)
+            self.metrics.stage_seconds.labels("inference").observe(dt)
+            self.metrics.batch_size.observe(len(batch.frames))
+            batch.images = None
+            return self._put(self._q_post, batch)
+
+        def drain(keep: int) -> bool:
+            while len(pending) > keep:
+                batch, future, t0 = pending.popleft()
+                if not finish(batch, future.result(), t0):
+                    return False
+            return True
+
         while (batch := self._q_infer.get()) is not None:
-            if batch.frames:
-                t0 = time.perf_counter()
-                batch.output = self.backend.infer(batch.images)
-                dt = time.perf_counter() - t0
-                self.metrics.inference_seconds.observe(dt)
-                self.metrics.stage_seconds.labels("inference").observe(dt)
-                self.metrics.batch_size.observe(len(batch.frames))
-                batch.images = None
-            if not self._put(self._q_post, batch):
+            t0 = time.perf_counter()
+            if not batch.frames:
+                if not (drain(0) and self._put(self._q_post, batch)):
+                    return
+            elif depth > 1:
+                pending.append((batch, self.backend.submit(batch.images), t0))  # type: ignore[attr-defined]
+                if not drain(depth - 1):
+                    return
+            elif not finish(batch, self.backend.infer(batch.images), t0):
                 return
-        self._put(self._q_post, None)
+        if drain(0):
+            self._put(self._q_post, None)
 
     def _post_loop(self) -> None:
         while True:

@@ -260,3 +260,48 @@ def test_api_bad_content_length_is_400(tmp_path, model):
     finally:
         api.close()
         p.stop(timeout=2)
+
+
+class _MultiContextBackend(Backend):
+    """Several batches in flight, finishing out of order (like TensorRT's context pool under load)."""
+
+    name = "fake-multicontext"
+
+    def __init__(self, inner: Backend, contexts: int = 3) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner, self.info, self.contexts = inner, inner.info, contexts
+        self.pool = ThreadPoolExecutor(contexts)
+        self.rng = np.random.default_rng(0)
+        self.in_flight = self.max_in_flight = 0
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.inner.infer(images)
+
+    def submit(self, images: np.ndarray):
+        delay = float(self.rng.uniform(0, 0.03))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+        def work() -> np.ndarray:
+            time.sleep(delay)
+            out = self.infer(images)
+            self.in_flight -= 1
+            return out
+        return self.pool.submit(work)
+
+
+def test_batches_in_flight_on_several_contexts_keep_frame_order(tmp_path, model):
+    video = write_video(tmp_path / "a.mp4", frames=60)
+    backend = _MultiContextBackend(load_backend(model))
+    settings = _settings(tmp_path, model, [{"name": "a", "url": str(video)}], batch={"max_batch": 2})
+    p = Pipeline(settings, backend=backend)
+    seen: list[int] = []
+    p.hooks.append(lambda frame, dets, tracks, new: seen.append(frame.index))
+    p.start()
+    try:
+        assert p.wait(60)
+    finally:
+        p.stop()
+    assert seen == sorted(seen) and len(seen) == 60       # every frame, in decode order
+    assert backend.max_in_flight >= 2                      # batches really overlapped
