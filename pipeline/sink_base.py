@@ -49,6 +49,18 @@ class SinkConfigBase(Strict):
             self.name = getattr(self, "type", "sink")
 
 
+class PartialDelivery(ConnectionError):
+    """A write that dealt with the first events of a batch (delivered or dead-lettered) but not the rest.
+
+    The runner then spools only `remaining` (which must be a suffix of the batch, in order), so the
+    events already dealt with are neither sent twice nor retried.
+    """
+
+    def __init__(self, message: str, remaining: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
 class Sink(ABC):
     """Writes batches of events somewhere. Called from the sink's own thread only."""
 

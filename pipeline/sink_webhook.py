@@ -6,10 +6,11 @@ Why these choices:
   429), capped, so a struggling receiver is not hammered. A 4xx other than 408/429 means the
   receiver rejects the content: retrying cannot help, so those events go straight to the
   dead-letter file.
-- Events that exhaust `max_attempts` are written to the dead-letter file (one JSON line per event
+- An event that exhausts `max_attempts` is written to the dead-letter file (one JSON line per event
   with the reason) instead of blocking every later event forever; an operator can re-post them.
-  Without a dead-letter file the batch is handed back to the runner, which spools it on disk and
-  replays it later (at least once).
+  The rest of its batch is handed back to the runner (`PartialDelivery`), which spools it and
+  retries later, so an outage costs one event's retries per attempt, not every event's. Without a
+  dead-letter file the failed event is handed back too (at least once, nothing dead-lettered).
 - Signature: `X-Vap-Signature: sha256=<hex HMAC-SHA256(secret, "<X-Vap-Timestamp>." + body)>`.
   Including the timestamp lets receivers reject replays older than a few minutes.
 """
@@ -30,7 +31,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError, redact_url
-from pipeline.sink_base import Sink, SinkConfigBase, encode, env_secret
+from pipeline.sink_base import PartialDelivery, Sink, SinkConfigBase, encode, env_secret
 
 log = logging.getLogger("vap.sinks.webhook")
 
@@ -93,18 +94,27 @@ class WebhookSink(Sink):
     def write(self, events: list[dict[str, Any]]) -> None:
         bodies = [(events, b"[" + b",".join(encode(e) for e in events) + b"]")] if self.cfg.batch else \
             [([e], encode(e)) for e in events]
-        for group, body in bodies:
+        for i, (group, body) in enumerate(bodies):
             try:
                 self._post(body, group[0]["id"] if not self.cfg.batch else None)
             except _Permanent as exc:
                 self._dead_letter(group, str(exc))
             except _Interrupted:
-                raise ConnectionError(f"webhook {self.where}: shutting down during retries") from None
+                raise PartialDelivery(f"webhook {self.where}: shutting down during retries",
+                                      [e for g, _ in bodies[i:] for e in g]) from None
             except ConnectionError as exc:
-                if self._dead_fh is None:
-                    # The runner spools the whole batch; events before this one may arrive twice.
-                    raise ConnectionError(f"webhook {self.where}: {exc}") from None
-                self._dead_letter(group, str(exc))
+                # The receiver is unreachable or failing: this event had its attempts. Dead-letter it
+                # (if configured) and hand the rest back to the runner, which spools them and retries
+                # later, instead of spending max_attempts on every event of the batch while the
+                # queue behind this sink fills up.
+                if self._dead_fh is not None:
+                    self._dead_letter(group, str(exc))
+                    first = i + 1
+                else:
+                    first = i
+                remaining = [e for g, _ in bodies[first:] for e in g]
+                if remaining:
+                    raise PartialDelivery(f"webhook {self.where}: {exc}", remaining) from None
 
     def _post(self, body: bytes, event_id: str | None) -> None:
         """One request with retries; raises _Permanent (4xx) or ConnectionError (attempts exhausted)."""

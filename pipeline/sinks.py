@@ -29,7 +29,7 @@ from pydantic import Discriminator, Field, Tag
 
 from pipeline.config import ConfigError
 from pipeline.metrics import Metrics
-from pipeline.sink_base import EventFilter, Sink, SinkConfigBase
+from pipeline.sink_base import EventFilter, PartialDelivery, Sink, SinkConfigBase
 from pipeline.sink_kafka import KafkaSink, KafkaSinkConfig
 from pipeline.sink_mqtt import MqttSink, MqttSinkConfig
 from pipeline.sink_redis import RedisSink, RedisSinkConfig
@@ -148,17 +148,22 @@ class SinkRunner:
                       self.sink.name, len(wanted), block_s)
             return False
 
-    def _deliver(self, batch: list[dict[str, Any]]) -> bool:
+    def _deliver(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write a batch; returns the events that were not delivered (a suffix of it; empty on success)."""
         try:
             self.sink.write(batch)
         except Exception as exc:  # a sink failure must never kill the thread
+            remaining = exc.remaining if isinstance(exc, PartialDelivery) else batch
+            done = len(batch) - len(remaining)
+            if done:
+                self.metrics.sink_events.labels(self.sink.name).inc(done)
             self.metrics.sink_errors.labels(self.sink.name).inc()
             self.metrics.sink_up.labels(self.sink.name).set(0)
-            log.warning("sink %s: delivering %d events failed (%s)", self.sink.name, len(batch), exc)
-            return False
+            log.warning("sink %s: delivering %d events failed (%s)", self.sink.name, len(remaining), exc)
+            return remaining
         self.metrics.sink_events.labels(self.sink.name).inc(len(batch))
         self.metrics.sink_up.labels(self.sink.name).set(1)
-        return True
+        return []
 
     def _loop(self) -> None:
         if self.spool is None:
@@ -176,8 +181,9 @@ class SinkRunner:
                 continue
             if batch is None:
                 break
-            while not self._deliver(batch):
-                if self._stopping.wait(self.retry_s):
+            while batch:
+                batch = self._deliver(batch)
+                if batch and self._stopping.wait(self.retry_s):
                     log.error("sink %s: giving up on %d events at shutdown", self.sink.name, len(batch))
                     break
 
@@ -203,8 +209,9 @@ class SinkRunner:
                 if batch is None:
                     closing = True
                     continue
-                if not self._deliver(batch):
-                    self._to_spool(spool, batch)
+                failed = self._deliver(batch)
+                if failed:
+                    self._to_spool(spool, failed)
                     next_try = time.monotonic() + backoff
                 self._update_spool_metrics()
                 continue
@@ -221,9 +228,12 @@ class SinkRunner:
                     self._to_spool(spool, batch)
                 wait = max(0.0, next_try - time.monotonic())
             if time.monotonic() >= next_try:
-                events, pos = spool.peek(self.replay_batch)
-                if events and self._deliver(events):
-                    spool.ack(pos)
+                entries = spool.peek_each(self.replay_batch)
+                failed = self._deliver([e for e, _ in entries]) if entries else []
+                done = len(entries) - len(failed)
+                if done:
+                    spool.ack(entries[done - 1][1])
+                if entries and not failed:
                     backoff = self.retry_s
                     next_try = 0.0
                 else:

@@ -234,11 +234,18 @@ class Spool:
 
     # ------------------------------------------------------------------ reading
     def peek(self, n: int) -> tuple[list[dict[str, Any]], SpoolPosition]:
-        """Up to `n` oldest events, without removing them."""
+        """Up to `n` oldest events, without removing them, and the position after the last one."""
         entries, pos = self._read(n)
         return [e for _, e in entries], pos
 
-    def _read(self, n: int) -> tuple[list[tuple[float, dict[str, Any]]], SpoolPosition]:
+    def peek_each(self, n: int) -> list[tuple[dict[str, Any], SpoolPosition]]:
+        """Like `peek`, with the position after each event (to acknowledge a delivered prefix)."""
+        positions: list[SpoolPosition] = []
+        entries, _ = self._read(n, positions)
+        return [(e, p) for (_, e), p in zip(entries, positions)]
+
+    def _read(self, n: int, positions: list[SpoolPosition] | None = None
+              ) -> tuple[list[tuple[float, dict[str, Any]]], SpoolPosition]:
         out: list[tuple[float, dict[str, Any]]] = []
         seq, off = self._read_seq, self._read_off
         if self._fh is not None:
@@ -257,6 +264,8 @@ class Spool:
                     rec = json.loads(line)
                     out.append((rec["t"], rec["e"]))
                     pos += len(line)
+                    if positions is not None:
+                        positions.append(SpoolPosition(seg.seq, pos, len(out)))
             seq, off = seg.seq, pos
             if len(out) >= n:
                 break

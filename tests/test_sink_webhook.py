@@ -152,3 +152,26 @@ def test_bad_url_is_a_config_error(tmp_path):
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="http:// or https://"):
         build_sink(_cfg("ftp://example.org/x", tmp_path))
+
+
+def test_outage_dead_letters_one_event_and_spools_the_rest_of_the_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAP_WEBHOOK_SECRET", SECRET)
+    rx = Receiver(["503", "503", "200"])
+    cfg = _cfg(rx.url, tmp_path, max_attempts=2)
+    m = Metrics()
+    runner = SinkRunner(build_sink(cfg), cfg.filter, m, retry_s=0.1)
+    try:
+        ev = [_event(i) for i in range(3)]
+        runner.offer(ev, 1.0)
+        assert runner.close(10.0)
+        ids = [json.loads(r["body"])["id"] for r in rx.requests]
+        # e0 had its two attempts and went to the dead-letter file; e1, e2 were spooled (not retried
+        # one by one on the spot) and delivered once, in order, by the replay
+        assert ids == [ev[0]["id"], ev[0]["id"], ev[1]["id"], ev[2]["id"]]
+        dead = [json.loads(line)["event"]["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+        assert dead == [ev[0]["id"]]
+        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 1
+        assert m.registry.get_sample_value("vap_sink_errors_total", {"sink": "webhook"}) == 1
+        assert m.registry.get_sample_value("vap_spool_events", {"sink": "webhook"}) == 0
+    finally:
+        rx.close()

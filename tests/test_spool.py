@@ -159,3 +159,31 @@ def test_full_spool_counts_drops(tmp_path):
     runner.close(0.3)
     spooled = m.registry.get_sample_value("vap_spool_events", {"sink": "switch"})
     assert spooled + m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}) == 100
+
+
+def test_partial_delivery_spools_only_the_undelivered_suffix(tmp_path):
+    from pipeline.sink_base import PartialDelivery
+
+    class HalfWay:
+        name = "half"
+
+        def __init__(self):
+            self.calls, self.got = 0, []
+
+        def write(self, events):
+            self.calls += 1
+            if self.calls <= 2:      # first delivery and first replay: only the first event gets through
+                self.got.append(events[0])
+                raise PartialDelivery("receiver failing", events[1:])
+            self.got.extend(events)
+
+        def close(self):
+            pass
+
+    sink = HalfWay()
+    runner = SinkRunner(sink, EventFilter(), Metrics(), retry_s=0.05, spool=Spool(tmp_path, 1_000_000))
+    ev = _events(5)
+    runner.offer(ev, 1.0)
+    assert runner.close(5.0)
+    assert [e["id"] for e in sink.got] == [e["id"] for e in ev]     # each exactly once, in order
+    assert sink.calls == 3
