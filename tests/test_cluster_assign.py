@@ -48,6 +48,14 @@ def test_balance_within_cap(n, shards, slack):
     assert cap <= max(-(-n // shards), (1 + slack) * n / shards + 1)  # the cap itself is tight
 
 
+def test_capacity_only_ever_tightens_the_cap():
+    """A generous per-GPU capacity does not loosen balance; a small one binds."""
+    assert shard_cap(300, 3, 0.25, capacity=1000) == shard_cap(300, 3, 0.25) == 125
+    assert shard_cap(300, 3, 0.25, capacity=110) == 110
+    assert shard_cap(300, 3, 0.25, capacity=50) == 100  # never below the mean: every camera must fit
+    assert max(loads(assign(cams(300), 3, capacity=1000), 3)) <= 125
+
+
 def test_plain_rendezvous_would_be_less_balanced():
     """The cap does something: without it (huge slack) the largest shard is clearly bigger."""
     n, shards = 1000, 20

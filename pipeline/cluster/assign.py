@@ -73,16 +73,17 @@ def shard_cap(total_weight: float, num_shards: int, slack: float = DEFAULT_SLACK
               capacity: float | None = None) -> float:
     """The most load one shard takes before cameras spill to their next choice.
 
-    `capacity` (what one GPU handles, from `vap cluster plan --per-gpu`) is the better cap: it does
-    not change when cameras come and go, so adding one camera moves another only when the new
-    one fills a full shard. Without it the cap is `(1 + slack) x mean load`, rounded up to a whole
-    load unit so it shifts only every few cameras (each shift of a binding cap moves cameras).
-    Never below the mean load rounded up, so every camera fits somewhere.
+    `(1 + slack) x mean load`, rounded up to a whole load unit (one reference camera) so it
+    shifts only every few cameras: each shift of a binding cap moves cameras. `capacity` (what one
+    GPU handles, from `vap cluster plan --per-gpu`) lowers it further when it is smaller; a cap
+    at capacity does not change when cameras come and go, so an added camera moves another only
+    when it fills a full shard. Never below the mean load rounded up, so every camera fits.
     """
     floor = math.ceil(total_weight / num_shards - 1e-9)
+    balanced = max(floor, math.ceil((1.0 + slack) * total_weight / num_shards - 1e-9))
     if capacity is not None:
-        return float(max(capacity, floor))
-    return float(max(floor, math.ceil((1.0 + slack) * total_weight / num_shards - 1e-9)))
+        return float(max(floor, min(capacity, balanced)))
+    return float(balanced)
 
 
 def assign(cameras: Mapping[str, float] | Iterable[str], num_shards: int,
