@@ -53,10 +53,9 @@ class ClusterConfig(Strict):
     registry_version: str | None = Field(None, description="Expected registry version; a replica that reads "
                                          "another one retries until registry_wait_s, then fails")
     weighted: bool = Field(False, description="Balance by width x height x fps instead of camera count")
-    slack: float = Field(DEFAULT_SLACK, ge=0, description="Per-shard cap = (1 + slack) x mean load "
-                         "(when capacity is not set)")
-    capacity: float | None = Field(None, gt=0, description="Per-shard cap (cameras, or 1080p25 equivalents "
-                                   "when weighted); from `vap cluster plan --per-gpu`")
+    slack: float = Field(DEFAULT_SLACK, ge=0, description="Per-shard cap = (1 + slack) x mean load")
+    capacity: float | None = Field(None, gt=0, description="Lowers the cap to what one GPU takes (cameras, or "
+                                   "1080p25 equivalents when weighted); from `vap cluster plan --per-gpu`")
     settings: dict[str, Any] = Field(default_factory=dict, description="Each worker's deployment YAML, "
                                      "without streams; in any string '{shard}' becomes the shard number and "
                                      "'{replica}' the replica's unique id (e.g. one event file per worker)")
