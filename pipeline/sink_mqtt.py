@@ -71,6 +71,7 @@ class MqttSink(Sink):
         self.name = cfg.name
         self._mqtt = mqtt
         self._connected = threading.Event()
+        self._closing = False
         self.availability = cfg.availability_topic or f"{cfg.topic_prefix}/status"
         client_id = cfg.client_id or f"vap-{cfg.name}-{socket.gethostname()}"[:64]
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
@@ -104,7 +105,7 @@ class MqttSink(Sink):
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             log.warning("mqtt %s: disconnected from %s:%d (%s); events spool until it is back",
                         self.name, self.cfg.host, self.cfg.port, reason)
         self._connected.clear()
@@ -143,6 +144,7 @@ class MqttSink(Sink):
                     raise ConnectionError(f"MQTT publish failed: {exc}") from None
 
     def close(self) -> None:
+        self._closing = True
         try:
             if self._connected.is_set():
                 self.client.publish(self.availability, b"offline", qos=1, retain=True).wait_for_publish(2.0)
