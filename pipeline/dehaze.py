@@ -81,9 +81,9 @@ class DehazeConfig(Strict):
     guided_eps: float = Field(1e-3, gt=0, description="Guided-filter regularisation (larger: smoother t)")
     airlight_fraction: float = Field(0.001, gt=0, le=0.1, description="Fraction of brightest dark-channel "
                                      "pixels among which A is taken (the brightest input pixel of them)")
-    airlight_every: int = Field(10, ge=1, description="Re-estimate A every N frames (in between, the smoothed A "
+    airlight_every: int = Field(5, ge=1, description="Re-estimate A every N frames (in between, the smoothed A "
                                 "is reused)")
-    airlight_alpha: float = Field(0.2, gt=0, le=1, description="Weight of a new A estimate in the moving "
+    airlight_alpha: float = Field(0.1, gt=0, le=1, description="Weight of a new A estimate in the moving "
                                   "average (1 = no smoothing)")
     airlight_min: float = Field(0.3, ge=0, le=1, description="Floor of every channel of A; keeps dark scenes "
                                 "(night, black frames) from being stretched as if they were haze")

@@ -177,36 +177,48 @@ MAP_VARIANTS: dict[str, DehazeConfig | None] = {
 # temporal stability
 
 
-def flicker(frames: int = 200, size: tuple[int, int] = (640, 360), haze: float = 0.6, seed: int = 4,
-            objects: int = 10) -> dict[str, Any]:
-    """Mean |delta mean brightness| between consecutive frames (0..255) of a hazy synthetic video."""
+def flicker(frames: int = 200, size: tuple[int, int] = (640, 360), haze: float = 0.6,
+            seeds: tuple[int, ...] = (4, 8), objects: int = 10) -> dict[str, Any]:
+    """Frame-to-frame change of mean brightness (0..255 levels) on hazy synthetic videos.
+
+    mean_abs_delta: mean |m[i+1] - m[i]| of the output's mean brightness m. excess: mean
+    |delta_out - delta_in|, the part not already in the input (the synthetic scene's lighting drifts,
+    and the recovery amplifies any input change by 1/t, so some excess is expected even with a
+    constant A). Defaults were chosen on seed 4; seed 8 is a check on a video they were not tuned on.
+    """
     from engines.synth import SceneVideo
 
     w, h = size
-    video = SceneVideo(seed, w, h, 25.0, objects, haze)
-    src = [_frame(video, i) for i in range(frames)]
     variants = {
-        "smoothed_A": DehazeConfig(enabled=True, gate=False),
+        "smoothed_A_default": DehazeConfig(enabled=True, gate=False),
         "A_every_frame_no_smoothing": DehazeConfig(enabled=True, gate=False, airlight_every=1, airlight_alpha=1.0),
+        "A_every_10_no_smoothing": DehazeConfig(enabled=True, gate=False, airlight_every=10, airlight_alpha=1.0),
     }
-
-    def stats(seq: list[np.ndarray]) -> dict[str, float]:
-        means = np.array([f.mean() for f in seq])
-        d = np.abs(np.diff(means))
-        return {"mean_abs_delta": round(float(d.mean()), 4), "p95_abs_delta": round(float(np.percentile(d, 95)), 4),
-                "max_abs_delta": round(float(d.max()), 4)}
-
-    out: dict[str, Any] = {"frames": frames, "size": f"{w}x{h}", "haze": haze, "objects": objects,
-                           "input": stats(src)}
-    for name, cfg in variants.items():
-        d = Dehazer(cfg)
-        res, a_hist = [], []
-        for f in src:
-            res.append(d.process(f))
-            a_hist.append(d.last.airlight)
-        a = np.asarray(a_hist)
-        out[name] = {**stats(res), "A_std_per_channel": [round(float(v), 5) for v in a.std(axis=0)],
-                     "A_max_step": round(float(np.abs(np.diff(a, axis=0)).max()), 5)}
+    out: dict[str, Any] = {"frames": frames, "size": f"{w}x{h}", "haze": haze, "objects": objects, "videos": {}}
+    for seed in seeds:
+        video = SceneVideo(seed, w, h, 25.0, objects, haze)
+        src = [_frame(video, i) for i in range(frames)]
+        m_in = np.array([f.mean() for f in src])
+        d_in = np.diff(m_in)
+        res: dict[str, Any] = {"input": {"mean_abs_delta": round(float(np.abs(d_in).mean()), 4),
+                                         "max_abs_delta": round(float(np.abs(d_in).max()), 4)}}
+        for name, cfg in variants.items():
+            d = Dehazer(cfg)
+            m_out, a_hist = [], []
+            for f in src:
+                m_out.append(float(d.process(f).mean()))
+                a_hist.append(d.last.airlight)
+            d_out = np.diff(np.asarray(m_out))
+            ex = np.abs(d_out - d_in)
+            a = np.asarray(a_hist)
+            res[name] = {"mean_abs_delta": round(float(np.abs(d_out).mean()), 4),
+                         "p95_abs_delta": round(float(np.percentile(np.abs(d_out), 95)), 4),
+                         "max_abs_delta": round(float(np.abs(d_out).max()), 4),
+                         "excess_mean": round(float(ex.mean()), 4), "excess_p95": round(float(np.percentile(ex, 95)), 4),
+                         "excess_max": round(float(ex.max()), 4),
+                         "A_std_mean_over_channels": round(float(a.std(axis=0).mean()), 5),
+                         "A_max_step": round(float(np.abs(np.diff(a, axis=0)).max()), 5)}
+        out["videos"][f"seed{seed}"] = res
     return out
 
 
