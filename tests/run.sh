@@ -27,5 +27,8 @@ fi
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[train,dev,sinks,cluster]"
+# Helm's template engine (Apache-2.0; the Helm SDK compiled into a wheel) renders deploy/helm for its tests.
+# --no-deps: it declares none that the tests use, and its pins would fight ours.
+"$PY" -c "import helm_python" 2>/dev/null || "$PY" -m pip install -q --no-deps helm-python-sdk==0.2.2
 
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"
