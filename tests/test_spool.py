@@ -187,3 +187,38 @@ def test_partial_delivery_spools_only_the_undelivered_suffix(tmp_path):
     assert runner.close(5.0)
     assert [e["id"] for e in sink.got] == [e["id"] for e in ev]     # each exactly once, in order
     assert sink.calls == 3
+
+
+def test_a_dead_and_a_hung_sink_do_not_hold_up_the_pipeline_or_a_healthy_sink(tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    class Hung(_Switchable):
+        name = "hung"
+
+        def write(self, events):
+            release.wait(10)           # a broker that accepted the connection and never answers
+            raise TimeoutError("no acknowledgement")
+
+    healthy, dead, hung = _Switchable(), _Switchable(), Hung()
+    healthy.down = False
+    healthy.name, dead.name = "healthy", "dead"
+    m = Metrics()
+    bus = EventBus([SinkRunner(healthy, EventFilter(), m),
+                    SinkRunner(dead, EventFilter(), m, spool=Spool(tmp_path / "dead", 1_000_000)),
+                    SinkRunner(hung, EventFilter(), m, spool=Spool(tmp_path / "hung", 1_000_000))])
+    ev = _events(500)
+    t0 = time.perf_counter()
+    for i in range(0, 500, 5):
+        bus.publish(ev[i:i + 5])
+    publish_s = time.perf_counter() - t0
+    assert publish_s < 1.0                            # never waited on the dead or the hung sink
+    deadline = time.time() + 5
+    while len(healthy.got) < 500:
+        assert time.time() < deadline, "the healthy sink was held up"
+        time.sleep(0.02)
+    assert [e["id"] for e in healthy.got] == [e["id"] for e in ev]
+    release.set()
+    bus.close(2.0)
+    assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "dead"}) is None
