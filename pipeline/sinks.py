@@ -166,10 +166,15 @@ class SinkRunner:
         return []
 
     def _loop(self) -> None:
-        if self.spool is None:
-            self._loop_in_place()
-        else:
-            self._loop_spooled(self.spool)
+        if self.spool is not None:
+            try:
+                self._loop_spooled(self.spool)
+                return
+            except OSError as exc:  # the spool's disk failed (full, removed, read-only)
+                log.error("sink %s: spool %s failed (%s); %d spooled events stay on disk, delivering "
+                          "without a spool from now on", self.sink.name, self.spool.dir, exc, len(self.spool))
+                self.metrics.sink_errors.labels(self.sink.name).inc()
+        self._loop_in_place()
 
     def _loop_in_place(self) -> None:
         while True:
@@ -188,7 +193,11 @@ class SinkRunner:
                     break
 
     def _to_spool(self, spool: Spool, batch: list[dict[str, Any]]) -> None:
-        dropped = spool.append(batch)
+        try:
+            dropped = spool.append(batch)
+        except OSError as exc:  # disk full or gone: these events are lost, and that must show
+            dropped = len(batch)
+            log.error("sink %s: could not spool %d events (%s); they are lost", self.sink.name, len(batch), exc)
         if dropped:
             self.metrics.spool_dropped.labels(self.sink.name).inc(dropped)
 

@@ -222,3 +222,26 @@ def test_a_dead_and_a_hung_sink_do_not_hold_up_the_pipeline_or_a_healthy_sink(tm
     release.set()
     bus.close(2.0)
     assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "dead"}) is None
+
+
+def test_a_failing_spool_disk_loses_events_visibly_but_keeps_the_sink_alive(tmp_path, monkeypatch):
+    m = Metrics()
+    sink = _Switchable()
+    sp = Spool(tmp_path, 1_000_000)
+
+    def disk_full(events):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sp, "append", disk_full)
+    runner = SinkRunner(sink, EventFilter(), m, retry_s=0.05, spool=sp)
+    runner.offer(_events(4), 1.0)
+    deadline = time.time() + 5
+    while not m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}):
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}) == 4
+    sink.down = False
+    later = _events(2)
+    runner.offer(later, 1.0)                         # the thread is still alive and delivering
+    assert runner.close(5.0)
+    assert [e["id"] for e in sink.got] == [e["id"] for e in later]
