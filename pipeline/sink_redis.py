@@ -36,9 +36,10 @@ class RedisSink(Sink):
         self.cfg = cfg
         self.name = cfg.name
         self.where = redact_url(cfg.url)
-        self.client = redis.Redis.from_url(
-            cfg.url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
-            password=env_secret(cfg.password_env), username=env_secret(cfg.username_env))
+        creds = {k: v for k, v in (("password", env_secret(cfg.password_env)),
+                                   ("username", env_secret(cfg.username_env))) if v is not None}
+        self.client = redis.Redis.from_url(cfg.url, socket_timeout=cfg.timeout_s,
+                                           socket_connect_timeout=cfg.timeout_s, **creds)
 
     def write(self, events: list[dict[str, Any]]) -> None:
         pipe = self.client.pipeline(transaction=False)

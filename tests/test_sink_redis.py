@@ -79,3 +79,21 @@ def test_outage_spools_then_replays_in_order(tmp_path):
     finally:
         runner.close(1.0)
         srv.stop()
+
+
+def test_password_from_env(tmp_path, monkeypatch):
+    srv = redis_server(tmp_path / "r")
+    srv.argv += ["--requirepass", "pw-from-env"]
+    srv.start()
+    try:
+        cfg = _cfg(srv.port, tmp_path)
+        monkeypatch.delenv("VAP_REDIS_PASSWORD", raising=False)
+        with pytest.raises(ConnectionError, match="(?i)auth"):
+            build_sink(cfg).write([_ev("a", 0)])
+        monkeypatch.setenv("VAP_REDIS_PASSWORD", "pw-from-env")
+        sink = build_sink(cfg)
+        sink.write([_ev("a", 1)])
+        assert redis.Redis(port=srv.port, password="pw-from-env").xlen("vap:events") == 1
+        sink.close()
+    finally:
+        srv.stop()
