@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,64 @@ def test_credentials_come_from_env_and_tls_files_are_checked(tmp_path, monkeypat
         sink.close()
     with pytest.raises(ConfigError, match="TLS file"):
         build_sink(_mqtt_cfg(1, tmp_path, tls={"enabled": True, "ca_file": str(tmp_path / "missing.pem")}))
+
+
+def test_tls_and_password_auth_against_a_real_broker(tmp_path, monkeypatch):
+    """TLS with a private CA and user/password from the environment, against mosquitto configured so."""
+    import shutil as _sh
+    openssl, passwd = _sh.which("openssl"), _sh.which("mosquitto_passwd")
+    if openssl is None or passwd is None:
+        pytest.skip("openssl and mosquitto_passwd are needed (Debian packages openssl, mosquitto)")
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run(args, cwd=d, check=True, capture_output=True, timeout=60)
+
+    run(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vap-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run(openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+        "-out", "server.csr")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run(openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem")
+    run(passwd, "-b", "-c", "passwords", "vapuser", "vap-pass")
+
+    broker = mosquitto(tmp_path / "broker")
+    conf = Path(broker.argv[-1])
+    conf.write_text(conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+                    + f"password_file {d / 'passwords'}\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
+                    f"keyfile {d / 'server.key'}\n")
+    broker.start()
+    try:
+        cfg = _mqtt_cfg(broker.port, tmp_path, tls={"enabled": True, "ca_file": str(d / "ca.pem")})
+        # wrong password: refused, nothing delivered, the write fails (and would spool)
+        monkeypatch.setenv("VAP_MQTT_USERNAME", "vapuser")
+        monkeypatch.setenv("VAP_MQTT_PASSWORD", "wrong")
+        sink = build_sink(cfg)
+        with pytest.raises(ConnectionError):
+            sink.write([make_event("stream.up", "a", time.time(), state="streaming")])
+        sink.close()
+
+        monkeypatch.setenv("VAP_MQTT_PASSWORD", "vap-pass")
+        got: list[bytes] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-sub")
+        sub.username_pw_set("vapuser", "vap-pass")
+        sub.tls_set(ca_certs=str(d / "ca.pem"))
+        ready = threading.Event()
+        sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("vap/a/events", qos=1)
+        sub.on_subscribe = lambda *a: ready.set()
+        sub.on_message = lambda c, u, msg: got.append(msg.payload)
+        sub.connect("localhost", broker.port)
+        sub.loop_start()
+        assert ready.wait(10)
+        sink = build_sink(cfg)
+        ev = make_event("stream.up", "a", time.time(), state="streaming")
+        sink.write([ev])
+        _wait(lambda: got, 10, "the event over TLS")
+        assert json.loads(got[0])["id"] == ev["id"]
+        sink.close()
+        sub.disconnect()
+        sub.loop_stop()
+    finally:
+        broker.stop()
