@@ -93,7 +93,6 @@ def test_retries_with_backoff_through_errors_and_a_timeout_then_delivers_signed(
         # taken at the server, a few ms after the client's clock starts: 20 ms of slack)
         assert gaps[0] >= 0.08 and gaps[1] >= 0.18
         assert gaps[2] >= 0.5 + 0.4 - 0.02
-        assert gaps[1] > gaps[0] * 1.5                  # it does grow
         assert not (tmp_path / "dead.jsonl").read_text()
         assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "webhook"}) == 2
     finally:
