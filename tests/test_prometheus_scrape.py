@@ -80,7 +80,7 @@ def test_prometheus_scrapes_vap_and_promql_returns_the_series(tmp_path):
         assert processed[0]["metric"]["job"] == "vap"
         assert float(_eventually(base, 'vap_stream_up{stream="cam"}')[0]["value"][1]) == 1.0
         rate = _eventually(base, 'rate(vap_frames_decoded_total{stream="cam"}[5s]) > 0')
-        assert 2 < float(rate[0]["value"][1]) < 30       # the scene runs at 10 fps
+        assert 1 < float(rate[0]["value"][1]) < 30       # the scene runs at 10 fps (slack for a loaded machine)
         p95 = _eventually(base, 'histogram_quantile(0.95, sum by (le) (rate(vap_frame_latency_seconds_bucket[10s])))')
         assert 0 < float(p95[0]["value"][1]) < 5
         spooled = _eventually(base, 'vap_spool_events{sink="redis"} > 0')
