@@ -168,7 +168,7 @@ MAP_VARIANTS: dict[str, DehazeConfig | None] = {
     "none": None,
     "dcp_gated": DehazeConfig(enabled=True),
     "dcp_always": DehazeConfig(enabled=True, gate=False),
-    "dcp_gated_omega0.8": DehazeConfig(enabled=True, omega=0.8),
+    "dcp_gated_omega0.95": DehazeConfig(enabled=True, omega=0.95),
     "clahe_gated": DehazeConfig(enabled=True, mode="clahe"),
 }
 

@@ -11,7 +11,7 @@ from engines.haze import add_haze
 from engines.synth import render_image
 from pipeline.config import ConfigError
 from pipeline.dehaze import (DehazeConfig, Dehazer, DehazeState, StreamDehazers, dark_channel, estimate_airlight,
-                             haze_score, scaled_size, work_shape)
+                             scaled_size, work_shape)
 from pipeline.metrics import Metrics
 from pipeline.settings import parse_settings
 
@@ -254,7 +254,7 @@ def test_stream_dehazers_metrics_passthrough_and_prune():
     m = Metrics()
     sd = StreamDehazers(m)
     hazy = add_haze(scene(5), 0.3, 0.85)
-    cfg = DehazeConfig(enabled=True)
+    cfg = DehazeConfig(enabled=True, gate_on=0.3, gate_off=0.2)
     assert sd.apply("off", hazy, DehazeConfig()) is hazy
     out = sd.apply("cam", hazy, cfg)
     assert out is not hazy

@@ -16,7 +16,7 @@ from pipeline.dehaze_cli import cli
 
 
 def _hazy_jpg(path: Path, i: int = 0, w: int = 320, h: int = 180) -> np.ndarray:
-    img = add_haze(render_image((51, i), w, h)[0], 0.35, 0.85)
+    img = add_haze(render_image((51, i), w, h)[0], 0.25, 0.85)
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return img
 
@@ -25,12 +25,12 @@ def test_image(tmp_path, capsys):
     src = tmp_path / "fog.jpg"
     hazy = _hazy_jpg(src)
     out = tmp_path / "clear.png"
-    assert vap_main(["dehaze", str(src), "--out", str(out)]) == 0  # registered as `vap dehaze`
+    assert vap_main(["dehaze", str(src), "--out", str(out), "--gate-on", "0.3", "--gate-off", "0.2"]) == 0
     text = capsys.readouterr().out
     assert "haze score" in text and "gate on" in text and "ms" in text
     res = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
     read_back = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2RGB)  # what the CLI saw (JPEG-decoded)
-    expected = Dehazer(DehazeConfig(enabled=True)).process(read_back)
+    expected = Dehazer(DehazeConfig(enabled=True, gate_on=0.3, gate_off=0.2)).process(read_back)
     assert res.shape == hazy.shape
     assert np.array_equal(res, expected) and not np.array_equal(res, read_back)
 
@@ -67,7 +67,7 @@ def test_video(tmp_path, capsys):
     src = write_video(tmp_path / "fog.mp4", seed=2, frames=12, width=320, height=192, fps=25.0,
                       num_objects=3, haze=0.6)
     out = tmp_path / "clear.mp4"
-    assert cli([str(src), "--out", str(out)]) == 0
+    assert cli([str(src), "--out", str(out), "--gate-on", "0.3", "--gate-off", "0.2"]) == 0
     text = capsys.readouterr().out
     assert "12 frame(s)" in text and "gate on for 100%" in text
     import av

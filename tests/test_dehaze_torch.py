@@ -62,7 +62,7 @@ def test_gate_and_airlight_state_follow_the_cpu_path_frame_by_frame():
 
 
 def test_float_nchw_and_uint8_nhwc_inputs_agree_and_gated_off_items_pass_through():
-    cfg = DehazeConfig(enabled=True)
+    cfg = DehazeConfig(enabled=True, gate_on=0.3, gate_off=0.2)
     hazy = _frames(320, 180, n=1)[0]
     clear = render_image((31, 8), 320, 180)[0]
     batch_u8 = torch.from_numpy(np.stack([hazy, clear]))
