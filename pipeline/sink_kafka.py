@@ -24,7 +24,7 @@ log = logging.getLogger("vap.sinks.kafka")
 class KafkaSinkConfig(SinkConfigBase):
     """Produce events to Kafka; one topic for all, or a topic per event type."""
 
-    type: Literal["kafka"] = "kafka"
+    type: Literal["kafka"] = Field("kafka", description="Sink kind")
     bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list")
     topic: str = Field("vap.events", description="Topic for event types not listed in `topics`")
     topics: dict[str, str] = Field(default_factory=dict,

@@ -45,7 +45,7 @@ class MqttTls(Strict):
 class MqttSinkConfig(SinkConfigBase):
     """Publish events to an MQTT broker with QoS 1 (Home Assistant, Node-RED, ...)."""
 
-    type: Literal["mqtt"] = "mqtt"
+    type: Literal["mqtt"] = Field("mqtt", description="Sink kind")
     host: str = Field("localhost", description="Broker host")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
     topic_prefix: str = Field("vap", description="Topics are <prefix>/<stream>/events and <prefix>/<stream>/state")

@@ -19,7 +19,7 @@ from pipeline.sink_base import Sink, SinkConfigBase, encode, env_secret, optiona
 class RedisSinkConfig(SinkConfigBase):
     """Append events to Redis Streams (XADD ... MAXLEN ~ n)."""
 
-    type: Literal["redis"] = "redis"
+    type: Literal["redis"] = Field("redis", description="Sink kind")
     url: str = Field("redis://localhost:6379/0", description="redis:// or rediss:// (TLS) URL, without password")
     key: str = Field("vap:events", description="Stream key; '{stream}' is replaced by the stream name, e.g. "
                      "'vap:{stream}:events'")

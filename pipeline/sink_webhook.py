@@ -43,7 +43,7 @@ EVENT_ID_HEADER = "X-Vap-Event-Id"
 class WebhookSinkConfig(SinkConfigBase):
     """POST events to an HTTP endpoint (alerting services, serverless functions)."""
 
-    type: Literal["webhook"] = "webhook"
+    type: Literal["webhook"] = Field("webhook", description="Sink kind")
     url: str = Field(description="Endpoint, http:// or https://")
     batch: bool = Field(False, description="POST a JSON array per batch instead of one JSON object per event")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers")

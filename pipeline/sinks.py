@@ -42,7 +42,7 @@ log = logging.getLogger("vap.sinks")
 class JsonlSinkConfig(SinkConfigBase):
     """Append events as JSON lines; rotate by size."""
 
-    type: Literal["jsonl"] = "jsonl"
+    type: Literal["jsonl"] = Field("jsonl", description="Sink kind")
     path: Path = Field(Path("events/events.jsonl"), description="File to append to; rotated files sit next to it")
     rotate_mb: float = Field(100.0, gt=0, description="Rotate when the file passes this size")
     max_files: int | None = Field(None, ge=1, description="Delete the oldest rotated files beyond this count "
