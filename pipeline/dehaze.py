@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.config import Strict
+from pipeline.preprocess import Letterbox
 
 __all__ = [
     "DehazeConfig",
@@ -50,6 +51,8 @@ __all__ = [
     "guided_coefficients",
     "scaled_size",
     "work_shape",
+    "fit_to",
+    "source_transform",
 ]
 
 REFERENCE_SIZE = 600  # the long side the paper's 15 px patch refers to
@@ -445,10 +448,18 @@ class StreamDehazers:
     Why a class of its own: the runtime only has to call :meth:`apply` per frame; this keeps the
     per-stream state, rebuilds a stream's dehazer when its settings object changes (a stream removed
     and added again with new settings) and drops the state of streams that are gone.
+
+    With `max_hw` (the engine input size) a frame larger than the engine input is first shrunk to
+    the size letterboxing would give it (same scale, same INTER_AREA resize), and dehazed there: the
+    detector never sees more pixels than that, so recovering them at camera resolution would be work
+    thrown away (a 1080p frame has 36x the pixels of its 320 px letterboxed copy). Letterboxing then
+    has nothing left to resize; :func:`source_transform` gives the letterbox transform back in
+    source-frame pixels.
     """
 
-    def __init__(self, metrics: object | None = None) -> None:
+    def __init__(self, metrics: object | None = None, max_hw: tuple[int, int] | None = None) -> None:
         self.metrics = metrics
+        self.max_hw = max_hw
         self._by_stream: dict[str, tuple[DehazeConfig, Dehazer]] = {}
 
     def apply(self, stream: str, image: np.ndarray, cfg: DehazeConfig | None) -> np.ndarray:
@@ -462,6 +473,8 @@ class StreamDehazers:
             entry = (cfg, Dehazer(cfg))
             self._by_stream[stream] = entry
         dehazer = entry[1]
+        if self.max_hw is not None:
+            image = fit_to(image, self.max_hw)
         out = dehazer.process(image)
         m = self.metrics
         if m is not None:
@@ -493,3 +506,32 @@ class StreamDehazers:
                 metric.remove(*labels)
             except KeyError:
                 pass
+
+
+def fit_to(image: np.ndarray, max_hw: tuple[int, int]) -> np.ndarray:
+    """Shrink `image` to the size letterboxing into `max_hw` would give it (never enlarges).
+
+    Same scale and interpolation as :func:`pipeline.preprocess.letterbox_into`, so letterboxing the
+    result places it exactly where the original would have gone.
+    """
+    h, w = image.shape[:2]
+    r = min(max_hw[0] / h, max_hw[1] / w)
+    if r >= 1:
+        return image
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+
+
+def source_transform(lb: Letterbox, source: np.ndarray, max_hw: tuple[int, int]) -> Letterbox:
+    """The letterbox transform of `source` when what was letterboxed was its ``fit_to(source, max_hw)``.
+
+    Unchanged when the sizes match (stage off, or a frame that needed no shrinking). Otherwise the
+    scale is the one letterboxing would have used on the source frame (the fitted copy fills the
+    canvas in its binding dimension, so its own scale is 1 and its padding is the source's), and
+    boxes map back to source-frame pixels exactly as without the stage.
+    """
+    h, w = source.shape[:2]
+    if (lb.src_h, lb.src_w) == (h, w):
+        return lb
+    r = min(max_hw[0] / h, max_hw[1] / w) * lb.scale
+    return Letterbox(scale=r, pad_x=lb.pad_x, pad_y=lb.pad_y, src_h=h, src_w=w)

