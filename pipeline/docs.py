@@ -20,6 +20,8 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    if origin is typing.Annotated:   # discriminated unions carry their tag in Annotated metadata
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

@@ -7,17 +7,19 @@ into a `ConfigError` naming the key path and what is allowed.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.analytics import AnalyticsConfig
 from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
                              source_kind)
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
+from pipeline.snapshots import SnapshotConfig
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 
@@ -64,6 +66,8 @@ class Settings(Strict):
     dehaze: DehazeConfig = Field(default_factory=DehazeConfig,
                                  description="Dehazing defaults for every stream (off unless enabled)")
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig,
+                                      description="JPEG of frame and crop for chosen events; paths go in the event")
     server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
 
@@ -94,30 +98,50 @@ class Settings(Strict):
         return stream.dehaze or self.dehaze
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
+def _tagged_members(ann: Any) -> dict[str, type[BaseModel]]:
+    """Members of a discriminated union (`Annotated[Model, Tag("x")]`) by tag, found anywhere in `ann`."""
+    out: dict[str, type[BaseModel]] = {}
+    if typing.get_origin(ann) is typing.Annotated:
+        model, *extras = typing.get_args(ann)
+        for extra in extras:
+            if isinstance(extra, Tag) and isinstance(model, type) and issubclass(model, BaseModel):
+                out[extra.tag] = model
+    for arg in typing.get_args(ann) or ():
+        out.update(_tagged_members(arg))
+    return out
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+    """The readable path of `loc` (list indices as [i], union tags dropped) and the model it ends in."""
+    out, current, tags = "", model, {}
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not str(part).startswith(("function-", "function_")):
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+            continue
+        if str(part).startswith(("function-", "function_")):
+            continue
+        if part in tags:                       # pydantic puts the union member's tag in the path
+            current, tags = tags[part], {}
+            continue
+        out += f".{part}" if out else str(part)
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            current = None
+            continue
+        ann = fields[part].annotation
+        tags = _tagged_members(ann)
+        current = _model_in(ann)
+    return out or "(top level)", current
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return _walk(Settings, loc)[0]
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names of the model that sits at `loc` (for 'unknown key' messages)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        ann = fields[part].annotation
-        current = _model_in(ann)
-        if current is None:
-            return None
-    return sorted(getattr(current, "model_fields", {}))
+    current = _walk(model, loc)[1]
+    return sorted(current.model_fields) if current is not None else None
 
 
 def _model_in(ann: Any) -> type[BaseModel] | None:

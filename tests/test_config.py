@@ -104,3 +104,14 @@ def test_busy_port_and_unwritable_sink_are_config_errors(tmp_path, capsys):
     p = _write(tmp_path, f"model: {{path: {model}}}\nserver: {{port: 0}}\nsinks: [{{path: {tmp_path / 'ro' / 'e.jsonl'}}}]\n")
     assert main(["run", str(p), "--quiet", "--duration", "1"]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_typed_sink_lists_that_sink_type_keys():
+    from pipeline.config import ConfigError
+    from pipeline.settings import parse_settings
+
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"sinks": [{"type": "mqtt", "hots": "broker"}]})
+    msg = str(err.value)
+    assert "sinks[0].hots: unknown key 'hots'" in msg and "host" in msg and "topic_prefix" in msg
+    assert "mqtt.hots" not in msg                  # the union tag is not a key the user wrote
