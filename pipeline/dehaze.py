@@ -137,7 +137,12 @@ def scaled_size(size_at_600: int, work_long: int, odd: bool = True) -> int:
 
 
 def _channels_min(img: np.ndarray) -> np.ndarray:
-    return img if img.ndim == 2 else img.min(axis=2)
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 1:
+        return img[:, :, 0]
+    # element-wise over channel planes: several times faster than a reduction over a length-3 axis
+    return np.minimum(np.minimum(img[:, :, 0], img[:, :, 1]), img[:, :, 2])
 
 
 def dark_channel(img: np.ndarray, patch: int) -> np.ndarray:
@@ -396,7 +401,8 @@ def transmission(low: np.ndarray, airlight: np.ndarray, omega: float, patch: int
     t = 1.0 - np.float32(omega) * dark_channel(low / a, patch)
     np.maximum(t, np.float32(t0), out=t)
     if sky_tolerance > 0:
-        diff = np.abs(low - a).max(axis=2)
+        dev = np.abs(low - a)
+        diff = dev[:, :, 0] if dev.shape[2] == 1 else np.maximum(np.maximum(dev[:, :, 0], dev[:, :, 1]), dev[:, :, 2])
         factor = np.float32(sky_tolerance) / np.maximum(diff, np.float32(1e-6))
         np.maximum(factor, 1.0, out=factor)
         t *= factor
@@ -422,7 +428,7 @@ def recover(img: np.ndarray, t: np.ndarray, airlight: np.ndarray, t0: float) -> 
         cv2.subtract(f, scalar, dst=f)
         cv2.multiply(f, cv2.merge([k, k, k]), dst=f)
         cv2.add(f, scalar, dst=f)
-    np.maximum(f, 0.0, out=f)
+    cv2.max(f, 0.0, dst=f)
     return cv2.convertScaleAbs(f)  # rounds, saturates at 255 (negatives were clipped above)
 
 

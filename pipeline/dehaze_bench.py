@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dehaze import DehazeConfig, Dehazer
+from pipeline.dehaze import DehazeConfig, Dehazer, fit_to
+
+ENGINE_HW = (320, 320)  # the shipped model's input: what the runtime path dehazes at
 
 # ----------------------------------------------------------------------------------------------
 # image quality
@@ -239,16 +241,28 @@ def speed(n: int = 40) -> dict[str, Any]:
         video = SceneVideo(5, w, h, 25.0, 8, 0.5)
         frames = [_frame(video, i) for i in range(8)]
         res: dict[str, Any] = {}
-        for name, cfg in (("dcp_on", DehazeConfig(enabled=True, gate=False)),
-                          ("clahe_on", DehazeConfig(enabled=True, gate=False, mode="clahe")),
-                          ("gate_off_score_only", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0))):
-            d = Dehazer(cfg)
+        fit = lambda f: fit_to(f, ENGINE_HW)  # noqa: E731
+        for name, cfg, prep in (
+                ("dcp_on_full_res", DehazeConfig(enabled=True, gate=False), None),
+                ("clahe_on_full_res", DehazeConfig(enabled=True, gate=False, mode="clahe"), None),
+                ("gate_off_full_res", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0), None),
+                ("resize_to_engine_only", None, fit),
+                ("runtime_dcp_on", DehazeConfig(enabled=True, gate=False), fit),
+                ("runtime_clahe_on", DehazeConfig(enabled=True, gate=False, mode="clahe"), fit),
+                ("runtime_gate_off", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0), fit)):
+            d = Dehazer(cfg) if cfg is not None else None
+
+            def step(f: np.ndarray) -> None:
+                g = prep(f) if prep is not None else f
+                if d is not None:
+                    d.process(g)
+
             for f in frames[:3]:
-                d.process(f)  # warm-up
+                step(f)  # warm-up
             times = []
             for i in range(n):
                 t0 = time.perf_counter()
-                d.process(frames[i % len(frames)])
+                step(frames[i % len(frames)])
                 times.append((time.perf_counter() - t0) * 1000)
             res[name] = {"median_ms": round(statistics.median(times), 2),
                          "p95_ms": round(float(np.percentile(times, 95)), 2)}
@@ -340,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="map: YOLO data.yaml of the (hazy) validation set")
     ap.add_argument("--model", action="append", help="map/pipeline: ONNX model(s)")
     ap.add_argument("--limit", type=int, default=0, help="map: first N images only")
+    ap.add_argument("--variants", help=f"map: comma-separated subset of {', '.join(MAP_VARIANTS)}")
     ap.add_argument("--add-haze", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                     help="map: add haze of far-row transmission T_LO..T_HI to every image first")
     args = ap.parse_args(argv)
@@ -350,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data or not args.model:
             print("map needs --data and --model", file=sys.stderr)
             return 2
-        res = [detection_map(Path(m), Path(args.data), MAP_VARIANTS, limit=args.limit,
+        names = args.variants.split(",") if args.variants else list(MAP_VARIANTS)
+        unknown = [n for n in names if n not in MAP_VARIANTS]
+        if unknown:
+            print(f"unknown variant(s) {unknown}; choose from {list(MAP_VARIANTS)}", file=sys.stderr)
+            return 2
+        variants = {n: MAP_VARIANTS[n] for n in names}
+        res = [detection_map(Path(m), Path(args.data), variants, limit=args.limit,
                              add_haze_t=tuple(args.add_haze) if args.add_haze else None) for m in args.model]
     elif args.what == "flicker":
         res = flicker()
