@@ -57,7 +57,9 @@ def _erode(x: "torch.Tensor", patch: int) -> "torch.Tensor":
 
 def _box(x: "torch.Tensor", r: int) -> "torch.Tensor":
     """Mean over (2r+1)^2 with reflect-101 borders (torch 'reflect' = OpenCV BORDER_REFLECT_101)."""
-    return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="reflect"), 2 * r + 1, stride=1)
+    k = 2 * r + 1
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    return F.avg_pool2d(F.avg_pool2d(x, (k, 1), stride=1), (1, k), stride=1)  # separable: O(k) per pixel
 
 
 def _dark(x: "torch.Tensor", patch: int) -> "torch.Tensor":
