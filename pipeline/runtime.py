@@ -18,6 +18,8 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -329,37 +331,64 @@ class Pipeline:
 
     def _infer_loop(self) -> None:
         """Run batches in order. A backend with several execution contexts (TensorRT's `submit`)
-        gets up to that many batches in flight, so the copy-in of the next overlaps this one's run."""
+        gets up to that many batches in flight, so the copy-in of the next overlaps this one's run;
+        a finished batch moves on at once, not when the next one arrives."""
         depth = int(getattr(self.backend, "contexts", 1)) if hasattr(self.backend, "submit") else 1
-        pending: deque[tuple[_Batch, Any, float]] = deque()
+        pending: deque[tuple[_Batch, Any, list[float]]] = deque()
 
-        def finish(batch: _Batch, output: np.ndarray, t0: float) -> bool:
+        def finish(batch: _Batch, output: np.ndarray | None, seconds: float) -> bool:
+            if not batch.frames:                      # a tick for post (finished/removed streams): keeps its place
+                return self._put(self._q_post, batch)
             batch.output = output
-            dt = time.perf_counter() - t0
-            self.metrics.inference_seconds.observe(dt)
-            self.metrics.stage_seconds.labels("inference").observe(dt)
+            self.metrics.inference_seconds.observe(seconds)
+            self.metrics.stage_seconds.labels("inference").observe(seconds)
             self.metrics.batch_size.observe(len(batch.frames))
             batch.images = None
             return self._put(self._q_post, batch)
 
         def drain(keep: int) -> bool:
-            while len(pending) > keep:
-                batch, future, t0 = pending.popleft()
-                if not finish(batch, future.result(), t0):
+            """Hand on, in order, every finished batch at the front, and wait for the oldest while
+            more than `keep` batches with frames are in flight."""
+            while pending and (pending[0][1].done() or sum(1 for b, _, _ in pending if b.frames) > keep):
+                batch, future, times = pending.popleft()
+                output = future.result()
+                # result() can return just before the done-callback has stamped the end time
+                if not finish(batch, output, (times[1] or time.perf_counter()) - times[0]):
                     return False
             return True
 
-        while (batch := self._q_infer.get()) is not None:
-            t0 = time.perf_counter()
-            if not batch.frames:
-                if not (drain(0) and self._put(self._q_post, batch)):
+        def submit(batch: _Batch) -> None:
+            times = [time.perf_counter(), 0.0]
+            future = self.backend.submit(batch.images)  # type: ignore[attr-defined]
+            # the engine's own time, not the time this thread took to come back for the result
+            future.add_done_callback(lambda _f: times.__setitem__(1, time.perf_counter()))
+            pending.append((batch, future, times))
+
+        while True:
+            try:
+                batch = self._q_infer.get(timeout=0.002 if pending else None)
+            except queue.Empty:                      # only while batches are in flight
+                futures_wait([pending[0][1]], timeout=0.01)
+                if not drain(depth):
+                    return
+                continue
+            if batch is None:
+                break
+            if not batch.frames and pending:          # in order behind the batches in flight, without waiting
+                done: Future = Future()
+                done.set_result(None)
+                pending.append((batch, done, [0.0, 0.0]))
+            elif not batch.frames:
+                if not finish(batch, None, 0.0):
                     return
             elif depth > 1:
-                pending.append((batch, self.backend.submit(batch.images), t0))  # type: ignore[attr-defined]
+                submit(batch)
                 if not drain(depth - 1):
                     return
-            elif not finish(batch, self.backend.infer(batch.images), t0):
-                return
+            else:
+                t0 = time.perf_counter()
+                if not finish(batch, self.backend.infer(batch.images), time.perf_counter() - t0):
+                    return
         if drain(0):
             self._put(self._q_post, None)
 
