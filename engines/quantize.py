@@ -43,6 +43,27 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+def input_spec(model: Path) -> tuple[str, tuple[int, int], int | None]:
+    """(input name, (h, w), fixed batch or None) from the graph, with imgsz metadata for dynamic H/W."""
+    import onnx
+
+    graph_input = onnx.load(str(model), load_external_data=False).graph.input[0]
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    hw = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else \
+        tuple(read_onnx_metadata(model).get("imgsz") or (0, 0))
+    if len(hw) != 2 or not all(hw):
+        raise ModelContractError(f"{model}: cannot tell the input size (dynamic H/W and no imgsz metadata)")
+    return graph_input.name, (int(hw[0]), int(hw[1])), (dims[0] or None) if dims else None
+
+
+def _fit_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """Pad a short last batch by repeating its images (repeats do not move the calibrated ranges)."""
+    if len(batch) >= size:
+        return batch[:size]
+    reps = -(-size // len(batch))
+    return np.concatenate([batch] * reps)[:size]
+
+
 def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, limit: int = 256,
                  target: Literal["cpu", "tensorrt"] = "cpu", per_channel: bool = True) -> Path:
     """Write a Q/DQ INT8 copy of `model` to `out`, calibrated on up to `limit` images.
@@ -50,31 +71,23 @@ def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, li
     `target="cpu"`: u8 activations, s8 weights (ONNX Runtime's fast CPU kernels), 7-bit weights on
     CPUs without VNNI. `target="tensorrt"`: symmetric s8 for both, as TensorRT requires.
     """
-    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model, out = Path(model), Path(out)
-    meta = read_onnx_metadata(model)
-    hw = tuple(meta.get("imgsz") or (0, 0))
-    graph_input = onnx.load(str(model), load_external_data=False).graph.input[0]
-    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-    if len(dims) == 4 and dims[2] and dims[3]:
-        hw = (dims[2], dims[3])
-    if not all(hw):
-        raise ModelContractError(f"{model}: cannot tell the input size (no imgsz metadata, dynamic H/W)")
-    fixed_batch = dims[0] if dims and dims[0] else None
+    name, hw, fixed_batch = input_spec(model)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
+        """Feeds batches the graph accepts: a fixed-batch graph gets exactly its batch size."""
+
         def __init__(self) -> None:
-            self._it = (({graph_input.name: b[i:i + 1]} for i in range(len(b)))
-                        if fixed_batch == 1 else ({graph_input.name: b},)
-                        for b in calibration_batches(calibration, hw, batch_size=fixed_batch or 8, limit=limit))
-            self._flat = (feed for group in self._it for feed in group)
+            size = fixed_batch or 8
+            batches = calibration_batches(calibration, hw, batch_size=size, limit=limit)
+            self._feeds = ({name: _fit_batch(b, size) if fixed_batch else b} for b in batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._flat, None)
+            return next(self._feeds, None)
 
     symmetric = target == "tensorrt"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +129,7 @@ def accuracy_report(fp32: Path, int8: Path, data: str | Path, limit: int = 0, ba
     evals = {}
     for key, path in (("fp32", fp32), ("int8", int8)):
         evals[key] = evaluate_backend(OrtBackend(path, intra_op_threads=threads), samples, names, batch=batch)
-    hw = tuple(read_onnx_metadata(fp32)["imgsz"])
+    hw = input_spec(fp32)[1]
     speed = {key: _median_ms(path, hw, batch, 20, threads) for key, path in (("fp32", fp32), ("int8", int8))}
     return {
         "data": str(data), "images": evals["fp32"].images, "batch": batch,
@@ -153,18 +166,25 @@ def cli(argv: list[str]) -> int:
         print(f"error: {args.model}: no such model file", file=sys.stderr)
         return 3
     out = args.out or args.model.with_suffix(".int8.onnx")
+    # Built under a temporary name and renamed only once it says INT8 and carries its report, so an
+    # interrupted run never leaves an INT8 model that looks like fp32.
+    tmp = out.with_name(f".{out.stem}.partial.onnx")
     try:
         print(f"calibrating on {args.calib or args.data} (up to {args.limit} images) ...", flush=True)
-        quantize_qdq(args.model, out, args.calib or args.data, args.limit, args.target, not args.per_tensor)
+        quantize_qdq(args.model, tmp, args.calib or args.data, args.limit, args.target, not args.per_tensor)
         print(f"measuring mAP and speed of both models on {args.data} ...", flush=True)
-        report = accuracy_report(args.model, out, args.data, limit=args.val_limit)
+        report = accuracy_report(args.model, tmp, args.data, limit=args.val_limit)
+        meta = read_onnx_metadata(tmp)
+        meta.update(precision="int8", quantization={**report, "format": "QDQ", "target": args.target,
+                                                    "per_channel": not args.per_tensor, "fp32_model": args.model.name})
+        write_metadata(tmp, meta, sidecar=False)
+        tmp.replace(out)
+        write_metadata(out, meta)          # the sidecar, now that the model is in place
     except ModelContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    meta = read_onnx_metadata(out)
-    meta.update(precision="int8", quantization={**report, "format": "QDQ", "target": args.target,
-                                                "per_channel": not args.per_tensor, "fp32_model": args.model.name})
-    write_metadata(out, meta)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(describe(report))
     print(json.dumps(report, indent=2))
     print(f"wrote {out} (+ {out.with_suffix('.json').name}); the fp32 model is unchanged")

@@ -103,7 +103,8 @@ class Pipeline:
         info = self.backend.info
         self.names = info.names
         self.metrics.info.info({"version": "0.1.0", "backend": self.backend.name, "model": str(settings.model.path.name),
-                                "input": f"{info.input_hw[0]}x{info.input_hw[1]}"})
+                                "input": f"{info.input_hw[0]}x{info.input_hw[1]}", "precision": info.precision,
+                                "layout": info.layout})   # "one-to-many+nms": the NMS fallback is in use
         b = settings.batch
         self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch, self.metrics)
         rect = settings.model.rect and info.dynamic_hw

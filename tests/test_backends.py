@@ -375,3 +375,32 @@ def test_tensorrt_qdq_is_symmetric_int8(tmp_path, synth_data):
     cpu_inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(cpu)).graph.initializer}
     assert any(cpu_inits[n.input[2]].dtype == np.uint8 for n in onnx.load(str(cpu)).graph.node
                if n.op_type == "QuantizeLinear" and len(n.input) > 2)     # CPU: u8 activations
+
+
+def test_nms_fallback_is_announced_and_unknown_options_are_named(tmp_path, caplog):
+    legacy_path = one_to_many_variant(SHIPPED, tmp_path / "legacy.onnx")
+    with caplog.at_level(logging.WARNING, logger="vap.engine"):
+        load_backend(legacy_path)
+    assert "NMS FALLBACK" in caplog.text
+    with pytest.raises(ModelContractError, match="does not take these options.*cuda_graph"):
+        load_backend(SHIPPED_PT, "torch", cuda_graph=[8])
+
+
+def test_interrupted_or_failed_quantize_leaves_no_int8_file(tmp_path, synth_data, monkeypatch):
+    import engines.quantize as q
+
+    def boom(*_a, **_k):
+        raise ModelContractError("report failed")
+    monkeypatch.setattr(q, "accuracy_report", boom)
+    out = tmp_path / "m.int8.onnx"
+    assert q.cli([str(SHIPPED), "--data", str(synth_data), "--out", str(out), "--limit", "4"]) == 3
+    assert not out.exists() and not list(tmp_path.glob("*.onnx"))
+
+
+def test_a_gpu_provider_that_falls_back_to_cpu_is_an_error(monkeypatch):
+    import onnxruntime as ort
+
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+    with pytest.raises(ModelContractError, match="could not start CUDAExecutionProvider"):
+        load_backend(SHIPPED, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

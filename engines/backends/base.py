@@ -7,6 +7,8 @@ to the configured maximum.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -67,21 +69,34 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
     nms = {k: options.pop(k) for k in ("nms_conf", "nms_iou") if k in options}
     path = Path(path)
     kind = backend_kind(path, kind)
-    backend: Backend
-    if kind == "onnxruntime":
-        from engines.backends.onnxruntime import OrtBackend
-        backend = OrtBackend(path, **options)
-    elif kind == "torch":
-        from engines.backends.torch_backend import TorchBackend
-        backend = TorchBackend(path, **options)
-    elif kind == "tensorrt":
-        from engines.tensorrt.runtime import TrtBackend
-        backend = TrtBackend(path, **options)
-    else:
-        raise ModelContractError(f"unknown backend {kind!r}; use onnxruntime, tensorrt or torch")
+    cls = _backend_class(kind)
+    try:
+        inspect.signature(cls).bind(path, **options)
+    except TypeError as exc:    # an option this backend does not take: say which, not a traceback
+        raise ModelContractError(f"the {kind} backend does not take these options ({exc}); "
+                                 f"it takes: {', '.join(list(inspect.signature(cls).parameters)[1:])}") from None
+    backend = cls(path, **options)
     for key, value in nms.items():
         setattr(backend, key, float(value))
+    if backend.info.layout == LEGACY:
+        logging.getLogger("vap.engine").warning(
+            "%s has a one-to-many head (%s output): running it through the NumPy NMS FALLBACK (IoU %.2f) on the "
+            "CPU; an end-to-end export (YOLO26/YOLOv10, vap export) needs no NMS", path,
+            "[B, 4+classes, N]", backend.nms_iou)
     return backend
+
+
+def _backend_class(kind: str) -> type[Backend]:
+    if kind == "onnxruntime":
+        from engines.backends.onnxruntime import OrtBackend
+        return OrtBackend
+    if kind == "torch":
+        from engines.backends.torch_backend import TorchBackend
+        return TorchBackend
+    if kind == "tensorrt":
+        from engines.tensorrt.runtime import TrtBackend
+        return TrtBackend
+    raise ModelContractError(f"unknown backend {kind!r}; use onnxruntime, tensorrt or torch")
 
 
 def backend_kind(path: str | Path, kind: str = "auto") -> str:

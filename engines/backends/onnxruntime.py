@@ -24,6 +24,13 @@ def provider_names(providers: Sequence[str | dict[str, Any]]) -> list[str]:
     return [p if isinstance(p, str) else next(iter(p)) for p in providers]
 
 
+def _provider_options(providers: Sequence[str | dict[str, Any]], name: str) -> dict[str, Any]:
+    for p in providers:
+        if isinstance(p, dict) and name in p:
+            return dict(p[name] or {})
+    return {}
+
+
 def _provider_args(providers: Sequence[str | dict[str, Any]]) -> list[str | tuple[str, dict[str, str]]]:
     out: list[str | tuple[str, dict[str, str]]] = []
     for p in providers:
@@ -78,9 +85,17 @@ class OrtBackend(Backend):
         self.output_name = outputs[0].name
         self.info = resolve_info(meta, list(inputs[0].shape), list(outputs[0].shape), str(path), class_names)
         self.providers = self.session.get_providers()
+        wanted = provider_names(providers)[0]
+        if self.providers[:1] != [wanted]:
+            # ONNX Runtime falls back to the CPU with only a printed warning when a GPU provider
+            # fails to load (driver, CUDA or cuDNN mismatch): running 50x slower unnoticed is worse
+            raise ModelContractError(f"{path}: ONNX Runtime could not start {wanted} (running: {self.providers}); "
+                                     "check the CUDA/cuDNN versions onnxruntime-gpu needs, or list "
+                                     "CPUExecutionProvider first")
         if self.info.precision == "int8":
             _announce_int8(self.info.extra.get("quantization"), str(path))
-        self.device = "cuda" if self.providers and self.providers[0] in GPU_PROVIDERS else "cpu"
+        self.device = "cuda" if wanted in GPU_PROVIDERS else "cpu"
+        self.device_id = int(_provider_options(providers, wanted).get("device_id", 0))
         self._binding = self.session.io_binding() if io_binding else None
 
     def _run(self, images: np.ndarray) -> np.ndarray:
@@ -95,8 +110,9 @@ class OrtBackend(Backend):
         if self.device == "cpu":
             binding.bind_cpu_input(self.input_name, x)
         else:
-            binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        binding.bind_output(self.output_name, self.device)
+            binding.bind_ortvalue_input(self.input_name,
+                                        ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id))
+        binding.bind_output(self.output_name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 

@@ -30,8 +30,7 @@ class TorchBackend(Backend):
 
     def __init__(self, path: Path | None = None, device: str = "cpu", fp16: bool = False,
                  channels_last: bool | None = None, compile: bool = False, cuda_graphs: Sequence[int] = (),
-                 class_names: list[str] | None = None, model: Any = None, imgsz: int | None = None,
-                 **_ignored: Any) -> None:
+                 class_names: list[str] | None = None, model: Any = None, imgsz: int | None = None) -> None:
         """Load `path` (a checkpoint), or wrap an in-memory detector `model` (tests, notebooks)."""
         try:
             import torch
