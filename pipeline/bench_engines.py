@@ -41,7 +41,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def variants(model: Path, checkpoint: Path | None, int8: Path | None) -> tuple[list[Variant], list[dict[str, str]]]:
+def variants(model: Path, checkpoint: Path | None, int8: Path | None,
+             batches: list[int] = (1, 8, 32)) -> tuple[list[Variant], list[dict[str, str]]]:  # type: ignore[assignment]
     """What to measure here, and what not (with why)."""
     import onnxruntime as ort
 
@@ -60,7 +61,7 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None) -> tuple[l
                 runs += [Variant("torch-cuda", checkpoint, "torch", "fp32", {"device": "cuda"}),
                          Variant("torch-cuda-fp16", checkpoint, "torch", "fp16", {"device": "cuda", "fp16": True}),
                          Variant("torch-cuda-fp16-graphs", checkpoint, "torch", "fp16",
-                                 {"device": "cuda", "fp16": True, "cuda_graphs": [1, 8, 32]})]
+                                 {"device": "cuda", "fp16": True, "cuda_graphs": sorted(set(batches))})]
         else:
             skipped.append({"variant": "torch", "why": "PyTorch not installed"})
     else:
@@ -73,7 +74,9 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None) -> tuple[l
     else:
         skipped.append({"variant": "onnxruntime-cuda", "why": "onnxruntime-gpu not installed"})
     if importlib.util.find_spec("tensorrt") is not None:
-        runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16", {"precision": "fp16", "build_missing": True}))
+        runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16",   # profiles cover every measured batch
+                            {"precision": "fp16", "build_missing": True,
+                             "batch_profiles": [[min(batches), min(max(8, min(batches)), max(batches)), max(batches)]]}))
     else:
         skipped.append({"variant": "tensorrt", "why": "TensorRT not installed"})
     return runs, skipped
@@ -97,19 +100,18 @@ def measure(backend: Any, batch: int, hw: tuple[int, int], seconds: float) -> di
 def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: float,
                      checkpoint: Path | None = None, int8: Path | None = None) -> dict[str, Any]:
     from engines.backends import load_backend
-    from engines.contract import ModelContractError
 
     checkpoint = checkpoint or model.with_suffix(".pt")
     int8 = int8 or model.with_suffix(".int8.onnx")
-    runs, skipped = variants(model, checkpoint, int8)
+    runs, skipped = variants(model, checkpoint, int8, batches)
     result: dict[str, Any] = {"machine": machine(), "model": model.name, "batches": batches, "results": [],
                               "skipped": skipped}
     print(f"engine bench: {model.name} on {result['machine']['cpu']} x{result['machine']['cores']}", file=sys.stderr)
     for v in runs:
         try:
             backend = load_backend(v.path, v.kind, **v.options)
-        except ModelContractError as exc:
-            skipped.append({"variant": v.name, "why": str(exc)})
+        except Exception as exc:   # noqa: BLE001 - one variant failing must not lose the others' results
+            skipped.append({"variant": v.name, "why": f"{type(exc).__name__}: {exc}"})
             continue
         hw = backend.info.input_hw
         for b in batches:

@@ -25,6 +25,9 @@ from engines.backends.base import Backend
 from engines.contract import EngineInfo, ModelContractError, check_output
 
 
+MAX_GRAPHS = 8   # captured (batch, H, W) shapes; further shapes run eagerly
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -52,6 +55,9 @@ class TorchBackend(Backend):
                                      "than fp32); set fp16: false or device: cuda")
         if cuda_graphs and self.device.type != "cuda":
             raise ModelContractError("CUDA graphs need a CUDA device; remove cuda_graphs or use device: cuda")
+        if cuda_graphs and compile:
+            raise ModelContractError("choose one of compile and cuda_graphs: captured graphs replay the eager model, "
+                                     "so compile would only apply to batches no graph covers")
         if getattr(model, "o2m", None) is not None:
             model.drop_one_to_many()
         model.fuse()
@@ -101,6 +107,8 @@ class TorchBackend(Backend):
         if size is None:
             return None
         key = (size, *hw)
+        if key not in self._graphs and len(self._graphs) >= MAX_GRAPHS:
+            return None     # rect batches vary H/W: each shape needs its own graph and memory pool; cap them
         if key not in self._graphs:
             torch = self.torch
             static_in = torch.zeros((size, 3, *hw), device=self.device, dtype=self.dtype).contiguous(
