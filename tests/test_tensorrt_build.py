@@ -58,7 +58,7 @@ def test_profile_shapes_fixed_model_repeats_profiles_per_context(model: Path):
                       ((2, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64)),
                       ((1, 3, 64, 64),) * 3,
                       ((2, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64))]
-    with pytest.raises(ValueError, match="fixed input size 64x64; drop --hw"):
+    with pytest.raises(ValueError, match="fixed input size 64x64: remove model.tensorrt.hw_profile / drop --hw"):
         B.profile_shapes(s, BuildOptions(hw_profile=((32, 32), (64, 64), (64, 64))))
 
 
@@ -81,9 +81,34 @@ def test_fixed_batch_model_needs_matching_profile(tmp_path: Path, model: Path):
     fixed = tmp_path / "fixed4.onnx"
     onnx.save(m, str(fixed))
     s = B.inspect_onnx(fixed)
-    with pytest.raises(ValueError, match="fixed batch size of 4: use --batch 4"):
+    with pytest.raises(ValueError) as exc:
         B.profile_shapes(s, BuildOptions(batch_profiles=((1, 8, 16),)))
+    # Names the YAML key (vap run) as well as the CLI flag (vap build-engine).
+    assert "fixed batch size of 4" in str(exc.value)
+    assert "model.tensorrt.batch_profiles: [[4, 4, 4]]" in str(exc.value) and "--batch 4" in str(exc.value)
     assert B.profile_shapes(s, BuildOptions(batch_profiles=((4, 4, 4),), contexts=1)) == [((4, 3, 64, 64),) * 3]
+    # The default profiles follow the model's fixed batch; explicit ones that contradict it are refused.
+    assert B.checked_options(fixed, BuildOptions()).batch_profiles == ((4, 4, 4),)
+    with pytest.raises(ValueError, match="fixed batch size of 4"):
+        B.checked_options(fixed, BuildOptions(batch_profiles=((1, 4, 8),)))
+
+
+def test_cli_builds_a_fixed_batch_model_with_default_profiles(tmp_path: Path, model: Path, monkeypatch: Any,
+                                                              capsys: Any):
+    import onnx
+
+    fake_trt(monkeypatch)
+    monkeypatch.setattr(B, "detect_environment", lambda: ENV)
+    m = onnx.load(str(model))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1   # Ultralytics' default export: batch 1
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    b1 = tmp_path / "b1.onnx"
+    onnx.save(m, str(b1))
+    assert B.cli([str(b1), "--cache-dir", str(tmp_path / "c")]) == 0
+    meta = read_sidecar_raw(next((tmp_path / "c").glob("*.engine")))
+    assert meta["batch_profiles"] == [[1, 1, 1]]
+    assert B.cli([str(b1), "--batch", "1,4,8", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "model.tensorrt.batch_profiles" in capsys.readouterr().err
 
 
 def test_fit_batch_repeats_own_images():
@@ -438,7 +463,7 @@ def test_cancelled_build_writes_nothing(tmp_path: Path, model: Path, monkeypatch
     threading.Timer(0.15, _thread.interrupt_main).start()
     with pytest.raises(B.BuildCancelled):
         B.build_engine(model, tmp_path / "det.engine", BuildOptions(), env=ENV, log=lambda s: None)
-    assert not (tmp_path / "det.engine").exists() and not (tmp_path / "det.json").exists()
+    assert not (tmp_path / "det.engine").exists() and not (tmp_path / "det.engine.json").exists()
     assert not list(tmp_path.glob("*.part"))
 
 
@@ -455,6 +480,26 @@ def test_cli_builds_into_the_cache_once(tmp_path: Path, model: Path, monkeypatch
     out = tmp_path / "explicit.engine"
     assert B.cli([str(model), "--fp32", "--out", str(out)]) == 0
     assert json.loads(out.read_bytes())["flags"] == [] and read_sidecar_raw(out)["precision"] == "fp32"
+
+
+def test_cli_rebuilds_a_damaged_cached_engine(tmp_path: Path, model: Path, monkeypatch, capsys):
+    """'already built' only when the cached plan really is usable (decide), not when a sidecar exists."""
+    fake_trt(monkeypatch)
+    monkeypatch.setattr(B, "detect_environment", lambda: ENV)
+    cache = tmp_path / "cache"
+    assert B.cli([str(model), "--cache-dir", str(cache)]) == 0
+    engine = next(cache.glob("*.engine"))
+    good = engine.read_bytes()
+    engine.write_bytes(b"truncated")                   # plan damaged behind the sidecar's back
+    capsys.readouterr()
+    assert B.cli([str(model), "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "already built" not in out and "replaced or truncated" in out and engine.read_bytes() == good
+    (cache / (engine.name + ".json")).write_text("{broken")   # broken sidecar JSON: rebuild, no traceback
+    assert B.cli([str(model), "--cache-dir", str(cache)]) == 0
+    assert "sidecar is broken" in capsys.readouterr().out and read_sidecar_raw(engine)["format"] == "vap.trt/1"
+    assert B.cli([str(model), "--cache-dir", str(cache), "--force"]) == 0
+    assert "rebuilding" in capsys.readouterr().out
 
 
 def test_build_legacy_one_to_many_model_records_its_layout(tmp_path: Path, monkeypatch):

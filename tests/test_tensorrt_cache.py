@@ -160,7 +160,7 @@ def test_resolve_engine_refuses_or_builds_by_config(tmp_path: Path, model: Path)
         resolve_engine(model, opts, cache, build_missing=False, env=ENV, build=fake_build([]))
     msg = str(exc.value)
     assert f"vap build-engine {model} --fp16 --batch 1,4,8 --cache-dir {cache}" in msg
-    assert "model.build_missing: true" in msg
+    assert "model.tensorrt.build_missing: true" in msg
     calls: list = []
     logs: list[str] = []
     path = resolve_engine(model, opts, cache, build_missing=True, env=ENV, build=fake_build(calls), log=logs.append)
@@ -209,3 +209,72 @@ def test_import_needs_neither_tensorrt_nor_cuda_nor_torch():
             "print(sorted(m for m in ('tensorrt', 'pycuda', 'cuda', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _fixed_batch(model: Path, batch: int) -> Path:
+    import onnx
+
+    m = onnx.load(str(model))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = batch
+    out = model.with_name(f"b{batch}.onnx")
+    onnx.save(m, str(out))
+    return out
+
+
+def test_fixed_batch_model_builds_with_default_profiles(tmp_path: Path, model: Path):
+    """An Ultralytics-style batch-1 export with the default profiles [[1, 8, 16]] builds for batch 1."""
+    b1 = _fixed_batch(model, 1)
+    calls: list = []
+    logs: list[str] = []
+    path = resolve_engine(b1, BuildOptions(), tmp_path / "c", build_missing=True, env=ENV, build=fake_build(calls),
+                          log=logs.append)
+    assert calls[0][2].batch_profiles == ((1, 1, 1),) and ".b1-1-1." in path.name
+    assert "--batch 1,1,1" in logs[0]
+    # The next start finds it (same adapted key), without building again.
+    assert resolve_engine(b1, BuildOptions(), tmp_path / "c", build_missing=True, env=ENV,
+                          build=fake_build(calls)) == path and len(calls) == 1
+
+
+def test_bad_options_are_refused_before_announcing_a_build(tmp_path: Path, model: Path):
+    b4 = _fixed_batch(model, 4)
+    logs: list[str] = []
+    calls: list = []
+    with pytest.raises(ModelContractError) as exc:
+        resolve_engine(b4, BuildOptions(batch_profiles=((1, 4, 8),)), tmp_path / "c", build_missing=True, env=ENV,
+                       build=fake_build(calls), log=logs.append)
+    assert "fixed batch size of 4" in str(exc.value) and "model.tensorrt.batch_profiles" in str(exc.value)
+    assert logs == [] and calls == []   # no "this takes minutes" for a build that cannot start
+    with pytest.raises(ModelContractError, match="model.tensorrt.contexts / --contexts"):
+        resolve_engine(model, BuildOptions(contexts=0), tmp_path / "c", build_missing=True, env=ENV)
+
+
+@pytest.mark.parametrize("error", ["failed", "cancelled", "value"])
+def test_build_errors_become_model_errors_not_tracebacks(tmp_path: Path, model: Path, error: str):
+    from engines.tensorrt.build import BuildCancelled, BuildFailed
+
+    def build(src: Path, out: Path, opts: BuildOptions) -> Path:
+        raise {"failed": BuildFailed("TensorRT could not build det.onnx"),
+               "cancelled": BuildCancelled("build cancelled; nothing was written"),
+               "value": ValueError("something about --hw")}[error]
+
+    with pytest.raises(ModelContractError) as exc:
+        resolve_engine(model, BuildOptions(), tmp_path / "c", build_missing=True, env=ENV, build=build,
+                       log=lambda s: None)
+    msg = str(exc.value)
+    assert {"failed": "could not build", "cancelled": "was cancelled", "value": "something about --hw"}[error] in msg
+    assert "vap build-engine" in msg or error == "value"
+
+
+def test_stale_cached_engine_hint_mentions_force(tmp_path: Path, model: Path):
+    cache = tmp_path / "c"
+    opts = BuildOptions()
+    d = decide(model, opts, cache, ENV)
+    fake_build([])(model, d.path, opts)
+    d.path.write_bytes(b"PLAN-truncated")
+    with pytest.raises(ModelContractError, match="replaced or truncated.*--force"):
+        resolve_engine(model, opts, cache, build_missing=False, env=ENV)
+    # A plain miss needs no --force.
+    with pytest.raises(ModelContractError) as exc:
+        resolve_engine(model, BuildOptions(precision="fp32"), cache, build_missing=False, env=ENV)
+    assert "--force" not in str(exc.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.tensorrt.plan_file import (atomic_write, read_engine_file, read_sidecar_raw, split_header, with_header,
+from engines.tensorrt.plan_file import (atomic_write, find_sidecar, read_engine_file, read_sidecar_raw, split_header, with_header,
                                         write_sidecar)
 from engines.tensorrt.runtime import ultralytics_metadata
 
@@ -72,7 +72,26 @@ def test_sidecar_read_write(tmp_path: Path):
     engine = tmp_path / "m.engine"
     assert read_sidecar_raw(engine) is None
     write_sidecar(engine, {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "m.engine.json").is_file() and not (tmp_path / "m.json").exists()
     assert read_sidecar_raw(engine) == {"a": [1, 2], "b": 1}
-    (tmp_path / "m.json").write_text("{")
-    with pytest.raises(ValueError, match="m.json is not valid JSON"):
+    (tmp_path / "m.engine.json").write_text("{")
+    with pytest.raises(ValueError, match="m.engine.json is not valid JSON"):
         read_sidecar_raw(engine)
+
+
+def test_sidecar_does_not_clash_with_the_onnx_export_sidecar(tmp_path: Path):
+    engine = tmp_path / "m.engine"
+    # vap export writes m.onnx + m.json (string-encoded ONNX metadata): not a TensorRT sidecar.
+    onnx_sidecar = {"vap_format": "1", "names": '{"0": "person"}', "imgsz": "[64, 64]"}
+    (tmp_path / "m.json").write_text(json.dumps(onnx_sidecar))
+    assert find_sidecar(engine) is None and read_sidecar_raw(engine) is None
+    (tmp_path / "m.json").write_text("{ not json: some other tool's file")
+    assert read_sidecar_raw(engine) is None
+    # An engine built before the rename: its m.json has `format`, so it is still read...
+    (tmp_path / "m.json").write_text(json.dumps({"format": "vap.trt/1", "names": {}}))
+    assert find_sidecar(engine) == tmp_path / "m.json"
+    assert read_sidecar_raw(engine) == {"format": "vap.trt/1", "names": {}}
+    # ...until the new name exists, which wins; writing never touches m.json.
+    write_sidecar(engine, {"format": "vap.trt/1", "new": True})
+    assert read_sidecar_raw(engine)["new"] is True
+    assert json.loads((tmp_path / "m.json").read_text()) == {"format": "vap.trt/1", "names": {}}

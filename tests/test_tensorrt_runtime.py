@@ -346,7 +346,7 @@ def test_stale_sidecar_is_refused(tmp_path: Path):
     path.write_bytes(path.read_bytes().replace(b'"dtype"', b'"dtype" '))
     with pytest.raises(ModelContractError, match="does not match its sidecar"):
         backend(path)
-    (tmp_path / "det.json").write_text("[1, 2]")
+    (tmp_path / "det.engine.json").write_text("[1, 2]")
     with pytest.raises(ModelContractError, match="does not hold a JSON object"):
         backend(path)
 
@@ -372,6 +372,22 @@ def test_ultralytics_engine_with_header_loads(tmp_path: Path):
     assert len(be._slots) == 1  # one profile: one context, never shared
     out = be.infer(np.ones((2, 3, 64, 64), dtype=np.float32))
     np.testing.assert_allclose(out[:, 0, 4], 1.0)
+
+
+def test_engine_next_to_its_onnx_export_sidecar_loads(tmp_path: Path):
+    """det.onnx + det.json (vap export's ONNX sidecar) next to det.engine: the engine's own
+    metadata must be used, not the ONNX sidecar mistaken for a broken TensorRT one."""
+    (tmp_path / "det.json").write_text(json.dumps({"vap_format": "1", "names": '{"0": "cat"}'}))
+    plan = json.dumps({"fake_plan": True, "profiles": [[[1, 3, 64, 64], [4, 3, 64, 64], [8, 3, 64, 64]]],
+                       "hw": [64, 64]}).encode()
+    header = {"stride": 32, "imgsz": [64, 64], "names": {"0": "person"}, "end2end": True}
+    (tmp_path / "det.engine").write_bytes(with_header(plan, header))
+    be, _ = backend(tmp_path / "det.engine")
+    assert be.info.names == ["person"] and be.info.extra["metadata_from"] == "header"
+    # Ours, next to the same ONNX sidecar: det.engine.json is the one read.
+    be2, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1))
+    assert be2.info.names == ["person", "car"] and be2.info.extra["metadata_from"] == "sidecar"
+    assert json.loads((tmp_path / "det.json").read_text())["vap_format"] == "1"   # untouched
 
 
 def test_plan_without_any_metadata_needs_class_names(tmp_path: Path):

@@ -27,6 +27,7 @@ see docs/tensorrt.md for what was verified where.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -38,10 +39,10 @@ import numpy as np
 
 from engines.contract import EngineInfo, ModelContractError, resolve_info
 from engines.metadata import decode_metadata, sha256_file
-from engines.tensorrt.cache import (BuildOptions, TensorRTUnavailable, TrtEnvironment, cache_key,
-                                    default_cache_dir, detect_environment, engine_path, import_tensorrt,
+from engines.tensorrt.cache import (DEFAULT_BATCH_PROFILES, BuildOptions, TensorRTUnavailable, TrtEnvironment, cache_key,
+                                    decide, default_cache_dir, detect_environment, import_tensorrt,
                                     parse_batch, parse_hw, sidecar_metadata, timing_cache_path)
-from engines.tensorrt.plan_file import atomic_write, read_sidecar_raw, write_sidecar
+from engines.tensorrt.plan_file import atomic_write, sidecar_path, write_sidecar
 
 Shape4 = tuple[int, int, int, int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -97,24 +98,38 @@ def inspect_onnx(path: str | Path, class_names: list[str] | None = None) -> Onnx
                        dims(model.graph.output[0]), decode_metadata(raw), info)
 
 
+def fit_options(summary: OnnxSummary, options: BuildOptions) -> BuildOptions:
+    """`options` adapted to the model: the default batch profiles become the model's own batch size
+    when its graph has a fixed batch (Ultralytics exports batch 1 by default), so such a model
+    builds without flags. Profiles given explicitly are left alone (profile_shapes checks them)."""
+    b_fixed = summary.input_shape[0]
+    if b_fixed is not None and options.batch_profiles == DEFAULT_BATCH_PROFILES:
+        return dataclasses.replace(options, batch_profiles=((b_fixed,) * 3,))
+    return options
+
+
 def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Shape4, Shape4, Shape4]]:
     """The (min, opt, max) input shapes of every optimisation profile, in engine order.
 
     Profiles repeat `options.contexts` times: copy c of batch range i has index
     c * len(batch_profiles) + i, and execution context c owns copy c (see runtime.py).
-    Raises ValueError when the options contradict the model (fixed batch or size).
+    Raises ValueError when the options contradict the model (fixed batch or size); the message
+    names both the config key (`model.tensorrt.*`, for `vap run`) and the `vap build-engine` flag.
     """
     b_fixed = summary.input_shape[0]
     for b in options.batch_profiles:
         if b_fixed is not None and tuple(b) != (b_fixed,) * 3:
-            raise ValueError(f"{summary.path.name} has a fixed batch size of {b_fixed}: use --batch {b_fixed}, or "
-                             "export it with a dynamic batch (vap export does by default)")
+            raise ValueError(
+                f"{summary.path.name} has a fixed batch size of {b_fixed}, but batch profile "
+                f"{','.join(map(str, b))} was asked for: set model.tensorrt.batch_profiles: "
+                f"[[{b_fixed}, {b_fixed}, {b_fixed}]] (or leave it at its default) / vap build-engine --batch {b_fixed}, "
+                "or export the model with a dynamic batch (vap export does by default)")
     h_fixed, w_fixed = summary.input_shape[2], summary.input_shape[3]
     if h_fixed is not None and w_fixed is not None:
         fixed = (h_fixed, w_fixed)
         if options.hw_profile and any(tuple(hw) != fixed for hw in options.hw_profile):
-            raise ValueError(f"{summary.path.name} has a fixed input size {h_fixed}x{w_fixed}; drop --hw or export "
-                             "with --dynamic-hw")
+            raise ValueError(f"{summary.path.name} has a fixed input size {h_fixed}x{w_fixed}: remove "
+                             "model.tensorrt.hw_profile / drop --hw, or export with --dynamic-hw")
         hw = (fixed, fixed, fixed)
     elif h_fixed is not None or w_fixed is not None:
         raise ValueError(f"{summary.path.name}: input shape {summary.input_shape} has only one of H/W dynamic; "
@@ -124,12 +139,24 @@ def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Sh
         stride = summary.info.stride
         bad = [f"{h}x{w}" for h, w in hw if h % stride or w % stride]
         if bad:
-            raise ValueError(f"--hw sizes {', '.join(bad)} are not multiples of the model stride {stride}")
+            raise ValueError(f"input sizes {', '.join(bad)} (model.tensorrt.hw_profile / --hw) are not multiples "
+                             f"of the model stride {stride}")
     out = []
     for _ in range(options.contexts):
         for lo, opt, hi in options.batch_profiles:
             out.append(((lo, 3, *hw[0]), (opt, 3, *hw[1]), (hi, 3, *hw[2])))
     return out  # type: ignore[return-value]
+
+
+def checked_options(onnx_path: str | Path, options: BuildOptions,
+                    class_names: list[str] | None = None) -> BuildOptions:
+    """Validate `options` against the ONNX model before anything slow happens, adapted to it
+    (`fit_options`). ModelContractError: the model is unusable; ValueError: the options are wrong."""
+    options.validate()
+    summary = inspect_onnx(onnx_path, class_names)
+    options = fit_options(summary, options)
+    profile_shapes(summary, options)
+    return options
 
 
 class BuildProgress:
@@ -311,7 +338,7 @@ def _fp16_onnx_for_trt11(source: Path, out: Path, log: Callable[[str], None]) ->
 def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, *, env: TrtEnvironment | None = None,
                  cache_dir: str | Path | None = None, log: Callable[[str], None] = print,
                  cancel: threading.Event | None = None, class_names: list[str] | None = None) -> Path:
-    """Build `onnx_path` into the plan `out` (+ `out.json` sidecar); returns `out`.
+    """Build `onnx_path` into the plan `out` (+ its `<out name>.json` sidecar); returns `out`.
 
     Raises ModelContractError (model unusable / parser errors), ValueError (options contradict the
     model), TensorRTUnavailable, BuildFailed or BuildCancelled.
@@ -319,6 +346,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
     onnx_path, out = Path(onnx_path), Path(out)
     options.validate()
     summary = inspect_onnx(onnx_path, class_names)
+    options = fit_options(summary, options)
     shapes = profile_shapes(summary, options)
     trt = import_tensorrt()
     env = env or detect_environment()
@@ -415,7 +443,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         end2end=getattr(info, "layout", "end2end") == "end2end", notes=notes)
     atomic_write(out, blob)
     write_sidecar(out, meta)
-    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {out.with_suffix('.json').name} in "
+    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
         f"{time.monotonic() - t0:.0f} s")
     return out
 
@@ -492,6 +520,7 @@ def cli(argv: list[str]) -> int:
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     try:
         summary = inspect_onnx(args.model, names)
+        options = fit_options(summary, options)
         profile_shapes(summary, options)
     except ModelContractError as exc:
         err(str(exc))
@@ -512,10 +541,13 @@ def cli(argv: list[str]) -> int:
     if args.out is not None:
         out = args.out
     else:
-        out = engine_path(cache_dir, args.model, cache_key(sha256_file(args.model), env, options), env, options)
-        if out.is_file() and not args.force and read_sidecar_raw(out) is not None:
+        decision = decide(args.model, options, cache_dir, env)
+        out = decision.path
+        if decision.action == "use" and not args.force:
             print(f"{out} is already built for this model, GPU and TensorRT version (use --force to rebuild)")
             return EXIT_OK
+        if out.is_file():
+            print(f"rebuilding {out.name}: {decision.reason}" if not args.force else f"rebuilding {out.name} (--force)")
     try:
         build_engine(args.model, out, options, env=env, cache_dir=cache_dir, class_names=names)
     except BuildCancelled as exc:

@@ -10,7 +10,7 @@ everything that makes a plan unusable or different when it changes:
 Layout (flat, one folder; names readable by people, the key makes them unique)::
 
     <cache_dir>/<model stem>.<precision>.b<min>-<opt>-<max>.trt<version>.sm<cc>.<key12>.engine
-    <cache_dir>/<same>.json          sidecar: engine contract metadata + what the plan was built for
+    <cache_dir>/<same>.engine.json   sidecar: engine contract metadata + what the plan was built for
     <cache_dir>/timing.trt<version>.sm<cc>.cache    TensorRT timing cache shared by builds
 
 The sidecar also records the sha256 of the plan itself, so a plan replaced or truncated behind
@@ -35,12 +35,16 @@ from typing import Any, Callable, Literal
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
-from engines.tensorrt.plan_file import read_sidecar_raw, sidecar_path
+from engines.tensorrt.plan_file import find_sidecar, read_sidecar_raw, sidecar_path
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 HW = tuple[int, int]
+DEFAULT_BATCH_PROFILES: tuple[tuple[int, int, int], ...] = ((1, 8, 16),)
 KEY_VERSION = 1
+# Where an option comes from, for messages: the deployment YAML key (vap run) and the CLI flag.
+BATCH_KEYS = " (model.tensorrt.batch_profiles / vap build-engine --batch)"
+HW_KEYS = " (model.tensorrt.hw_profile / vap build-engine --hw)"
 SIDECAR_FORMAT = "vap.trt/1"
 REQUIRED_SIDECAR_KEYS = ("format", "names", "imgsz", "tensorrt_version", "compute_capability", "engine_sha256",
                          "source_sha256", "batch_profiles", "precision")
@@ -69,21 +73,22 @@ def parse_batch(spec: str) -> tuple[int, int, int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"batch profile {spec!r} is not MIN,OPT,MAX integers (e.g. 1,8,32)") from None
+        raise ValueError(f"batch profile {spec!r} is not MIN,OPT,MAX integers (e.g. 1,8,32){BATCH_KEYS}") from None
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
-        raise ValueError(f"batch profile {spec!r} needs three values MIN,OPT,MAX (e.g. 1,8,32) or one fixed size")
+        raise ValueError(f"batch profile {spec!r} needs three values MIN,OPT,MAX (e.g. 1,8,32) or one fixed "
+                         f"size{BATCH_KEYS}")
     lo, opt, hi = values
     if not 1 <= lo <= opt <= hi:
-        raise ValueError(f"batch profile {spec!r} must satisfy 1 <= MIN <= OPT <= MAX")
+        raise ValueError(f"batch profile {spec!r} must satisfy 1 <= MIN <= OPT <= MAX{BATCH_KEYS}")
     return lo, opt, hi
 
 
 def _parse_one_hw(text: str) -> HW:
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
     if not m:
-        raise ValueError(f"input size {text!r} is not HxW (e.g. 384x640) or one number")
+        raise ValueError(f"input size {text!r} is not HxW (e.g. 384x640) or one number{HW_KEYS}")
     h = int(m.group(1))
     return h, int(m.group(2) or h)
 
@@ -94,11 +99,13 @@ def parse_hw(spec: str) -> tuple[HW, HW, HW]:
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) != 3:
-        raise ValueError(f"input size profile {spec!r} needs MIN,OPT,MAX sizes (e.g. 320x320,640x640,640x640)")
+        raise ValueError(f"input size profile {spec!r} needs MIN,OPT,MAX sizes (e.g. 320x320,640x640,640x640)"
+                         f"{HW_KEYS}")
     lo, opt, hi = (_parse_one_hw(p) for p in parts)
     for i in range(2):
         if not 32 <= lo[i] <= opt[i] <= hi[i]:
-            raise ValueError(f"input size profile {spec!r} must satisfy 32 <= MIN <= OPT <= MAX in both H and W")
+            raise ValueError(f"input size profile {spec!r} must satisfy 32 <= MIN <= OPT <= MAX in both H and "
+                             f"W{HW_KEYS}")
     return lo, opt, hi
 
 
@@ -114,7 +121,7 @@ class BuildOptions:
     """
 
     precision: Precision = "fp16"
-    batch_profiles: tuple[tuple[int, int, int], ...] = ((1, 8, 16),)
+    batch_profiles: tuple[tuple[int, int, int], ...] = DEFAULT_BATCH_PROFILES
     hw_profile: tuple[HW, HW, HW] | None = None
     contexts: int = 2
     workspace_gib: float = 4.0
@@ -126,21 +133,27 @@ class BuildOptions:
     def validate(self) -> "BuildOptions":
         """Raise ValueError naming the bad option; return self so calls chain."""
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} "
+                             "(model.tensorrt.precision / --fp32, --fp16, --int8)")
         if not self.batch_profiles:
-            raise ValueError("at least one batch profile is needed (e.g. --batch 1,8,32)")
+            raise ValueError("at least one batch profile is needed (model.tensorrt.batch_profiles: [[1, 8, 32]] / "
+                             "--batch 1,8,32)")
         for b in self.batch_profiles:
             parse_batch(",".join(str(v) for v in b))
         if self.hw_profile is not None:
             parse_hw(",".join(f"{h}x{w}" for h, w in self.hw_profile))
         if not 1 <= self.contexts <= 8:
-            raise ValueError(f"contexts {self.contexts} must be 1..8 (each one is a copy of every profile)")
+            raise ValueError(f"contexts {self.contexts} must be 1..8 (each one is a copy of every profile; "
+                             "model.tensorrt.contexts / --contexts)")
         if not 0 < self.workspace_gib <= 1024:
-            raise ValueError(f"workspace {self.workspace_gib} GiB must be > 0")
+            raise ValueError(f"workspace {self.workspace_gib} GiB must be > 0 (model.tensorrt.workspace_gib / "
+                             "--workspace)")
         if self.precision == "int8" and not self.calibration:
-            raise ValueError("INT8 needs calibration images: --calib DIR_OR_DATA_YAML")
+            raise ValueError("INT8 needs calibration images: model.tensorrt.calibration: DIR_OR_DATA_YAML / "
+                             "--calib DIR_OR_DATA_YAML")
         if self.calib_batch < 1 or self.calib_limit < 1:
-            raise ValueError("calibration batch size and image limit must be >= 1")
+            raise ValueError("calibration batch size and image limit must be >= 1 (model.tensorrt.calib_limit / "
+                             "--calib-limit, --calib-batch)")
         return self
 
     @property
@@ -209,9 +222,11 @@ def timing_cache_path(cache_dir: str | Path, env: TrtEnvironment) -> Path:
     return Path(cache_dir) / f"timing.trt{version}.{env.sm}.cache"
 
 
-def rebuild_command(model: str | Path, options: BuildOptions, cache_dir: str | Path | None = None) -> str:
-    """The shell command that (re)builds this engine."""
-    parts = ["vap", "build-engine", str(model), *options.cli_flags()]
+def rebuild_command(model: str | Path, options: BuildOptions, cache_dir: str | Path | None = None,
+                    force: bool = False) -> str:
+    """The shell command that (re)builds this engine; `force` adds --force, for hints about an
+    engine that exists but was refused (the user may want to replace it whatever the cache says)."""
+    parts = ["vap", "build-engine", str(model), *options.cli_flags(), *(["--force"] if force else [])]
     if cache_dir is not None:
         parts += ["--cache-dir", str(cache_dir)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -285,7 +300,7 @@ def check_sidecar(meta: dict[str, Any], engine: Path, env: TrtEnvironment | None
     missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in meta]
     if missing or meta.get("format") != SIDECAR_FORMAT:
         raise ModelContractError(
-            f"{sidecar_path(engine)}: not a vap TensorRT sidecar (missing {', '.join(missing) or 'format'}; "
+            f"{find_sidecar(engine) or sidecar_path(engine)}: not a vap TensorRT sidecar (missing {', '.join(missing) or 'format'}; "
             f"format {meta.get('format')!r}, expected {SIDECAR_FORMAT!r}).{how}")
     if engine_sha256 is not None and meta["engine_sha256"] != engine_sha256:
         raise ModelContractError(
@@ -343,52 +358,81 @@ def decide(model: str | Path, options: BuildOptions, cache_dir: str | Path, env:
 
 
 BuildFn = Callable[[Path, Path, BuildOptions], Path]
+PrepareFn = Callable[[Path, BuildOptions], BuildOptions]
 
 
 def resolve_engine(onnx_or_engine: str | Path, options: BuildOptions, cache_dir: str | Path | None = None,
                    build_missing: bool = False, env: TrtEnvironment | None = None, build: BuildFn | None = None,
-                   log: Callable[[str], None] = print, class_names: list[str] | None = None) -> Path:
+                   log: Callable[[str], None] = print, class_names: list[str] | None = None,
+                   prepare: PrepareFn | None = None) -> Path:
     """The plan to run for `onnx_or_engine`, built first when allowed.
 
     An `.engine`/`.plan` path is checked (sidecar present and fresh, same TensorRT version and GPU)
-    and returned. An `.onnx` path is looked up in `cache_dir`; a missing or stale plan is built
-    (with a visible message, since it takes minutes) when `build_missing`, else this raises a
-    `ModelContractError` that gives the `vap build-engine` command. `class_names` is for models
-    without names in their metadata. `env`/`build` are injectable for tests; by default they come
-    from TensorRT on this machine.
+    and returned. An `.onnx` path is first checked against the options (`prepare`, by default
+    `build.checked_options`: a fixed-batch model gets its own batch as the default profile, and
+    options that contradict the model are refused here, before any "this takes minutes"), then
+    looked up in `cache_dir`; a missing or stale plan is built (with a visible message) when
+    `build_missing`, else this raises a `ModelContractError` that gives the `vap build-engine`
+    command. Every failure, building included (bad options, TensorRT refusing, Ctrl-C), is a
+    `ModelContractError` with a message, never a traceback for `vap run`. `class_names` is for
+    models without names in their metadata. `env`/`build`/`prepare` are injectable for tests.
     """
-    path = Path(onnx_or_engine)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = Path(onnx_or_engine).expanduser()
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if not path.is_file():
         raise ModelContractError(f"model file {path} does not exist; check model.path in the config")
-    options.validate()
-    env = env or detect_environment()
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise ModelContractError(f"model.tensorrt options: {exc}") from None
     suffix = path.suffix.lower()
     if suffix in (".engine", ".plan", ".trt"):
+        env = env or detect_environment()
         meta = read_sidecar_raw(path)
         if meta is not None:
             check_sidecar(meta, path, env, sha256_file(path),
-                          hint=rebuild_command(meta.get("source_model", "MODEL.onnx"), options_from_sidecar(meta)))
+                          hint=rebuild_command(meta.get("source_model", "MODEL.onnx"), options_from_sidecar(meta),
+                                               force=True))
         return path
     if suffix != ".onnx":
         raise ModelContractError(f"{path}: TensorRT takes an .onnx model (built into the cache) or a built "
                                  f".engine/.plan, not {path.suffix!r}")
+    if prepare is None:
+        from engines.tensorrt.build import checked_options
+
+        def prepare(src: Path, opts: BuildOptions) -> BuildOptions:
+            return checked_options(src, opts, class_names)
+    try:
+        options = prepare(path, options)
+    except ValueError as exc:
+        raise ModelContractError(f"{path.name}: cannot build a TensorRT engine with these options: {exc}") from None
+    env = env or detect_environment()
     decision = decide(path, options, cache_dir, env)
     if decision.action == "use":
         return decision.path
-    command = rebuild_command(path, options, cache_dir)
+    command = rebuild_command(path, options, cache_dir, force=decision.path.is_file())
     if not build_missing:
         raise ModelContractError(
             f"{path}: no usable TensorRT engine in {cache_dir}: {decision.reason}. Build it with `{command}` "
-            "(takes minutes) or set model.build_missing: true to build it on start.")
+            "(takes minutes) or set model.tensorrt.build_missing: true to build it on start.")
     log(f"building TensorRT engine for {path.name} ({decision.reason}); this takes minutes, once per model, "
         f"GPU and TensorRT version. Same as: {command}")
+    from engines.tensorrt.build import BuildCancelled, BuildFailed
+
     if build is None:
         from engines.tensorrt.build import build_engine
 
         def build(src: Path, out: Path, opts: BuildOptions) -> Path:
             return build_engine(src, out, opts, env=env, cache_dir=cache_dir, log=log, class_names=class_names)
-    built = build(path, decision.path, options)
+    try:
+        built = build(path, decision.path, options)
+    except BuildCancelled as exc:
+        raise ModelContractError(f"building the TensorRT engine for {path.name} was cancelled ({exc}); start "
+                                 f"again to build it, or build it beforehand with `{command}`") from None
+    except BuildFailed as exc:
+        raise ModelContractError(f"{exc}. Same build by hand: `{command}`") from None
+    except ValueError as exc:
+        raise ModelContractError(f"{path.name}: cannot build a TensorRT engine with these options: {exc}") from None
     meta = read_sidecar_raw(built)
     if meta is None:
         raise ModelContractError(f"{built}: the build wrote no sidecar; rebuild with `{command}`")

@@ -3,8 +3,12 @@
 Two layouts are read:
 
 * ours: ``model.engine`` holds the serialized plan exactly as TensorRT wrote it (so ``trtexec
-  --loadEngine`` and other tools open it too) and ``model.json`` next to it holds the engine
-  contract metadata plus what the plan was built for (TensorRT version, GPU, profiles).
+  --loadEngine`` and other tools open it too) and ``model.engine.json`` next to it holds the
+  engine contract metadata plus what the plan was built for (TensorRT version, GPU, profiles).
+  The full file name is kept (not ``model.json``) because ``vap export``/``vap quantize`` write
+  ``model.json`` next to ``model.onnx``: the two sidecars must not overwrite each other when an
+  engine sits next to its ONNX model. Engines from before that change have ``model.json``; it is
+  still read, but only when it is a vap TensorRT sidecar (has ``format``).
 * Ultralytics ``.engine`` exports: a 4-byte little-endian length, that many bytes of UTF-8 JSON
   metadata (names, imgsz, stride, ...), then the plan. Users already have these files, so they
   load unchanged.
@@ -76,7 +80,13 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
 
 
 def sidecar_path(engine: str | Path) -> Path:
-    """``model.engine`` -> ``model.json``."""
+    """``model.engine`` -> ``model.engine.json`` (where sidecars are written)."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def legacy_sidecar_path(engine: str | Path) -> Path:
+    """``model.engine`` -> ``model.json``: where engines built before the rename have their sidecar."""
     return Path(engine).with_suffix(".json")
 
 
@@ -85,11 +95,7 @@ def write_sidecar(engine: str | Path, meta: dict[str, Any]) -> Path:
     return atomic_write(sidecar_path(engine), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_sidecar_raw(engine: str | Path) -> dict[str, Any] | None:
-    """The sidecar as written, or None when there is none; a broken one is a ValueError."""
-    p = sidecar_path(engine)
-    if not p.is_file():
-        return None
+def _load_json_object(p: Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text())
     except (UnicodeDecodeError, ValueError) as exc:
@@ -97,3 +103,25 @@ def read_sidecar_raw(engine: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ValueError(f"{p} does not hold a JSON object")
     return data
+
+
+def find_sidecar(engine: str | Path) -> Path | None:
+    """The sidecar file of `engine`: ``<name>.json``, else a legacy ``<stem>.json`` that is a vap
+    TensorRT sidecar (has ``format``; an ONNX export's ``<stem>.json`` is not one), else None."""
+    p = sidecar_path(engine)
+    if p.is_file():
+        return p
+    old = legacy_sidecar_path(engine)
+    if old != p and old.is_file():
+        try:
+            if "format" in _load_json_object(old):
+                return old
+        except (OSError, ValueError):
+            return None  # not ours to judge: some other tool's file
+    return None
+
+
+def read_sidecar_raw(engine: str | Path) -> dict[str, Any] | None:
+    """The sidecar as written, or None when there is none; a broken one is a ValueError."""
+    p = find_sidecar(engine)
+    return None if p is None else _load_json_object(p)

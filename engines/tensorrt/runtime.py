@@ -92,7 +92,8 @@ def engine_metadata(path: Path, blob: bytes, env: TrtEnvironment | None) -> tupl
         raise ModelContractError(f"{exc}; delete it and rebuild the engine with vap build-engine") from None
     if sidecar is not None:
         check_sidecar(sidecar, path, env, hashlib.sha256(blob).hexdigest(),
-                      hint=rebuild_command(sidecar.get("source_model", "MODEL.onnx"), options_from_sidecar(sidecar)))
+                      hint=rebuild_command(sidecar.get("source_model", "MODEL.onnx"), options_from_sidecar(sidecar),
+                                           force=True))
         return sidecar, plan, "sidecar"
     if header is not None:
         return ultralytics_metadata(header), plan, "header"
