@@ -253,6 +253,18 @@ def test_batches_are_split_above_and_padded_below_the_profiles(tmp_path: Path):
     np.testing.assert_allclose(one[0, 0, 4], x[0].mean(), rtol=1e-6)
 
 
+def test_batches_between_profiles_are_padded_to_the_next_one(tmp_path: Path):
+    """--batch 1 --batch 4,8,8: batches of 2 and 3 fit no profile; they run padded to 4."""
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 1, 1), (4, 8, 8)), contexts=1), contexts=1)
+    assert [be.padded_batch(n) for n in range(1, 9)] == [1, 4, 4, 4, 5, 6, 7, 8]
+    x = np.random.default_rng(5).random((9, 3, 64, 64), dtype=np.float32)
+    for n in (1, 2, 3, 4, 9):
+        out = be.infer(x[:n])
+        assert out.shape == (n, K, 6)
+        np.testing.assert_allclose(out[:, 0, 4], x[:n].mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert be.infer(x[:3])[0, 0, 1] == 1     # ran on the 4..8 profile
+
+
 def test_profile_switches_per_batch_size(tmp_path: Path):
     be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 1, 1), (2, 8, 16)), contexts=1))
     x = np.zeros((16, 3, 64, 64), dtype=np.float32)

@@ -301,9 +301,20 @@ class TrtBackend(Backend):
         out[:, :, :h, :w] = images
         return out
 
+    def padded_batch(self, n: int) -> int:
+        """The batch size to run `n` images (n <= the largest profile maximum) at: `n` itself when a
+        profile's batch range holds it, else the smallest profile minimum above it. Profiles may
+        leave gaps (e.g. --batch 1 --batch 4,8,8 has none for 2 or 3); padding a few rows costs
+        less than refusing the batch, which would stop the inference stage."""
+        if any(r.min[0] <= n <= r.max[0] for r in self.ranges):
+            return n
+        above = [r.min[0] for r in self.ranges if r.min[0] > n]
+        return min(above) if above else n
+
     def infer_raw(self, images: Any) -> np.ndarray:
         """The plan's own output for a [B, 3, H, W] batch of any size: splits batches above the
-        largest profile and pads batches below the smallest (padding rows are dropped).
+        largest profile and pads batches below the smallest or between two profiles up to the
+        next profile (`padded_batch`; padding rows are dropped).
 
         `images`: a float NumPy array, or a torch tensor; a CUDA tensor (from
         `engines.gpu_preprocess`) is read in place on the GPU, so no input crosses PCIe.
@@ -320,13 +331,14 @@ class TrtBackend(Backend):
         if n > self.max_profile_batch:
             step = self.max_profile_batch
             return np.concatenate([self.infer_raw(images[i:i + step]) for i in range(0, n, step)])
-        if n < self.min_batch:
+        target = self.padded_batch(n)
+        if target != n:
             if _is_torch(images):
                 import torch
 
-                padded = torch.cat([images, images.new_zeros((self.min_batch - n, *images.shape[1:]))])
+                padded = torch.cat([images, images.new_zeros((target - n, *images.shape[1:]))])
             else:
-                padded = np.concatenate([images, np.zeros((self.min_batch - n, *images.shape[1:]), images.dtype)])
+                padded = np.concatenate([images, np.zeros((target - n, *images.shape[1:]), images.dtype)])
             out = self._run(padded)[:n]
         else:
             out = self._run(images)
