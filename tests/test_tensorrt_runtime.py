@@ -319,6 +319,46 @@ def test_submit_keeps_batches_in_flight_from_one_caller(tmp_path: Path):
         be.submit(inputs[0])
 
 
+def test_close_waits_for_running_batches(tmp_path: Path):
+    """close() from another thread while a batch runs: the batch finishes on live buffers, close
+    frees them afterwards, and a caller arriving later gets a clear 'closed' error."""
+    be, trt = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1), contexts=1)
+    x = np.random.default_rng(6).random((4, 3, 64, 64), dtype=np.float32)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(be.infer(x))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while trt.running == 0 and t.is_alive():   # wait until the fake kernel is executing
+        time.sleep(0.0005)
+    be.close()
+    t.join(5)
+    assert errors == [] and len(results) == 1
+    np.testing.assert_allclose(results[0][:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert be.ops.memory == {}  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="closed"):
+        be.infer(x)
+
+
+def test_close_gives_up_on_a_stuck_batch_without_freeing_its_buffers(tmp_path: Path):
+    logs: list[str] = []
+    be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2), contexts=2, log=logs.append)
+    stuck = be._pool.get()            # a batch that never finishes
+    be.close_timeout_s = 0.05
+    be.close()
+    assert any("still running a batch" in line for line in logs)
+    # The free slot's buffers are freed, the stuck one's are not.
+    assert set(be.ops.memory) == {stuck.d_in, stuck.d_out}  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="closed"):
+        be._run(np.zeros((1, 3, 64, 64), np.float32))
+
+
 def test_contexts_are_capped_by_profile_copies(tmp_path: Path):
     be, _ = backend(write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2), contexts=4)
     assert len(be._slots) == 2

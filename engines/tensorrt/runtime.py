@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -158,6 +159,7 @@ class TrtBackend(Backend):
     """
 
     name = "tensorrt"
+    close_timeout_s = 30.0  # how long close() waits for batches running in other threads
 
     def __init__(self, path: str | Path, class_names: list[str] | None = None, contexts: int = 2,
                  device: int = 0, cuda: str | CudaOps = "auto", *, build_missing: bool = False,
@@ -173,6 +175,7 @@ class TrtBackend(Backend):
                                      "(an .onnx model, or an .engine built with vap build-engine)")
         trt = trt_module or import_tensorrt()
         self.trt = trt
+        self._log = log
         self.ops: CudaOps = cuda_ops(cuda, device) if isinstance(cuda, str) else cuda
         self._owns_ops = isinstance(cuda, str)
         if env is None:
@@ -350,6 +353,9 @@ class TrtBackend(Backend):
             raise RuntimeError("TensorRT backend is closed")
         shape = tuple(int(v) for v in images.shape)
         slot = self._pool.get()
+        if slot is None:  # close() took every slot and left this marker: pass it on to the next waiter
+            self._pool.put(None)
+            raise RuntimeError("TensorRT backend is closed")
         try:
             return self._run_on(slot, images, shape)
         finally:
@@ -425,7 +431,13 @@ class TrtBackend(Backend):
         return self._executor.submit(self.infer, images)
 
     def close(self) -> None:
-        """Wait for submitted batches, then free device buffers and contexts (idempotent)."""
+        """Wait for submitted and running batches, then free device buffers and contexts (idempotent).
+
+        Every slot is taken from the pool first (waiting up to `close_timeout_s` for batches that
+        other threads are running), so no buffer is freed under a running copy or kernel. Slots
+        still busy after the timeout are left allocated (with a message) rather than freed under
+        the GPU; callers blocked waiting for a slot get "closed" instead of waiting forever.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -433,12 +445,34 @@ class TrtBackend(Backend):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         slots, self._slots = self._slots, []
+        taken: list[_Slot] = []
+        deadline = time.monotonic() + self.close_timeout_s
+        while len(taken) < len(slots):
+            try:
+                slot = self._pool.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if slot is not None:
+                taken.append(slot)
+        self._pool.put(None)  # wakes anyone still waiting for a slot
+        busy = len(slots) - len(taken)
+        if busy:
+            self._log(f"TensorRT backend closing: {busy} execution context(s) still running a batch after "
+                      f"{self.close_timeout_s:g} s; their GPU memory is left allocated")
         with self.ops.activate():
-            for slot in slots:
-                self.ops.free(slot.d_in)
-                self.ops.free(slot.d_out)
-                slot.context = None
+            for slot in taken:
+                self._free_slot(slot)
+            if busy:
+                return  # the engine and CUDA objects are still in use by those contexts
             self.engine = None  # contexts, then the engine, while the device is current
-            release = getattr(self.ops, "release", None)
-            if callable(release) and self._owns_ops:
-                release()
+            self._release_ops()
+
+    def _free_slot(self, slot: _Slot) -> None:
+        self.ops.free(slot.d_in)
+        self.ops.free(slot.d_out)
+        slot.context = None
+
+    def _release_ops(self) -> None:
+        release = getattr(self.ops, "release", None)
+        if callable(release) and self._owns_ops:
+            release()
