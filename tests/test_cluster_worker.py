@@ -474,3 +474,207 @@ def test_cluster_commands_and_pipeline_import_without_ray(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "shards: 2" in run.stdout
+
+
+# ---------------------------------------------------------------- reconfigure never loses the shard
+def _gauge(w: ShardWorker, name: str) -> float:
+    text = __import__("prometheus_client").generate_latest(w.metrics_registry).decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def _ucfg(registry: Path, **kw) -> dict:
+    return {"num_shards": 2, "registry": str(registry), "metrics_port": 0, **kw}
+
+
+def test_reconfigure_keeps_cameras_and_settings_on_data_problems(tmp_path):
+    """Serve 2.60 stops a replica whose reconfigure raises (and its replacements): a data problem
+    must be reported as vap_shard_config_error, never raised, and what runs must stay."""
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 10, "v1")
+    w = ShardWorker(FakePipeline, serve_http=False, retry_s=0.1)
+    try:
+        w.reconfigure(_ucfg(reg, registry_version="v1"), 0)
+        p, before = w.pipeline, set(w.owned)
+        assert before and _gauge(w, "vap_shard_config_error") == 0.0
+        problems = [
+            _ucfg(reg, registry_version="v1", settings={"batchh": {"max_batch": 2}}),   # settings typo
+            _ucfg(reg, registry_version="v1", num_shards=0),                             # invalid user_config
+            _ucfg(tmp_path / "gone.yaml", registry_version="v1", registry_wait_s=0.2),   # fetch fails
+        ]
+        for bad in problems:
+            out = w.reconfigure(bad, 0)
+            assert out["error"] and w.config_error == out["error"]
+            assert w.pipeline is p and p.ready and set(p.configs) == before and w.owned == before
+            assert _gauge(w, "vap_shard_config_error") == 1.0
+            assert w.describe()["config_error"] == out["error"]
+        assert "batchh" in w.reconfigure(problems[0], 0)["error"]
+
+        # registry version not there yet: kept, then picked up by the worker's own retry
+        out = w.reconfigure(_ucfg(reg, registry_version="v2", registry_wait_s=0.2), 0)
+        assert "asks for 'v2'" in out["error"] and w.owned == before
+        names = write_registry(reg, 11, "v2")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and w.config_error is not None:
+            time.sleep(0.05)
+        assert w.config_error is None and w.registry.version == "v2"
+        assert w.owned == owned(assign(names, 2), 0) and _gauge(w, "vap_shard_config_error") == 0.0
+    finally:
+        w.close()
+
+
+def test_first_config_with_unreadable_registry_starts_empty_and_retries(tmp_path):
+    reg = tmp_path / "r.yaml"
+    w = ShardWorker(FakePipeline, serve_http=False, retry_s=0.1)
+    try:
+        out = w.reconfigure(_ucfg(reg, registry_wait_s=0.1), 1)
+        assert "no such registry file" in out["error"]
+        assert w.pipeline is not None and w.pipeline.ready and w.owned == set()
+        w.check_health()  # up and visible (config_error=1, owned 0): the alerts say what is wrong
+        assert _gauge(w, "vap_shard_config_error") == 1.0
+        names = write_registry(reg, 8, "v1")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and w.config_error is not None:
+            time.sleep(0.05)
+        assert w.owned == owned(assign(names, 2), 1) and set(w.pipeline.configs) == w.owned
+    finally:
+        w.close()
+
+
+def test_first_config_that_cannot_work_raises(tmp_path):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 4, "v1")
+    w = ShardWorker(FakePipeline, serve_http=False, retry_s=0)
+    with pytest.raises(ConfigError, match="batchh"):  # nothing to keep: Serve should report it
+        w.reconfigure(_ucfg(reg, registry_wait_s=0.1, settings={"batchh": 1}), 0)
+
+
+def _busy_port_block(n: int) -> tuple[int, list]:
+    import socket
+    for _ in range(50):
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        base, socks = first.getsockname()[1], [first]
+        try:
+            for port in range(base + 1, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+        except OSError:
+            for s in socks:
+                s.close()
+            continue
+        for s in socks:
+            s.listen()
+        return base, socks
+    raise RuntimeError("no free port block")
+
+
+def test_busy_metrics_port_is_a_config_error_not_a_crash(tmp_path):
+    from pipeline.cluster.shard import PORT_TRIES
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 6, "v1")
+    base, socks = _busy_port_block(PORT_TRIES)
+    w = ShardWorker(FakePipeline, retry_s=0.1)
+    try:
+        out = w.reconfigure(_ucfg(reg, metrics_host="127.0.0.1", metrics_port=base), 0)
+        assert "no free port" in out["error"] and w.owned  # cameras run; only /metrics is missing
+        assert _gauge(w, "vap_shard_config_error") == 1.0
+        socks[3].close()  # a port frees up: the retry binds it
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and w.metrics_port is None:
+            time.sleep(0.05)
+        assert w.metrics_port == base + 3 and w.config_error is None
+    finally:
+        w.close()
+        for s in socks:
+            s.close()
+
+
+def test_refused_camera_on_a_settings_restart_does_not_abort_the_reconfigure(tmp_path):
+    class Picky(FakePipeline):
+        def add_stream(self, cfg):
+            if self.settings.batch.max_batch == 2 and cfg.name == victim:
+                raise ConfigError(f"streams.{victim}.analytics: class 'truck' is not in the model")
+            super().add_stream(cfg)
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 10, "v1")
+    w = ShardWorker(Picky, serve_http=False)
+    try:
+        w.reconfigure(_ucfg(reg), 0)
+        mine = set(w.owned)
+        victim = sorted(mine)[0]
+        out = w.reconfigure(_ucfg(reg, settings={"batch": {"max_batch": 2}}), 0)
+        assert "error" not in out and out["failed"] == [victim]
+        assert w.pipeline.settings.batch.max_batch == 2
+        assert set(w.pipeline.configs) == set(w._streams) == mine - {victim}
+        assert w.owned == mine and _gauge(w, "vap_shard_camera_failures") == 1.0
+    finally:
+        w.close()
+
+
+def test_pipeline_that_does_not_start_keeps_the_previous_one(tmp_path):
+    gpu_lost = threading.Event()
+
+    def factory(settings):
+        if settings.batch.max_batch == 3:
+            raise ConfigError("model.path: /models/nope.onnx does not exist")
+        if gpu_lost.is_set():
+            raise RuntimeError("GPU lost")
+        return FakePipeline(settings)
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 10, "v1")
+    FakePipeline.instances.clear()
+    w = ShardWorker(factory, serve_http=False)
+    try:
+        w.reconfigure(_ucfg(reg, settings={"batch": {"max_batch": 5}}), 0)
+        mine = set(w.owned)
+        out = w.reconfigure(_ucfg(reg, settings={"batch": {"max_batch": 3}}), 0)
+        assert "nope.onnx" in out["error"] and "kept the previous settings" in out["error"]
+        assert w.pipeline.ready and w.pipeline.settings.batch.max_batch == 5  # a fresh one, old settings
+        assert set(w.pipeline.configs) == mine == w.owned
+        # neither the new nor the previous settings start (the GPU is gone): nothing runs, and
+        # owned says so (0), so the owned-cameras alert fires instead of a shard claiming cameras
+        gpu_lost.set()
+        with pytest.raises(RuntimeError, match="no pipeline starts"):
+            w.reconfigure(_ucfg(reg, settings={"batch": {"max_batch": 3}}), 0)
+        assert w.owned == set() and _gauge(w, "vap_owned_cameras") == 0.0
+    finally:
+        w.close()
+
+
+def test_registry_fetch_errors_are_retried_within_the_wait(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+
+    def publish_later():
+        time.sleep(0.4)
+        write_registry(reg, 6, "v1")
+    threading.Thread(target=publish_later).start()
+    out = fake_worker.apply(cfg(reg, registry_version="v1", registry_wait_s=5), 0)
+    assert out["registry_version"] == "v1" and fake_worker.owned
+
+
+def test_rank_only_change_reuses_the_loaded_registry(tmp_path, fake_worker):
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 10, "v1")
+    c = cfg(reg, registry_wait_s=0.1)
+    fake_worker.apply(c, 0)
+    reg.unlink()  # a fetch now fails: a re-rank must not depend on it
+    fake_worker.apply(c, 1)
+    assert fake_worker.owned == owned(assign(names, 2), 1) and fake_worker.rank == 1
+
+
+def test_rank_change_with_shard_placeholder_never_reopens_old_cameras(tmp_path):
+    reg = tmp_path / "r.yaml"
+    names = write_registry(reg, 12, "v1")
+    c = cfg(reg, num_shards=3, settings={"sinks": [{"type": "jsonl", "path": str(tmp_path / "ev-{shard}.jsonl")}]})
+    w = ShardWorker(FakePipeline, serve_http=False, replica_id="r1")
+    try:
+        w.apply(c, 1)
+        old_pipeline, old_cams = w.pipeline, set(w.owned)
+        w.apply(c, 0)  # Serve re-ranks this replica 1 -> 0
+        assert w.pipeline is not old_pipeline  # the sink path changed: a restart is right
+        opened = {name for op, name in w.pipeline.log if op == "add"}
+        assert opened == owned(assign(names, 3), 0) and not opened & old_cams
+    finally:
+        w.close()

@@ -9,7 +9,11 @@ logic here is testable in a plain process. A `ShardWorker`:
 - rebuilds the pipeline only when the worker settings themselves change (model, batching, sinks);
 - serves `/metrics` with a `shard` label on every series plus `vap_owned_cameras{shard}`, and
   `/healthz`, `/readyz`, `/cluster`;
-- reports unhealthy when its frame counters stall while cameras deliver (so Serve replaces it).
+- reports unhealthy when its frame counters stall while cameras deliver (so Serve replaces it);
+- never fails a reconfigure for a data problem (see `reconfigure`): Ray Serve 2.60 stops a replica
+  whose in-place reconfigure raises and its replacements get the same config, so one registry
+  blip or settings typo would cost the shard for good. It keeps what it runs, exposes
+  `vap_shard_config_error{shard}` = 1 and retries transient problems itself.
 
 Frames never leave this process: only the config comes in, only events (sinks) and metrics go out.
 """
@@ -39,6 +43,7 @@ log = logging.getLogger("vap.cluster")
 SHARD_PLACEHOLDER = "{shard}"
 REPLICA_PLACEHOLDER = "{replica}"
 PORT_TRIES = 16
+RETRY_S = 15.0   # a registry or metrics-port problem is retried this often (Serve only calls on a change)
 
 
 class ClusterConfig(Strict):
@@ -105,7 +110,7 @@ class ShardWorker:
     """The cameras of one shard on one single-node pipeline; see the module docstring."""
 
     def __init__(self, pipeline_factory: Callable[[Settings], Any] | None = None, *, serve_http: bool = True,
-                 replica_id: str | None = None) -> None:
+                 replica_id: str | None = None, retry_s: float = RETRY_S) -> None:
         self._factory = pipeline_factory or _default_pipeline
         self.replica_id = replica_id or f"pid{os.getpid()}"
         self._serve_http = serve_http
@@ -125,19 +130,91 @@ class ShardWorker:
         self._server: _MetricsServer | None = None
         self._applying = False
         self.failed: dict[str, str] = {}   # owned cameras the pipeline refused (bad analytics classes...)
+        self.config_error: str | None = None  # why the last reconfigure was not (fully) applied
+        self.retry_s = retry_s
+        self._retryable = False
+        self._generation = 0                # bumped by every reconfigure: a stale retry never applies
+        self._stop = threading.Event()
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.metrics_registry.register(_ShardCollector(self))
 
     # ------------------------------------------------------------------ control
-    def apply(self, cfg: ClusterConfig, rank: int) -> dict[str, Any]:
+    def reconfigure(self, user_config: Any, rank: int) -> dict[str, Any]:
+        """What Serve's `reconfigure` calls: apply `user_config` as shard `rank`, never raising for data.
+
+        A data problem (invalid user_config, settings that do not validate or whose pipeline does
+        not start, a registry that cannot be fetched, is invalid or lacks the requested version,
+        a busy metrics port) is logged, keeps the cameras and settings this replica runs now, sets
+        `config_error` (`vap_shard_config_error{shard}` = 1, `/cluster`) and, when it may clear
+        by itself (registry, port), is retried every `retry_s` until it works or a newer config
+        arrives. Raising would make Ray Serve 2.60 stop this replica and fail its replacements with
+        the same config (DEPLOY_FAILED, no re-rank), losing the shard for good.
+
+        Raises only when the replica cannot work at all: the very first config is unusable
+        (nothing to keep), or no pipeline starts with either the new or the previous settings.
+        """
+        self._generation += 1
+        return self._reconfigure(user_config, rank, self._generation, schedule=True)
+
+    def _reconfigure(self, user_config: Any, rank: int, generation: int, schedule: bool) -> dict[str, Any]:
+        self._retryable = False
+        try:
+            cfg = user_config if isinstance(user_config, ClusterConfig) else ClusterConfig.parse(user_config)
+            out = self.apply(cfg, rank, generation)
+        except ConfigError as exc:  # RegistryError is one too
+            message = str(exc)
+            self._retryable = isinstance(exc, RegistryError)
+            log.error("shard %s: config not applied, keeping the current cameras and settings: %s",
+                      self.rank if self.rank is not None else rank, message)
+            with self._lock:
+                if generation != self._generation:
+                    return {"shard": rank, "superseded": True}
+                self.config_error = message
+                if self.pipeline is None:  # first config: nothing to keep; start with no cameras
+                    self._start_empty(user_config, rank)
+            out = {"shard": self.rank, "owned": len(self.owned), "added": [], "removed": [],
+                   "failed": sorted(self.failed), "error": message}
+        if schedule and self.config_error is not None and self._retryable:
+            self._schedule_retry(user_config, rank, generation)
+        return out
+
+    def _start_empty(self, user_config: Any, rank: int) -> None:
+        """First config failed on the registry: run the pipeline with no cameras so the replica is
+        up, visible (`vap_shard_config_error`) and retrying. Raises when even that is impossible."""
+        cfg = user_config if isinstance(user_config, ClusterConfig) else ClusterConfig.parse(user_config)
+        settings = render_settings(cfg, rank, self.replica_id)
+        self.pipeline = self._factory(settings)
+        self.pipeline.start()
+        self._settings, self.cfg, self.rank = settings, cfg, rank
+        self._ensure_server(cfg)
+
+    def _schedule_retry(self, user_config: Any, rank: int, generation: int) -> None:
+        if self.retry_s <= 0:
+            return
+
+        def retry() -> None:
+            while not self._stop.wait(self.retry_s) and generation == self._generation:
+                try:
+                    self._reconfigure(user_config, rank, generation, schedule=False)
+                except Exception:  # noqa: BLE001 (a retry must never kill the replica's thread)
+                    log.exception("retrying the config failed")
+                if self.config_error is None or not self._retryable:
+                    return
+        threading.Thread(target=retry, name="vap-shard-retry", daemon=True).start()
+
+    def apply(self, cfg: ClusterConfig, rank: int, generation: int | None = None) -> dict[str, Any]:
         """Bring this worker to `cfg` as shard `rank`: load the registry, add/remove streams.
 
         A rank >= num_shards owns nothing (a surplus replica during a rescale). Returns what
-        changed. Raises ConfigError/RegistryError for a bad config or registry (Serve then reports
-        the update as failed and keeps the previous replicas' state).
+        changed. Strict: raises ConfigError/RegistryError for a bad config or registry, before
+        changing anything (or after restoring the previous pipeline when the new settings do not
+        start one); `reconfigure` turns those into `config_error`. RuntimeError means no pipeline
+        runs any more. A call whose `generation` is no longer the latest changes nothing.
         """
-        registry = self._load_registry(cfg)  # may wait for a version: outside the lock
+        registry = self._load_registry(cfg, rank)  # may wait for a version: outside the lock
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return {"shard": rank, "superseded": True}
             self._applying = True
             try:
                 return self._apply(cfg, rank, registry)
@@ -146,70 +223,130 @@ class ShardWorker:
                 self._reset_progress()
 
     def _apply(self, cfg: ClusterConfig, rank: int, registry: Registry) -> dict[str, Any]:
-        settings = render_settings(cfg, rank, self.replica_id)
-        if self.pipeline is None or settings != self._settings:
-            self._restart_pipeline(settings)
-        self._settings = settings
+        settings = render_settings(cfg, rank, self.replica_id)  # a typo fails here, before any change
         mine: set[str] = set()
         if rank < cfg.num_shards:
             table = assign(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity)
             mine = owned(table, rank)
         wanted = {c.name: c.stream() for c in registry.cameras if c.name in mine}
-        removed = [n for n in self._streams if n not in wanted or self._streams[n] != wanted[n]]
-        for name in removed:
-            self._remove(name)
-        self.failed = {n: msg for n, msg in self.failed.items() if n in wanted and n not in removed}
-        added = []
+        previous = dict(self._streams)
+        removed = [n for n in previous if n not in wanted or previous[n] != wanted[n]]
+        if self.pipeline is None or settings != self._settings:
+            # Only the cameras still wanted go on the new pipeline: a rank change with '{shard}'
+            # in the settings must not re-open the old rank's cameras for a moment.
+            self._restart_pipeline(settings)
+        else:
+            for name in removed:
+                self._remove(name)
+        failed: dict[str, str] = {}
         for name in sorted(wanted):
             if name in self._streams:
                 continue
             try:
                 self._add(wanted[name])
-                added.append(name)
-                self.failed.pop(name, None)
             except (ConfigError, ValueError) as exc:  # one bad camera must not cost the shard its others
-                self.failed[name] = str(exc)
+                failed[name] = str(exc)
                 log.error("camera %s not started: %s", name, exc)
+        added = sorted(n for n in self._streams if n not in previous or n in removed)
+        self.failed = failed
         self.cfg, self.rank, self.registry, self.owned = cfg, rank, registry, set(wanted)
         self._reconfigures += 1
         self._added_total += len(added)
         self._removed_total += len(removed)
-        if self._serve_http:
-            where = (cfg.metrics_host, cfg.metrics_port)
-            if self._server is not None and self._server.asked != where:
-                self._server.close()
-                self._server = None
-            if self._server is None:
-                self._server = _MetricsServer(self, *where)
+        self.config_error = None
+        self._ensure_server(cfg)
         log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d%s", rank, cfg.num_shards,
                  len(self.owned), len(registry.cameras), registry.version, len(added), len(removed),
                  f", {len(self.failed)} failed to start" if self.failed else "")
-        return {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
-                "failed": sorted(self.failed), "registry_version": registry.version}
+        out = {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
+               "failed": sorted(self.failed), "registry_version": registry.version}
+        if self.config_error is not None:
+            out["error"] = self.config_error
+        return out
 
-    def _load_registry(self, cfg: ClusterConfig) -> Registry:
+    def _ensure_server(self, cfg: ClusterConfig) -> None:
+        """(Re)bind /metrics where `cfg` asks; a busy port is a retryable config_error, not a crash."""
+        if not self._serve_http:
+            return
+        where = (cfg.metrics_host, cfg.metrics_port)
+        if self._server is not None and self._server.asked != where:
+            self._server.close()
+            self._server = None
+        if self._server is None:
+            try:
+                self._server = _MetricsServer(self, *where)
+            except ConfigError as exc:
+                log.error("shard %s: %s", self.rank, exc)
+                self.config_error = str(exc)
+                self._retryable = True
+
+    def _load_registry(self, cfg: ClusterConfig, rank: int) -> Registry:
+        """The registry `cfg` asks for; fetch errors and a missing version are retried until
+        `registry_wait_s`. The loaded one is reused when only the rank changed (same config), or
+        when the same location is pinned to the version already loaded."""
+        current, have = self.cfg, self.registry
+        if have is not None and current is not None and (
+                (cfg == current and rank != self.rank)
+                or (cfg.registry == current.registry and cfg.registry_version is not None
+                    and cfg.registry_version == have.version)):
+            return have
         deadline = time.monotonic() + cfg.registry_wait_s
+        pause = min(1.0, cfg.registry_wait_s / 10 or 0.1)
         while True:
-            registry = load_registry(cfg.registry)
+            try:
+                registry = load_registry(cfg.registry)
+            except RegistryError as exc:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(f"{exc} (tried for {cfg.registry_wait_s:g} s)") from None
+                log.warning("registry not readable yet, retrying: %s", exc)
+                time.sleep(pause)
+                continue
             if cfg.registry_version is None or registry.version == cfg.registry_version:
                 return registry
             if time.monotonic() >= deadline:
                 raise RegistryError(f"{cfg.registry}: has version {registry.version!r}, the deployment asks for "
                                     f"{cfg.registry_version!r} (waited {cfg.registry_wait_s:g} s); update the "
                                     "registry or registry_version")
-            time.sleep(min(1.0, cfg.registry_wait_s / 10 or 0.1))
+            time.sleep(pause)
 
     def _restart_pipeline(self, settings: Settings) -> None:
-        old, self.pipeline = self.pipeline, None
+        """Replace the pipeline for new settings; its streams are added afterwards by `_apply`.
+
+        When no pipeline starts with the new settings, the previous settings and cameras are
+        restored and a ConfigError says why (keep what works); when that fails too, nothing runs,
+        `owned` is cleared (so the owned-cameras alert fires) and RuntimeError is raised.
+        """
+        old, old_settings, old_streams = self.pipeline, self._settings, dict(self._streams)
+        self.pipeline, self._streams = None, {}
         if old is not None:
-            log.info("worker settings changed: restarting the pipeline with the same cameras")
+            log.info("worker settings changed: restarting the pipeline")
             old.stop()
-        self.pipeline = self._factory(settings)
-        self.pipeline.start()
-        keep = list(self._streams.values())
-        self._streams = {}
-        for cfg in keep:
-            self._add(cfg)
+        try:
+            self.pipeline = self._start_pipeline(settings)
+            self._settings = settings
+            return
+        except Exception as exc:  # noqa: BLE001 (model file, engine, sink: any failure to start)
+            problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
+        if old_settings is not None:
+            try:
+                self.pipeline = self._start_pipeline(old_settings)
+            except Exception as exc:  # noqa: BLE001
+                problem += f"; the previous settings do not start either ({exc})"
+            else:
+                for cfg in old_streams.values():
+                    try:
+                        self._add(cfg)
+                    except (ConfigError, ValueError) as exc:
+                        self.failed[cfg.name] = str(exc)
+                raise ConfigError(f"settings: no pipeline starts with the new worker settings ({problem}); "
+                                  "kept the previous settings and cameras")
+        self.owned, self.failed = set(), {}
+        raise RuntimeError(f"no pipeline starts with the worker settings: {problem}")
+
+    def _start_pipeline(self, settings: Settings) -> Any:
+        pipeline = self._factory(settings)
+        pipeline.start()
+        return pipeline
 
     def _add(self, cfg: StreamSettings) -> None:
         for attempt in range(50):  # a stream just removed under the same name is released within moments
@@ -230,7 +367,8 @@ class ShardWorker:
         self._streams.pop(name, None)
 
     def close(self) -> None:
-        """Stop the pipeline (drain, flush sinks) and the metrics server."""
+        """Stop the pipeline (drain, flush sinks), the metrics server and any config retry."""
+        self._stop.set()
         with self._lock:
             if self._server is not None:
                 self._server.close()
@@ -309,6 +447,7 @@ class ShardWorker:
             "frames_processed": self._counters(p)[0] if p is not None else 0.0,
             "metrics_port": self.metrics_port,
             "reconfigures": self._reconfigures,
+            "config_error": self.config_error,
         }
 
 
@@ -346,6 +485,9 @@ class _ShardCollector:
         yield gauge("vap_cluster_shards", "num_shards in the deployment config", num_shards)
         yield gauge("vap_shard_camera_failures", "Owned cameras the pipeline refused to start (see /cluster)",
                     len(w.failed))
+        yield gauge("vap_shard_config_error", "1 when the last config was not applied (the shard keeps its "
+                    "previous cameras and settings; see /cluster config_error and the log)",
+                    1.0 if w.config_error else 0.0)
         yield gauge("vap_shard_active", "1 when this replica's rank is a shard (< num_shards)", 1.0 if active else 0.0)
         moves = CounterMetricFamily("vap_shard_camera_changes", "Cameras added to or removed from this shard",
                                     labels=["shard", "change"])

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import serve
 
-from pipeline.cluster.shard import ClusterConfig, ShardWorker
+from pipeline.cluster.shard import ShardWorker
 
 log = logging.getLogger("vap.cluster")
 
@@ -47,9 +47,13 @@ class StreamWorker:
         self.shard = ShardWorker(replica_id=replica)
 
     def reconfigure(self, user_config: dict[str, Any], rank: Any) -> None:
-        """Serve calls this at start, on every user_config change and when the rank changes."""
-        cfg = ClusterConfig.parse(user_config)
-        summary = self.shard.apply(cfg, int(getattr(rank, "rank", rank)))  # ReplicaRank (2.60) or an int
+        """Serve calls this at start, on every user_config change and when the rank changes.
+
+        Raises only when this replica cannot work at all (see `ShardWorker.reconfigure`): Serve
+        2.60 stops a replica whose in-place reconfigure raises, and its replacements fail the same
+        way, so a data problem is kept as `vap_shard_config_error` instead.
+        """
+        summary = self.shard.reconfigure(user_config, int(getattr(rank, "rank", rank)))  # ReplicaRank or int
         log.info("reconfigured: %s", {k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
 
     def check_health(self) -> None:
