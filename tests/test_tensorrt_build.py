@@ -482,6 +482,18 @@ def test_cli_builds_into_the_cache_once(tmp_path: Path, model: Path, monkeypatch
     assert json.loads(out.read_bytes())["flags"] == [] and read_sidecar_raw(out)["precision"] == "fp32"
 
 
+def test_cli_expands_tilde_in_paths(tmp_path: Path, model: Path, monkeypatch, capsys):
+    fake_trt(monkeypatch)
+    monkeypatch.setattr(B, "detect_environment", lambda: ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert B.cli(["~/det.onnx", "--cache-dir", "~/cache", "--timing-cache", "~/t.cache"]) == 0
+    assert len(list((tmp_path / "cache").glob("*.engine"))) == 1 and (tmp_path / "t.cache").is_file()
+    assert B.cli(["~/det.onnx", "--out", "~/out/x.engine"]) == 0
+    assert (tmp_path / "out" / "x.engine").is_file() and not Path("~").exists()
+    args = B.parse_args(["m.onnx", "--int8", "--calib", "~/calib"])
+    assert B.options_from_args(args).calibration == str(tmp_path / "calib")
+
+
 def test_cli_rebuilds_a_damaged_cached_engine(tmp_path: Path, model: Path, monkeypatch, capsys):
     """'already built' only when the cached plan really is usable (decide), not when a sidecar exists."""
     fake_trt(monkeypatch)

@@ -278,3 +278,10 @@ def test_stale_cached_engine_hint_mentions_force(tmp_path: Path, model: Path):
     with pytest.raises(ModelContractError) as exc:
         resolve_engine(model, BuildOptions(precision="fp32"), cache, build_missing=False, env=ENV)
     assert "--force" not in str(exc.value)
+
+
+def test_broken_sidecar_of_an_engine_path_is_a_model_error(tmp_path: Path, model: Path):
+    built = fake_build([])(model, tmp_path / "det.engine", BuildOptions())
+    sidecar_path(built).write_text("{broken")
+    with pytest.raises(ModelContractError, match="not valid JSON.*rebuild"):
+        resolve_engine(built, BuildOptions(), tmp_path, env=ENV)

@@ -488,6 +488,32 @@ def test_onnx_path_goes_through_the_engine_cache(tmp_path: Path):
     assert be.path == d.path and be.info.names == ["person", "car"]
 
 
+def test_user_paths_expand_tilde(tmp_path: Path, monkeypatch: Any):
+    from engines.metadata import sha256_file
+    from engines.tensorrt.cache import decide
+    from engines.tensorrt.runtime import build_options
+    from tests.onnx_models import constant_detector
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = constant_detector(tmp_path / "det.onnx", np.zeros((1, 6), np.float32), ["person", "car"], imgsz=64)
+    opts = build_options("fp16", "1,4,8", contexts=1)
+    d = decide(model, opts, tmp_path / "cache", ENV)
+    (tmp_path / "cache").mkdir()
+    write_engine(d.path, ((1, 4, 8),), contexts=1, source_sha256=sha256_file(model), key=d.key)
+    be, _ = backend("~/det.onnx", contexts=1, cache_dir="~/cache", batch_profiles="1,4,8")  # type: ignore[arg-type]
+    assert be.path == d.path
+    be2, _ = backend("~/cache/" + d.path.name, contexts=1)  # type: ignore[arg-type]
+    assert be2.path == d.path
+    assert build_options("int8", calibration="~/calib").calibration == str(tmp_path / "calib")
+
+
+def test_unknown_backend_options_name_the_key(tmp_path: Path):
+    path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1)
+    with pytest.raises(ModelContractError, match="unknown TensorRT backend option.*batch_profile.*known:.*"
+                                                 "batch_profiles"):
+        backend(path, batch_profile=[[1, 4, 8]])
+
+
 def test_build_options_from_config_values():
     from engines.tensorrt.runtime import build_options
 

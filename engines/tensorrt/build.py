@@ -343,7 +343,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
     Raises ModelContractError (model unusable / parser errors), ValueError (options contradict the
     model), TensorRTUnavailable, BuildFailed or BuildCancelled.
     """
-    onnx_path, out = Path(onnx_path), Path(out)
+    onnx_path, out = Path(onnx_path).expanduser(), Path(out).expanduser()
     options.validate()
     summary = inspect_onnx(onnx_path, class_names)
     options = fit_options(summary, options)
@@ -409,8 +409,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
             calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
         config.int8_calibrator = calibrator  # the local reference outlives the build, as TensorRT requires
 
-    tc_path = Path(options.timing_cache) if options.timing_cache else timing_cache_path(
-        cache_dir or out.parent, env)
+    tc_path = Path(options.timing_cache).expanduser() if options.timing_cache else timing_cache_path(
+        Path(cache_dir).expanduser() if cache_dir else out.parent, env)
     timing = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
 
@@ -488,11 +488,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     """Command-line flags -> validated BuildOptions (ValueError names the bad flag)."""
-    batches = tuple(parse_batch(b) for b in (args.batch or ["1,8,16"]))
+    batches = tuple(parse_batch(b) for b in args.batch) if args.batch else DEFAULT_BATCH_PROFILES
     return BuildOptions(precision=args.precision or "fp16", batch_profiles=batches,
                         hw_profile=parse_hw(args.hw) if args.hw else None, contexts=args.contexts,
-                        workspace_gib=args.workspace, calibration=args.calib, calib_limit=args.calib_limit,
-                        calib_batch=args.calib_batch, timing_cache=args.timing_cache).validate()
+                        workspace_gib=args.workspace, calibration=_user_path(args.calib),
+                        calib_limit=args.calib_limit, calib_batch=args.calib_batch,
+                        timing_cache=_user_path(args.timing_cache)).validate()
+
+
+def _user_path(value: str | None) -> str | None:
+    """A path typed by a user, with `~` expanded (a quoted `~` or one from YAML reaches us as is)."""
+    return str(Path(value).expanduser()) if value else value
 
 
 def cli(argv: list[str]) -> int:
@@ -511,6 +517,9 @@ def cli(argv: list[str]) -> int:
     except ValueError as exc:
         err(str(exc))
         return EXIT_USAGE
+    args.model = args.model.expanduser()
+    args.cache_dir = args.cache_dir.expanduser() if args.cache_dir else None
+    args.out = args.out.expanduser() if args.out else None
     if args.model.suffix.lower() != ".onnx":
         err(f"{args.model} is not an .onnx model; export one with vap export (an .engine is already built)")
         return EXIT_USAGE

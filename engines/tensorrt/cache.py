@@ -388,7 +388,10 @@ def resolve_engine(onnx_or_engine: str | Path, options: BuildOptions, cache_dir:
     suffix = path.suffix.lower()
     if suffix in (".engine", ".plan", ".trt"):
         env = env or detect_environment()
-        meta = read_sidecar_raw(path)
+        try:
+            meta = read_sidecar_raw(path)
+        except ValueError as exc:
+            raise ModelContractError(f"{exc}; delete it and rebuild the engine with vap build-engine") from None
         if meta is not None:
             check_sidecar(meta, path, env, sha256_file(path),
                           hint=rebuild_command(meta.get("source_model", "MODEL.onnx"), options_from_sidecar(meta),

@@ -127,6 +127,8 @@ def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int
     if hw_profile is not None:
         hw = parse_hw(hw_profile if isinstance(hw_profile, str)
                       else ",".join(f"{int(h)}x{int(w)}" for h, w in hw_profile))
+    if calibration:
+        calibration = str(Path(calibration).expanduser())
     return BuildOptions(precision=precision, batch_profiles=batches, hw_profile=hw,  # type: ignore[arg-type]
                         contexts=int(contexts), workspace_gib=float(workspace_gib), calibration=calibration,
                         calib_limit=int(calib_limit)).validate()
@@ -168,8 +170,16 @@ class TrtBackend(Backend):
                  hw_profile: str | Sequence[Sequence[int]] | None = None, workspace_gib: float = 4.0,
                  calibration: str | None = None, calib_limit: int = 256,
                  log: Callable[[str], None] = print, trt_module: Any = None,
-                 env: TrtEnvironment | None = None) -> None:
-        path = Path(path)
+                 env: TrtEnvironment | None = None, **unknown: Any) -> None:
+        if unknown:
+            # Options come from the config (model.tensorrt.*): a typo must name the key, not be a TypeError.
+            import inspect
+
+            known = [p for p in inspect.signature(TrtBackend.__init__).parameters
+                     if p not in ("self", "path", "unknown", "trt_module", "env")]
+            raise ModelContractError(f"unknown TensorRT backend option(s) {', '.join(sorted(unknown))}; known: "
+                                     f"{', '.join(known)}")
+        path = Path(path).expanduser()
         if not path.is_file():
             raise ModelContractError(f"TensorRT model {path} does not exist; check model.path "
                                      "(an .onnx model, or an .engine built with vap build-engine)")
