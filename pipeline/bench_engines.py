@@ -5,7 +5,8 @@ like): ONNX Runtime fp32 (plain and with IO binding), ONNX Runtime INT8 (the `va
 next to the fp32 one, if present), PyTorch on CPU, and where a CUDA GPU is present PyTorch fp32 /
 fp16 / fp16 with CUDA graphs, ONNX Runtime's CUDA provider and TensorRT. Variants that cannot run
 here are listed with the reason, never silently dropped. Inputs are random (the graphs have no
-data-dependent control flow before top-K) at the engine's own input size.
+data-dependent control flow before top-K) at the engine's own input size. Variants are measured
+interleaved, round by round, so a noisy neighbour slows them all alike.
 """
 
 from __future__ import annotations
@@ -82,19 +83,31 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None,
     return runs, skipped
 
 
-def measure(backend: Any, batch: int, hw: tuple[int, int], seconds: float) -> dict[str, float]:
+def measure_interleaved(backends: dict[str, Any], batch: int, hw: tuple[int, int],
+                        seconds: float) -> dict[str, dict[str, float]]:
+    """Median latency of every backend at `batch`, measured in rounds that run each backend once.
+
+    On a shared, noisy machine a variant measured alone can land in a quiet or a busy minute;
+    interleaving puts every variant in the same minutes, so their ratios hold even when the
+    absolute numbers drift.
+    """
     x = np.random.default_rng(batch).random((batch, 3, *hw), dtype=np.float32)
-    for _ in range(3):
-        backend.infer(x)
-    times: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter()
-        backend.infer(x)
-        times.append(1000 * (time.perf_counter() - t0))
-    med = statistics.median(times)
-    return {"batch": batch, "median_ms": round(med, 3), "p90_ms": round(float(np.percentile(times, 90)), 3),
-            "images_per_s": round(1000 * batch / med, 1), "runs": len(times)}
+    for backend in backends.values():
+        for _ in range(3):
+            backend.infer(x)
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    t_end = time.perf_counter() + seconds * len(backends)
+    while time.perf_counter() < t_end or min(len(t) for t in times.values()) < 5:
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            backend.infer(x)
+            times[name].append(1000 * (time.perf_counter() - t0))
+    out = {}
+    for name, t in times.items():
+        med = statistics.median(t)
+        out[name] = {"batch": batch, "median_ms": round(med, 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+                     "images_per_s": round(1000 * batch / med, 1), "runs": len(t)}
+    return out
 
 
 def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: float,
@@ -107,20 +120,25 @@ def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: fl
     result: dict[str, Any] = {"machine": machine(), "model": model.name, "batches": batches, "results": [],
                               "skipped": skipped}
     print(f"engine bench: {model.name} on {result['machine']['cpu']} x{result['machine']['cores']}", file=sys.stderr)
+    loaded: dict[str, tuple[Variant, Any]] = {}
     for v in runs:
         try:
-            backend = load_backend(v.path, v.kind, **v.options)
+            loaded[v.name] = (v, load_backend(v.path, v.kind, **v.options))
         except Exception as exc:   # noqa: BLE001 - one variant failing must not lose the others' results
             skipped.append({"variant": v.name, "why": f"{type(exc).__name__}: {exc}"})
-            continue
-        hw = backend.info.input_hw
-        for b in batches:
-            row = {"variant": v.name, "backend": v.kind, "precision": v.precision, "input_hw": list(hw),
-                   **measure(backend, b, hw, seconds)}
+    sizes = {be.info.input_hw for _, be in loaded.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"the variants have different input sizes {sizes}; compare models of one size")
+    hw = sizes.pop() if sizes else (0, 0)
+    for b in batches:
+        rows = measure_interleaved({name: be for name, (_, be) in loaded.items()}, b, hw, seconds)
+        for name, (v, _) in loaded.items():
+            row = {"variant": name, "backend": v.kind, "precision": v.precision, "input_hw": list(hw), **rows[name]}
             result["results"].append(row)
-            print(f"  {v.name:<28} batch {b:>3}: {row['median_ms']:>9.2f} ms  {row['images_per_s']:>8.1f} img/s",
+            print(f"  {name:<28} batch {b:>3}: {row['median_ms']:>9.2f} ms  {row['images_per_s']:>8.1f} img/s",
                   file=sys.stderr)
-        backend.close()
+    for _, be in loaded.values():
+        be.close()
     base = {r["batch"]: r["images_per_s"] for r in result["results"] if r["variant"] == "onnxruntime-cpu"}
     for r in result["results"]:
         if r["batch"] in base:
