@@ -7,7 +7,8 @@ libhelm; no helm binary exists in Debian or as a plain PyPI binary). Validation:
   its user_config against ClusterConfig, and the registry ConfigMap against the registry model;
 - the PodMonitor against the worker pods it must select;
 - the PrometheusRule's rules with `promtool check rules` and `promtool test rules` (the alerts
-  fire when a shard is missing for more than 60 s and when the owned total is off).
+  fire when a shard is missing for more than 60 s, when the owned total is off for 60 s, when a
+  shard owning cameras never processed a frame, on a config error and on refused cameras).
 """
 
 from __future__ import annotations
@@ -146,12 +147,56 @@ def test_missing_registry_is_a_clear_render_error():
         render({"registry": {"version": "1"}})
 
 
-def test_cpu_only_workers_ask_no_gpu():
-    docs = render({"registry": {"version": "1", "cameras": CAMERAS}, "worker": {"gpus": 0}})
+def test_cpu_only_workers_ask_no_gpu_and_fit_one_replica_per_pod():
+    docs = render({"registry": {"version": "1", "cameras": CAMERAS}, "worker": {"gpus": 0, "cpusPerReplica": 6}})
     group = docs["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert "nvidia.com/gpu" not in group["template"]["spec"]["containers"][0]["resources"].get("limits", {})
     dep = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]
-    assert dep["ray_actor_options"]["num_gpus"] == 0
+    assert dep["ray_actor_options"] == {"num_gpus": 0, "num_cpus": 6}
+    # the pod offers exactly one replica's CPUs to Ray, so a spare pod really stays free
+    assert group["rayStartParams"]["num-cpus"] == "6" and "num-gpus" not in group["rayStartParams"]
+
+
+@pytest.mark.parametrize("worker,match", [
+    ({"gpus": 0.5}, "worker.gpus must be a whole number"),
+    ({"gpus": -1}, "worker.gpus must be a whole number"),
+    ({"gpus": 0, "cpusPerReplica": 1.5}, "cpusPerReplica must be a whole number"),
+])
+def test_worker_resources_that_ray_cannot_place_fail_the_render(worker, match):
+    with pytest.raises(helm.HelmError, match=match):
+        render({"registry": {"version": "1", "cameras": CAMERAS}, "worker": worker})
+
+
+def test_numeric_registry_version_fails_the_render(monkeypatch):
+    """A number in values becomes a float in Helm: 20261122 would render as '2.0261122e+07'."""
+    with pytest.raises(helm.HelmError, match="registry.version must be a quoted string"):
+        render({"registry": {"version": 20261122, "cameras": CAMERAS}})
+    docs = render({"registry": {"version": "20261122", "cameras": CAMERAS}})
+    monkeypatch.setenv("CAM_PASS", "x")
+    uc = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]["user_config"]
+    assert uc["registry_version"] == "20261122"
+    assert parse_registry(yaml.safe_load(docs["ConfigMap"]["data"]["registry.yaml"]), "cm").version == "20261122"
+
+
+def test_redis_namespace_is_per_raycluster_unless_set(docs):
+    """A fixed externalStorageNamespace would make the old and new RayCluster of an upgrade share GCS
+    state in Redis; left out, KubeRay gives each RayCluster its own."""
+    gcs = docs["RayService"]["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert "externalStorageNamespace" not in gcs
+    docs = render({"registry": {"version": "1", "cameras": CAMERAS},
+                   "gcsFaultTolerance": {"externalStorageNamespace": "pinned"}})
+    assert docs["RayService"]["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"][
+        "externalStorageNamespace"] == "pinned"
+
+
+def test_default_worker_settings_do_not_change_with_the_rank():
+    """A re-rank must not restart the pipeline: the chart's default settings use {replica}, not {shard}."""
+    docs = render({"registry": {"version": "1", "cameras": CAMERAS}})
+    dep = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]
+    from pipeline.cluster.shard import render_settings
+    uc = ClusterConfig.parse(dep["user_config"])
+    assert render_settings(uc, 0, "r1") == render_settings(uc, 1, "r1")
+    assert render_settings(uc, 0, "r1") != render_settings(uc, 0, "r2")  # one event file per replica
 
 
 PROMTOOL_TESTS = """
@@ -188,12 +233,69 @@ tests:
       - eval_time: 1m
         alertname: VapOwnedCamerasMismatch
         exp_alerts: []
+      - eval_time: 2m45s
+        alertname: VapOwnedCamerasMismatch
+        exp_alerts: []
+      - eval_time: 3m15s
+        alertname: VapOwnedCamerasMismatch
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations: MISMATCH_ANNOTATIONS
       - eval_time: 4m45s
         alertname: VapOwnedCamerasMismatch
         exp_alerts:
           - exp_labels: {severity: critical}
             exp_annotations: MISMATCH_ANNOTATIONS
+  # shard 1 owns cameras but never processed a frame (no frame series at all); its config failed
+  # at 1m; shard 0 processes but two of its cameras were refused
+  - interval: 15s
+    input_series:
+      - series: 'vap_owned_cameras{vap_cluster="site-vap-cluster",shard="0"}'
+        values: '5x40'
+      - series: 'vap_owned_cameras{vap_cluster="site-vap-cluster",shard="1"}'
+        values: '4x40'
+      - series: 'vap_frames_processed_total{vap_cluster="site-vap-cluster",shard="0",stream="cam-1"}'
+        values: '0+10x40'
+      - series: 'vap_shard_config_error{vap_cluster="site-vap-cluster",shard="0"}'
+        values: '0x40'
+      - series: 'vap_shard_config_error{vap_cluster="site-vap-cluster",shard="1"}'
+        values: '0x3 1x37'
+      - series: 'vap_shard_camera_failures{vap_cluster="site-vap-cluster",shard="0"}'
+        values: '2x40'
+      - series: 'vap_shard_camera_failures{vap_cluster="site-vap-cluster",shard="1"}'
+        values: '0x40'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: VapShardNotProcessing
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: VapShardNotProcessing
+        exp_alerts:
+          - exp_labels: {severity: warning, shard: "1"}
+            exp_annotations: NOT_PROCESSING_ANNOTATIONS
+      - eval_time: 2m
+        alertname: VapShardConfigError
+        exp_alerts: []
+      - eval_time: 3m30s
+        alertname: VapShardConfigError
+        exp_alerts:
+          - exp_labels: {severity: critical, shard: "1"}
+            exp_annotations: CONFIG_ERROR_ANNOTATIONS
+      - eval_time: 4m
+        alertname: VapShardCamerasRefused
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: VapShardCamerasRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, shard: "0"}
+            exp_annotations: REFUSED_ANNOTATIONS
 """
+
+
+def _annotations(rule: dict, shard: str = "", value: str = "") -> str:
+    filled = {k: v.replace("{{ $labels.shard }}", shard).replace("{{ $value }}", value)
+              for k, v in rule["annotations"].items()}
+    return yaml.safe_dump(filled, default_flow_style=True, width=10**6).strip()
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")
@@ -212,6 +314,9 @@ def test_prometheus_rules_check_and_fire(docs, tmp_path):
                      .replace("SHARD_MISSING_ANNOTATIONS", yaml.safe_dump(rule["VapShardMissing"]["annotations"],
                                                                           default_flow_style=True, width=10**6).strip())
                      .replace("MISMATCH_ANNOTATIONS", yaml.safe_dump(mismatch, default_flow_style=True,
-                                                                     width=10**6).strip()))
+                                                                     width=10**6).strip())
+                     .replace("NOT_PROCESSING_ANNOTATIONS", _annotations(rule["VapShardNotProcessing"], "1"))
+                     .replace("CONFIG_ERROR_ANNOTATIONS", _annotations(rule["VapShardConfigError"], "1"))
+                     .replace("REFUSED_ANNOTATIONS", _annotations(rule["VapShardCamerasRefused"], "0", "2")))
     run = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
