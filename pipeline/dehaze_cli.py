@@ -108,6 +108,9 @@ def resolve_config(args: argparse.Namespace) -> DehazeConfig:
             base[key] = v
     if args.gate is not None:
         base["gate"] = args.gate
+    if args.config and not base.get("enabled", False):
+        where = f"stream {args.stream}" if args.stream else "the global dehaze section"
+        print(f"note: {where} has enabled: false in {args.config}; previewing with the stage on anyway")
     base["enabled"] = True
     try:
         return DehazeConfig(**base)

@@ -58,6 +58,7 @@ def test_folder_with_yaml_stream_settings(tmp_path, capsys):
     text = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
     assert "gate off" in text and "3 frame(s)" in text  # the stream's gate_on 0.9 is taken from the YAML
+    assert "enabled: false" in text                     # the preview says the YAML has the stage off
     assert cli([str(folder), "--out", str(out), "--config", str(cfg), "--stream", "cam1", "--gate-on", "0.1",
                 "--gate-off", "0.05"]) == 0
     assert "gate on" in capsys.readouterr().out      # a flag overrides one key
