@@ -83,3 +83,14 @@ def test_bad_input_is_a_clear_error():
         td.process(torch.zeros(3, 32, 32), [td.new_state()])
     with pytest.raises(ValueError, match="clahe"):
         TorchDehazer(DehazeConfig(enabled=True, mode="clahe"), "cpu").process(torch.zeros(1, 3, 32, 32), [None])
+
+
+def test_single_channel_batch_matches_cpu():
+    cfg = DehazeConfig(enabled=True, gate=False)
+    grey = add_haze(render_image((31, 9), 640, 360)[0], 0.3, 0.85)[:, :, 0]
+    cpu = Dehazer(cfg).process(grey)
+    td = TorchDehazer(cfg, "cpu")
+    out, _ = td.process(torch.from_numpy(grey[None, None]).float() / 255, [td.new_state()])
+    got = (out[0, 0].numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    d = np.abs(got.astype(int) - cpu.astype(int))
+    assert out.shape == (1, 1, 360, 640) and d.mean() < MEAN_TOL and d.max() <= P999_TOL
