@@ -1,12 +1,15 @@
-"""Event delivery: each sink runs on its own thread behind a bounded queue, with an optional disk spool.
+"""Event delivery: each sink runs on its own thread, fed from its disk spool or a bounded queue.
 
-A slow sink therefore never delays the data path or the other sinks. Network sinks (MQTT, Kafka,
-webhook, Redis) are at least once: a batch the sink cannot deliver goes to the sink's disk spool
-(`pipeline.spool`), and while the spool holds anything, new batches queue behind it there, so
-replay keeps the original order; the spool is drained, oldest first, with exponential backoff
-between failed attempts, and survives a restart of vap. Consumers deduplicate by event `id`.
-Without a spool (JSONL's default) a failed write is retried in place and the bounded queue
-applies backpressure: `publish` waits up to `block_s`, then counts a drop.
+Network sinks (MQTT, Kafka, webhook, Redis) have a spool (`pipeline.spool`) by default and are at
+least once: `publish` appends every accepted batch to each sink's spool (local disk, no waiting on
+the network) and the sink's thread delivers from the head of its spool in order, acknowledging
+what the broker confirmed. So a slow or dead sink never delays the data path or the other sinks,
+and undelivered events stay on disk across a shutdown or crash of vap; they replay, oldest first,
+with exponential backoff between failed attempts. Consumers deduplicate by event `id`. What can
+still be lost is counted: a full spool (`vap_spool_dropped_total`, by its drop policy) or a spool
+disk that fails (same counter). Without a spool (JSONL's default) a failed write is retried in
+place and the bounded queue applies backpressure: `publish` waits up to `block_s`, then counts a
+drop (`vap_sink_dropped_total`).
 
 JSONL durability: every batch of events is written and flushed to the OS before the next batch
 (a crash of vap loses nothing already written). `fsync` decides power-loss safety: `always`
@@ -106,13 +109,19 @@ class JsonlSink(Sink):
 
 
 class SinkRunner:
-    """One sink's thread: takes event batches from a bounded queue, delivers them, spools what fails.
+    """One sink's thread: delivers event batches in order, from its disk spool or a bounded queue.
 
-    With a spool (`sink.spool_config.enabled`): a failed batch is appended to the spool and so is
-    every later batch until the spool is empty again, so events leave in the order they came. The
-    head of the spool is retried with exponential backoff (`retry_s` doubling to `retry_max_s`).
-    At close the runner keeps replaying until its deadline; what is left stays on disk for the next
-    start. Without a spool a failed batch is retried in place every `retry_s`.
+    With a spool (`sink.spool_config.enabled`) every accepted batch is appended to the spool first
+    (`offer` only writes to local disk, ~150k events/s) and the sink thread delivers from its head:
+    peek, write, ack. So a slow or dead sink never makes `publish` wait, the other sinks never wait
+    for it, and at shutdown nothing accepted is lost: what was not delivered is already on disk and
+    replays at the next start. A failed delivery is retried with exponential backoff (`retry_s`
+    doubling to `retry_max_s`); a spool disk failure (full, read-only) is counted
+    (`vap_spool_dropped_total`) and retried, it never stops the thread.
+
+    Without a spool (JSONL's default: the file is local) batches go through a bounded queue and a
+    failed batch is retried in place every `retry_s`; a full queue makes `offer` wait up to
+    `block_s`, then the batch is dropped and counted (`vap_sink_dropped_total`).
     """
 
     def __init__(self, sink: Sink, event_filter: EventFilter, metrics: Metrics, maxsize: int = 1024,
@@ -130,15 +139,32 @@ class SinkRunner:
         self.spool = spool
         self.replay_batch = cfg.replay_batch if cfg is not None else 500
         self._q: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize)
-        self._thread = threading.Thread(target=self._loop, name=f"sink-{sink.name}", daemon=True)
-        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards the spool: offer appends, the sink thread peeks and acks
+        self._wake = threading.Event()  # new events in the spool, or close requested
+        self._closing = threading.Event()  # deliver what is left, then end
+        self._stopping = threading.Event()  # deadline passed: end now
+        self._spool_closed = False
+        name = sink.name
+        # Every per-sink series exists from the start (at 0), so alerts on increase() see the first burst.
+        for counter in (metrics.sink_events, metrics.sink_errors, metrics.sink_dropped, metrics.sink_dead_letter,
+                        metrics.spool_dropped):
+            counter.labels(name)
+        metrics.sink_up.labels(name).set(1)
+        if spool is not None and spool.dropped:  # what repairing the spool at open had to cut
+            metrics.spool_dropped.labels(name).inc(spool.dropped)
+            spool.dropped = 0
         self._update_spool_metrics()
+        target = self._loop_spooled if spool is not None else self._loop_in_place
+        self._thread = threading.Thread(target=target, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
     def offer(self, events: list[dict[str, Any]], block_s: float) -> bool:
+        """Accept events for this sink; False if they were lost (counted). Waits only without a spool."""
         wanted = [e for e in events if self.filter.accepts(e)]
         if not wanted:
             return True
+        if self.spool is not None:
+            return self._offer_spooled(self.spool, wanted)
         try:
             self._q.put(wanted, timeout=block_s)
             return True
@@ -147,6 +173,24 @@ class SinkRunner:
             log.error("sink %s is not keeping up: %d events dropped after waiting %.1fs",
                       self.sink.name, len(wanted), block_s)
             return False
+
+    def _offer_spooled(self, spool: Spool, events: list[dict[str, Any]]) -> bool:
+        with self._lock:
+            if self._spool_closed:
+                dropped = len(events)
+                log.error("sink %s is closed: %d events not accepted", self.sink.name, dropped)
+            else:
+                try:
+                    dropped = spool.append(events)
+                except OSError as exc:  # disk full or gone: these events are lost, and that must show
+                    dropped = len(events)
+                    log.error("sink %s: could not spool %d events (%s); they are lost", self.sink.name,
+                              len(events), exc)
+            if dropped:
+                self.metrics.spool_dropped.labels(self.sink.name).inc(dropped)
+            self.metrics.spool_events.labels(self.sink.name).set(len(spool))
+        self._wake.set()
+        return dropped == 0
 
     def _deliver(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Write a batch; returns the events that were not delivered (a suffix of it; empty on success)."""
@@ -165,23 +209,12 @@ class SinkRunner:
         self.metrics.sink_up.labels(self.sink.name).set(1)
         return []
 
-    def _loop(self) -> None:
-        if self.spool is not None:
-            try:
-                self._loop_spooled(self.spool)
-                return
-            except OSError as exc:  # the spool's disk failed (full, removed, read-only)
-                log.error("sink %s: spool %s failed (%s); %d spooled events stay on disk, delivering "
-                          "without a spool from now on", self.sink.name, self.spool.dir, exc, len(self.spool))
-                self.metrics.sink_errors.labels(self.sink.name).inc()
-        self._loop_in_place()
-
     def _loop_in_place(self) -> None:
         while True:
             try:
                 batch = self._q.get(timeout=0.2)
             except queue.Empty:
-                if self._stopping.is_set():  # close() could not enqueue its sentinel in time
+                if self._stopping.is_set() or self._closing.is_set():
                     break
                 continue
             if batch is None:
@@ -192,108 +225,95 @@ class SinkRunner:
                     log.error("sink %s: giving up on %d events at shutdown", self.sink.name, len(batch))
                     break
 
-    def _to_spool(self, spool: Spool, batch: list[dict[str, Any]]) -> None:
-        try:
-            dropped = spool.append(batch)
-        except OSError as exc:  # disk full or gone: these events are lost, and that must show
-            dropped = len(batch)
-            log.error("sink %s: could not spool %d events (%s); they are lost", self.sink.name, len(batch), exc)
-        if dropped:
-            self.metrics.spool_dropped.labels(self.sink.name).inc(dropped)
-
-    def _loop_spooled(self, spool: Spool) -> None:
-        closing = False
+    def _loop_spooled(self) -> None:
         backoff = self.retry_s
-        next_try = 0.0
-        while True:
-            if self._stopping.is_set():
-                break
-            if not len(spool):
-                if closing:
-                    break
-                try:
-                    batch = self._q.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if batch is None:
-                    closing = True
-                    continue
-                failed = self._deliver(batch)
-                if failed:
-                    self._to_spool(spool, failed)
-                    next_try = time.monotonic() + backoff
-                self._update_spool_metrics()
-                continue
-            # The spool holds events: everything new queues behind them, on disk.
-            wait = max(0.0, next_try - time.monotonic())
-            while True:
-                try:
-                    batch = self._q.get(timeout=min(wait, 0.2)) if wait > 0 else self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if batch is None:
-                    closing = True
-                else:
-                    self._to_spool(spool, batch)
-                wait = max(0.0, next_try - time.monotonic())
-            if time.monotonic() >= next_try:
-                entries = spool.peek_each(self.replay_batch)
-                failed = self._deliver([e for e, _ in entries]) if entries else []
-                done = len(entries) - len(failed)
-                if done:
-                    spool.ack(entries[done - 1][1])
-                if entries and not failed:
-                    backoff = self.retry_s
-                    next_try = 0.0
-                else:
-                    backoff = min(backoff * 2, self.retry_max_s)
-                    next_try = time.monotonic() + backoff
-            self._update_spool_metrics()
-        # Deadline passed or closed: move anything still queued to disk so nothing accepted is lost.
-        while True:
+        while not self._stopping.is_set():
             try:
-                batch = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if batch is not None:
-                self._to_spool(spool, batch)
-        self._update_spool_metrics()
-        if len(spool):
-            log.warning("sink %s: %d undelivered events stay in the spool %s for the next start",
-                        self.sink.name, len(spool), spool.dir)
+                self._wake.clear()
+                with self._lock:
+                    entries = self.spool.peek_each(self.replay_batch)  # type: ignore[union-attr]
+                if not entries:
+                    self._update_spool_metrics()
+                    if self._closing.is_set():
+                        break
+                    self._wake.wait(0.5)
+                    continue
+                failed = self._deliver([e for e, _ in entries])
+                done = len(entries) - len(failed)
+                with self._lock:
+                    if done and not self._spool_closed:
+                        self.spool.ack(entries[done - 1][1])  # type: ignore[union-attr]
+                self._update_spool_metrics()
+                if failed:
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_max_s)
+                else:
+                    backoff = self.retry_s
+            except Exception as exc:  # the spool's disk failed (read error, removed dir): retry, never die
+                self.metrics.sink_errors.labels(self.sink.name).inc()
+                log.error("sink %s: spool %s failed (%s); retrying in %.1fs", self.sink.name,
+                          self.spool.dir, exc, backoff)  # type: ignore[union-attr]
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, self.retry_max_s)
 
     def _update_spool_metrics(self) -> None:
         if self.spool is None:
             return
         name = self.sink.name
-        self.metrics.spool_events.labels(name).set(len(self.spool))
-        self.metrics.spool_bytes.labels(name).set(self.spool.size_bytes)
-        self.metrics.spool_age.labels(name).set(self.spool.oldest_age())
+        with self._lock:
+            if self._spool_closed:
+                return
+            self.metrics.spool_events.labels(name).set(len(self.spool))
+            self.metrics.spool_bytes.labels(name).set(self.spool.size_bytes)
+            self.metrics.spool_age.labels(name).set(self.spool.oldest_age())
 
-    def close(self, timeout: float) -> bool:
-        """Deliver what is queued (and spooled), then close the sink.
+    def request_close(self) -> None:
+        """Start closing: deliver what is queued or spooled until `finish_close`'s deadline."""
+        self._closing.set()
+        self._wake.set()
+        if self.spool is None:
+            try:
+                self._q.put_nowait(None)
+            except queue.Full:
+                pass  # the loop also ends on _closing once the queue is empty
 
-        False if the deadline passed with accepted events neither delivered nor in the spool.
-        """
-        deadline = time.monotonic() + timeout
-        try:
-            self._q.put(None, timeout=max(0.0, timeout))
-        except queue.Full:
-            pass
+    def join(self, deadline: float) -> None:
+        """Wait (until the monotonic `deadline`) for the sink thread to finish delivering."""
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        done = not self._thread.is_alive()
+
+    def finish_close(self) -> bool:
+        """Stop the thread, close the sink (which interrupts a write in progress) and the spool.
+
+        False if accepted events were neither delivered nor kept in the spool.
+        """
+        done = not self._thread.is_alive() and (self.spool is not None or self._q.empty())
         self._stopping.set()
+        self._wake.set()
         try:
-            self.sink.close()  # also interrupts a sink waiting in its own retries
+            self.sink.close()  # also interrupts a sink waiting in its own retries or flush
         except Exception as exc:
             log.error("sink %s close failed: %s", self.sink.name, exc)
         self._thread.join(0.5)
-        if self.spool is not None and not self._thread.is_alive():
-            self.spool.close()
-            # Whatever was not delivered is on disk and replays at the next start: nothing is lost,
-            # so a broker that is down at shutdown does not make the shutdown unclean.
+        if self.spool is not None:
+            self._update_spool_metrics()
+            with self._lock:
+                left = len(self.spool)
+                self._spool_closed = True  # a write still returning late must not ack a closed spool
+                self.spool.close()
+            if left:
+                log.warning("sink %s: %d undelivered events stay in the spool %s for the next start",
+                            self.sink.name, left, self.spool.dir)
+            # Every accepted event was spooled before delivery: what was not delivered is on disk
+            # and replays at the next start, so a broker that is down at shutdown loses nothing.
             done = True
         return done
+
+    def close(self, timeout: float) -> bool:
+        """Deliver what is queued (and spooled) for up to `timeout` s, then close the sink."""
+        deadline = time.monotonic() + timeout
+        self.request_close()
+        self.join(deadline)
+        return self.finish_close()
 
 
 class EventBus:
@@ -309,8 +329,25 @@ class EventBus:
                 r.offer(events, self.block_s)
 
     def close(self, timeout: float) -> bool:
+        """Close every sink within `timeout` in total: all are told to finish first, then waited for
+        together, so one slow sink does not eat the others' share of the deadline."""
         deadline = time.monotonic() + timeout
-        return all([r.close(max(0.1, deadline - time.monotonic())) for r in self.runners])
+        for r in self.runners:
+            r.request_close()
+        for r in self.runners:
+            r.join(deadline)
+        results: list[bool] = [False] * len(self.runners)
+
+        def finish(i: int, r: SinkRunner) -> None:
+            results[i] = r.finish_close()
+
+        closers = [threading.Thread(target=finish, args=(i, r), name=f"close-{r.sink.name}", daemon=True)
+                   for i, r in enumerate(self.runners)]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(1.0, deadline - time.monotonic()) + 6.0)  # sink.close() has its own bounds
+        return all(results)
 
 
 class _SinkType:

@@ -99,7 +99,8 @@ class Spool:
                               "give each sink its own spool.dir") from None
         self._segments: list[_Segment] = []
         self._read_seq, self._read_off = 0, 0
-        self._fh: Any = None
+        self._fd: int | None = None
+        self._fd_path: Path | None = None
         self._oldest_t: float | None = None
         self._open()
 
@@ -118,34 +119,48 @@ class Spool:
                 path.unlink()
                 continue
             start = self._read_off if seq == self._read_seq else 0
-            self._segments.append(_Segment(seq, path, path.stat().st_size, self._count_and_repair(path, start)))
+            count, start = self._count_and_repair(path, start)
+            if seq == self._read_seq:
+                self._read_off = start
+            self._segments.append(_Segment(seq, path, path.stat().st_size, count))
         if self._segments and self._segments[0].seq != self._read_seq:
             self._read_seq, self._read_off = self._segments[0].seq, 0
         if self._segments:
             log.info("spool %s: %d events from a previous run to replay", self.dir, len(self))
 
-    def _count_and_repair(self, path: Path, start: int) -> int:
-        """Count complete entries after `start`; cut a torn last line (crash in the middle of a write)."""
-        count, good_end = 0, 0
+    def _count_and_repair(self, path: Path, start: int) -> tuple[int, int]:
+        """Count complete entries after `start`; cut a torn last line (crash in the middle of a write).
+
+        Returns (entries after the read position, the read position to use). After a power loss
+        without fsync the cursor can point past the end of the repaired file or into the middle of
+        a line (the cursor reached the disk, the data it refers to did not): then the segment is
+        re-read from its start (duplicates, never a skipped event). Undecodable lines are skipped
+        and counted in `dropped`, so one bad line cannot hide the entries after it.
+        """
         with open(path, "rb") as fh:
             data = fh.read()
-        pos = 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break
-            try:
-                json.loads(data[pos:nl])
-            except ValueError:
-                break
-            if pos >= start:
-                count += 1
-            pos = good_end = nl + 1
+        good_end = data.rfind(b"\n") + 1
         if good_end < len(data):
             log.warning("spool %s: cutting %d bytes of a torn entry", path, len(data) - good_end)
+            self.dropped += 1
             with open(path, "r+b") as fh:
                 fh.truncate(good_end)
-        return count
+            data = data[:good_end]
+        if start > len(data) or (start > 0 and data[start - 1:start] != b"\n"):
+            log.error("spool %s: read position %d is not at an entry boundary of the %d-byte file (power loss "
+                      "without fsync?); replaying the file from its start", path, start, len(data))
+            start = 0
+        count, pos = 0, 0
+        while pos < len(data):
+            nl = data.index(b"\n", pos)
+            if pos >= start:
+                if _decode(data[pos:nl]) is None:
+                    self.dropped += 1
+                    log.error("spool %s: skipping an undecodable entry at byte %d", path, pos)
+                else:
+                    count += 1
+            pos = nl + 1
+        return count, start
 
     def __len__(self) -> int:
         return sum(s.count for s in self._segments)
@@ -194,11 +209,21 @@ class Spool:
             return dropped
         tail = self._tail()
         data = b"".join(lines)
-        tail_fh = self._writer(tail)
-        tail_fh.write(data)
-        tail_fh.flush()
-        if self.fsync:
-            os.fsync(tail_fh.fileno())
+        fd = self._writer(tail)
+        try:
+            view = memoryview(data)
+            while view:  # os.write: no user-space buffer whose failed flush could leave half a batch behind
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            # Disk full or gone: put the file back to its last known size so a half-written batch
+            # neither replays nor shifts the counts; the caller counts these events as lost.
+            try:
+                os.ftruncate(fd, tail.size)
+            except OSError as exc:
+                log.error("spool %s: could not cut a failed write back (%s)", tail.path, exc)
+            raise
         tail.size += len(data)
         tail.count += len(lines)
         return dropped
@@ -211,18 +236,26 @@ class Spool:
             self._segments.append(_Segment(seq, self.dir / f"seg-{seq:09d}.jsonl", 0, 0))
         return self._segments[-1]
 
-    def _writer(self, seg: _Segment) -> Any:
-        if self._fh is None or self._fh.name != str(seg.path):
-            if self._fh is not None:
-                self._fh.close()
-            self._fh = open(seg.path, "ab")
-        return self._fh
+    def _writer(self, seg: _Segment) -> int:
+        if self._fd is None or self._fd_path != seg.path:
+            self._close_writer()
+            self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd_path = seg.path
+        return self._fd
+
+    def _close_writer(self, sync: bool = False) -> None:
+        if self._fd is not None:
+            try:
+                if sync:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd, self._fd_path = None, None
 
     def _drop_oldest_segment(self) -> int:
         seg = self._segments.pop(0)
-        if self._fh is not None and self._fh.name == str(seg.path):
-            self._fh.close()
-            self._fh = None
+        if self._fd_path == seg.path:
+            self._close_writer()
         seg.path.unlink(missing_ok=True)
         self._oldest_t = None
         if self._segments:
@@ -248,8 +281,6 @@ class Spool:
               ) -> tuple[list[tuple[float, dict[str, Any]]], SpoolPosition]:
         out: list[tuple[float, dict[str, Any]]] = []
         seq, off = self._read_seq, self._read_off
-        if self._fh is not None:
-            self._fh.flush()
         for seg in self._segments:
             if seg.seq < seq or seg.count == 0:
                 continue
@@ -261,9 +292,11 @@ class Spool:
                     line = fh.readline()
                     if not line.endswith(b"\n"):
                         break
-                    rec = json.loads(line)
-                    out.append((rec["t"], rec["e"]))
                     pos += len(line)
+                    rec = _decode(line)
+                    if rec is None:  # counted at open; a bad line must not stop replay
+                        continue
+                    out.append(rec)
                     if positions is not None:
                         positions.append(SpoolPosition(seg.seq, pos, len(out)))
             seq, off = seg.seq, pos
@@ -272,31 +305,36 @@ class Spool:
         return out, SpoolPosition(seq, off, len(out))
 
     def ack(self, pos: SpoolPosition) -> None:
-        """Forget everything up to `pos` (those events were delivered)."""
-        remaining = pos.count
-        while remaining and self._segments:
-            head = self._segments[0]
-            if head.seq < pos.seq:
-                remaining -= head.count
-                self._segments.pop(0)
-                if self._fh is not None and self._fh.name == str(head.path):
-                    self._fh.close()
-                    self._fh = None
-                head.path.unlink(missing_ok=True)
-            else:
-                head.count -= remaining
-                remaining = 0
-        self._read_seq, self._read_off = pos.seq, pos.offset
+        """Forget everything up to `pos` (those events were delivered).
+
+        Safe when drop_oldest deleted segments between the `peek` and this `ack` (appends come from
+        another thread): positions in deleted segments are ignored, and the number of entries
+        acknowledged in the head segment is counted from the file, not taken from the peek.
+        """
+        if not self._segments or pos.seq < self._segments[0].seq or (
+                pos.seq == self._read_seq and pos.offset <= self._read_off):
+            return  # already dropped or already acknowledged
+        while self._segments and self._segments[0].seq < pos.seq:
+            head = self._segments.pop(0)
+            if self._fd_path == head.path:
+                self._close_writer()
+            head.path.unlink(missing_ok=True)
+            self._read_seq, self._read_off = pos.seq, 0
         head = self._segments[0] if self._segments else None
+        if head is not None and head.seq == pos.seq:
+            start = self._read_off if self._read_seq == head.seq else 0
+            with open(head.path, "rb") as fh:
+                fh.seek(start)
+                done = fh.read(max(0, pos.offset - start)).count(b"\n")
+            head.count = max(0, head.count - done)
+        self._read_seq, self._read_off = pos.seq, pos.offset
         if head is not None and head.count == 0 and head.seq == pos.seq and len(self._segments) > 1:
             self._segments.pop(0)
             head.path.unlink(missing_ok=True)
             self._read_seq, self._read_off = self._segments[0].seq, 0
         elif head is not None and head.count == 0 and len(self._segments) == 1:
             # Empty: start over in a fresh segment so files do not grow forever.
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._close_writer()
             head.path.unlink(missing_ok=True)
             self._segments.clear()
             self._read_seq, self._read_off = head.seq + 1, 0
@@ -312,10 +350,15 @@ class Spool:
         os.replace(tmp, self.dir / self.CURSOR)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        self._close_writer(sync=True)
         if not self._lock_fh.closed:
             self._lock_fh.close()  # releases the flock
+
+
+def _decode(line: bytes) -> tuple[float, dict[str, Any]] | None:
+    """One spool line as (append time, event); None for a line that is not a spool entry."""
+    try:
+        rec = json.loads(line)
+        return float(rec["t"]), rec["e"]
+    except (ValueError, KeyError, TypeError):
+        return None

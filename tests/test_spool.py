@@ -221,27 +221,192 @@ def test_a_dead_and_a_hung_sink_do_not_hold_up_the_pipeline_or_a_healthy_sink(tm
     assert [e["id"] for e in healthy.got] == [e["id"] for e in ev]
     release.set()
     bus.close(2.0)
-    assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "dead"}) is None
+    assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "dead"}) == 0
+
+
+def test_a_slow_but_succeeding_sink_never_blocks_publish_or_drops_with_a_spool(tmp_path):
+    """Review finding 1: a full queue used to block publish block_s per batch and drop events."""
+
+    class Slow(_Switchable):
+        name = "slow"
+
+        def write(self, events):
+            time.sleep(0.3)            # answers, just slowly
+            self.got.extend(events)
+
+    m = Metrics()
+    slow, fast = Slow(), _Switchable()
+    fast.down, fast.name = False, "fast"
+    bus = EventBus([SinkRunner(slow, EventFilter(), m, maxsize=4, spool=Spool(tmp_path / "slow", 1_000_000)),
+                    SinkRunner(fast, EventFilter(), m)], block_s=0.1)
+    ev = _events(30)
+    worst = 0.0
+    for e in ev:
+        t0 = time.perf_counter()
+        bus.publish([e])
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.05, f"publish waited {worst:.2f}s for the slow sink"
+    assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "slow"}) == 0
+    assert bus.close(5.0)
+    assert [e["id"] for e in slow.got] == [e["id"] for e in ev]
+    assert [e["id"] for e in fast.got] == [e["id"] for e in ev]
+
+
+def test_disk_full_during_append_truncates_back_counts_the_loss_and_keeps_going(tmp_path, monkeypatch):
+    """Review finding 2: a half-written batch must not stay in the segment or skew the counts."""
+    import errno
+    import os
+
+    import pipeline.spool as spool_mod
+
+    m = Metrics()
+    sink = _Switchable()
+    sp = Spool(tmp_path, 1_000_000)
+    runner = SinkRunner(sink, EventFilter(), m, retry_s=0.05, retry_max_s=0.1, spool=sp)
+    first = _events(5, "a")
+    assert runner.offer(first, 1.0)
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    size_before = seg.stat().st_size
+    real_write = os.write
+    calls = {"n": 0}
+
+    def half_then_full(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[: len(data) // 2]))  # part of the batch reaches the file
+            return len(data) // 2
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_mod.os, "write", half_then_full)
+    lost = _events(30, "b")
+    assert runner.offer(lost, 1.0) is False
+    monkeypatch.setattr(spool_mod.os, "write", real_write)
+    assert seg.stat().st_size == size_before                 # cut back to the last whole batch
+    assert m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}) == 30
+    later = _events(3, "c")
+    assert runner.offer(later, 1.0)
+    sink.down = False
+    assert runner.close(5.0)
+    assert [e["id"] for e in sink.got] == [e["id"] for e in first + later]
+    assert runner._thread.is_alive() is False
+    assert m.registry.get_sample_value("vap_spool_events", {"sink": "switch"}) == 0
+
+
+def test_a_spool_read_error_is_retried_and_spooled_events_still_replay(tmp_path, monkeypatch):
+    """Review finding 2: one disk error used to switch the spool off for the rest of the process."""
+    m = Metrics()
+    sink = _Switchable()
+    sp = Spool(tmp_path, 1_000_000)
+    real_peek = sp.peek_each
+    calls = {"n": 0}
+
+    def flaky_peek(n):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(5, "Input/output error")
+        return real_peek(n)
+
+    monkeypatch.setattr(sp, "peek_each", flaky_peek)
+    runner = SinkRunner(sink, EventFilter(), m, retry_s=0.05, retry_max_s=0.1, spool=sp)
+    ev = _events(8)
+    runner.offer(ev[:4], 1.0)
+    deadline = time.time() + 5
+    while calls["n"] < 3:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    sink.down = False
+    runner.offer(ev[4:], 1.0)
+    assert runner.close(5.0)
+    assert [e["id"] for e in sink.got] == [e["id"] for e in ev]
+    assert m.registry.get_sample_value("vap_sink_errors_total", {"sink": "switch"}) >= 1
+
+
+def test_cursor_past_the_repaired_end_rereads_the_segment(tmp_path):
+    """Review finding 7: after a power loss the cursor can point beyond the data that reached the disk."""
+    sp = Spool(tmp_path, 1_000_000)
+    ev = _events(10)
+    sp.append(ev)
+    _, pos = sp.peek(6)
+    sp.ack(pos)
+    sp.close()
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    data = seg.read_bytes()
+    seg.write_bytes(data[: data.index(b"\n") + 1 + 40])   # one whole entry and a torn one survived
+    sp = Spool(tmp_path, 1_000_000)
+    assert len(sp) == 1 and sp.dropped == 1                 # the torn entry is counted, not silent
+    got, _ = sp.peek(10)
+    assert [e["id"] for e in got] == [ev[0]["id"]]          # re-read from the start: a duplicate, not a loss
+    more = _events(3, "x")
+    sp.append(more)
+    got, _ = sp.peek(10)
+    assert [e["id"] for e in got] == [ev[0]["id"]] + [e["id"] for e in more]
+
+
+def test_a_bad_line_is_skipped_and_counted_not_fatal(tmp_path):
+    sp = Spool(tmp_path, 1_000_000)
+    ev = _events(4)
+    sp.append(ev[:2])
+    sp.close()
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    with open(seg, "ab") as fh:
+        fh.write(b"{not json\n")
+    sp = Spool(tmp_path, 1_000_000)
+    sp.append(ev[2:])
+    assert len(sp) == 4 and sp.dropped == 1
+    got, pos = sp.peek(10)
+    assert [e["id"] for e in got] == [e["id"] for e in ev]
+    sp.ack(pos)
+    assert len(sp) == 0
+
+
+def test_ack_after_drop_oldest_removed_the_peeked_segment_keeps_counts_right(tmp_path):
+    sp = Spool(tmp_path, max_bytes=8000, segment_bytes=2000)
+    sp.append(_events(8, "a"))
+    entries = sp.peek_each(3)
+    for i in range(20):                                   # meanwhile the bound drops the oldest segments
+        sp.append(_events(4, f"b{i}"))
+    before = len(sp)
+    sp.ack(entries[-1][1])                                # must not subtract from surviving segments
+    assert len(sp) == before
+    got, _ = sp.peek(1000)
+    assert len(got) == before >= 0
+
+
+def test_runner_counts_what_repair_cut_and_creates_its_series_at_zero(tmp_path):
+    sp = Spool(tmp_path, 1_000_000)
+    sp.append(_events(2))
+    sp.close()
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    with open(seg, "ab") as fh:
+        fh.write(b'{"t": 1, "e": {"torn')
+    m = Metrics()
+    runner = SinkRunner(_Switchable(), EventFilter(), m, retry_s=0.05, spool=Spool(tmp_path, 1_000_000))
+    get = m.registry.get_sample_value
+    assert get("vap_spool_dropped_total", {"sink": "switch"}) == 1
+    for name in ("vap_sink_dropped_total", "vap_sink_dead_letter_total", "vap_sink_errors_total"):
+        assert get(name, {"sink": "switch"}) is not None, name   # present at 0 so increase() sees a first burst
+    runner.close(0.2)
 
 
 def test_a_failing_spool_disk_loses_events_visibly_but_keeps_the_sink_alive(tmp_path, monkeypatch):
     m = Metrics()
     sink = _Switchable()
     sp = Spool(tmp_path, 1_000_000)
+    real_append = sp.append
+    full = {"on": True}
 
     def disk_full(events):
-        raise OSError(28, "No space left on device")
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        return real_append(events)
 
     monkeypatch.setattr(sp, "append", disk_full)
     runner = SinkRunner(sink, EventFilter(), m, retry_s=0.05, spool=sp)
-    runner.offer(_events(4), 1.0)
-    deadline = time.time() + 5
-    while not m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}):
-        assert time.time() < deadline
-        time.sleep(0.02)
+    assert runner.offer(_events(4), 1.0) is False
     assert m.registry.get_sample_value("vap_spool_dropped_total", {"sink": "switch"}) == 4
+    full["on"] = False                               # space is back
     sink.down = False
     later = _events(2)
-    runner.offer(later, 1.0)                         # the thread is still alive and delivering
+    assert runner.offer(later, 1.0)                  # the thread is still alive and delivering
     assert runner.close(5.0)
     assert [e["id"] for e in sink.got] == [e["id"] for e in later]
