@@ -427,12 +427,18 @@ def test_config_is_a_valid_serve_config(tmp_path, capsys):
     ServeDeploySchema.model_validate(cfg_out)
 
 
-def test_up_puts_the_config_to_the_serve_rest_api(tmp_path, capsys):
-    reg = tmp_path / "r.yaml"
-    write_registry(reg, 5, "v3")
+def _fake_dashboard(running: list[str]):
+    """A Serve REST API stand-in: GET lists `running` applications, PUT records the config."""
     seen: list[tuple[str, str, dict]] = []
 
     class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"applications": {name: {"status": "RUNNING"} for name in running}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_PUT(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.command, self.path, body))
@@ -443,8 +449,15 @@ def test_up_puts_the_config_to_the_serve_rest_api(tmp_path, capsys):
             pass
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}", seen
+
+
+def test_up_puts_the_config_to_the_serve_rest_api(tmp_path, capsys):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    srv, address, seen = _fake_dashboard(["vap"])  # only our own app: an update
     try:
-        rc = cli(["up", "--cameras", str(reg), "--shards", "3", "--address", f"http://127.0.0.1:{srv.server_address[1]}"])
+        rc = cli(["up", "--cameras", str(reg), "--shards", "3", "--address", address])
     finally:
         srv.shutdown()
         srv.server_close()
@@ -452,6 +465,64 @@ def test_up_puts_the_config_to_the_serve_rest_api(tmp_path, capsys):
     (method, path, body), = seen
     assert method == "PUT" and path == "/api/serve/applications/"
     assert body["applications"][0]["deployments"][0]["user_config"]["num_shards"] == 3
+
+
+def test_up_refuses_to_delete_other_serve_apps(tmp_path, capsys):
+    """A PUT replaces the whole Serve config: other applications would be deleted silently."""
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    srv, address, seen = _fake_dashboard(["vap", "ocr", "billing"])
+    try:
+        assert cli(["up", "--cameras", str(reg), "--shards", "2", "--address", address]) == 2
+        err = capsys.readouterr().err
+        assert "billing, ocr" in err and "--replace-all" in err and seen == []
+        assert cli(["up", "--cameras", str(reg), "--shards", "2", "--address", address, "--replace-all"]) == 0
+        assert "deleting Serve applications billing, ocr" in capsys.readouterr().err and len(seen) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_config_and_up_validate_settings_like_the_workers(tmp_path, capsys, monkeypatch):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch: {max_batchh: 4}\n")
+    assert cli(["config", "--cameras", str(reg), "--shards", "2", "--settings", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "workers would refuse" in err and "max_batchh" in err
+    srv, address, seen = _fake_dashboard([])
+    try:
+        assert cli(["up", "--cameras", str(reg), "--shards", "2", "--settings", str(bad), "--address", address]) == 2
+        assert seen == []  # nothing deployed
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # a ${VAR} set only on the workers is not an error here, and stays unexpanded in the config
+    monkeypatch.delenv("VAP_TEST_EVDIR", raising=False)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text('sinks: [{type: jsonl, path: "/ev/${VAP_TEST_EVDIR}/e-{replica}.jsonl"}]\n')
+    assert cli(["config", "--cameras", str(reg), "--shards", "2", "--settings", str(ok)]) == 0
+    out = capsys.readouterr()
+    assert "${VAP_TEST_EVDIR}" in out.out and "VAP_TEST_EVDIR} not set here" in out.err
+    assert "VAP_TEST_EVDIR" not in __import__("os").environ
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--per-gpu", "nan"], "--per-gpu must be a positive number"),
+    (["--per-gpu", "inf"], "--per-gpu must be a positive number"),
+    (["--shards", "2", "--spares", "-1"], "--spares must be >= 0"),
+    (["--per-gpu", "4", "--spares", "-1"], "--spares must be >= 0"),
+    (["--shards", "2", "--gpus-per-worker", "-1"], "--gpus-per-worker"),
+    (["--shards", "2", "--gpus-per-worker", "1.5"], "--gpus-per-worker"),
+    (["--shards", "2", "--cpus-per-worker", "-2"], "--cpus-per-worker"),
+])
+def test_bad_numbers_are_exit_2_with_a_message(tmp_path, capsys, args, match):
+    reg = tmp_path / "r.yaml"
+    write_registry(reg, 5, "v3")
+    assert cli(["config", "--cameras", str(reg), *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
 
 
 def test_up_unreachable_cluster_is_exit_1(tmp_path, capsys):

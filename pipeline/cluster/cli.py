@@ -4,7 +4,8 @@
   loads the assignment gives, and the Helm values for `deploy/helm/vap-cluster`.
 - `config` prints the Ray Serve config file (for `serve deploy`, or KubeRay's `serveConfigV2`).
 - `up` PUTs that config to a running Ray cluster's dashboard (the Serve REST API, what `serve
-  deploy` does). A config-file deploy updates `user_config` in place, so adding a camera or a shard
+  deploy` does). That PUT replaces the cluster's whole Serve config, so `up` refuses when other
+  Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in place, so adding a camera or a shard
   reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
 
 None of these imports Ray: they compute, print and talk HTTP. Only the replicas need Ray.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -25,7 +28,7 @@ import yaml
 
 from pipeline.cluster.assign import DEFAULT_SLACK, assign, loads, shard_cap
 from pipeline.cluster.registry import Registry, load_registry
-from pipeline.cluster.shard import ClusterConfig
+from pipeline.cluster.shard import ClusterConfig, render_settings
 from pipeline.config import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -48,12 +51,12 @@ def plan_shards(total_load: float, per_gpu: float, min_slack: float = MIN_SLACK,
     the shards, at least one: a replica lost with its node restarts on a spare at once; without
     one it waits for a new node.
     """
-    if per_gpu <= 0:
-        raise ConfigError(f"--per-gpu must be > 0, got {per_gpu}")
+    if not (per_gpu > 0 and math.isfinite(per_gpu)):
+        raise ConfigError(f"--per-gpu must be a positive number (cameras one GPU handles), got {per_gpu}")
+    if spares is not None and spares < 0:
+        raise ConfigError(f"--spares must be >= 0, got {spares}")
     shards = max(1, math.ceil(total_load * (1 + min_slack) / per_gpu - 1e-9))
     spares = max(1, math.ceil(0.1 * shards)) if spares is None else spares
-    if spares < 0:
-        raise ConfigError(f"--spares must be >= 0, got {spares}")
     return {"shards": shards, "spares": spares, "capacity": float(per_gpu),
             "mean_load": total_load / shards if shards else 0.0}
 
@@ -83,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the workers read the registry (default: --cameras, made absolute)")
         sp.add_argument("--settings", type=Path, default=None,
                         help="worker deployment YAML without streams (model, batch, sinks, ...); "
-                             "'{shard}' in a string becomes the shard number")
+                             "'{replica}' in a string becomes the replica's id, '{shard}' the shard number "
+                             "(a re-rank then restarts the pipeline); validated here as the workers will")
         sp.add_argument("--gpus-per-worker", type=float, default=1.0, help="0 for CPU-only workers")
         sp.add_argument("--cpus-per-worker", type=float, default=1.0)
         sp.add_argument("--metrics-port", type=int, default=9108)
@@ -93,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--address", default="http://127.0.0.1:8265",
                             help="Ray dashboard address (the Serve REST API)")
             sp.add_argument("--timeout", type=float, default=30.0)
+            sp.add_argument("--replace-all", action="store_true",
+                            help="deploy even when the cluster runs other Serve applications: the Serve "
+                                 "REST API replaces the whole config, so they are deleted")
     return p
 
 
@@ -110,7 +117,7 @@ def cli(argv: list[str]) -> int:
         if args.cmd == "config":
             print(yaml.safe_dump(cfg, sort_keys=False), end="")
             return EXIT_OK
-        return cmd_up(cfg, args.address, args.timeout)
+        return cmd_up(cfg, args.address, args.timeout, replace_all=args.replace_all)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -119,7 +126,23 @@ def cli(argv: list[str]) -> int:
         return EXIT_FAIL
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Usage errors argparse lets through (nan, inf, negatives): exit 2 with the flag named."""
+    if args.per_gpu is not None and not (args.per_gpu > 0 and math.isfinite(args.per_gpu)):
+        raise ConfigError(f"--per-gpu must be a positive number (cameras one GPU handles), got {args.per_gpu}")
+    if args.spares is not None and args.spares < 0:
+        raise ConfigError(f"--spares must be >= 0, got {args.spares}")
+    gpus = getattr(args, "gpus_per_worker", None)
+    if gpus is not None and not (gpus >= 0 and math.isfinite(gpus) and (gpus <= 1 or gpus == int(gpus))):
+        raise ConfigError(f"--gpus-per-worker must be 0 (CPU-only), a fraction of one GPU, or a whole number of "
+                          f"GPUs, got {gpus}")
+    cpus = getattr(args, "cpus_per_worker", None)
+    if cpus is not None and not (cpus >= 0 and math.isfinite(cpus)):
+        raise ConfigError(f"--cpus-per-worker must be >= 0, got {cpus}")
+
+
 def _shards_from_args(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+    _check_numbers(args)
     total = sum(registry.weights(args.weighted).values())
     if args.shards is not None:
         if args.shards < 1:
@@ -188,9 +211,44 @@ def serve_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
                    "stall_s": args.stall_s}
     if plan["capacity"] is not None:
         user_config["capacity"] = plan["capacity"]
-    ClusterConfig.parse(user_config)  # fail here, not in every replica
+    validate_settings(ClusterConfig.parse(user_config), str(args.settings or "--settings"))
     return serve_config(user_config, num_replicas=plan["shards"], gpus=args.gpus_per_worker,
                         cpus=args.cpus_per_worker, app=args.app)
+
+
+def validate_settings(cfg: ClusterConfig, source: str) -> None:
+    """Fail here, not in every replica: render the worker settings exactly as a replica does.
+
+    `${VAR}` that are unset on this machine but set on the workers (a sink password from a
+    Secret) get a placeholder for the check, with a note on stderr; only the shape is checked.
+    """
+    missing = sorted({m.group(1) for text in _strings(cfg.settings) for m in _ENV_REF.finditer(text)
+                      if m.group(2) is None and m.group(1) not in os.environ})
+    for name in missing:
+        os.environ[name] = "1"
+    try:
+        render_settings(cfg, 0, "check")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: the workers would refuse these settings: {exc}") from None
+    finally:
+        for name in missing:
+            os.environ.pop(name, None)
+    if missing:
+        print(f"note: {', '.join('${' + n + '}' for n in missing)} not set here; the workers must set "
+              f"{'them' if len(missing) > 1 else 'it'}", file=sys.stderr)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def serve_config(user_config: dict[str, Any], num_replicas: int, gpus: float = 1.0, cpus: float = 1.0,
@@ -233,7 +291,34 @@ def deploy(config: dict[str, Any], address: str, timeout_s: float = 30.0) -> Non
                           "cluster running and --address right (default port 8265)?") from None
 
 
-def cmd_up(config: dict[str, Any], address: str, timeout_s: float) -> int:
+def other_applications(address: str, app: str, timeout_s: float = 30.0) -> list[str]:
+    """Serve applications other than `app` running on the cluster (GET /api/serve/applications/)."""
+    url = address.rstrip("/") + "/api/serve/applications/"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (operator's address)
+            details = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise DeployError(f"{url}: cannot list the running Serve applications (HTTP {exc.code})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeployError(f"{url}: cannot reach the Ray dashboard ({getattr(exc, 'reason', exc)}); is the "
+                          "cluster running and --address right (default port 8265)?") from None
+    except ValueError:
+        raise DeployError(f"{url}: the answer is not JSON; is --address the Ray dashboard?") from None
+    apps = details.get("applications") if isinstance(details, dict) else None
+    return sorted(name for name in (apps or {}) if name != app)
+
+
+def cmd_up(config: dict[str, Any], address: str, timeout_s: float, replace_all: bool = False) -> int:
+    """Deploy; refuses (exit 2) when other Serve applications run, since a PUT replaces them all."""
+    app = config["applications"][0]["name"]
+    others = other_applications(address, app, timeout_s)
+    if others and not replace_all:
+        raise ConfigError(f"the cluster runs other Serve applications ({', '.join(others)}); the Serve REST API "
+                          "replaces the whole config, so deploying would delete them. Put vap's application "
+                          "into your Serve config file (`vap cluster config`) and `serve deploy` that, or pass "
+                          "--replace-all to delete them")
+    if others:
+        print(f"warning: --replace-all: deleting Serve applications {', '.join(others)}", file=sys.stderr)
     deploy(config, address, timeout_s)
     d = config["applications"][0]["deployments"][0]
     print(f"deployed {config['applications'][0]['name']}: {d['num_replicas']} shards, registry "
@@ -241,4 +326,5 @@ def cmd_up(config: dict[str, Any], address: str, timeout_s: float) -> int:
     return EXIT_OK
 
 
-__all__ = ["DeployError", "cli", "deploy", "helm_values", "plan_shards", "serve_config"]
+__all__ = ["DeployError", "cli", "deploy", "helm_values", "other_applications", "plan_shards", "serve_config",
+           "validate_settings"]
