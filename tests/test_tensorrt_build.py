@@ -417,6 +417,9 @@ def test_build_int8_trt10_feeds_the_calibrator_letterboxed_images(tmp_path: Path
     np.testing.assert_allclose(first[:, 16:48], 0.0, atol=1e-6)
     np.testing.assert_array_equal(fake.calib_inputs[2][1], fake.calib_inputs[2][0])
     assert list(tmp_path.glob("det.*.calib"))[0].read_bytes() == b"CALIB"
+    # The calibrator's device buffer, pinned batch and stream are freed, and its CUDA context let go.
+    assert fake.ops.memory == {} and fake.ops.pinned_live == {} and fake.ops.streams == {}
+    assert fake.ops.released
 
 
 def test_build_int8_trt11_builds_a_qdq_model_and_says_so(tmp_path: Path, model: Path, monkeypatch):

@@ -138,38 +138,46 @@ class FakeContext:
         return (self.shape[0], K, 6)
 
     def execute_async_v3(self, stream: int) -> bool:
+        """Queue the 'kernel' on `stream`, as TensorRT does: it runs when the stream is synchronized,
+        with the shapes, profile and addresses of the moment it was queued."""
+        profile, shape, addresses = self.profile, self.shape, dict(self.addresses)
+        assert shape is not None
+        self.trt.ops.launch(stream, lambda: self._kernel(profile, shape, addresses))
+        return True
+
+    def _kernel(self, profile: int, shape: tuple[int, ...], addresses: dict[str, int]) -> None:
         trt = self.trt
         with trt.lock:
-            owner = trt.in_use.get(self.profile)
-            assert owner is None, f"profile {self.profile} used by two contexts at once"
-            trt.in_use[self.profile] = id(self)
+            owner = trt.in_use.get(profile)
+            assert owner is None, f"profile {profile} used by two contexts at once"
+            trt.in_use[profile] = id(self)
             trt.running += 1
             trt.max_concurrent = max(trt.max_concurrent, trt.running)
         try:
             time.sleep(0.01)  # long enough for concurrent callers to overlap
             dtype = FakeTrt.nptype(self.engine.get_tensor_dtype("images"))
-            x = trt.ops.view(self.addresses["images"], self.shape, dtype).astype(np.float32)
-            b = self.shape[0]
+            x = trt.ops.view(addresses["images"], shape, dtype).astype(np.float32)
+            b = shape[0]
             if "legacy_classes" in self.engine.spec:
-                shape = self.get_tensor_shape("output0")
-                raw = np.zeros(shape, dtype=np.float32)
+                h, w = shape[2:]
+                out_shape = (b, 4 + self.engine.spec["legacy_classes"], (h // 8) * (w // 8))
+                raw = np.zeros(out_shape, dtype=np.float32)
                 raw[:, :4, :] = [[10], [20], [8], [8]]       # every anchor: the same box, cx cy w h
                 raw[:, 4 + 1, :] = 0.01                        # weak class-1 scores everywhere
                 raw[:, 4 + 1, 3] = x.mean(axis=(1, 2, 3))      # anchor 3: score = image mean
-                trt.ops.view(self.addresses["output0"], shape, dtype)[:] = raw
-                return True
+                trt.ops.view(addresses["output0"], out_shape, dtype)[:] = raw
+                return
             out = np.zeros((b, K, 6), dtype=np.float32)
             out[:, :, 0] = np.arange(K)                       # x1: row index
-            out[:, :, 1] = self.profile                       # y1: which profile ran it
-            out[:, :, 2] = self.shape[2]                      # x2: input height seen by the engine
-            out[:, :, 3] = self.shape[3]                      # y2: input width
+            out[:, :, 1] = profile                            # y1: which profile ran it
+            out[:, :, 2] = shape[2]                           # x2: input height seen by the engine
+            out[:, :, 3] = shape[3]                           # y2: input width
             out[:, :, 4] = x.mean(axis=(1, 2, 3))[:, None]    # score: this image's mean
             out[:, :, 5] = np.arange(b)[:, None]              # class: position in the batch
-            trt.ops.view(self.addresses["output0"], (b, K, 6), dtype)[:] = out
-            return True
+            trt.ops.view(addresses["output0"], (b, K, 6), dtype)[:] = out
         finally:
             with trt.lock:
-                trt.in_use.pop(self.profile, None)
+                trt.in_use.pop(profile, None)
                 trt.running -= 1
 
 
@@ -237,7 +245,77 @@ def test_data_round_trip_and_metadata(tmp_path: Path):
     np.testing.assert_array_equal(out, before)
     be.close()
     be.close()  # idempotent
-    assert be.ops.memory == {}  # type: ignore[attr-defined]
+    ops = be.ops
+    assert ops.memory == {} and ops.streams == {} and ops.pinned_live == {}  # type: ignore[attr-defined]
+
+
+def test_host_ops_run_copies_and_kernels_only_at_synchronize():
+    ops = HostOps()
+    stream = ops.new_stream()
+    ptr = ops.malloc(16)
+    src = np.arange(4, dtype=np.float32)
+    ops.htod_async(ptr, src, stream)
+    assert not ops.view(ptr, (4,), np.float32).any()          # queued, not done
+    src[:] = 7                                                 # the copy reads the source when it runs
+    ran: list[int] = []
+    ops.launch(ops.stream_handle(stream), lambda: ran.append(1))
+    dst = np.zeros(4, np.float32)
+    ops.dtoh_async(dst, ptr, stream)
+    assert ran == [] and not dst.any()
+    ops.synchronize(stream)
+    assert ran == [1] and dst.tolist() == [7, 7, 7, 7]
+    ops.destroy_stream(stream)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        ops.synchronize(stream)
+
+
+class _NoSyncOps(HostOps):
+    """A runtime that forgot to wait for its stream."""
+
+    def synchronize(self, stream: Any) -> None:
+        self.syncs += 1
+
+
+def test_a_missing_stream_synchronize_is_caught(tmp_path: Path):
+    """The fake only produces results at synchronize(), as a GPU would: without the wait, the
+    backend hands back a stale pinned buffer, and the round-trip checks above would fail."""
+    path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=1)
+    ops = _NoSyncOps()
+    be = TrtBackend(path, contexts=1, cuda=ops, trt_module=FakeTrt(ops), env=ENV)
+    x = np.random.default_rng(7).random((2, 3, 64, 64), dtype=np.float32)
+    out = be.infer_raw(x)
+    assert not np.allclose(out[:, 0, 4], x.mean(axis=(1, 2, 3)))
+    good, _ = backend(path, contexts=1)
+    np.testing.assert_allclose(good.infer_raw(x)[:, 0, 4], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+def test_failed_start_releases_what_it_allocated(tmp_path: Path, monkeypatch: Any):
+    """A failure after CUDA was set up (here: no second execution context) frees the first slot's
+    buffers, pinned memory and stream, and releases the CUDA binding the backend opened."""
+    path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2)
+    ops = HostOps()
+    monkeypatch.setattr("engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops)
+    trt = FakeTrt(ops)
+    real = FakeEngine.create_execution_context
+    made: list[Any] = []
+
+    def second_fails(self: FakeEngine) -> Any:
+        made.append(1)
+        return real(self) if len(made) == 1 else None
+
+    monkeypatch.setattr(FakeEngine, "create_execution_context", second_fails)
+    with pytest.raises(ModelContractError, match="could not create an execution context"):
+        TrtBackend(path, contexts=2, cuda="auto", trt_module=trt, env=ENV)
+    assert len(made) == 2
+    assert ops.memory == {} and ops.streams == {} and ops.pinned_live == {} and ops.released
+    # Failing before any slot (a plan that does not deserialize) releases the binding too.
+    ops2 = HostOps()
+    monkeypatch.setattr("engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops2)
+    junk = tmp_path / "junk.engine"
+    junk.write_bytes(b"\x00not a plan" * 8)
+    with pytest.raises(ModelContractError, match="cannot deserialize"):
+        TrtBackend(junk, cuda="auto", trt_module=FakeTrt(ops2), env=ENV, class_names=["a"])
+    assert ops2.released
 
 
 def test_batches_are_split_above_and_padded_below_the_profiles(tmp_path: Path):

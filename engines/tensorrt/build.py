@@ -311,6 +311,17 @@ def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache
         def write_calibration_cache(self, cache: Any) -> None:
             atomic_write(cache_file, bytes(memoryview(cache)))
 
+        def close(self) -> None:
+            """Free the device buffer, pinned batch and stream (after the build; idempotent)."""
+            if self.device is None:
+                return
+            with ops.activate():
+                ops.synchronize(self.stream)
+                ops.free(self.device)
+                ops.free_pinned(self.host)
+                ops.destroy_stream(self.stream)
+            self.device = self.host = self.stream = None
+
     return _Calibrator()
 
 
@@ -389,31 +400,48 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         profile.set_shape(input_name, lo, opt, hi)
         config.add_optimization_profile(profile)
 
-    calib_ops = None
-    if major < 11 and options.precision == "int8":
-        from engines.calibration import calibration_batches
-        from engines.tensorrt.cuda_ops import cuda_ops
-
-        config.set_flag(trt.BuilderFlag.INT8)
-        calib_hw = (shapes[0][1][2], shapes[0][1][3])
-        calib_shape = (options.calib_batch, 3, *calib_hw)
-        calib_profile = builder.create_optimization_profile()
-        calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
-        config.set_calibration_profile(calib_profile)
-        calib_ops = cuda_ops()
-        log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
-            f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
-        calibrator = int8_calibrator(
-            trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
-                                                options.calib_limit),
-            calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
-        config.int8_calibrator = calibrator  # the local reference outlives the build, as TensorRT requires
-
     tc_path = Path(options.timing_cache).expanduser() if options.timing_cache else timing_cache_path(
         Path(cache_dir).expanduser() if cache_dir else out.parent, env)
     timing = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
 
+    calib_ops: Any = None
+    calibrator: Any = None
+    try:
+        if major < 11 and options.precision == "int8":
+            from engines.calibration import calibration_batches
+            from engines.tensorrt.cuda_ops import cuda_ops
+
+            config.set_flag(trt.BuilderFlag.INT8)
+            calib_hw = (shapes[0][1][2], shapes[0][1][3])
+            calib_shape = (options.calib_batch, 3, *calib_hw)
+            calib_profile = builder.create_optimization_profile()
+            calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
+            config.set_calibration_profile(calib_profile)
+            calib_ops = cuda_ops()
+            log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
+                f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
+            calibrator = int8_calibrator(
+                trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
+                                                    options.calib_limit),
+                calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
+            config.int8_calibrator = calibrator  # referenced until the build returns, as TensorRT requires
+        return _build_and_write(trt, logger, builder, network, config, summary, options, shapes, env, key,
+                                source, onnx_path, out, source_sha, tc_path, input_name, notes, log, cancel)
+    finally:
+        # The calibrator's device buffer, pinned batch, stream and CUDA context: the build is over.
+        if calibrator is not None:
+            calibrator.close()
+        if calib_ops is not None:
+            calib_ops.release()
+
+
+def _build_and_write(trt: Any, logger: Any, builder: Any, network: Any, config: Any, summary: OnnxSummary,
+                     options: BuildOptions, shapes: list[tuple[Shape4, Shape4, Shape4]], env: TrtEnvironment,
+                     key: str, source: Path, onnx_path: Path, out: Path, source_sha: str, tc_path: Path,
+                     input_name: str, notes: list[str], log: Callable[[str], None],
+                     cancel: threading.Event | None) -> Path:
+    """Steps 4 and 5 of build_engine: run the build (cancellable), check the plan loads, write it."""
     cancel = cancel or threading.Event()
     progress = BuildProgress(log, cancel)
     monitor = progress_monitor(trt, progress)  # kept referenced until the build returns

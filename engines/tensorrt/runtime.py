@@ -144,8 +144,8 @@ class _Slot:
     profiles: list[ProfileRange]
     d_in: int
     d_out: int
-    h_in: np.ndarray
-    h_out: np.ndarray
+    h_in: Any  # pinned np.ndarray (None once freed)
+    h_out: Any
     active: int = -1
 
 
@@ -188,6 +188,29 @@ class TrtBackend(Backend):
         self._log = log
         self.ops: CudaOps = cuda_ops(cuda, device) if isinstance(cuda, str) else cuda
         self._owns_ops = isinstance(cuda, str)
+        # What close() needs exists before anything can fail, so a failed start releases what
+        # it got (buffers, streams, pinned memory, the CUDA context) instead of leaking it.
+        self._slots: list[_Slot] = []
+        self._pool: queue.Queue[_Slot | None] = queue.Queue()
+        self._executor: Any = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.engine: Any = None
+        self.runtime: Any = None
+        try:
+            self._load(path, env, device, class_names, contexts, precision, batch_profiles, hw_profile,
+                       workspace_gib, calibration, calib_limit, cache_dir, build_missing, log)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, path: Path, env: TrtEnvironment | None, device: int, class_names: list[str] | None,
+              contexts: int, precision: str, batch_profiles: Sequence[Sequence[int] | str],
+              hw_profile: str | Sequence[Sequence[int]] | None, workspace_gib: float, calibration: str | None,
+              calib_limit: int, cache_dir: str | Path | None, build_missing: bool,
+              log: Callable[[str], None]) -> None:
+        """The rest of __init__: find or build the plan, deserialize it, make the slots."""
+        trt = self.trt
         if env is None:
             from engines.tensorrt.cuda_ops import gpu_properties
 
@@ -240,20 +263,11 @@ class TrtBackend(Backend):
             extra={**info.extra, "tensorrt_version": str(trt.__version__), "metadata_from": self.meta_source})
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
-        self._slots: list[_Slot] = []
-        self._pool: queue.Queue[_Slot] = queue.Queue()
-        self._executor: Any = None
-        self._closed = False
-        self._lock = threading.Lock()
-        try:
-            with self.ops.activate():
-                for owned in groups:
-                    slot = self._make_slot(owned)
-                    self._slots.append(slot)
-                    self._pool.put(slot)
-        except BaseException:
-            self.close()
-            raise
+        with self.ops.activate():
+            for owned in groups:
+                slot = self._make_slot(owned)
+                self._slots.append(slot)
+                self._pool.put(slot)
 
     def _find_io(self, path: Path) -> None:
         trt, engine = self.trt, self.engine
@@ -268,6 +282,7 @@ class TrtBackend(Backend):
         self.output_name = wanted if wanted in outputs else outputs[0]
 
     def _make_slot(self, owned: list[ProfileRange]) -> _Slot:
+        """One execution context with its stream and buffers; on failure, what it got is released."""
         ops = self.ops
         context = self.engine.create_execution_context()
         if context is None:
@@ -275,23 +290,29 @@ class TrtBackend(Backend):
                                      "use fewer contexts or rebuild with a smaller --batch maximum")
         stream = ops.new_stream()
         handle = ops.stream_handle(stream)
-        # Output size at each profile's largest input, as TensorRT computes it (works for [B, K, 6]
-        # and for legacy [B, 4+nc, N] heads whose N grows with H/W).
-        max_out = 0
-        for r in owned:
-            context.set_optimization_profile_async(r.index, handle)
-            if not context.set_input_shape(self.input_name, r.max):
-                raise ModelContractError(f"{self.info.source}: TensorRT refused its own profile maximum {r.max}")
-            max_out = max(max_out, int(np.prod([int(v) for v in context.get_tensor_shape(self.output_name)])))
-        max_in = max(int(np.prod(r.max)) for r in owned)
-        d_in = ops.malloc(max_in * self._in_dtype.itemsize)
-        d_out = ops.malloc(max_out * self._out_dtype.itemsize)
-        slot = _Slot(context, stream, handle, owned, d_in, d_out,
-                     ops.pinned((max_in,), self._in_dtype), ops.pinned((max_out,), self._out_dtype),
-                     active=owned[-1].index)
-        # Addresses never change for a slot: set them once.
-        context.set_tensor_address(self.input_name, d_in)
-        context.set_tensor_address(self.output_name, d_out)
+        slot = _Slot(context, stream, handle, owned, 0, 0, None, None, active=owned[-1].index)
+        try:
+            # Output size at each profile's largest input, as TensorRT computes it (works for
+            # [B, K, 6] and for legacy [B, 4+nc, N] heads whose N grows with H/W).
+            max_out = 0
+            for r in owned:
+                context.set_optimization_profile_async(r.index, handle)
+                if not context.set_input_shape(self.input_name, r.max):
+                    raise ModelContractError(f"{self.info.source}: TensorRT refused its own profile maximum "
+                                             f"{r.max}")
+                max_out = max(max_out, int(np.prod([int(v) for v in context.get_tensor_shape(self.output_name)])))
+            max_in = max(int(np.prod(r.max)) for r in owned)
+            slot.d_in = ops.malloc(max_in * self._in_dtype.itemsize)
+            slot.d_out = ops.malloc(max_out * self._out_dtype.itemsize)
+            slot.h_in = ops.pinned((max_in,), self._in_dtype)
+            slot.h_out = ops.pinned((max_out,), self._out_dtype)
+            # Addresses never change for a slot: set them once.
+            context.set_tensor_address(self.input_name, slot.d_in)
+            context.set_tensor_address(self.output_name, slot.d_out)
+        except BaseException:
+            ops.synchronize(stream)  # the profile switches queued on it
+            self._free_slot(slot)
+            raise
         return slot
 
     def fit_hw(self, images: Any) -> Any:
@@ -475,11 +496,21 @@ class TrtBackend(Backend):
             if busy:
                 return  # the engine and CUDA objects are still in use by those contexts
             self.engine = None  # contexts, then the engine, while the device is current
+            self.runtime = None
             self._release_ops()
 
     def _free_slot(self, slot: _Slot) -> None:
-        self.ops.free(slot.d_in)
-        self.ops.free(slot.d_out)
+        """Release one slot's CUDA objects (its stream must be idle): buffers, pinned memory, stream."""
+        ops = self.ops
+        for ptr in (slot.d_in, slot.d_out):
+            if ptr:
+                ops.free(ptr)
+        for host in (slot.h_in, slot.h_out):
+            if host is not None:
+                ops.free_pinned(host)
+        ops.destroy_stream(slot.stream)
+        slot.d_in = slot.d_out = 0
+        slot.h_in = slot.h_out = None
         slot.context = None
 
     def _release_ops(self) -> None:
