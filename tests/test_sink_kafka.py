@@ -105,3 +105,71 @@ def test_bad_librdkafka_option_is_a_config_error(tmp_path):
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="bad Kafka settings"):
         build_sink(_cfg(tmp_path, options={"no.such.option": 1}))
+
+
+def test_close_interrupts_a_write_waiting_for_a_silent_broker_and_everything_stays_spooled(tmp_path):
+    """Review finding 3: close() used to flush(5 s) behind a write blocked in flush(delivery_timeout_s)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(100)                        # accepts TCP, never answers
+    try:
+        cfg = _cfg(tmp_path, bootstrap_servers=f"127.0.0.1:{hole.getsockname()[1]}", delivery_timeout_s=30.0)
+        runner = SinkRunner(build_sink(cfg), cfg.filter, Metrics())
+        ev = [make_event("stream.up", "cam", time.time(), state="streaming", reason=str(i)) for i in range(20)]
+        bus = EventBus([runner])
+        for i in range(0, 20, 5):
+            bus.publish(ev[i:i + 5])
+        time.sleep(0.3)                     # the sink thread is now inside flush()
+        t0 = time.monotonic()
+        assert bus.close(0.5) is True       # undelivered but safe on disk
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        hole.close()
+    lines = [json.loads(x) for f in sorted((tmp_path / "spool").glob("seg-*")) for x in f.read_text().splitlines()]
+    assert [x["e"]["id"] for x in lines] == [e["id"] for e in ev]
+
+
+class _FakeProducer:
+    """Stands in for a producer whose produce() raises a given KafkaError for chosen events."""
+
+    def __init__(self, errors: dict[str, object]):
+        self.errors, self.sent = errors, []
+
+    def produce(self, topic, value, key, on_delivery, headers):
+        eid = json.loads(value)["id"]
+        if eid in self.errors:
+            raise ck.KafkaException(self.errors[eid])
+        self.sent.append(eid)
+        on_delivery(None, None)
+
+    def flush(self, timeout=None):
+        return 0
+
+    def poll(self, timeout=None):
+        return 0
+
+    def purge(self, *a, **k):
+        pass
+
+
+def test_a_fatal_producer_error_makes_a_new_producer_and_a_permanent_one_drops_only_that_event(tmp_path):
+    """Review finding 6: a KafkaException from produce() escaped and was retried forever."""
+    sink = build_sink(_cfg(tmp_path, options={"test.mock.num.brokers": 1}))
+    m = Metrics()
+    sink.metrics = m
+    ev = [make_event("stream.up", "cam", time.time(), state="streaming", reason=str(i)) for i in range(3)]
+    fake = _FakeProducer({ev[0]["id"]: ck.KafkaError(ck.KafkaError._FATAL, "idempotence lost", fatal=True)})
+    sink.producer = fake
+    with pytest.raises(ConnectionError, match="new producer"):
+        sink.write(ev)
+    assert sink.producer is not fake and isinstance(sink.producer, ck.Producer)
+
+    fake = _FakeProducer({ev[1]["id"]: ck.KafkaError(ck.KafkaError.MSG_SIZE_TOO_LARGE, "too large")})
+    sink.producer = fake
+    sink.write(ev)                           # the rejected event is dropped and counted, the rest go on
+    assert fake.sent == [ev[0]["id"], ev[2]["id"]]
+    assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "kafka"}) == 1
+    fake = _FakeProducer({ev[2]["id"]: ck.KafkaError(ck.KafkaError._TRANSPORT, "down", retriable=True)})
+    sink.producer = fake
+    with pytest.raises(ConnectionError):     # retriable: the batch stays spooled and is retried
+        sink.write(ev)
