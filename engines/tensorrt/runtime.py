@@ -497,7 +497,8 @@ class TrtBackend(Backend):
                 return  # the engine and CUDA objects are still in use by those contexts
             self.engine = None  # contexts, then the engine, while the device is current
             self.runtime = None
-            self._release_ops()
+        # Outside activate(): pycuda's detach must not find the context pushed by us.
+        self._release_ops()
 
     def _free_slot(self, slot: _Slot) -> None:
         """Release one slot's CUDA objects (its stream must be idle): buffers, pinned memory, stream."""
