@@ -74,7 +74,7 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
         inspect.signature(cls).bind(path, **options)
     except TypeError as exc:    # an option this backend does not take: say which, not a traceback
         raise ModelContractError(f"the {kind} backend does not take these options ({exc}); "
-                                 f"it takes: {', '.join(list(inspect.signature(cls).parameters)[1:])}") from None
+                                 f"it takes: {', '.join(_option_names(cls))}") from None
     backend = cls(path, **options)
     for key, value in nms.items():
         setattr(backend, key, float(value))
@@ -84,6 +84,11 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
             "CPU; an end-to-end export (YOLO26/YOLOv10, vap export) needs no NMS", path,
             "[B, 4+classes, N]", backend.nms_iou)
     return backend
+
+
+def _option_names(cls: type) -> list[str]:
+    params = list(inspect.signature(cls).parameters.values())[1:]
+    return [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
 def _backend_class(kind: str) -> type[Backend]:
