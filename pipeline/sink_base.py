@@ -67,6 +67,9 @@ class Sink(ABC):
     name: str
     spool_config: SpoolConfig | None = None  # set by build_sink; the runner opens the spool
     metrics: Any = None  # the pipeline's Metrics, set by the runner (for sink-specific counters)
+    # Events a write dealt with without delivering them (dead-lettered, dropped as rejected); the
+    # runner subtracts them from vap_sink_events_total and resets this after every write.
+    not_delivered: int = 0
 
     @abstractmethod
     def write(self, events: list[dict[str, Any]]) -> None:

@@ -193,19 +193,26 @@ class SinkRunner:
         return dropped == 0
 
     def _deliver(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Write a batch; returns the events that were not delivered (a suffix of it; empty on success)."""
+        """Write a batch; returns the events that were not dealt with (a suffix of it; empty on success).
+
+        Events the sink dead-lettered or dropped as rejected are dealt with (not retried) but are
+        not counted as delivered.
+        """
+        self.sink.not_delivered = 0
         try:
             self.sink.write(batch)
         except Exception as exc:  # a sink failure must never kill the thread
             remaining = exc.remaining if isinstance(exc, PartialDelivery) else batch
-            done = len(batch) - len(remaining)
-            if done:
+            done = len(batch) - len(remaining) - getattr(self.sink, "not_delivered", 0)
+            if done > 0:
                 self.metrics.sink_events.labels(self.sink.name).inc(done)
             self.metrics.sink_errors.labels(self.sink.name).inc()
             self.metrics.sink_up.labels(self.sink.name).set(0)
             log.warning("sink %s: delivering %d events failed (%s)", self.sink.name, len(remaining), exc)
             return remaining
-        self.metrics.sink_events.labels(self.sink.name).inc(len(batch))
+        done = len(batch) - getattr(self.sink, "not_delivered", 0)
+        if done > 0:
+            self.metrics.sink_events.labels(self.sink.name).inc(done)
         self.metrics.sink_up.labels(self.sink.name).set(1)
         return []
 

@@ -99,33 +99,115 @@ def test_retries_with_backoff_through_errors_and_a_timeout_then_delivers_signed(
         rx.close()
 
 
-def test_never_succeeds_goes_to_dead_letter_and_rejections_skip_retries(tmp_path, monkeypatch):
+def test_an_outage_is_spooled_not_dead_lettered_and_rejections_skip_retries(tmp_path, monkeypatch):
+    """Review finding 5: transient failures used to go to the dead-letter file and count as delivered."""
     monkeypatch.setenv("VAP_WEBHOOK_SECRET", SECRET)
     rx = Receiver(["503"])
     m = Metrics()
     cfg = _cfg(rx.url, tmp_path, max_attempts=3, batch=True)
-    runner = SinkRunner(build_sink(cfg), cfg.filter, m)
+    runner = SinkRunner(build_sink(cfg), cfg.filter, m, retry_s=5)
     try:
         ev = [_event(i) for i in range(3)]
         EventBus([runner]).publish(ev)
-        assert runner.close(10.0)
+        assert runner.close(1.0)                        # not delivered, but safe in the spool
         assert len(rx.requests) == 3                    # max_attempts, one batch
         assert [e["id"] for e in json.loads(rx.requests[0]["body"])] == [e["id"] for e in ev]
-        dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-        assert [d["event"]["id"] for d in dead] == [e["id"] for e in ev]
-        assert all("503" in d["reason"] and d["sink"] == "webhook" for d in dead)
-        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 3
+        assert not (tmp_path / "dead.jsonl").read_text()
+        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 0
+        assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "webhook"}) == 0
+        spooled = [json.loads(x)["e"]["id"] for f in sorted((tmp_path / "spool").glob("seg-*"))
+                   for x in f.read_text().splitlines()]
+        assert spooled == [e["id"] for e in ev]
     finally:
         rx.close()
 
     rx = Receiver(["400"])
-    cfg = _cfg(rx.url, tmp_path, max_attempts=5)
-    runner = SinkRunner(build_sink(cfg), cfg.filter, Metrics())
+    cfg = _cfg(rx.url, tmp_path, max_attempts=5, spool={"dir": str(tmp_path / "spool2")})
+    m = Metrics()
+    runner = SinkRunner(build_sink(cfg), cfg.filter, m)
     try:
         runner.offer([_event(9)], 1.0)
         assert runner.close(5.0)
         assert len(rx.requests) == 1                    # a 400 is final: no retries
         assert "HTTP 400" in (tmp_path / "dead.jsonl").read_text().splitlines()[-1]
+        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 1
+        assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "webhook"}) == 0  # not delivered
+    finally:
+        rx.close()
+
+
+def test_a_redirect_is_refused_not_followed_as_a_bodiless_get(tmp_path, monkeypatch):
+    """Review finding 4: urllib turned a 302 POST into a GET and the event counted as delivered."""
+    monkeypatch.delenv("VAP_WEBHOOK_SECRET", raising=False)
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _h(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            seen.append((self.command, self.path, len(self.rfile.read(n)) if n else 0))
+            self.send_response(302 if self.path == "/hook" else 200)
+            self.send_header("Location", "/hook/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _h
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = _cfg(f"http://127.0.0.1:{srv.server_address[1]}/hook", tmp_path)
+        m = Metrics()
+        runner = SinkRunner(build_sink(cfg), cfg.filter, m)
+        runner.offer([_event(1)], 1.0)
+        assert runner.close(5.0)
+        assert [c for c, _, _ in seen] == ["POST"]      # no follow-up GET
+        dead = (tmp_path / "dead.jsonl").read_text()
+        assert "HTTP 302" in dead and "refused" in dead
+        assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "webhook"}) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_broken_http_response_is_retried_not_fatal(tmp_path, monkeypatch):
+    """Review finding 15: http.client.HTTPException escaped the retry loop."""
+    import socket
+    monkeypatch.delenv("VAP_WEBHOOK_SECRET", raising=False)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(10)
+    answers = [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+
+    def serve():
+        for answer in answers:
+            conn, _ = lsock.accept()
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        sink = build_sink(_cfg(f"http://127.0.0.1:{lsock.getsockname()[1]}/hook", tmp_path, max_attempts=2))
+        sink.write([_event(1)])                         # first answer is not HTTP, the retry succeeds
+    finally:
+        lsock.close()
+    assert not (tmp_path / "dead.jsonl").read_text()
+
+
+def test_auth_header_from_the_environment(tmp_path, monkeypatch):
+    from pipeline.config import ConfigError
+    monkeypatch.delenv("VAP_WEBHOOK_SECRET", raising=False)
+    rx = Receiver(["200"])
+    try:
+        with pytest.raises(ConfigError, match="HOOK_AUTH"):
+            build_sink(_cfg(rx.url, tmp_path, headers_env={"Authorization": "HOOK_AUTH"}))
+        monkeypatch.setenv("HOOK_AUTH", "Bearer s3cret")
+        build_sink(_cfg(rx.url, tmp_path, headers_env={"Authorization": "HOOK_AUTH"})).write([_event(1)])
+        assert rx.requests[0]["headers"]["Authorization"] == "Bearer s3cret"
     finally:
         rx.close()
 
@@ -156,7 +238,7 @@ def test_bad_url_is_a_config_error(tmp_path):
         build_sink(_cfg("ftp://example.org/x", tmp_path))
 
 
-def test_outage_dead_letters_one_event_and_spools_the_rest_of_the_batch(tmp_path, monkeypatch):
+def test_outage_spools_the_whole_batch_and_replays_each_event_once_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("VAP_WEBHOOK_SECRET", SECRET)
     rx = Receiver(["503", "503", "200"])
     cfg = _cfg(rx.url, tmp_path, max_attempts=2)
@@ -167,12 +249,12 @@ def test_outage_dead_letters_one_event_and_spools_the_rest_of_the_batch(tmp_path
         runner.offer(ev, 1.0)
         assert runner.close(10.0)
         ids = [json.loads(r["body"])["id"] for r in rx.requests]
-        # e0 had its two attempts and went to the dead-letter file; e1, e2 were spooled (not retried
-        # one by one on the spot) and delivered once, in order, by the replay
-        assert ids == [ev[0]["id"], ev[0]["id"], ev[1]["id"], ev[2]["id"]]
-        dead = [json.loads(line)["event"]["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-        assert dead == [ev[0]["id"]]
-        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 1
+        # e0 had its two attempts; the batch was handed back (not retried one by one on the spot)
+        # and the replay delivered every event once, in order; nothing was dead-lettered
+        assert ids == [ev[0]["id"]] * 3 + [ev[1]["id"], ev[2]["id"]]
+        assert not (tmp_path / "dead.jsonl").read_text()
+        assert m.registry.get_sample_value("vap_sink_dead_letter_total", {"sink": "webhook"}) == 0
+        assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "webhook"}) == 3
         assert m.registry.get_sample_value("vap_sink_errors_total", {"sink": "webhook"}) == 1
         assert m.registry.get_sample_value("vap_spool_events", {"sink": "webhook"}) == 0
     finally:
