@@ -189,6 +189,7 @@ class SinkRunner:
             if dropped:
                 self.metrics.spool_dropped.labels(self.sink.name).inc(dropped)
             self.metrics.spool_events.labels(self.sink.name).set(len(spool))
+            self.metrics.spool_bytes.labels(self.sink.name).set(spool.size_bytes)
         self._wake.set()
         return dropped == 0
 

@@ -118,8 +118,9 @@ def test_runner_spools_while_down_and_replays_in_order_then_survives_restart(tmp
     for i in range(0, 60, 6):
         bus.publish(ev[i:i + 6])
     deadline = time.time() + 5
-    while (m.registry.get_sample_value("vap_spool_events", {"sink": "switch"}) or 0) < 60:
-        assert time.time() < deadline, "events did not reach the spool"
+    while (m.registry.get_sample_value("vap_spool_events", {"sink": "switch"}) or 0) < 60 or \
+            not m.registry.get_sample_value("vap_sink_errors_total", {"sink": "switch"}):
+        assert time.time() < deadline, "events did not reach the spool or no delivery was tried"
         time.sleep(0.02)
     assert m.registry.get_sample_value("vap_sink_up", {"sink": "switch"}) == 0
     assert m.registry.get_sample_value("vap_spool_bytes", {"sink": "switch"}) > 0
