@@ -253,6 +253,40 @@ def test_shards_2_to_3_to_2_exact_coverage(rig):
         rig.assert_each_camera_processed_by_one_worker(ws, cams)
 
 
+def test_failed_reconfigure_keeps_the_shards_under_serve(rig):
+    """A registry version that never appears used to make reconfigure raise, and Ray Serve 2.60
+    then stopped the replicas for good (DEPLOY_FAILED). Now each keeps its cameras, reports
+    config_error, Serve keeps them RUNNING with the same PIDs, and a good config applies again."""
+    from pipeline.cluster.cli import _parser, deploy, serve_config_from_args
+    cams = _write_registry(rig.registry, 13, "v2")
+    before = {w["shard"]: w for w in rig.wait_coverage(cams, 2, "v2")}
+    args = _parser().parse_args(["up", "--cameras", str(rig.registry), "--shards", "2", "--spares", "1",
+                                 "--settings", str(rig.settings), "--gpus-per-worker", "1",
+                                 "--cpus-per-worker", "0", "--metrics-port", str(rig.metrics_base),
+                                 "--stall-s", "60", "--app", APP, "--address", rig.dashboard])
+    config = serve_config_from_args(args)
+    uc = config["applications"][0]["deployments"][0]["user_config"]
+    uc.update(registry_version="v-never", registry_wait_s=1.0)
+    deploy(config, rig.dashboard)
+    deadline = time.monotonic() + CONVERGE_S
+    ws: list[dict] = []
+    while time.monotonic() < deadline:
+        ws = rig.workers()
+        if len(ws) == 2 and all(w["config_error"] for w in ws):
+            break
+        time.sleep(0.5)
+    assert len(ws) == 2 and all("asks for 'v-never'" in w["config_error"] for w in ws), ws
+    for w in ws:  # same replicas, same cameras, still processing
+        assert w["pid"] == before[w["shard"]]["pid"] and w["owned"] == before[w["shard"]]["owned"]
+    rig.assert_each_camera_processed_by_one_worker(ws, cams)
+    with urllib.request.urlopen(rig.dashboard + "/api/serve/applications/", timeout=10) as r:
+        status = json.loads(r.read())["applications"][APP]["deployments"]["StreamWorker"]["status"]
+    assert status != "DEPLOY_FAILED" and status != "UNHEALTHY", status
+    rig.up(2)  # the good config again: the error clears
+    after = {w["shard"]: w for w in rig.wait_coverage(cams, 2, "v2")}
+    assert {s: w["pid"] for s, w in after.items()} == {s: w["pid"] for s, w in before.items()}
+
+
 def test_node_killed_without_grace_coverage_restored(rig):
     cams = _write_registry(rig.registry, 13, "v2")
     ws = rig.wait_coverage(cams, 2, "v2")

@@ -49,14 +49,16 @@ RETRY_S = 15.0   # a registry or metrics-port problem is retried this often (Ser
 class ClusterConfig(Strict):
     """What every replica gets as the Serve deployment's `user_config`.
 
-    Changing any field makes Serve call `reconfigure` on every replica in place (no restart).
+    Changing any field makes Serve call `reconfigure` on every replica in place (no restart),
+    in batches of about 20 % of the replicas (so replicas briefly disagree during a rollout).
     """
 
     num_shards: int = Field(ge=1, description="Shards (= GPU workers doing work); never taken from Serve's "
                             "world_size, which can be stale during a rescale")
     registry: str = Field(description="Camera registry: a YAML path on every node, or an http(s):// URL")
     registry_version: str | None = Field(None, description="Expected registry version; a replica that reads "
-                                         "another one retries until registry_wait_s, then fails")
+                                         "another one retries until registry_wait_s, then keeps its current "
+                                         "cameras, reports vap_shard_config_error and retries every 15 s")
     weighted: bool = Field(False, description="Balance by width x height x fps instead of camera count")
     slack: float = Field(DEFAULT_SLACK, ge=0, description="Per-shard cap = (1 + slack) x mean load")
     capacity: float | None = Field(None, gt=0, description="Lowers the cap to what one GPU takes (cameras, or "
@@ -69,7 +71,8 @@ class ClusterConfig(Strict):
                               f"{PORT_TRIES} is taken when busy (several replicas per node); 0 = any")
     stall_s: float = Field(30.0, gt=0, description="Unhealthy when no frame was processed this long while "
                            "cameras deliver frames")
-    registry_wait_s: float = Field(30.0, ge=0, description="How long to wait for registry_version to appear")
+    registry_wait_s: float = Field(30.0, ge=0, description="How long a reconfigure retries a registry fetch "
+                                   "or waits for registry_version before keeping the last good registry")
 
     @classmethod
     def parse(cls, data: Any, source: str = "user_config") -> "ClusterConfig":
