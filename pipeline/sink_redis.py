@@ -3,17 +3,29 @@
 Each event becomes one stream entry with fields `id`, `type`, `stream` and `event` (the JSON), so a
 consumer can filter by type without parsing. `MAXLEN ~` bounds Redis memory: the stream is a
 rolling window, not an archive (consumers that fall behind by more than `maxlen` lose the oldest).
-A batch goes in one pipelined round trip; a failure raises and the runner spools the batch.
+A batch goes in one pipelined round trip. A connection failure raises and the batch stays in the
+runner's spool. Per-command errors are told apart: a transient one (OOM, LOADING, READONLY, ...)
+hands the events from the first failure on back to the runner (`PartialDelivery`, replayed later);
+a permanent one (e.g. WRONGTYPE: the key holds something else) cannot succeed by retrying, so
+that event is dropped and counted (`vap_sink_dropped_total`) instead of being re-added with its
+whole batch on every retry.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import Field
 
 from pipeline.config import redact_url
-from pipeline.sink_base import Sink, SinkConfigBase, encode, env_secret, optional_client
+from pipeline.sink_base import PartialDelivery, Sink, SinkConfigBase, encode, env_secret, optional_client
+
+log = logging.getLogger("vap.sinks.redis")
+
+# Error replies that can pass by themselves (memory, startup, failover); anything else is permanent.
+_TRANSIENT = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+              "NOAUTH", "NOPERM")
 
 
 class RedisSinkConfig(SinkConfigBase):
@@ -33,6 +45,7 @@ class RedisSinkConfig(SinkConfigBase):
 class RedisSink(Sink):
     def __init__(self, cfg: RedisSinkConfig) -> None:
         redis = optional_client("redis", "redis")
+        self._redis = redis
         self.cfg = cfg
         self.name = cfg.name
         self.where = redact_url(cfg.url)
@@ -48,9 +61,19 @@ class RedisSink(Sink):
                       {"id": e["id"], "type": e["type"], "stream": e["stream"], "event": encode(e)},
                       maxlen=self.cfg.maxlen, approximate=self.cfg.approximate)
         try:
-            pipe.execute()
-        except Exception as exc:  # redis.ConnectionError, TimeoutError, ResponseError (e.g. WRONGTYPE)
+            results = pipe.execute(raise_on_error=False)
+        except Exception as exc:  # redis.ConnectionError, TimeoutError, AuthenticationError
             raise ConnectionError(f"Redis {self.where}: {exc}") from None
+        for i, (e, result) in enumerate(zip(events, results)):
+            if not isinstance(result, Exception):
+                continue
+            text = str(result)
+            if text.split(" ", 1)[0].upper() in _TRANSIENT or not isinstance(result, self._redis.ResponseError):
+                raise PartialDelivery(f"Redis {self.where}: {text}", events[i:])
+            self.not_delivered += 1
+            if self.metrics is not None:
+                self.metrics.sink_dropped.labels(self.name).inc()
+            log.error("redis %s: event %s dropped, Redis refuses it for good (%s)", self.name, e["id"], text)
 
     def close(self) -> None:
         self.client.close()

@@ -97,3 +97,24 @@ def test_password_from_env(tmp_path, monkeypatch):
         sink.close()
     finally:
         srv.stop()
+
+
+def test_a_wrong_type_key_drops_only_that_event_and_nothing_is_re_added(tmp_path):
+    """Review finding 6: one WRONGTYPE reply failed the whole pipeline batch, re-added on every retry."""
+    srv = redis_server(tmp_path / "r").start()
+    try:
+        c = redis.Redis(port=srv.port)
+        c.set("vap:bad:events", "a string, not a stream")
+        cfg = _cfg(srv.port, tmp_path, key="vap:{stream}:events")
+        m = Metrics()
+        runner = SinkRunner(build_sink(cfg), cfg.filter, m, retry_s=0.05, retry_max_s=0.1)
+        ev = [_ev("a", 0), _ev("bad", 0), _ev("a", 1)]
+        runner.offer(ev, 1.0)
+        time.sleep(0.5)                          # time for several retries, had there been any
+        assert runner.close(5.0)
+        assert [e["id"] for e in _entries(c, "vap:a:events")] == [ev[0]["id"], ev[2]["id"]]
+        assert m.registry.get_sample_value("vap_sink_dropped_total", {"sink": "redis"}) == 1
+        assert m.registry.get_sample_value("vap_sink_events_total", {"sink": "redis"}) == 2
+        assert m.registry.get_sample_value("vap_spool_events", {"sink": "redis"}) == 0
+    finally:
+        srv.stop()
