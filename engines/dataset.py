@@ -169,7 +169,7 @@ def load_data_yaml(path: Path) -> DataSpec:
         raise DatasetError(f"{path}: missing 'train' (a folder of images, a .txt list or a list)")
     train = _resolve_source(data["train"], root, path, "train")
     val = _resolve_source(data["val"], root, path, "val") if data.get("val") else []
-    if not train:
+    if not train and not val:   # an empty train split is fine for evaluation-only sets; training checks it
         raise DatasetError(f"{path}: 'train' has no images ({', '.join(IMAGE_SUFFIXES)})")
     if data.get("val") and not val:
         raise DatasetError(f"{path}: 'val' has no images ({', '.join(IMAGE_SUFFIXES)})")

@@ -265,3 +265,10 @@ def test_haze_augmentation_and_loader_workers(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate)
     images, targets = next(iter(loader))
     assert images.shape == (2, 3, 96, 96) and targets.shape[1] == 6
+
+
+def test_evaluation_only_dataset_with_an_empty_train_split_loads(tmp_path: Path) -> None:
+    from engines.synth import write_yolo_dataset
+
+    spec = load_data_yaml(write_yolo_dataset(tmp_path / "valonly", 0, 3, imgsz=96, seed=1))
+    assert spec.train == [] and len(spec.val) == 3
