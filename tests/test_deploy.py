@@ -54,7 +54,13 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert {"VapStreamDown", "VapStreamStalled", "VapFrameDropRateHigh", "VapLatencyP95High",
-            "VapSpoolGrowing"} <= alerts
+            "VapSpoolGrowing", "VapSinkDropping", "VapSinkDeadLetters", "VapSpoolOldEvents"} <= alerts
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "alerts.test.yml").read_text())
+    tested = {t["alertname"] for group in tests["tests"] for t in group.get("alert_rule_test", [])
+              if t.get("exp_alerts")}
+    assert alerts <= tested, f"alerts without a promtool test that fires them: {alerts - tested}"
+    target_down = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "VapTargetDown")
+    assert 'job="vap"' not in target_down["expr"].replace(" ", "")   # works whatever the scrape job is called
     exposed = _exposed_names()
     for g in rules["groups"]:
         for r in g["rules"]:
@@ -171,6 +177,9 @@ def test_k8s_manifests_validate_against_the_kubernetes_schema(monkeypatch):
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["config"] == "/etc/vap"
     assert docs["service.yaml"]["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    # Pods are annotated for scraping; the Service must not be too, or every pod is scraped twice.
+    assert not any(k.startswith("prometheus.io/") for k in
+                   (docs["service.yaml"]["metadata"].get("annotations") or {}))
 
     # The ConfigMap's vap.yaml is a valid vap config once the Secret's variables are in the environment.
     for k, v in docs["secret.yaml"]["stringData"].items():
@@ -181,3 +190,16 @@ def test_k8s_manifests_validate_against_the_kubernetes_schema(monkeypatch):
     for s in settings.sinks:
         if s.spool.enabled:
             assert str(s.spool.dir).startswith("/var/lib/vap/"), "spools must live on the persistent volume"
+
+    # The image the StatefulSet runs must provide the execution providers its config asks for.
+    image = c["image"]
+    dockerfile = (DEPLOY / ("Dockerfile.gpu" if image.endswith(":gpu") else "Dockerfile.cpu")).read_text()
+    installs = " ".join(ln for ln in dockerfile.replace("\\\n", " ").splitlines() if not ln.lstrip().startswith("#"))
+    providers = list(raw.get("model", {}).get("onnxruntime", {}).get("providers", []))
+    backend = raw.get("model", {}).get("backend", "onnxruntime")
+    if backend == "onnxruntime" and any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+                                        for p in providers):
+        assert "onnxruntime-gpu" in installs and "uninstall -y onnxruntime" in installs, \
+            f"the config asks ONNX Runtime for {providers} but {image} installs the CPU-only onnxruntime"
+    if "nvidia.com/gpu" in c["resources"].get("requests", {}):
+        assert image.endswith(":gpu"), "a pod that requests a GPU must run the GPU image"
