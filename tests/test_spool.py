@@ -411,3 +411,22 @@ def test_a_failing_spool_disk_loses_events_visibly_but_keeps_the_sink_alive(tmp_
     assert runner.offer(later, 1.0)                  # the thread is still alive and delivering
     assert runner.close(5.0)
     assert [e["id"] for e in sink.got] == [e["id"] for e in later]
+
+
+def test_sinks_are_closed_together_against_one_deadline(tmp_path):
+    """Review finding 11: sinks were closed one after another, so slow closes added up."""
+
+    class SlowClose(_Switchable):
+        def close(self):
+            time.sleep(0.6)            # e.g. an MQTT disconnect or a Kafka purge taking its time
+
+    sinks = [SlowClose() for _ in range(3)]
+    for i, s in enumerate(sinks):
+        s.down, s.name = False, f"slow{i}"
+    runners = [SinkRunner(s, EventFilter(), Metrics(), spool=Spool(tmp_path / s.name, 1_000_000)) for s in sinks]
+    bus = EventBus(runners)
+    bus.publish(_events(3))
+    t0 = time.monotonic()
+    assert bus.close(0.5)
+    assert time.monotonic() - t0 < 1.4                # 3 x 0.6 s one after another would be 1.8 s
+    assert all(len(s.got) == 3 for s in sinks)
