@@ -20,6 +20,7 @@ from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, inter
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
 from pipeline.snapshots import SnapshotConfig
+from pipeline.sink_base import redact_sink
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 
@@ -208,6 +209,7 @@ def resolved_yaml(settings: Settings) -> str:
     data = settings.model_dump(mode="json")
     for s in data.get("streams", []):
         s["url"] = redact_url(s["url"])
+    data["sinks"] = [redact_sink(s) for s in data.get("sinks", [])]
     for s, model in zip(data.get("streams", []), settings.streams):
         s["live"] = model.is_live
         s["kind"] = model.kind

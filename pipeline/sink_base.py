@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any
 
 from pydantic import Field
 
-from pipeline.config import ConfigError, Strict
+from pipeline.config import ConfigError, Strict, redact_url
 from pipeline.spool import SpoolConfig
 
 
@@ -99,3 +100,42 @@ def env_secret(var: str | None) -> str | None:
         return None
     value = os.environ.get(var)
     return value if value else None
+
+
+_SECRET_KEY = re.compile(r"pass|secret|token|auth|api[-_.]?key|(^|[-_.])key($|[-_.])|cookie|credential|signature",
+                         re.I)
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a header or option name suggests a credential (`*_env` names hold variable names, not secrets)."""
+    return bool(_SECRET_KEY.search(key)) and not key.endswith("_env")
+
+
+def redact_endpoint(url: str) -> str:
+    """An endpoint URL fit for printing: no userinfo, query values and token-like path segments masked.
+
+    Why so much: webhook URLs often carry their credential in the path (`/services/T0../B0../<token>`)
+    or the query (`?token=`), not in `user:pass@`. Errs towards hiding too much.
+    """
+    url = redact_url(url)
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)([^?#]*)(\?[^#]*)?(#.*)?$", url)
+    if m is None:
+        return url
+    base, path, query, frag = m.group(1), m.group(2), m.group(3) or "", m.group(4) or ""
+    path = "/".join("***" if len(seg) >= 20 or (len(seg) >= 8 and re.search(r"\d", seg)) else seg
+                    for seg in path.split("/"))
+    if query:
+        query = "?" + "&".join(part.split("=", 1)[0] + "=***" for part in query[1:].split("&") if part)
+    return base + path + query + ("#***" if frag else "")
+
+
+def redact_sink(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A dumped sink config with credentials masked (for `vap validate`): the URL, secret-looking
+    header values (Authorization, X-Api-Key, ...) and librdkafka options (sasl.password, ...)."""
+    out = dict(cfg)
+    if isinstance(out.get("url"), str):
+        out["url"] = redact_endpoint(out["url"])
+    for field in ("headers", "options"):
+        if isinstance(out.get(field), dict):
+            out[field] = {k: ("***" if looks_secret(str(k)) else v) for k, v in out[field].items()}
+    return out

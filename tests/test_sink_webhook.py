@@ -259,3 +259,23 @@ def test_outage_spools_the_whole_batch_and_replays_each_event_once_in_order(tmp_
         assert m.registry.get_sample_value("vap_spool_events", {"sink": "webhook"}) == 0
     finally:
         rx.close()
+
+
+def test_vap_validate_masks_sink_credentials(tmp_path):
+    """Review finding 8: resolved_yaml printed webhook tokens, Authorization headers, redis passwords
+    and Kafka sasl.password."""
+    from pipeline.settings import resolved_yaml
+    secrets = ["T0ABC1234", "tok3n-in-the-path-abcdefgh", "qs-secret", "Bearer hdr-secret", "redis-pw",
+               "kafka-pw", "key-pw"]
+    settings = parse_settings({"sinks": [
+        {"type": "webhook", "name": "slack", "url": f"https://hooks.example.com/services/{secrets[0]}/"
+         f"{secrets[1]}?token={secrets[2]}", "headers": {"Authorization": secrets[3], "X-Team": "ops"},
+         "dead_letter": str(tmp_path / "d.jsonl"), "spool": {"dir": str(tmp_path / "s1")}},
+        {"type": "redis", "url": f"redis://:{secrets[4]}@cache:6379/0", "spool": {"dir": str(tmp_path / "s2")}},
+        {"type": "kafka", "options": {"sasl.password": secrets[5], "ssl.key.password": secrets[6],
+                                      "compression.type": "lz4"}, "spool": {"dir": str(tmp_path / "s3")}}]})
+    text = resolved_yaml(settings)
+    leaked = [s for s in secrets if s in text]
+    assert not leaked, f"vap validate prints {leaked}"
+    assert "X-Team: ops" in text and "compression.type: lz4" in text    # harmless values stay readable
+    assert "hooks.example.com" in text and "cache:6379" in text
