@@ -98,11 +98,13 @@ class Snapshotter:
                 e["snapshot_crop"] = crop_rel.as_posix()
 
     def _take(self, stream: str) -> bool:
-        """Token bucket per stream (rate max_per_stream_s, burst the same)."""
+        """Token bucket per stream: rate max_per_stream_s, burst the same but at least 1 (a rate below
+        one per second, e.g. 0.2 = one every 5 s, must still allow one snapshot at a time)."""
         rate = self.cfg.max_per_stream_s
+        burst = max(1.0, rate)
         now = time.monotonic()
-        tokens, last = self._budget.get(stream, (rate, now))
-        tokens = min(rate, tokens + (now - last) * rate)
+        tokens, last = self._budget.get(stream, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
         ok = tokens >= 1
         self._budget[stream] = (tokens - 1 if ok else tokens, now)
         return ok
@@ -127,7 +129,12 @@ class Snapshotter:
             if item is None:
                 return
             image, jobs = item
-            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # frames are RGB, JPEG encoders expect BGR
+            try:
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # frames are RGB, JPEG encoders expect BGR
+            except Exception as exc:  # cv2.error on an odd frame: count it, keep the writer alive
+                log.error("snapshot: cannot convert a %s frame (%s)", getattr(image, "shape", "?"), exc)
+                self._failed(len(jobs))
+                continue
             for rel, box in jobs:
                 pic = bgr if box is None else bgr[box[1]:max(box[3], box[1] + 1), box[0]:max(box[2], box[0] + 1)]
                 path = self.root / rel
@@ -142,10 +149,13 @@ class Snapshotter:
                     self.written += 1
                     if self.metrics is not None:
                         self.metrics.snapshots.labels("written").inc()
-                except OSError as exc:
+                except Exception as exc:  # OSError, cv2.error: one bad snapshot must not stop the writer
                     log.error("snapshot %s could not be written: %s", path, exc)
-                    if self.metrics is not None:
-                        self.metrics.snapshots.labels("failed").inc()
+                    self._failed(1)
+
+    def _failed(self, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.snapshots.labels("failed").inc(n)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the writer."""

@@ -56,6 +56,31 @@ def test_rate_limit_skips_without_dangling_paths(tmp_path):
     assert m.registry.get_sample_value("vap_snapshots_total", {"result": "skipped"}) == 3
 
 
+def test_a_rate_below_one_per_second_still_allows_one_snapshot(tmp_path):
+    """Review finding 12: with max_per_stream_s < 1 the bucket never held a whole token."""
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path, max_per_stream_s=0.2, crop=False), Metrics())
+    events = [_start(n=1), _start(n=2)]
+    snap(_frame(), Detections(), None, events)
+    snap.close()
+    assert "snapshot" in events[0] and "snapshot" not in events[1]     # one now, the next in 5 s
+    assert (tmp_path / events[0]["snapshot"]).is_file()
+
+
+def test_an_opencv_error_is_counted_and_the_writer_keeps_going(tmp_path):
+    """Review finding 13: a cv2.error killed the writer thread; later snapshots were never written."""
+    m = Metrics()
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path, crop=False), m)
+    bad = Frame("cam", 0, None, time.time(), np.zeros((120, 160, 5), np.uint8))  # 5 channels: cvtColor fails
+    first, second = [_start(n=1)], [_start(n=2)]
+    snap(bad, Detections(), None, first)
+    snap(_frame(), Detections(), None, second)
+    snap.close()
+    assert snap._thread.is_alive() is False
+    assert (tmp_path / second[0]["snapshot"]).is_file()
+    assert m.registry.get_sample_value("vap_snapshots_total", {"result": "failed"}) == 1
+    assert m.registry.get_sample_value("vap_snapshots_total", {"result": "written"}) == 1
+
+
 def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
     from pipeline.runtime import Pipeline
     from pipeline.settings import parse_settings
@@ -66,10 +91,8 @@ def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
     video = write_video(tmp_path / "a.mp4", frames=10)
     settings = parse_settings({"streams": [{"name": "a", "url": str(video)}], "model": {"path": str(model)},
                                "sinks": [{"path": str(tmp_path / "events.jsonl"), "fsync": "never"}],
+                               "snapshots": {"enabled": True, "dir": str(tmp_path / "snaps")},
                                "server": {"port": 0}})
-    # Settings has no `snapshots` key yet (settings.py belongs to another change): attach it the way the
-    # field will arrive, so the runtime wiring is exercised end to end.
-    object.__setattr__(settings, "snapshots", SnapshotConfig(enabled=True, dir=tmp_path / "snaps"))
     p = Pipeline(settings)
     p.start()
     assert p.wait(60)
