@@ -11,9 +11,10 @@ disk that fails (same counter). Without a spool (JSONL's default) a failed write
 place and the bounded queue applies backpressure: `publish` waits up to `block_s`, then counts a
 drop (`vap_sink_dropped_total`).
 
-JSONL durability: every batch of events is written and flushed to the OS before the next batch
-(a crash of vap loses nothing already written). `fsync` decides power-loss safety: `always`
-(fsync per batch), `interval` (at most `fsync_interval_s` of events at risk; default) or `never`.
+JSONL durability: every batch of events is handed to the OS (unbuffered write) before the next
+batch (a crash of the vap process loses nothing already written). `fsync` decides power-loss
+safety: `always` (fsync per batch), `interval` (at most `fsync_interval_s` of events at risk;
+default) or `never`.
 """
 
 from __future__ import annotations
@@ -58,36 +59,66 @@ class JsonlSinkConfig(SinkConfigBase):
 
 
 class JsonlSink(Sink):
+    """Appends with unbuffered `os.write` and knows the file's size: a write that fails half-way
+    (disk full) is cut back to the last whole batch, so the retry neither duplicates events nor
+    leaves a torn line in the middle of the file."""
+
     def __init__(self, cfg: JsonlSinkConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.path = Path(cfg.path)
+        self._fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._open()
         except OSError as exc:
             raise ConfigError(f"sinks: {cfg.name} cannot write {self.path} ({exc.strerror}); "
                               "choose a writable path") from None
         self._last_sync = time.monotonic()
 
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(self._fd).st_size
+        if size:  # a line torn by an earlier crash: end it, so the next event starts on its own line
+            with open(self.path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+                    size += 1
+        self._size = size
+
     def write(self, events: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n" for e in events)
-        self._fh.write(data)
-        self._fh.flush()
+        if self._fd is None:
+            self._open()
+        fd = self._fd
+        assert fd is not None
+        data = "".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n" for e in events).encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)  # no half batch behind: the retry writes it whole, once
+            except OSError as exc:
+                log.error("sink %s: could not cut a failed write back (%s)", self.name, exc)
+            raise
+        self._size += len(data)
         now = time.monotonic()
         if self.cfg.fsync == "always" or (
                 self.cfg.fsync == "interval" and now - self._last_sync >= self.cfg.fsync_interval_s):
-            os.fsync(self._fh.fileno())
+            os.fsync(fd)
             self._last_sync = now
-        if self._fh.tell() >= self.cfg.rotate_mb * 1e6:
+        if self._size >= self.cfg.rotate_mb * 1e6:
             self._rotate()
 
     def _rotate(self) -> None:
         """Move the full file aside. A failure (disk full, permissions) is logged and writing goes on
         in the current file: rotation is housekeeping, losing events over it is not acceptable."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
         try:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
@@ -98,14 +129,14 @@ class JsonlSink(Sink):
         except OSError as exc:
             log.error("sink %s: rotating %s failed (%s); still appending to it", self.name, self.path, exc)
         finally:
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._open()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
+        if self._fd is not None:
             if self.cfg.fsync != "never":
-                os.fsync(self._fh.fileno())
-            self._fh.close()
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
 class SinkRunner:
