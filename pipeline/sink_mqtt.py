@@ -64,6 +64,10 @@ class MqttSinkConfig(SinkConfigBase):
                                   "spooling")
 
 
+MAX_QUEUED = 5000
+"""Most messages paho may hold unacknowledged (a replay batch of 500 events is at most 1000 messages)."""
+
+
 class MqttSink(Sink):
     def __init__(self, cfg: MqttSinkConfig) -> None:
         mqtt = optional_client("paho.mqtt.client", "mqtt")
@@ -88,6 +92,11 @@ class MqttSink(Sink):
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.will_set(self.availability, b"offline", qos=1, retain=True)
         self.client.max_inflight_messages_set(100)
+        # Messages whose acknowledgement timed out stay queued in paho (and go out after a reconnect)
+        # while the spooled copy is replayed too: bound that queue, so a long stretch of a slow or
+        # half-dead broker cannot grow it without limit. A full queue fails the write (the events
+        # stay in the spool) instead of queueing yet another copy.
+        self.client.max_queued_messages_set(MAX_QUEUED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -29,11 +29,13 @@ def need(binary: str) -> str:
     return path
 
 
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            output = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {output}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -43,16 +45,20 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
 
 
 class Server:
-    """One server process; `start()` again after `stop()` restarts it on the same port and data dir."""
+    """One server process; `start()` again after `stop()` restarts it on the same port and data dir.
+
+    Its output goes to `server.log` in its work dir, not to a pipe: nobody reads a pipe while the
+    test runs, and a chatty server would block once the pipe buffer (64 KiB) is full."""
 
     def __init__(self, argv: list[str], port: int, workdir: Path) -> None:
         self.argv, self.port, self.workdir = argv, port, workdir
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Server":
-        self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        wait_port(self.port, proc=self.proc)
+        self.log = self.workdir / "server.log"
+        with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
+        wait_port(self.port, proc=self.proc, log=self.log)
         return self
 
     def stop(self) -> None:

@@ -246,3 +246,48 @@ def test_tls_and_password_auth_against_a_real_broker(tmp_path, monkeypatch):
         sub.loop_stop()
     finally:
         broker.stop()
+
+
+def test_unacknowledged_messages_do_not_pile_up_in_paho(tmp_path, monkeypatch):
+    """Review finding 16: every timed-out batch stayed queued in paho and each replay queued another copy."""
+    import socket
+
+    import pipeline.sink_mqtt as sink_mqtt
+
+    monkeypatch.setattr(sink_mqtt, "MAX_QUEUED", 30, raising=False)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(5)
+    conns = []
+
+    def broker_that_never_acks():                # CONNACK, then reads and ignores every PUBLISH
+        conn, _ = lsock.accept()
+        conns.append(conn)
+        conn.recv(65536)
+        conn.sendall(b"\x20\x02\x00\x00")
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=broker_that_never_acks, daemon=True).start()
+    cfg = parse_settings({"sinks": [{"type": "mqtt", "host": "127.0.0.1", "port": lsock.getsockname()[1],
+                                     "ack_timeout_s": 0.2, "connect_wait_s": 5,
+                                     "spool": {"dir": str(tmp_path / "spool")}}]}).sinks[0]
+    sink = build_sink(cfg)
+    try:
+        ev = [make_event("track.end", "cam", time.time(), track_id="cam:1", class_id=0, score=0.9,
+                         box=[0.0, 0.0, 1.0, 1.0], duration_s=1.0, **{"class": "car"}) for _ in range(10)]
+        errors = []
+        for _ in range(8):                       # the runner's replays of the same batch
+            with pytest.raises((TimeoutError, ConnectionError)) as exc:
+                sink.write(ev)
+            errors.append(str(exc.value))
+        assert any("queue" in e.lower() for e in errors)   # refused once paho's queue is full
+        assert len(sink.client._out_messages) <= 30          # bounded, not 8 x 11 copies
+    finally:
+        sink.close()
+        for c in conns:
+            c.close()
+        lsock.close()
