@@ -270,6 +270,8 @@ class SinkRunner:
             try:
                 self._wake.clear()
                 with self._lock:
+                    if self._spool_closed:
+                        break
                     entries = self.spool.peek_each(self.replay_batch)  # type: ignore[union-attr]
                 if not entries:
                     self._update_spool_metrics()

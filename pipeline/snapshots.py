@@ -118,8 +118,11 @@ class Snapshotter:
         h, w = shape
         x1, y1, x2, y2 = box
         mx, my = (x2 - x1) * self.cfg.crop_margin, (y2 - y1) * self.cfg.crop_margin
-        return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(w, int(np.ceil(x2 + mx))),
-                min(h, int(np.ceil(y2 + my))))
+        # At least one pixel inside the image, even for a degenerate box on the border (x1 == width):
+        # the event already carries the crop's path, so the crop must not come out empty.
+        cx1 = min(max(0, int(x1 - mx)), w - 1)
+        cy1 = min(max(0, int(y1 - my)), h - 1)
+        return (cx1, cy1, max(cx1 + 1, min(w, int(np.ceil(x2 + mx)))), max(cy1 + 1, min(h, int(np.ceil(y2 + my)))))
 
     def _writer(self) -> None:
         cv2 = self._cv2

@@ -81,6 +81,16 @@ def test_an_opencv_error_is_counted_and_the_writer_keeps_going(tmp_path):
     assert m.registry.get_sample_value("vap_snapshots_total", {"result": "written"}) == 1
 
 
+def test_a_degenerate_box_on_the_border_still_gets_its_crop(tmp_path):
+    """An empty crop used to fail in imencode after its path was already in the event."""
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path), Metrics())
+    e = make_event("track.start", "cam", time.time(), track_id="cam:1", class_id=0, score=0.9,
+                   box=[160.0, 2.0, 160.0, 40.0], **{"class": "person"})   # x1 == x2 == width
+    snap(_frame(), Detections(), None, [e])
+    snap.close()
+    assert cv2.imread(str(tmp_path / e["snapshot_crop"])) is not None
+
+
 def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
     from pipeline.runtime import Pipeline
     from pipeline.settings import parse_settings
