@@ -213,7 +213,8 @@ class SinkRunner:
             else:
                 try:
                     dropped = spool.append(events)
-                except OSError as exc:  # disk full or gone: these events are lost, and that must show
+                except (OSError, TypeError, ValueError) as exc:  # disk full or gone, or not JSON:
+                    # these events are lost, and that must show; the pipeline's thread goes on
                     dropped = len(events)
                     log.error("sink %s: could not spool %d events (%s); they are lost", self.sink.name,
                               len(events), exc)

@@ -1,14 +1,19 @@
 """A bounded, crash-safe FIFO of events on local disk: where a sink's events wait while its broker is down.
 
-Why a spool: delivery is at least once, so an event a sink could not deliver must neither be lost
-nor hold up the pipeline. The sink thread appends such events here and replays them, oldest first,
-once the broker answers again; the spool outlives a restart of vap.
+Why a spool: delivery is at least once, so an event a sink could not deliver (yet) must neither be
+lost nor hold up the pipeline. `SinkRunner.offer` appends every accepted batch here (from the
+pipeline's thread, under the runner's lock) and the sink thread delivers from the head, oldest
+first, acknowledging what the broker confirmed; the spool outlives a restart of vap. Appends use
+unbuffered `os.write`: a failed one (disk full) is cut back to the segment's last known size and
+raised, so the caller counts exactly those events as lost.
 
 Layout: a directory of append-only segment files `seg-<n>.jsonl` (one JSON line per entry:
 `{"t": append time, "e": event}`) and `cursor.json`, the read position (segment, byte offset),
 replaced atomically after each acknowledged batch. A crash can therefore replay a batch that was
 delivered but not yet acknowledged (a duplicate, which consumers drop by event id), never skip one.
-A line torn by a crash at the end of the newest segment is cut off at open.
+A line torn by a crash at the end of a segment is cut off at open, undecodable lines are skipped,
+and a cursor that points past the repaired data (power loss without fsync) restarts that segment
+from its beginning; what the repair cuts is counted in `dropped`.
 
 Bounded by `max_mb`. When full, an explicit policy decides: `drop_oldest` deletes the oldest
 segment (keeps what is happening now; the usual choice for alerts) or `drop_newest` refuses new
