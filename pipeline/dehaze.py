@@ -16,8 +16,11 @@ Made fast and stable for live video:
   would leave ghosts); it is cheap to recompute.
 - A gate with hysteresis turns the stage on only when the haze score (mean low-res dark channel of
   the non-sky part of the picture) rises above ``gate_on`` and off when it falls below ``gate_off``.
-  Sky and white areas (bright and textureless) are excluded from the score, so they do not switch
-  the stage on.
+  Sky and white areas are excluded from the score, so they do not switch the stage on: bright
+  regions connected to the top edge (sky, textured clouds too) or textureless (white walls), but
+  never a bright region reaching the bottom of the picture (that is fog, not sky: dense even fog
+  makes the whole picture bright and flat, and must raise the score, not hide it). A frame with no
+  structure at all (uniform grey, white, black) scores 0.
 - Sky protection: on that sky mask t = 1, and where I is within ``sky_tolerance`` of A t is raised
   towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
 - A cheap alternative mode: CLAHE on the luminance channel (Lab L), gated the same way.
@@ -52,6 +55,7 @@ __all__ = [
     "dark_channel",
     "estimate_airlight",
     "haze_score",
+    "sky_mask",
     "flat_mask",
     "guided_coefficients",
     "scaled_size",
@@ -180,18 +184,52 @@ def estimate_airlight(img: np.ndarray, dark: np.ndarray, fraction: float) -> np.
     return pixels[best].astype(np.float32)
 
 
-def haze_score(dark: np.ndarray, sky_level: float, min_scene_fraction: float,
-               flat: np.ndarray | None = None) -> float:
-    """Mean dark channel of the non-sky pixels (0 when almost everything is sky/white).
+GROUND_BAND = 0.15  # bottom part of the picture that sky never reaches (bright regions there are fog/ground)
+FLAT_FRAME_STD = 0.01  # grey std (0..1) of the working copy below which a frame has no structure at all
 
-    Sky/white = dark channel above `sky_level` and, when `flat` (a bool mask of textureless pixels)
-    is given, no texture either. Why exclude it: the dark channel of sky and white walls is high in
-    clear weather too, so an unmasked mean would switch the stage on for every bright scene; the
-    texture test keeps hazy but structured parts of the scene (buildings, cars in fog) in the score.
+
+def sky_mask(cmin: np.ndarray, flat: np.ndarray, sky_level: float) -> np.ndarray:
+    """Sky/white pixels: left out of the haze score and given t = 1.
+
+    Bright pixels (`cmin`, the per-pixel minimum over colour channels, >= `sky_level`; not the
+    patch-eroded dark channel, whose minimum over a patch breaks textured cloud cover into pieces) count as sky/white when their connected bright region
+    does not reach the bottom edge of the picture and either touches the top edge (sky, clouds with
+    texture included) or is textureless (`flat`: white walls, vehicles). Why the bottom-edge test:
+    sky never reaches the bottom of a camera picture, but dense even fog makes the *whole* picture
+    bright and textureless; without it the fog would be taken for sky, the haze score would drop to
+    0 and the recovery would be switched off exactly when it is needed most.
     """
-    sky = dark >= sky_level
-    if flat is not None:
-        sky &= flat
+    bright = np.ascontiguousarray(cmin >= np.float32(sky_level), dtype=np.uint8)
+    if not bright.any():
+        return np.zeros(cmin.shape, bool)
+    _, labels = cv2.connectedComponents(bright, connectivity=8)
+    top = np.unique(labels[0][bright[0] > 0])
+    low_band = bright[int(bright.shape[0] * (1 - GROUND_BAND)):]
+    bottom = np.unique(labels[-low_band.shape[0]:][low_band > 0])
+    reaches_bottom = np.isin(labels, bottom) & (bright > 0)
+    sky = np.isin(labels, np.setdiff1d(top, bottom)) & (bright > 0)
+    sky |= (bright > 0) & flat & ~reaches_bottom
+    if not sky.any():
+        return sky
+    # holes: darker gaps between clouds, a bird; anything not connected to the bottom edge through
+    # non-sky pixels is enclosed by sky (the ground, and what stands on it, reaches the bottom)
+    rest = np.ascontiguousarray(~sky, dtype=np.uint8)
+    _, rl = cv2.connectedComponents(rest, connectivity=4)
+    grounded = np.unique(rl[-1][rest[-1] > 0])
+    return sky | ((rest > 0) & ~np.isin(rl, grounded))
+
+
+def haze_score(dark: np.ndarray, sky: np.ndarray, min_scene_fraction: float, grey_std: float | None = None) -> float:
+    """Mean dark channel of the non-sky pixels (0 when almost everything is sky/white, or flat).
+
+    `sky` comes from :func:`sky_mask`. Why exclude it: the dark channel of sky and white walls is
+    high in clear weather too, so an unmasked mean would switch the stage on for every bright scene.
+    With `grey_std` (standard deviation of the grey working copy, 0..1) below ``FLAT_FRAME_STD`` the
+    frame has no structure (a uniform grey, white or black frame, a lens cap): there is nothing the
+    recovery could bring back, so the score is 0 and the gate stays off.
+    """
+    if grey_std is not None and grey_std < FLAT_FRAME_STD:
+        return 0.0
     scene = ~sky
     frac = float(scene.mean()) if dark.size else 0.0
     if frac < max(min_scene_fraction, 1e-9):
@@ -353,7 +391,8 @@ class Dehazer:
         dark = dark_channel(low, patch)
         grey_low = _grey(low_u8[:, :, 0] if low_u8.shape[2] == 1 else low_u8)
         flat = flat_mask(grey_low, max(1, patch // 2), cfg.sky_texture)
-        score = haze_score(dark, cfg.sky_level, cfg.min_scene_fraction, flat)
+        sky = sky_mask(_channels_min(low), flat, cfg.sky_level)
+        score = haze_score(dark, sky, cfg.min_scene_fraction, float(grey_low.std()))
         active = st.gate(score)
         change = st.is_scene_change(thumbnail(grey_low))
         st.frames += 1
@@ -365,7 +404,6 @@ class Dehazer:
             if st.needs_estimate(change):
                 st.update_airlight(estimate_airlight(low, dark, cfg.airlight_fraction), change)
             assert st.airlight is not None
-            sky = (dark >= np.float32(cfg.sky_level)) & flat
             out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw), sky)
         elif change:
             st.airlight = None  # a stale A must not survive a cut while the gate was off

@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from pipeline.dehaze import DehazeConfig, DehazeState, FrameInfo, haze_score, scaled_size, thumbnail, work_shape
+from pipeline.dehaze import (DehazeConfig, DehazeState, FrameInfo, haze_score, scaled_size, sky_mask, thumbnail,
+                             work_shape)
 
 try:
     import torch
@@ -112,13 +113,15 @@ class TorchDehazer:
         dark_np = dark.float().cpu().numpy()
         grey_np = grey_low[:, 0].float().cpu().numpy()
         flat_np = flat[:, 0].cpu().numpy()
-        sky = (dark[:, None] >= cfg.sky_level) & flat                    # [B, 1, h, w]
+        cmin_np = low.amin(dim=1).float().cpu().numpy()
+        sky_np = np.stack([sky_mask(cmin_np[i], flat_np[i], cfg.sky_level) for i in range(b)])
+        sky = torch.from_numpy(sky_np).to(x.device)[:, None]            # [B, 1, h, w]
         n_cand = max(1, int(math.ceil(lh * lw * cfg.airlight_fraction)))
         infos: list[FrameInfo] = []
         active_idx: list[int] = []
         airlights: list[np.ndarray] = []
         for i, st in enumerate(states):
-            score = haze_score(dark_np[i], cfg.sky_level, cfg.min_scene_fraction, flat_np[i])
+            score = haze_score(dark_np[i], sky_np[i], cfg.min_scene_fraction, float(grey_np[i].std()))
             active = st.gate(score)
             change = st.is_scene_change(thumbnail(grey_np[i]))
             st.frames += 1

@@ -325,3 +325,56 @@ def test_pipeline_feeds_the_engine_dehazed_frames(tmp_path):
     stds = sorted(float(b[0, :, 10:-10].std()) for b in seen)
     assert len(seen) == 24
     assert np.median(stds[12:]) > 1.1 * np.median(stds[:12])  # deterministic frames: 1.17 measured
+
+
+# ---------------------------------------------------------------------------- review findings: sky mask vs fog
+
+@pytest.mark.parametrize("airlight", [0.85, 0.95])
+def test_uniform_fog_scores_monotonically_and_is_recovered(airlight):
+    """Dense, even fog (no depth gradient) makes the whole picture bright and flat; it must not be
+    taken for sky: the score keeps rising with the fog, the gate stays on, and contrast comes back."""
+    clean = scene(1)
+    scores, active = [], []
+    for t in (1.0, 0.6, 0.4, 0.25, 0.15, 0.1):
+        d = Dehazer(DehazeConfig(enabled=True))
+        d.process(clean if t == 1.0 else add_haze(clean, t, airlight, depth_gradient=False))
+        scores.append(d.last.score)
+        active.append(d.last.active)
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert all(s >= DehazeConfig().gate_on for s in scores[3:]) and all(active[3:]), (scores, active)
+    for t in (0.25, 0.15):
+        hazy = add_haze(clean, t, airlight, depth_gradient=False)
+        out = Dehazer(FORCED).process(hazy)
+        assert psnr(out, clean) > psnr(hazy, clean) + 0.3, (t, psnr(out, clean), psnr(hazy, clean))
+        assert out.std() > 1.5 * hazy.std(), (t, out.std(), hazy.std())
+
+
+def _cloudy(frac: float, amp: float, seed: int = 0) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = 270, 480
+    img = scene(2).astype(np.float32)
+    n = int(h * frac)
+    clouds = cv2.GaussianBlur(rng.normal(0, 1, (n, w)).astype(np.float32), (0, 0), 5)
+    clouds = clouds / clouds.std() * amp
+    img[:n] = np.clip(0.82 + clouds, 0, 1)[:, :, None] * np.array([0.95, 0.98, 1.0]) * 255  # overcast, clear air
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("frac,amp", [(0.5, 0.06), (0.7, 0.06), (0.7, 0.1)])
+def test_textured_cloudy_sky_in_clear_weather_keeps_the_gate_off(frac, amp):
+    d = Dehazer(DehazeConfig(enabled=True))
+    img = _cloudy(frac, amp)
+    assert d.process(img) is img and not d.last.active
+    assert d.last.score < DehazeConfig().gate_off, d.last.score
+
+
+@pytest.mark.parametrize("level", [0, 128, 170, 200, 250, 255])
+def test_uniform_frames_score_zero_and_keep_the_gate_off(level):
+    """A flat grey/white/black frame has no structure to recover (grey 128 used to score 0.50)."""
+    img = np.full((120, 160, 3), level, np.uint8)
+    d = Dehazer(DehazeConfig(enabled=True))
+    for _ in range(3):
+        assert d.process(img) is img
+    assert d.last.score == 0.0 and not d.last.active
