@@ -393,20 +393,23 @@ class Dehazer:
         flat = flat_mask(grey_low, max(1, patch // 2), cfg.sky_texture)
         sky = sky_mask(_channels_min(low), flat, cfg.sky_level)
         score = haze_score(dark, sky, cfg.min_scene_fraction, float(grey_low.std()))
+        was_active = st.active
         active = st.gate(score)
         change = st.is_scene_change(thumbnail(grey_low))
         st.frames += 1
         st.since_estimate += 1
         out = image
+        fresh = change or (active and not was_active)
+        if cfg.mode == "dcp" and st.needs_estimate(fresh):
+            # also while the gate is off (the dark channel is already there, the estimate costs little),
+            # and the gate opening takes a fresh A: the haze that opened it is not the air A was
+            # smoothed over (an A from the last foggy spell, or from clear air, would be blended in)
+            st.update_airlight(estimate_airlight(low, dark, cfg.airlight_fraction), fresh)
         if active and cfg.mode == "clahe":
             out = self._apply_clahe(img)
         elif active:
-            if st.needs_estimate(change):
-                st.update_airlight(estimate_airlight(low, dark, cfg.airlight_fraction), change)
             assert st.airlight is not None
             out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw), sky)
-        elif change:
-            st.airlight = None  # a stale A must not survive a cut while the gate was off
         if out is not image and squeeze:
             out = out.reshape(image.shape)
         self.last = FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change,
@@ -534,6 +537,8 @@ class StreamDehazers:
             if info.airlight is not None and info.airlight.size == 3:
                 for ch, v in zip(("r", "g", "b"), info.airlight.tolist()):
                     m.dehaze_airlight.labels(stream, ch).set(v)  # type: ignore[attr-defined]
+            else:  # no current A (clahe mode, grey stream): no series, rather than a stale value
+                self._forget_metrics(stream, airlight_only=True)
         return out
 
     def prune(self, live: set[str]) -> None:
@@ -544,13 +549,14 @@ class StreamDehazers:
     def streams(self) -> list[str]:
         return list(self._by_stream)
 
-    def _forget_metrics(self, stream: str) -> None:
+    def _forget_metrics(self, stream: str, airlight_only: bool = False) -> None:
         m = self.metrics
         if m is None:
             return
-        for metric, labels in ((m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)),  # type: ignore[attr-defined]
-                               (m.dehaze_seconds, (stream,)),  # type: ignore[attr-defined]
-                               *((m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b"))):  # type: ignore[attr-defined]
+        series = [] if airlight_only else [(m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)),  # type: ignore[attr-defined]
+                                           (m.dehaze_seconds, (stream,))]  # type: ignore[attr-defined]
+        series += [(m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b")]  # type: ignore[attr-defined]
+        for metric, labels in series:
             try:
                 metric.remove(*labels)
             except KeyError:

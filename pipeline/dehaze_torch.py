@@ -122,17 +122,17 @@ class TorchDehazer:
         airlights: list[np.ndarray] = []
         for i, st in enumerate(states):
             score = haze_score(dark_np[i], sky_np[i], cfg.min_scene_fraction, float(grey_np[i].std()))
+            was_active = st.active
             active = st.gate(score)
             change = st.is_scene_change(thumbnail(grey_np[i]))
             st.frames += 1
             st.since_estimate += 1
+            fresh = change or (active and not was_active)  # as the CPU path: A kept fresh while off,
+            if st.needs_estimate(fresh):                    # raw estimate when the gate opens
+                st.update_airlight(self._airlight(low[i], dark[i], n_cand), fresh)
             if active:
-                if st.needs_estimate(change):
-                    st.update_airlight(self._airlight(low[i], dark[i], n_cand), change)
                 active_idx.append(i)
                 airlights.append(st.airlight)  # type: ignore[arg-type]
-            elif change:
-                st.airlight = None
             infos.append(FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change))
         out = x
         if active_idx:

@@ -378,3 +378,49 @@ def test_uniform_frames_score_zero_and_keep_the_gate_off(level):
     for _ in range(3):
         assert d.process(img) is img
     assert d.last.score == 0.0 and not d.last.active
+
+
+# ---------------------------------------------------------------------------- review findings: A and its metric
+
+def test_airlight_stays_fresh_while_the_gate_is_off_and_is_taken_fresh_when_it_reopens():
+    """A foggy spell, a long clear spell (gate off), then thicker, whiter fog: the A used when the
+    gate reopens is that fog's own, not the old spell's smoothed value blended in."""
+    clean = scene(1)
+    cfg = DehazeConfig(enabled=True, gate_on=0.35, gate_off=0.3)
+    d = Dehazer(cfg)
+    for _ in range(6):
+        d.process(add_haze(clean, 0.3, 0.7))
+    assert d.last.active
+    a_fog = d.last.airlight.copy()
+    clear_ref = Dehazer(cfg)
+    clear_ref.process(clean)
+    for _ in range(12):
+        d.process(clean)
+    assert not d.last.active and not d.last.scene_change
+    assert not np.allclose(d.last.airlight, a_fog, atol=0.02)  # kept being re-estimated while off
+    assert np.abs(d.last.airlight - clear_ref.last.airlight).max() < np.abs(a_fog - clear_ref.last.airlight).max()
+    thick = add_haze(clean, 0.3, 0.95)
+    out = d.process(thick)
+    assert d.last.active and not d.last.scene_change
+    fresh = Dehazer(cfg)
+    ref = fresh.process(thick)
+    np.testing.assert_allclose(d.last.airlight, fresh.last.airlight, atol=1e-6)
+    assert np.array_equal(out, ref)
+
+
+def test_airlight_metric_follows_a_while_gate_off_and_is_dropped_without_a():
+    m = Metrics()
+    sd = StreamDehazers(m)
+    get = m.registry.get_sample_value
+    cfg = DehazeConfig(enabled=True, gate_on=0.35, gate_off=0.3, airlight_every=1, airlight_alpha=1.0)
+    sd.apply("cam", add_haze(scene(5), 0.3, 0.7), cfg)
+    assert get("vap_dehaze_active", {"stream": "cam"}) == 1.0
+    sd.apply("cam", scene(5), cfg)
+    sd.apply("cam", scene(5), cfg)
+    assert get("vap_dehaze_active", {"stream": "cam"}) == 0.0
+    ref = Dehazer(cfg)
+    ref.process(scene(5))
+    assert get("vap_dehaze_airlight", {"stream": "cam", "channel": "b"}) == pytest.approx(float(ref.last.airlight[2]))
+    clahe = DehazeConfig(enabled=True, mode="clahe")  # new settings object: the stream's dehazer is rebuilt
+    sd.apply("cam", scene(5), clahe)
+    assert get("vap_dehaze_airlight", {"stream": "cam", "channel": "b"}) is None
