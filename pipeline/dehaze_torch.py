@@ -56,10 +56,27 @@ def _erode(x: "torch.Tensor", patch: int) -> "torch.Tensor":
     return -F.max_pool2d(-x, patch, stride=1, padding=p)
 
 
+def _reflect101_index(n: int, r: int, device: "torch.device") -> "torch.Tensor":
+    """Indices of a length-n axis padded by r on both sides, OpenCV BORDER_REFLECT_101 style.
+
+    Why not F.pad(mode="reflect"): it refuses a pad as large as the axis, so a thin frame (a 2 px
+    high strip, a 1 px column) crashed; OpenCV keeps reflecting (period 2(n - 1)), and so does this.
+    """
+    i = np.arange(-r, n + r)
+    if n == 1:
+        i = np.zeros_like(i)
+    else:
+        period = 2 * (n - 1)
+        i = np.abs(i) % period
+        i = np.where(i >= n, period - i, i)
+    return torch.as_tensor(i, dtype=torch.long, device=device)
+
+
 def _box(x: "torch.Tensor", r: int) -> "torch.Tensor":
-    """Mean over (2r+1)^2 with reflect-101 borders (torch 'reflect' = OpenCV BORDER_REFLECT_101)."""
+    """Mean over (2r+1)^2 with reflect-101 borders (as OpenCV's BORDER_REFLECT_101), any frame size."""
     k = 2 * r + 1
-    x = F.pad(x, (r, r, r, r), mode="reflect")
+    h, w = x.shape[-2:]
+    x = x.index_select(-2, _reflect101_index(h, r, x.device)).index_select(-1, _reflect101_index(w, r, x.device))
     return F.avg_pool2d(F.avg_pool2d(x, (k, 1), stride=1), (1, k), stride=1)  # separable: O(k) per pixel
 
 
@@ -72,7 +89,8 @@ class TorchDehazer:
 
     ``process(images, states)``: ``images`` is float [B, 3, H, W] in 0..1 (RGB, the layout the
     engine takes) or uint8 [B, H, W, 3] (decoded frames stacked); ``states`` gives each item's
-    stream state (one :class:`DehazeState` per stream, owned by the caller). Returns float
+    stream state (one :class:`DehazeState` per stream, owned by the caller; its ``cfg`` is the
+    settings that item is dehazed with, ``cfg`` here only the default for :meth:`new_state`). Returns float
     [B, 3, H, W] in 0..1 and a :class:`FrameInfo` per item. Items whose gate is off are returned
     unchanged.
     """
@@ -88,6 +106,11 @@ class TorchDehazer:
 
     @torch.no_grad()
     def process(self, images: "torch.Tensor", states: list[DehazeState]) -> tuple["torch.Tensor", list[FrameInfo]]:
+        """Dehaze a batch; each item with the settings of its own state (``state.cfg``).
+
+        Why per state: the batch mixes streams, and each stream may override the stage's settings
+        in the YAML; items are grouped by settings and each group runs with its own.
+        """
         t_start = time.perf_counter()
         x = self._as_float(images)
         b, c, h, w = x.shape
@@ -95,9 +118,41 @@ class TorchDehazer:
             raise ValueError(f"need one DehazeState per batch item: {b} images, {len(states)} states")
         if c not in (1, 3):
             raise ValueError(f"expected 1 or 3 channels, got {c}")
-        cfg = self.cfg
-        if cfg.mode != "dcp":
-            raise ValueError("TorchDehazer implements mode 'dcp' only; use pipeline.dehaze.Dehazer for 'clahe'")
+        for st in states:
+            if not isinstance(st, DehazeState):
+                raise TypeError(f"states must be DehazeState objects (TorchDehazer.new_state()), got {type(st).__name__}")
+        if b == 0:
+            return x, []
+        groups: list[tuple[DehazeConfig, list[int]]] = []
+        for i, st in enumerate(states):
+            for g_cfg, members in groups:
+                if g_cfg == st.cfg:
+                    members.append(i)
+                    break
+            else:
+                groups.append((st.cfg, [i]))
+        for g_cfg, _ in groups:
+            if g_cfg.mode != "dcp":
+                raise ValueError("TorchDehazer implements mode 'dcp' only; use pipeline.dehaze.Dehazer for 'clahe'")
+        if len(groups) == 1:
+            out, infos = self._process_group(x, states, groups[0][0])
+        else:
+            out = x.clone()
+            infos_by: dict[int, FrameInfo] = {}
+            for g_cfg, members in groups:
+                idx = torch.tensor(members, device=x.device)
+                g_out, g_infos = self._process_group(x[idx], [states[i] for i in members], g_cfg)
+                out[idx] = g_out
+                infos_by.update(zip(members, g_infos))
+            infos = [infos_by[i] for i in range(b)]
+        dt = time.perf_counter() - t_start
+        for info in infos:
+            info.seconds = dt / max(b, 1)
+        return out, infos
+
+    def _process_group(self, x: "torch.Tensor", states: list[DehazeState],
+                       cfg: DehazeConfig) -> tuple["torch.Tensor", list[FrameInfo]]:
+        b, c, h, w = x.shape
         lh, lw = work_shape(h, w, cfg.work_size)
         low = x if (lh, lw) == (h, w) else F.interpolate(x, size=(lh, lw), mode="area")
         # quantise like the CPU path (uint8 working copy, 8-bit grey): thresholds (sky, A candidates)
@@ -139,10 +194,7 @@ class TorchDehazer:
             idx = torch.tensor(active_idx, device=x.device)
             a = torch.as_tensor(np.stack(airlights), dtype=x.dtype, device=x.device).view(len(active_idx), c, 1, 1)
             out = x.clone()
-            out[idx] = self._recover(x[idx], low[idx], grey_low[idx], a, work_long, sky[idx])
-        dt = time.perf_counter() - t_start
-        for info in infos:
-            info.seconds = dt / max(b, 1)
+            out[idx] = self._recover(x[idx], low[idx], grey_low[idx], a, work_long, sky[idx], cfg)
         return out, infos
 
     # -- steps
@@ -168,9 +220,9 @@ class TorchDehazer:
         best = torch.argmax(pix.sum(dim=0))
         return pix[:, best].float().cpu().numpy()
 
-    def _recover(self, x: "torch.Tensor", low: "torch.Tensor", grey_low: "torch.Tensor", a: "torch.Tensor",
-                 work_long: int, sky: "torch.Tensor") -> "torch.Tensor":
-        cfg = self.cfg
+    @staticmethod
+    def _recover(x: "torch.Tensor", low: "torch.Tensor", grey_low: "torch.Tensor", a: "torch.Tensor",
+                 work_long: int, sky: "torch.Tensor", cfg: DehazeConfig) -> "torch.Tensor":
         patch = scaled_size(cfg.patch, work_long)
         t = 1.0 - cfg.omega * _dark(low / a, patch)
         t = t.clamp_min(cfg.t0)

@@ -7,7 +7,7 @@ import pytest
 
 from engines.haze import add_haze
 from engines.synth import render_image
-from pipeline.dehaze import DehazeConfig, Dehazer
+from pipeline.dehaze import DehazeConfig, Dehazer, DehazeState
 
 torch = pytest.importorskip("torch", reason="the torch dehazing path needs torch")
 from pipeline.dehaze_torch import TorchDehazer  # noqa: E402
@@ -82,7 +82,10 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="batch"):
         td.process(torch.zeros(3, 32, 32), [td.new_state()])
     with pytest.raises(ValueError, match="clahe"):
-        TorchDehazer(DehazeConfig(enabled=True, mode="clahe"), "cpu").process(torch.zeros(1, 3, 32, 32), [None])
+        clahe = TorchDehazer(DehazeConfig(enabled=True, mode="clahe"), "cpu")
+        clahe.process(torch.zeros(1, 3, 32, 32), [clahe.new_state()])
+    with pytest.raises(TypeError, match="DehazeState"):
+        td.process(torch.zeros(1, 3, 32, 32), [None])
 
 
 def test_single_channel_batch_matches_cpu():
@@ -94,3 +97,33 @@ def test_single_channel_batch_matches_cpu():
     got = (out[0, 0].numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
     d = np.abs(got.astype(int) - cpu.astype(int))
     assert out.shape == (1, 1, 360, 640) and d.mean() < MEAN_TOL and d.max() <= P999_TOL
+
+
+def test_each_item_uses_its_own_streams_settings():
+    """A batch mixes streams; a stream's per-stream override (here omega, and the gate) must apply to
+    its items, as on the CPU path, not the settings the TorchDehazer was built with."""
+    strong = DehazeConfig(enabled=True, gate=False, omega=0.95)
+    weak = DehazeConfig(enabled=True, gate=False, omega=0.5)
+    frames = _frames(320, 180, n=3)
+    td = TorchDehazer(strong, "cpu")
+    states = [DehazeState(strong), DehazeState(weak), DehazeState(strong)]
+    out, infos = td.process(torch.from_numpy(np.stack(frames)), states)
+    got = _to_u8(out)
+    for i, (f, cfg) in enumerate(zip(frames, (strong, weak, strong))):
+        ref = Dehazer(cfg).process(f)
+        d = np.abs(got[i].astype(int) - ref.astype(int))
+        assert d.mean() < MEAN_TOL and np.percentile(d, 99.9) <= P999_TOL, (i, d.mean())
+    other = Dehazer(strong).process(frames[1])
+    assert np.abs(got[1].astype(int) - other.astype(int)).mean() > 5 * MEAN_TOL
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (2, 641), (1, 1), (7, 1), (3, 3), (5, 4000)])
+def test_thin_frames_do_not_crash_and_match_cpu(shape):
+    img = np.random.default_rng(1).integers(0, 256, shape + (3,)).astype(np.uint8)
+    cfg = DehazeConfig(enabled=True, gate=False)
+    td = TorchDehazer(cfg, "cpu")
+    out, _ = td.process(torch.from_numpy(img[None]), [td.new_state()])
+    assert out.shape == (1, 3) + shape and torch.isfinite(out).all()
+    if max(shape) <= cfg.work_size:  # no resize: same numbers as the CPU path (resized random noise
+        ref = Dehazer(cfg).process(img)  # differs more: OpenCV's area weights vs torch's pooling)
+        assert np.abs(_to_u8(out)[0].astype(int) - ref.astype(int)).mean() < 2.0
