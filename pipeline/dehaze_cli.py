@@ -32,6 +32,11 @@ from pipeline.dehaze import DehazeConfig, Dehazer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".ts", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv"}
+# output container -> encoder: each container takes only some codecs (webm: VP8/VP9 only; flv: FLV1,
+# and FFmpeg's flv muxer rejects MPEG-4 part 2 with a bare "Invalid argument")
+OUTPUT_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".m4v": "libx264",
+                 ".avi": "mpeg4", ".ts": "mpeg4", ".mpg": "mpeg1video", ".mpeg": "mpeg1video",
+                 ".webm": "libvpx", ".flv": "flv"}
 
 # flag name -> DehazeConfig field (each flag overrides one key of the YAML section)
 _FLAGS: dict[str, tuple[str, type]] = {
@@ -58,6 +63,16 @@ class RunFailure(Exception):
     """The input was fine but processing it failed (exit 1)."""
 
 
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; give 0 (all frames) or a positive count")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vap dehaze", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--airlight-alpha", type=float)
     ap.add_argument("--airlight-every", type=int)
     ap.add_argument("--sky-tolerance", type=float)
-    ap.add_argument("--max-frames", type=int, default=0, help="video: stop after N frames (0 = all)")
+    ap.add_argument("--max-frames", type=_non_negative, default=0, help="video: stop after N frames (0 = all)")
     ap.add_argument("--side-by-side", action="store_true", help="write input and output next to each other")
     ap.add_argument("--quiet", action="store_true", help="summary only")
     return ap
@@ -125,8 +140,10 @@ def _read_image(path: Path) -> np.ndarray:
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise UsageError(f"{path}: not a readable image (supported: {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if raw.dtype != np.uint8:
-        raw = cv2.convertScaleAbs(raw, alpha=255.0 / max(1.0, float(raw.max())))
+    if raw.dtype == np.uint16:  # full scale is 65535, not the image's maximum (a dim picture stays dim)
+        raw = (raw.astype(np.float32) * np.float32(255.0 / 65535.0) + np.float32(0.5)).astype(np.uint8)
+    elif raw.dtype != np.uint8:
+        raise UsageError(f"{path}: {raw.dtype} pixels are not supported; give an 8- or 16-bit image")
     if raw.ndim == 2:
         return raw
     if raw.shape[2] == 4:
@@ -161,8 +178,16 @@ def run_images(paths: list[Path], out: Path, cfg: DehazeConfig, out_is_dir: bool
                quiet: bool) -> int:
     """Each picture is its own scene: a fresh state per image (no A or gate carried between them)."""
     times, scores, on = [], [], []
+    skipped: list[str] = []
     for p in paths:
-        img = _read_image(p)
+        try:
+            img = _read_image(p)
+        except UsageError as exc:
+            if len(paths) == 1:
+                raise
+            skipped.append(p.name)  # one broken file in a folder must not stop the preview of the rest
+            print(f"skipped {exc}", file=sys.stderr)
+            continue
         d = Dehazer(cfg)
         res = d.process(img)
         target = out / p.name if out_is_dir else out
@@ -172,7 +197,10 @@ def run_images(paths: list[Path], out: Path, cfg: DehazeConfig, out_is_dir: bool
         on.append(d.last.active)
         if not quiet:
             print(_line(p.name, d) + f" -> {target}")
-    print(_summary(times, scores, on))
+    if not times:
+        raise UsageError(f"none of the {len(paths)} image(s) could be read")
+    print(_summary(times, scores, on) + (f"; {len(skipped)} unreadable image(s) skipped: {', '.join(skipped)}"
+                                         if skipped else ""))
     return 0
 
 
@@ -200,8 +228,12 @@ def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_
                 img = frame.to_ndarray(format="rgb24")
                 res = _compose(img, d.process(img), side_by_side)
                 if enc is None:
-                    enc = outc.add_stream("libx264" if out.suffix.lower() in (".mp4", ".mkv", ".mov") else "mpeg4",
-                                          rate=Fraction(rate).limit_denominator(1001))
+                    codec = OUTPUT_CODECS[out.suffix.lower()]
+                    try:
+                        enc = outc.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
+                    except (ValueError, av.error.FFmpegError) as exc:  # encoder missing from this FFmpeg build
+                        raise UsageError(f"--out {out}: cannot write {out.suffix} here ({codec}: {exc}); "
+                                         "use .mp4 or .mkv") from None
                     enc.width, enc.height = res.shape[1] // 2 * 2, res.shape[0] // 2 * 2
                     enc.pix_fmt = "yuv420p"
                 res = np.ascontiguousarray(res[:enc.height, :enc.width])
@@ -254,8 +286,8 @@ def cli(argv: list[str]) -> int:
                                  "or an existing folder")
             return run_images([src], out, cfg, out_is_dir, args.side_by_side, args.quiet)
         if suffix in VIDEO_SUFFIXES:
-            if out.suffix.lower() not in VIDEO_SUFFIXES:
-                raise UsageError(f"--out {out}: give a video file name (.mp4, .mkv, .avi)")
+            if out.suffix.lower() not in OUTPUT_CODECS:
+                raise UsageError(f"--out {out}: give a video file name ({', '.join(sorted(OUTPUT_CODECS))})")
             if out.resolve() == src.resolve():
                 raise UsageError("--out must differ from the input video")
             return run_video(src, out, cfg, args.max_frames, args.side_by_side, args.quiet)

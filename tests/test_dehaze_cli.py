@@ -108,3 +108,51 @@ def test_bad_input_exit_2_with_a_message(tmp_path, capsys, case):
                 "bad_value": "omega", "stream_no_config": "needs --config", "unknown_stream": "cam9",
                 "bad_yaml": "omgea", "out_suffix": "image file name", "no_images": "no images"}[case]
     assert expected in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- review findings
+
+@pytest.mark.parametrize("suffix", [".webm", ".flv", ".mpg", ".avi"])
+def test_video_output_containers_each_get_a_codec_they_accept(tmp_path, capsys, suffix):
+    src = write_video(tmp_path / "fog.mp4", seed=3, frames=4, width=160, height=96, fps=25.0, haze=0.6)
+    out = tmp_path / f"o{suffix}"
+    assert cli([str(src), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    import av
+
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 4
+
+
+def test_negative_max_frames_is_a_usage_error(tmp_path, capsys):
+    src = write_video(tmp_path / "fog.mp4", seed=3, frames=3, width=160, height=96, fps=25.0)
+    assert cli([str(src), "--out", str(tmp_path / "o.mp4"), "--max-frames", "-1"]) == 2
+    assert "-1 is negative" in capsys.readouterr().err  # (the tmp path itself contains "negative")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_16_bit_image_is_scaled_by_full_scale_not_its_maximum(tmp_path):
+    dim = (np.indices((60, 80)).sum(axis=0) * 100 + 1000).astype(np.uint16)  # max about 14700 of 65535
+    src = tmp_path / "dim16.png"
+    cv2.imwrite(str(src), dim)
+    out = tmp_path / "o.png"
+    assert cli([str(src), "--out", str(out)]) == 0
+    res = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    expected = np.round(dim / 257.0)
+    assert res.dtype == np.uint8 and np.abs(res.astype(float) - expected).max() <= 1  # dim stays dim
+
+
+def test_folder_with_an_unreadable_image_skips_and_counts_it(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _hazy_jpg(folder / "a.jpg", 0)
+    (folder / "b.png").write_bytes(b"nope")
+    _hazy_jpg(folder / "c.jpg", 1)
+    out = tmp_path / "out"
+    assert cli([str(folder), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg"]
+    assert "1 unreadable image(s) skipped: b.png" in cap.out and "b.png" in cap.err
+    (folder / "a.jpg").write_bytes(b"x")
+    (folder / "c.jpg").write_bytes(b"y")
+    assert cli([str(folder), "--out", str(tmp_path / "out2")]) == 2  # nothing readable at all
+    assert "none of the 3 image(s)" in capsys.readouterr().err
