@@ -42,7 +42,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from pipeline.config import Strict
 from pipeline.preprocess import Letterbox
@@ -65,10 +65,14 @@ __all__ = [
 ]
 
 REFERENCE_SIZE = 600  # the long side the paper's 15 px patch refers to
+AIRLIGHT_FLOOR = 1 / 255  # A is never below one grey level per channel (airlight_min: 0 allowed)
 
 
 class DehazeConfig(Strict):
     """Dehazing stage settings (global default and per-stream override)."""
+
+    # inf/nan would pass every bound check (nan compares false) and turn the output black or NaN
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     enabled: bool = Field(False, description="Run the dehazing stage on this stream's frames before letterboxing")
     mode: Literal["dcp", "clahe"] = Field(
@@ -339,7 +343,8 @@ class DehazeState:
 
     def update_airlight(self, estimate: np.ndarray, scene_change: bool) -> np.ndarray:
         """EMA of A; a scene change (or the first frame) takes the new estimate as it is."""
-        est = np.maximum(np.asarray(estimate, dtype=np.float32), np.float32(self.cfg.airlight_min))
+        # never below AIRLIGHT_FLOOR, whatever airlight_min says: A = 0 in a channel makes I/A 0/0 (NaN)
+        est = np.maximum(np.asarray(estimate, dtype=np.float32), np.float32(max(self.cfg.airlight_min, AIRLIGHT_FLOOR)))
         if self.airlight is None or scene_change or self.airlight.shape != est.shape:
             self.airlight = est
         else:

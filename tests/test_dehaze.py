@@ -424,3 +424,28 @@ def test_airlight_metric_follows_a_while_gate_off_and_is_dropped_without_a():
     clahe = DehazeConfig(enabled=True, mode="clahe")  # new settings object: the stream's dehazer is rebuilt
     sd.apply("cam", scene(5), clahe)
     assert get("vap_dehaze_airlight", {"stream": "cam", "channel": "b"}) is None
+
+
+# ---------------------------------------------------------------------------- review findings: config edge values
+
+def test_airlight_min_zero_gives_no_nan_and_no_black_output():
+    import warnings
+
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[..., 0] = np.random.default_rng(0).integers(0, 256, (60, 80))
+    img[..., 1] = 200  # blue channel 0 everywhere: its A estimate is 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "invalid value encountered in divide" fails the test
+        d = Dehazer(DehazeConfig(enabled=True, gate=False, airlight_min=0.0))
+        out = d.process(img)
+        black = Dehazer(DehazeConfig(enabled=True, gate=False, airlight_min=0.0)).process(np.zeros_like(img))
+    assert np.isfinite(d.last.airlight).all() and d.last.airlight.min() > 0
+    assert abs(float(out[..., 1].mean()) - 200) < 30  # the green plane survives (was all 0)
+    assert black.max() == 0
+
+
+@pytest.mark.parametrize("key", ["omega", "guided_eps", "clahe_clip", "gate_on", "airlight_min"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_inf_settings_are_rejected(key, value):
+    with pytest.raises(ValidationError, match=key):
+        DehazeConfig(**{key: value})
