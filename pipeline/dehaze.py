@@ -517,18 +517,26 @@ class StreamDehazers:
     def __init__(self, metrics: object | None = None, max_hw: tuple[int, int] | None = None) -> None:
         self.metrics = metrics
         self.max_hw = max_hw
-        self._by_stream: dict[str, tuple[DehazeConfig, Dehazer]] = {}
+        self._by_stream: dict[str, tuple[DehazeConfig, Dehazer, object, int]] = {}
 
-    def apply(self, stream: str, image: np.ndarray, cfg: DehazeConfig | None) -> np.ndarray:
-        """The frame to letterbox: dehazed when the stream's stage is enabled and its gate is on."""
+    def apply(self, stream: str, image: np.ndarray, cfg: DehazeConfig | None, owner: object = None,
+              index: int | None = None) -> np.ndarray:
+        """The frame to letterbox: dehazed when the stream's stage is enabled and its gate is on.
+
+        `owner` (the runtime passes the stream's settings object) and `index` (the frame number)
+        tell a stream removed and added again under the same name from the same stream: a new
+        owner object, or a frame number that went backwards (a new decoder), starts a fresh state,
+        so no gate or A leaks across, even when no batch ran in between to prune it.
+        """
         if cfg is None or not cfg.enabled:
             if self._by_stream.pop(stream, None) is not None:
                 self._forget_metrics(stream)
             return image
         entry = self._by_stream.get(stream)
-        if entry is None or entry[0] is not cfg:
-            entry = (cfg, Dehazer(cfg))
-            self._by_stream[stream] = entry
+        restarted = entry is not None and index is not None and index < entry[3]
+        if entry is None or entry[0] is not cfg or entry[2] is not owner or restarted:
+            entry = (cfg, Dehazer(cfg), owner, -1)
+        self._by_stream[stream] = entry = (entry[0], entry[1], owner, -1 if index is None else index)
         dehazer = entry[1]
         if self.max_hw is not None:
             image = fit_to(image, self.max_hw)

@@ -312,10 +312,14 @@ class Pipeline:
                     return
                 continue
             t0 = time.perf_counter()
+            if self._dehazers.streams():  # drop the dehaze state of removed streams, once per batch
+                with self._lock:
+                    live = set(self._configs)
+                self._dehazers.prune(live)
             images, transforms = self.preprocess([self._dehazed(f) for f in frames])
-            if self._dehazers.streams():  # dehazed frames were shrunk to the engine size first
-                info_hw = self.backend.info.input_hw
-                transforms = [source_transform(lb, f.image, info_hw) for lb, f in zip(transforms, frames)]
+            # dehazed frames were shrunk to the engine size first; a no-op for frames that were not
+            info_hw = self.backend.info.input_hw
+            transforms = [source_transform(lb, f.image, info_hw) for lb, f in zip(transforms, frames)]
             self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
             if not self._put(self._q_infer, _Batch(frames, images, transforms)):
                 return
@@ -324,11 +328,8 @@ class Pipeline:
     def _dehazed(self, frame: Frame) -> np.ndarray:
         """The picture the engine sees: dehazed when the stream's dehaze stage is enabled and its gate is on."""
         cfg = self.stream_config(frame.stream)
-        if self._dehazers.streams():
-            with self._lock:
-                live = set(self._configs)
-            self._dehazers.prune(live)
-        return self._dehazers.apply(frame.stream, frame.image, None if cfg is None else self.settings.stream_dehaze(cfg))
+        return self._dehazers.apply(frame.stream, frame.image, None if cfg is None else self.settings.stream_dehaze(cfg),
+                                    owner=cfg, index=frame.index)
 
     def _infer_loop(self) -> None:
         """Run batches in order. A backend with several execution contexts (TensorRT's `submit`)

@@ -449,3 +449,53 @@ def test_airlight_min_zero_gives_no_nan_and_no_black_output():
 def test_nan_and_inf_settings_are_rejected(key, value):
     with pytest.raises(ValidationError, match=key):
         DehazeConfig(**{key: value})
+
+
+# ---------------------------------------------------------------------------- review findings: runtime wiring
+
+def test_a_stream_removed_and_added_again_starts_with_a_fresh_dehaze_state():
+    sd = StreamDehazers()
+    cfg = DehazeConfig(enabled=True, gate_on=0.3, gate_off=0.2)
+    hazy = add_haze(scene(5), 0.3, 0.85)
+    first, second = object(), object()  # the runtime passes the stream's settings object
+    for i in range(4):
+        sd.apply("cam", hazy, cfg, owner=first, index=i)
+    old = sd._by_stream["cam"][1]
+    assert old.state.frames == 4 and old.state.active
+    sd.apply("cam", hazy, cfg, owner=second, index=0)  # re-added (same name, same dehaze settings)
+    assert sd._by_stream["cam"][1] is not old and sd._by_stream["cam"][1].state.frames == 1
+    kept = sd._by_stream["cam"][1]
+    sd.apply("cam", hazy, cfg, owner=second, index=1)
+    assert sd._by_stream["cam"][1] is kept and kept.state.frames == 2
+    sd.apply("cam", hazy, cfg, owner=second, index=0)  # frame numbers restarted: a new decoder
+    assert sd._by_stream["cam"][1] is not kept
+
+
+def test_prep_loop_maps_every_dehazed_frame_back_even_if_the_stream_goes_mid_batch(tmp_path):
+    """A batch holds a dehazed (shrunk) frame of a stream, then that stream is removed before its
+    next frame in the same batch: the first frame's boxes must still map to source pixels."""
+    from engines.backends import load_backend
+    from pipeline.frames import Frame
+    from pipeline.runtime import Pipeline
+    from tests.onnx_models import constant_detector
+
+    model = constant_detector(tmp_path / "m.onnx", np.array([[10, 10, 30, 40, 0.9, 0]], np.float32), ["person"])
+    settings = parse_settings({
+        "streams": [{"name": "fog", "url": "synthetic://?frames=2", "live": False,
+                     "dehaze": {"enabled": True, "gate": False}}],
+        "model": {"path": str(model)}, "batch": {"max_batch": 2},
+        "sinks": [{"path": str(tmp_path / "ev.jsonl"), "fsync": "never"}], "server": {"enabled": False}})
+    p = Pipeline(settings, backend=load_backend(model))
+    stream_cfg = settings.streams[0]
+    img = add_haze(scene(5, 320, 192), 0.3, 0.85)
+    frames = [Frame("fog", 0, None, 0.0, img), Frame("fog", 1, None, 0.0, img)]
+    answers = iter([stream_cfg, None])  # removed between its two frames of the batch
+    p.stream_config = lambda name: next(answers)  # type: ignore[method-assign]
+    batches = iter([frames, None])
+    p.batcher.next_batch = lambda timeout=0.2: next(batches)  # type: ignore[method-assign]
+    got: list = []
+    p._put = lambda q, item: (got.append(item), True)[1]  # type: ignore[method-assign]
+    p._prep_loop()
+    lbs = got[0].transforms
+    assert (lbs[0].src_h, lbs[0].src_w) == (192, 320)  # source pixels, not the shrunk copy's
+    assert lbs[0].scale == pytest.approx(lbs[1].scale) and lbs[0].pad_y == pytest.approx(lbs[1].pad_y)
