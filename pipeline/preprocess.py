@@ -39,9 +39,9 @@ def plan_shape(sizes: list[tuple[int, int]], max_hw: tuple[int, int], stride: in
     h_need = w_need = 0
     for h, w in sizes:
         r = min(mh / h, mw / w)
-        h_need = max(h_need, round(h * r))
-        w_need = max(w_need, round(w * r))
-    to_stride = lambda v, m: min(m, int(np.ceil(v / stride) * stride))  # noqa: E731
+        h_need = max(h_need, max(1, round(h * r)))  # at least one pixel, as letterbox_into resizes:
+        w_need = max(w_need, max(1, round(w * r)))  # a 2x3000 strip must not get a zero-height canvas
+    to_stride = lambda v, m: min(m, max(stride, int(np.ceil(v / stride) * stride)))  # noqa: E731
     return to_stride(h_need, mh), to_stride(w_need, mw)
 
 

@@ -499,3 +499,17 @@ def test_prep_loop_maps_every_dehazed_frame_back_even_if_the_stream_goes_mid_bat
     lbs = got[0].transforms
     assert (lbs[0].src_h, lbs[0].src_w) == (192, 320)  # source pixels, not the shrunk copy's
     assert lbs[0].scale == pytest.approx(lbs[1].scale) and lbs[0].pad_y == pytest.approx(lbs[1].pad_y)
+
+
+def test_plan_shape_never_builds_an_empty_canvas_for_extreme_aspect_ratios():
+    """(Review finding 11; in this file because tests/test_preprocess.py belongs to the lead.) A 2x3000
+    strip letterboxed at 640 with rect on got a zero-height canvas and NaN boxes."""
+    from pipeline.preprocess import BatchPreprocessor, plan_shape, unletterbox
+
+    assert plan_shape([(2, 3000)], (640, 640), 32, True) == (32, 640)
+    assert plan_shape([(3000, 2)], (640, 640), 32, True) == (640, 32)
+    assert plan_shape([(2, 3000), (360, 640)], (640, 640), 32, True) == (384, 640)
+    images, (lb,) = BatchPreprocessor((640, 640), 32, True)([np.zeros((2, 3000, 3), np.uint8)])
+    assert images.shape[-2:] == (32, 640)
+    boxes = unletterbox(np.array([[0, lb.pad_y, 640, lb.pad_y + 1]], np.float32), lb)
+    assert np.isfinite(boxes).all()
