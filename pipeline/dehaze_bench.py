@@ -70,7 +70,11 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def quality(n_scenes: int = 12, size: tuple[int, int] = (640, 360),
-            transmissions: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict[str, Any]:
+            transmissions: tuple[float, ...] = (0.3, 0.5, 0.7),
+            uniform: tuple[float, ...] = (0.25, 0.15)) -> dict[str, Any]:
+    """PSNR/SSIM against the clean picture: depth-gradient haze at each far-row transmission, then
+    dense even fog (the same transmission everywhere, `uniform`), where a sky mask that took the
+    fogged picture for sky once switched the stage off."""
     from engines.haze import add_haze
     from engines.synth import render_image
 
@@ -79,21 +83,21 @@ def quality(n_scenes: int = 12, size: tuple[int, int] = (640, 360),
              "dcp_gated": DehazeConfig(enabled=True),  # each picture a new scene: on iff score >= gate_on
              "clahe": DehazeConfig(enabled=True, gate=False, mode="clahe")}
     rows = []
-    for t in transmissions:
+    for t, gradient in [(t, True) for t in transmissions] + [(t, False) for t in uniform]:
         acc: dict[str, list[float]] = {}
         for i in range(n_scenes):
             clean = render_image((101, i), w, h)[0]
             airlight = 0.75 + 0.2 * ((i * 7) % 10) / 9  # 0.75..0.95 like the training generator
-            hazy = add_haze(clean, t, airlight)
+            hazy = add_haze(clean, t, airlight, depth_gradient=gradient)
             outs = {"hazy": hazy, **{m: Dehazer(c).process(hazy) for m, c in modes.items()}}
             for name, img in outs.items():
                 acc.setdefault(f"{name}_psnr", []).append(psnr(img, clean))
                 acc.setdefault(f"{name}_ssim", []).append(ssim(img, clean))
             acc.setdefault("dcp_better_psnr", []).append(float(psnr(outs["dcp"], clean) > psnr(hazy, clean)))
-        rows.append({"transmission_far": t, "scenes": n_scenes,
+        rows.append({"transmission_far": t, "haze": "depth gradient" if gradient else "uniform", "scenes": n_scenes,
                      **{k: round(float(np.mean(v)), 4) for k, v in acc.items()}})
     return {"size": f"{w}x{h}", "haze": "engines.haze.add_haze, depth gradient (t at the top rows given; "
-            "clear near the bottom), airlight 0.75..0.95", "rows": rows}
+            "clear near the bottom) or uniform (t everywhere), airlight 0.75..0.95", "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +237,7 @@ def _frame(video: Any, i: int) -> np.ndarray:
 # speed
 
 
-def speed(n: int = 40) -> dict[str, Any]:
+def speed(n: int = 40, torch_path: bool = True) -> dict[str, Any]:
     from engines.synth import SceneVideo
 
     out: dict[str, Any] = {}
@@ -242,6 +246,7 @@ def speed(n: int = 40) -> dict[str, Any]:
         frames = [_frame(video, i) for i in range(8)]
         res: dict[str, Any] = {}
         fit = lambda f: fit_to(f, ENGINE_HW)  # noqa: E731
+        fit640 = lambda f: fit_to(f, (640, 640))  # noqa: E731  (a standard n-scale engine's input)
         for name, cfg, prep in (
                 ("dcp_on_full_res", DehazeConfig(enabled=True, gate=False), None),
                 ("clahe_on_full_res", DehazeConfig(enabled=True, gate=False, mode="clahe"), None),
@@ -249,7 +254,9 @@ def speed(n: int = 40) -> dict[str, Any]:
                 ("resize_to_engine_only", None, fit),
                 ("runtime_dcp_on", DehazeConfig(enabled=True, gate=False), fit),
                 ("runtime_clahe_on", DehazeConfig(enabled=True, gate=False, mode="clahe"), fit),
-                ("runtime_gate_off", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0), fit)):
+                ("runtime_gate_off", DehazeConfig(enabled=True, gate_on=1.0, gate_off=1.0), fit),
+                ("resize_to_640_only", None, fit640),
+                ("runtime_640_dcp_on", DehazeConfig(enabled=True, gate=False), fit640)):
             d = Dehazer(cfg) if cfg is not None else None
 
             def step(f: np.ndarray) -> None:
@@ -267,6 +274,8 @@ def speed(n: int = 40) -> dict[str, Any]:
             res[name] = {"median_ms": round(statistics.median(times), 2),
                          "p95_ms": round(float(np.percentile(times, 95)), 2)}
         try:
+            if not torch_path:
+                raise ImportError("skipped (--no-torch)")
             import torch
 
             from pipeline.dehaze_torch import TorchDehazer
@@ -283,8 +292,8 @@ def speed(n: int = 40) -> dict[str, Any]:
             res["torch_cpu_dcp_on_batch1"] = {"median_ms": round(statistics.median(times), 2),
                                               "p95_ms": round(float(np.percentile(times, 95)), 2),
                                               "threads": torch.get_num_threads()}
-        except ImportError:
-            res["torch_cpu_dcp_on_batch1"] = "torch not installed"
+        except ImportError as exc:
+            res["torch_cpu_dcp_on_batch1"] = f"not measured: {exc}"
         out[label] = res
         print(f"  {label}: {res}", flush=True)
     return out
@@ -371,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", help=f"map: comma-separated subset of {', '.join(MAP_VARIANTS)}")
     ap.add_argument("--add-haze", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                     help="map: add haze of far-row transmission T_LO..T_HI to every image first")
+    ap.add_argument("--no-torch", action="store_true", help="speed: skip the (slow on CPU) torch path")
     args = ap.parse_args(argv)
     t0 = time.time()
     if args.what == "quality":
@@ -390,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "flicker":
         res = flicker()
     elif args.what == "speed":
-        res = speed()
+        res = speed(torch_path=not args.no_torch)
     else:
         res = pipeline_cost(model=Path(args.model[0]) if args.model else None)
     doc = {"benchmark": args.what, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
