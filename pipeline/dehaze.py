@@ -21,7 +21,7 @@ Made fast and stable for live video:
   never a bright region reaching the bottom of the picture (that is fog, not sky: dense even fog
   makes the whole picture bright and flat, and must raise the score, not hide it). A frame with no
   structure at all (uniform grey, white, black) scores 0.
-- Sky protection: on that sky mask t = 1, and where I is within ``sky_tolerance`` of A t is raised
+- Sky protection: on the textureless part of that sky mask t = 1, and where I is within ``sky_tolerance`` of A t is raised
   towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
 - A cheap alternative mode: CLAHE on the luminance channel (Lab L), gated the same way.
 - In the runtime (:class:`StreamDehazers`) frames are first shrunk to the engine's letterbox size,
@@ -193,34 +193,42 @@ FLAT_FRAME_STD = 0.01  # grey std (0..1) of the working copy below which a frame
 
 
 def sky_mask(cmin: np.ndarray, flat: np.ndarray, sky_level: float) -> np.ndarray:
-    """Sky/white pixels: left out of the haze score and given t = 1.
+    """Sky/white pixels: left out of the haze score (and, where also textureless, given t = 1).
 
     Bright pixels (`cmin`, the per-pixel minimum over colour channels, >= `sky_level`; not the
-    patch-eroded dark channel, whose minimum over a patch breaks textured cloud cover into pieces) count as sky/white when their connected bright region
-    does not reach the bottom edge of the picture and either touches the top edge (sky, clouds with
-    texture included) or is textureless (`flat`: white walls, vehicles). Why the bottom-edge test:
-    sky never reaches the bottom of a camera picture, but dense even fog makes the *whole* picture
-    bright and textureless; without it the fog would be taken for sky, the haze score would drop to
-    0 and the recovery would be switched off exactly when it is needed most.
+    patch-eroded dark channel, whose patch minimum breaks textured cloud cover into pieces) count
+    as sky/white when their connected bright region does not reach into the bottom ``GROUND_BAND``
+    of the picture and either touches the top edge (sky, clouds with texture included) or is
+    textureless (`flat`: white walls, vehicles). Why the bottom test: sky never reaches the bottom
+    of a camera picture, but dense even fog makes the *whole* picture bright and textureless;
+    without it the fog would be taken for sky, the haze score would drop to 0 and the stage would
+    be switched off exactly when it is needed most. Non-bright gaps enclosed by sky (darker patches
+    between clouds, a bird) count as sky too.
     """
     bright = np.ascontiguousarray(cmin >= np.float32(sky_level), dtype=np.uint8)
     if not bright.any():
         return np.zeros(cmin.shape, bool)
-    _, labels = cv2.connectedComponents(bright, connectivity=8)
-    top = np.unique(labels[0][bright[0] > 0])
-    low_band = bright[int(bright.shape[0] * (1 - GROUND_BAND)):]
-    bottom = np.unique(labels[-low_band.shape[0]:][low_band > 0])
-    reaches_bottom = np.isin(labels, bottom) & (bright > 0)
-    sky = np.isin(labels, np.setdiff1d(top, bottom)) & (bright > 0)
-    sky |= (bright > 0) & flat & ~reaches_bottom
+    n, labels = cv2.connectedComponents(bright, connectivity=8)
+    band = labels[int(labels.shape[0] * (1 - GROUND_BAND)):]
+    grounded = np.zeros(n, bool)
+    grounded[band[band > 0]] = True      # label 0 is the background (not bright)
+    at_top = np.zeros(n, bool)
+    at_top[labels[0][labels[0] > 0]] = True
+    region_sky = at_top & ~grounded
+    region_sky[0] = False
+    not_grounded = ~grounded
+    not_grounded[0] = False
+    sky = region_sky[labels] | (flat & not_grounded[labels])
     if not sky.any():
         return sky
-    # holes: darker gaps between clouds, a bird; anything not connected to the bottom edge through
-    # non-sky pixels is enclosed by sky (the ground, and what stands on it, reaches the bottom)
+    # gaps: anything not connected to the bottom edge through non-sky pixels is enclosed by sky
+    # (the ground, and what stands on it, reaches the bottom)
     rest = np.ascontiguousarray(~sky, dtype=np.uint8)
-    _, rl = cv2.connectedComponents(rest, connectivity=4)
-    grounded = np.unique(rl[-1][rest[-1] > 0])
-    return sky | ((rest > 0) & ~np.isin(rl, grounded))
+    m, rl = cv2.connectedComponents(rest, connectivity=4)
+    enclosed = np.ones(m, bool)
+    enclosed[rl[-1]] = False
+    enclosed[0] = False                  # label 0 here is the sky itself
+    return sky | enclosed[rl]
 
 
 def haze_score(dark: np.ndarray, sky: np.ndarray, min_scene_fraction: float, grey_std: float | None = None) -> float:
@@ -393,11 +401,12 @@ class Dehazer:
             low_u8 = low_u8[:, :, None]
         low = low_u8.astype(np.float32) * np.float32(1 / 255)
         patch = scaled_size(cfg.patch, max(lh, lw))
-        dark = dark_channel(low, patch)
+        cmin = np.ascontiguousarray(_channels_min(low), dtype=np.float32)  # once: dark channel and sky mask
+        dark = dark_channel(cmin, patch)
         grey_low = _grey(low_u8[:, :, 0] if low_u8.shape[2] == 1 else low_u8)
         flat = flat_mask(grey_low, max(1, patch // 2), cfg.sky_texture)
-        sky = sky_mask(_channels_min(low), flat, cfg.sky_level)
-        score = haze_score(dark, sky, cfg.min_scene_fraction, float(grey_low.std()))
+        sky = sky_mask(cmin, flat, cfg.sky_level)
+        score = haze_score(dark, sky, cfg.min_scene_fraction, float(cv2.meanStdDev(grey_low)[1][0, 0]))
         was_active = st.active
         active = st.gate(score)
         change = st.is_scene_change(thumbnail(grey_low))
@@ -414,7 +423,10 @@ class Dehazer:
             out = self._apply_clahe(img)
         elif active:
             assert st.airlight is not None
-            out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw), sky)
+            # t = 1 only where the sky is also textureless: textured bright regions at the top may
+            # be hazy buildings as well as clouds, and recovering clouds costs nothing but contrast
+            out = self._apply_dcp(img, low, grey_low, st.airlight, max(lh, lw),
+                                  sky & flat & (dark >= np.float32(cfg.sky_level)))
         if out is not image and squeeze:
             out = out.reshape(image.shape)
         self.last = FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change,

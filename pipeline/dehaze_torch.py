@@ -170,7 +170,8 @@ class TorchDehazer:
         flat_np = flat[:, 0].cpu().numpy()
         cmin_np = low.amin(dim=1).float().cpu().numpy()
         sky_np = np.stack([sky_mask(cmin_np[i], flat_np[i], cfg.sky_level) for i in range(b)])
-        sky = torch.from_numpy(sky_np).to(x.device)[:, None]            # [B, 1, h, w]
+        sky = (torch.from_numpy(sky_np).to(x.device)[:, None] & flat     # [B, 1, h, w]: t = 1 where also flat
+               & (dark[:, None] >= cfg.sky_level))                        # and bright in the dark channel
         n_cand = max(1, int(math.ceil(lh * lw * cfg.airlight_fraction)))
         infos: list[FrameInfo] = []
         active_idx: list[int] = []
