@@ -14,8 +14,8 @@ weights, so values agree within a grey level or two, not bit for bit;
 tests/test_tensorrt_gpu_preprocess.py measures the difference on CPU torch. The geometry (and so
 the inverse letterbox) is identical.
 
-`engines` must not import `pipeline`, so the few lines of geometry are repeated here rather than
-imported; the parity test keeps them in step. torch is imported when a preprocessor is created.
+`engines` must not import `pipeline`, so the batch-shape rule lives here and `pipeline.preprocess`
+imports it. torch is imported when a preprocessor is created.
 """
 
 from __future__ import annotations
@@ -40,17 +40,20 @@ class LetterboxParams:
 
 
 def batch_hw(sizes: Sequence[tuple[int, int]], max_hw: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
-    """Network input (H, W) for a batch: `max_hw`, or with `rect` the smallest stride multiple that
-    holds every frame scaled to fit `max_hw` (as `pipeline.preprocess.plan_shape`)."""
+    """Network input (H, W) for a batch of source sizes: `max_hw`, or with `rect` the smallest
+    stride multiple that holds every frame scaled to fit `max_hw` (a 16:9 stream at 640 needs
+    384x640, 40% fewer pixels than 640x640). The one implementation: `pipeline.preprocess` uses it too.
+    """
     if not rect:
         return max_hw
     mh, mw = max_hw
     h_need = w_need = 0
     for h, w in sizes:
         r = min(mh / h, mw / w)
-        h_need = max(h_need, round(h * r))
-        w_need = max(w_need, round(w * r))
-    return (min(mh, int(np.ceil(h_need / stride) * stride)), min(mw, int(np.ceil(w_need / stride) * stride)))
+        h_need = max(h_need, max(1, round(h * r)))  # at least one pixel, as the letterbox resizes:
+        w_need = max(w_need, max(1, round(w * r)))  # a 2x3000 strip must not get a zero-height canvas
+    return (min(mh, max(stride, int(np.ceil(h_need / stride) * stride))),
+            min(mw, max(stride, int(np.ceil(w_need / stride) * stride))))
 
 
 def area_weights(src: int, dst: int) -> np.ndarray:

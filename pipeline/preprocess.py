@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engines.gpu_preprocess import batch_hw
+
 PAD_VALUE = 114
 
 
@@ -28,21 +30,8 @@ class Letterbox:
 
 
 def plan_shape(sizes: list[tuple[int, int]], max_hw: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
-    """Network input (H, W) for a batch of source sizes.
-
-    Square-ish `max_hw` unless `rect`: then the smallest stride multiple that holds every frame
-    scaled to fit `max_hw` (a 16:9 stream at 640 needs 384x640, 40% fewer pixels than 640x640).
-    """
-    if not rect:
-        return max_hw
-    mh, mw = max_hw
-    h_need = w_need = 0
-    for h, w in sizes:
-        r = min(mh / h, mw / w)
-        h_need = max(h_need, max(1, round(h * r)))  # at least one pixel, as letterbox_into resizes:
-        w_need = max(w_need, max(1, round(w * r)))  # a 2x3000 strip must not get a zero-height canvas
-    to_stride = lambda v, m: min(m, max(stride, int(np.ceil(v / stride) * stride)))  # noqa: E731
-    return to_stride(h_need, mh), to_stride(w_need, mw)
+    """Network input (H, W) for a batch of source sizes (see `engines.gpu_preprocess.batch_hw`)."""
+    return batch_hw(sizes, max_hw, stride, rect)
 
 
 def letterbox_into(img: np.ndarray, canvas: np.ndarray) -> Letterbox:

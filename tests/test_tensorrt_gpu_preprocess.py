@@ -99,3 +99,12 @@ def test_on_cuda_matches_cpu_torch():
     cpu, _ = GpuPreprocessor((640, 640), device="cpu")(frames)
     gpu, _ = GpuPreprocessor((640, 640), device="cuda")(frames)
     assert float((gpu.cpu() - cpu).abs().max()) * 255 < 1.01
+
+
+def test_extreme_aspect_ratio_gets_a_canvas_of_at_least_one_stride():
+    """One batch-shape rule for the CPU and GPU paths: a 2x3000 strip must not get a zero-height canvas."""
+    from engines.gpu_preprocess import batch_hw
+    from pipeline.preprocess import plan_shape
+
+    assert plan_shape is not None and batch_hw([(2, 3000)], (384, 640), 32, True) == (32, 640)
+    assert plan_shape([(2, 3000)], (384, 640), 32, True) == (32, 640)
