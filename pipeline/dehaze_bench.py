@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -353,16 +352,9 @@ def pipeline_cost(frames: int = 300, size: tuple[int, int] = (1280, 720), model:
 
 
 def machine_info() -> dict[str, Any]:
-    import os
+    from engines.hostinfo import machine
 
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    info = machine()
     import cv2
 
     info["opencv"] = cv2.__version__
