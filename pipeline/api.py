@@ -58,8 +58,9 @@ class ApiServer:
         return f"http://{self.host}:{self.port}"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    pipeline: "Pipeline"
+class JsonHandler(BaseHTTPRequestHandler):
+    """Quiet access logs and one way to answer: JSON, or bytes with their content type."""
+
     server_version = "vap"
 
     def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging, quietly
@@ -72,6 +73,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class _Handler(JsonHandler):
+    pipeline: "Pipeline"
 
     def _error(self, status: int, message: str) -> None:
         self._send(status, {"error": message})
