@@ -104,19 +104,25 @@ def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, li
     return out
 
 
-def _median_ms(path: Path, hw: tuple[int, int], batch: int, runs: int, threads: int) -> float:
+def _median_ms(paths: dict[str, Path], hw: tuple[int, int], batch: int, runs: int,
+               threads: int) -> dict[str, float]:
+    """Median latency of each model, the calls alternating so both see the same machine load."""
     from engines.backends.onnxruntime import OrtBackend
 
-    backend = OrtBackend(path, intra_op_threads=threads)
+    backends = {key: OrtBackend(path, intra_op_threads=threads) for key, path in paths.items()}
     x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
-    for _ in range(3):
-        backend.infer(x)
-    times = []
+    for backend in backends.values():
+        for _ in range(3):
+            backend.infer(x)
+    times: dict[str, list[float]] = {key: [] for key in backends}
+    order = list(backends.items())
     for _ in range(runs):
-        t0 = time.perf_counter()
-        backend.infer(x)
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
+        order = order[::-1]                 # neither model always runs right after the other
+        for key, backend in order:
+            t0 = time.perf_counter()
+            backend.infer(x)
+            times[key].append(1000 * (time.perf_counter() - t0))
+    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 def accuracy_report(fp32: Path, int8: Path, data: str | Path, limit: int = 0, batch: int = 8,
@@ -130,7 +136,7 @@ def accuracy_report(fp32: Path, int8: Path, data: str | Path, limit: int = 0, ba
     for key, path in (("fp32", fp32), ("int8", int8)):
         evals[key] = evaluate_backend(OrtBackend(path, intra_op_threads=threads), samples, names, batch=batch)
     hw = input_spec(fp32)[1]
-    speed = {key: _median_ms(path, hw, batch, 20, threads) for key, path in (("fp32", fp32), ("int8", int8))}
+    speed = _median_ms({"fp32": fp32, "int8": int8}, hw, batch, 20, threads)
     return {
         "data": str(data), "images": evals["fp32"].images, "batch": batch,
         "map50_95": {k: round(v.result.map50_95, 4) for k, v in evals.items()},

@@ -6,7 +6,8 @@ next to the fp32 one, if present), PyTorch on CPU, and where a CUDA GPU is prese
 fp16 / fp16 with CUDA graphs, ONNX Runtime's CUDA provider and TensorRT. Variants that cannot run
 here are listed with the reason, never silently dropped. Inputs are random (the graphs have no
 data-dependent control flow before top-K) at the engine's own input size. Variants are measured
-interleaved, round by round, so a noisy neighbour slows them all alike.
+interleaved, round by round and in a rotating order, so a noisy neighbour (or the previous
+variant's spinning threads) slows them all alike.
 """
 
 from __future__ import annotations
@@ -96,9 +97,14 @@ def measure_interleaved(backends: dict[str, Any], batch: int, hw: tuple[int, int
         for _ in range(3):
             backend.infer(x)
     times: dict[str, list[float]] = {name: [] for name in backends}
+    order = list(backends.items())
     t_end = time.perf_counter() + seconds * len(backends)
     while time.perf_counter() < t_end or min(len(t) for t in times.values()) < 5:
-        for name, backend in backends.items():
+        # rotate the order every round: a variant that runs right after another one pays for its
+        # leftovers (torch's OpenMP threads keep spinning for a while after a call), so no variant
+        # may always follow the same one
+        order = order[1:] + order[:1]
+        for name, backend in order:
             t0 = time.perf_counter()
             backend.infer(x)
             times[name].append(1000 * (time.perf_counter() - t0))
