@@ -161,9 +161,18 @@ class Snapshotter:
             self.metrics.snapshots.labels("failed").inc(n)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued, then stop the writer, all within `timeout`.
+
+        A writer still busy at the deadline (a stalled disk) is left behind as a daemon thread;
+        the snapshots it had not written are named in the log, since their events already carry
+        the paths.
+        """
+        deadline = time.monotonic() + timeout
         try:
             self._q.put(None, timeout=timeout)
         except queue.Full:
-            pass
-        self._thread.join(timeout)
+            pass                                  # the join below times out too, and says so
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("snapshot writer did not finish within %.1f s: about %d queued snapshots were not "
+                        "written, though their events name the files", timeout, self._q.qsize())

@@ -114,3 +114,22 @@ def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
     assert (tmp_path / "snaps" / starts[0]["snapshot_crop"]).is_file()
     for e in events:
         jsonschema.validate(e, load_schema())
+
+
+def test_close_keeps_its_deadline_and_names_unwritten_snapshots(tmp_path, monkeypatch, caplog):
+    """A stalled disk must not hold shutdown past the deadline, and the loss must be said."""
+    import threading
+
+    stall = threading.Event()
+    real = cv2.imencode
+    monkeypatch.setattr(cv2, "imencode", lambda *a, **k: (stall.wait(5), real(*a, **k))[1])
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=tmp_path, crop=False, queue_size=2,
+                                      max_per_stream_s=100), Metrics())
+    for n in range(3):
+        snap(_frame(index=n), Detections(), None, [_start(n=n + 1)])
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="vap.snapshots"):
+        snap.close(timeout=0.5)
+    assert time.monotonic() - t0 < 1.0
+    assert "were not written" in caplog.text
+    stall.set()
