@@ -39,7 +39,7 @@ import numpy as np
 
 from engines.contract import EngineInfo, ModelContractError, resolve_info
 from engines.metadata import decode_metadata, sha256_file
-from engines.tensorrt.cache import (DEFAULT_BATCH_PROFILES, BuildOptions, TensorRTUnavailable, TrtEnvironment, cache_key,
+from engines.tensorrt.cache import (DEFAULT_BATCH_PROFILES, BuildOptions, TrtEnvironment, cache_key,
                                     decide, default_cache_dir, detect_environment, import_tensorrt,
                                     parse_batch, parse_hw, sidecar_metadata, timing_cache_path)
 from engines.tensorrt.plan_file import atomic_write, sidecar_path, write_sidecar
@@ -559,19 +559,12 @@ def cli(argv: list[str]) -> int:
         summary = inspect_onnx(args.model, names)
         options = fit_options(summary, options)
         profile_shapes(summary, options)
-    except ModelContractError as exc:
-        err(str(exc))
-        return EXIT_MODEL
-    except ValueError as exc:
-        err(str(exc))
-        return EXIT_USAGE
+    except (ModelContractError, ValueError) as exc:
+        return _fail(exc, err)
     try:
         import_tensorrt()
         env = detect_environment()
-    except TensorRTUnavailable as exc:
-        err(str(exc))
-        return EXIT_USAGE
-    except ModelContractError as exc:  # no GPU / driver
+    except ModelContractError as exc:  # TensorRT missing, or no GPU / driver: the machine, not the model
         err(str(exc))
         return EXIT_USAGE
     cache_dir = args.cache_dir or default_cache_dir()
@@ -587,19 +580,18 @@ def cli(argv: list[str]) -> int:
             print(f"rebuilding {out.name}: {decision.reason}" if not args.force else f"rebuilding {out.name} (--force)")
     try:
         build_engine(args.model, out, options, env=env, cache_dir=cache_dir, class_names=names)
-    except BuildCancelled as exc:
-        err(str(exc))
-        return EXIT_CANCELLED
-    except BuildFailed as exc:
-        err(str(exc))
-        return EXIT_FAIL
-    except ModelContractError as exc:
-        err(str(exc))
-        return EXIT_MODEL
-    except ValueError as exc:
-        err(str(exc))
-        return EXIT_USAGE
+    except (BuildCancelled, BuildFailed, ModelContractError, ValueError) as exc:
+        return _fail(exc, err)
     return EXIT_OK
+
+
+def _fail(exc: Exception, err: Callable[[str], None]) -> int:
+    """Say what went wrong and map it to the command's exit code (documented in `cli`)."""
+    err(str(exc))
+    for kind, code in ((BuildCancelled, EXIT_CANCELLED), (BuildFailed, EXIT_FAIL), (ModelContractError, EXIT_MODEL)):
+        if isinstance(exc, kind):
+            return code
+    return EXIT_USAGE                     # ValueError: the options do not fit the model
 
 
 if __name__ == "__main__":
