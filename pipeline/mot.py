@@ -116,12 +116,48 @@ def write_mot(path: str | Path, seq: MotSequence) -> None:
             fh.write(head + tail + "\n")
 
 
-def track_sequence(dets: MotSequence, cfg: TrackerConfig, fps: float) -> MotSequence:
-    """Run a fresh ByteTracker over every frame from 1 to the last one (empty frames included, so
-    lost tracks age correctly) with stream time t = (frame - 1) / fps."""
+@dataclass(frozen=True, slots=True)
+class SeqInfo:
+    """What a MOTChallenge `seqinfo.ini` says about a sequence (the keys `vap track` uses)."""
+
+    path: Path
+    frame_rate: float | None
+    length: int | None
+
+
+def find_seqinfo(det_path: str | Path) -> SeqInfo | None:
+    """The `seqinfo.ini` of a detection file: beside it, or one folder up (the MOTChallenge layout
+    `SEQ/det/det.txt` + `SEQ/seqinfo.ini`). None when there is none."""
+    import configparser
+
+    det = Path(det_path).resolve()
+    for cand in (det.parent / "seqinfo.ini", det.parent.parent / "seqinfo.ini"):
+        if not cand.is_file():
+            continue
+        ini = configparser.ConfigParser()
+        try:
+            ini.read(cand, encoding="utf-8")
+            sec = ini["Sequence"]
+            rate = float(sec["frameRate"]) if "frameRate" in sec else None
+            length = int(sec["seqLength"]) if "seqLength" in sec else None
+        except (configparser.Error, KeyError, ValueError) as exc:
+            raise MotFormatError(f"{cand}: not a readable MOTChallenge seqinfo.ini ([Sequence] with frameRate and "
+                                 f"seqLength): {exc}") from None
+        if rate is not None and not rate > 0:
+            raise MotFormatError(f"{cand}: frameRate must be positive, got {rate}")
+        return SeqInfo(cand, rate, length)
+    return None
+
+
+def track_sequence(dets: MotSequence, cfg: TrackerConfig, fps: float, length: int | None = None) -> MotSequence:
+    """Run a fresh ByteTracker over every frame from 1 to the last one (`length` when known, else
+    the last frame with a detection; empty frames included, so lost tracks age correctly) with
+    stream time t = (frame - 1) / fps."""
     tracker = ByteTracker(cfg)
     slices = dets.frame_slices()
     last = int(dets.frames.max()) if len(dets) else 0
+    if length is not None:
+        last = max(last, int(length))
     xyxy = dets.boxes_xyxy.astype(np.float32)
     classes = np.where(dets.classes >= 0, dets.classes, 0).astype(np.int32)
     out_f, out_id, out_box, out_s, out_c = [], [], [], [], []
@@ -157,13 +193,16 @@ def cli_track(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="vap track", description="Track a MOTChallenge detection file offline.")
     ap.add_argument("dets", help="detections: MOTChallenge det.txt (frame,-1,x,y,w,h,score[,...])")
     ap.add_argument("--out", required=True, help="where to write the tracks (MOTChallenge format)")
-    ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the sequence (stream time = frame/fps)")
+    ap.add_argument("--fps", type=float, default=None,
+                    help="frame rate of the sequence (stream time = frame/fps); default: frameRate of the "
+                    "seqinfo.ini beside det.txt or one folder up (MOTChallenge layout), else 30")
     ap.add_argument("--config", help="tracker settings YAML (see configs/trackers/); default: built-in defaults")
     args = ap.parse_args(argv)
-    if args.fps <= 0:
+    if args.fps is not None and args.fps <= 0:
         print(f"vap track: --fps must be positive, got {args.fps}", file=sys.stderr)
         return 2
     try:
+        info = find_seqinfo(args.dets)
         cfg = TrackerConfig()
         if args.config:
             cfg_path = Path(args.config)
@@ -183,7 +222,14 @@ def cli_track(argv: list[str]) -> int:
         # this every box would fall below the thresholds and nothing would be tracked.
         print(f"vap track: {args.dets} has no scores (all -1); treating every box as score 1.0", file=sys.stderr)
         dets = MotSequence(dets.frames, dets.ids, dets.boxes, np.ones_like(dets.scores), dets.classes)
-    tracks = track_sequence(dets, cfg, args.fps)
+    if args.fps is not None:
+        fps, source = args.fps, "--fps"
+    elif info is not None and info.frame_rate is not None:
+        fps, source = info.frame_rate, str(info.path)
+    else:
+        fps, source = 30.0, "default; no seqinfo.ini found, pass --fps"
+    print(f"frame rate {fps:g} fps ({source})", file=sys.stderr)
+    tracks = track_sequence(dets, cfg, fps, info.length if info is not None else None)
     write_mot(args.out, tracks)
     n_ids = len(np.unique(tracks.ids)) if len(tracks) else 0
     print(f"{len(dets)} detections -> {len(tracks)} track boxes, {n_ids} tracks -> {args.out}")

@@ -34,7 +34,7 @@ from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot
 from pipeline.tracking import ByteTracker, TrackerConfig
 
 __all__ = ["evaluate_mot", "evaluate_sequences", "synthetic_mot", "format_metrics", "cli_eval", "cli_track",
-           "bench_tracker", "bench_analytics", "compare_trackers", "HOTA_ALPHAS"]
+           "bench_tracker", "speed_scene", "bench_analytics", "compare_trackers", "HOTA_ALPHAS"]
 
 HOTA_ALPHAS = np.arange(0.05, 0.96, 0.05)
 _EPS = np.finfo(np.float64).eps
@@ -270,6 +270,34 @@ def cli_eval(argv: list[str]) -> int:
     return 0
 
 
+def speed_scene(n: int, frames: int = 600, fps: float = 30.0, seed: int = 0) -> list[tuple[Detections, np.ndarray]]:
+    """The timing scene of `bench_tracker`: per frame the detections and, for each of the first
+    rows, the object that produced it (the rest are spurious boxes). Shared with
+    `benchmarks/tracker_compare.py` so every tracker is timed on identical input."""
+    rng = np.random.default_rng(seed)
+    size = rng.uniform(30, 90, (n, 2)) * np.array([0.5, 1.0])
+    pos = rng.uniform([0, 0], [1920, 1080] - size, (n, 2))
+    vel = rng.uniform(30, 150, (n, 2)) * rng.choice([-1, 1], (n, 2))
+    scenes: list[tuple[Detections, np.ndarray]] = []
+    for _ in range(frames):
+        pos += vel / fps
+        hit_low = pos < 0
+        hit_high = pos + size > [1920, 1080]
+        vel[hit_low | hit_high] *= -1
+        pos = np.clip(pos, 0, [1920, 1080] - size)
+        seen = rng.random(n) > 0.1
+        boxes = np.concatenate([pos, pos + size], 1)[seen] + rng.normal(0, 1.0, (int(seen.sum()), 4))
+        scores = np.where(rng.random(int(seen.sum())) < 0.1, rng.uniform(0.15, 0.45), rng.uniform(0.6, 0.95))
+        n_spur = rng.poisson(0.05 * n)
+        spur_xy = rng.uniform([0, 0], [1880, 1000], (n_spur, 2))
+        spur = np.concatenate([spur_xy, spur_xy + rng.uniform(20, 80, (n_spur, 2))], 1)
+        d = Detections(np.concatenate([boxes, spur]).astype(np.float32),
+                       np.concatenate([scores, rng.uniform(0.6, 0.8, n_spur)]).astype(np.float32),
+                       np.zeros(int(seen.sum()) + n_spur, np.int32))
+        scenes.append((d, np.flatnonzero(seen)))
+    return scenes
+
+
 def bench_tracker(counts: tuple[int, ...] = (10, 50, 200), frames: int = 600, fps: float = 30.0,
                   seed: int = 0, cfg: TrackerConfig | None = None) -> list[dict]:
     """Time `ByteTracker.update` on synthetic crowds of `counts` objects.
@@ -286,28 +314,7 @@ def bench_tracker(counts: tuple[int, ...] = (10, 50, 200), frames: int = 600, fp
 
     results = []
     for n in counts:
-        rng = np.random.default_rng(seed)
-        size = rng.uniform(30, 90, (n, 2)) * np.array([0.5, 1.0])
-        pos = rng.uniform([0, 0], [1920, 1080] - size, (n, 2))
-        vel = rng.uniform(30, 150, (n, 2)) * rng.choice([-1, 1], (n, 2))
-        scenes: list[tuple[Detections, np.ndarray]] = []
-        for _ in range(frames):
-            pos += vel / fps
-            hit_low = pos < 0
-            hit_high = pos + size > [1920, 1080]
-            vel[hit_low | hit_high] *= -1
-            pos = np.clip(pos, 0, [1920, 1080] - size)
-            seen = rng.random(n) > 0.1
-            boxes = np.concatenate([pos, pos + size], 1)[seen] + rng.normal(0, 1.0, (int(seen.sum()), 4))
-            scores = np.where(rng.random(int(seen.sum())) < 0.1, rng.uniform(0.15, 0.45), rng.uniform(0.6, 0.95))
-            n_spur = rng.poisson(0.05 * n)
-            spur_xy = rng.uniform([0, 0], [1880, 1000], (n_spur, 2))
-            spur = np.concatenate([spur_xy, spur_xy + rng.uniform(20, 80, (n_spur, 2))], 1)
-            d = Detections(np.concatenate([boxes, spur]).astype(np.float32),
-                           np.concatenate([scores, rng.uniform(0.6, 0.8, n_spur)]).astype(np.float32),
-                           np.zeros(int(seen.sum()) + n_spur, np.int32))
-            gt_rows = np.flatnonzero(seen)
-            scenes.append((d, gt_rows))
+        scenes = speed_scene(n, frames, fps, seed)
         tracker = ByteTracker(cfg or TrackerConfig())
         times = np.zeros(frames)
         last_id: dict[int, int] = {}

@@ -7,8 +7,14 @@ Written from the paper, not from any implementation. The ideas that matter:
   are then matched against the *low*-score detections with plain IoU. Low-score boxes are mostly
   occluded objects, so this keeps ids through partial occlusion without creating tracks from
   noise.
+
+  Where we depart from the paper, each measured on `benchmarks/tracker_compare.py`'s camera-like
+  set (see `benchmarks/tracker.md`): lost tracks take part in the low-score stage too (an object
+  coming out from behind another scores low for a while); a lost track's lifetime grows with the
+  time it was tracked (`lost_ttl_ratio`, between `lost_ttl_s` and `lost_ttl_max_s`: real objects
+  are waited for, clutter is not); and tentative tracks may be confirmed by a low-score box.
 * **Time, not frames.** The Kalman filter predicts with the real time between updates (stream
-  pts), velocities are in pixels per second, and lost tracks live `lost_ttl_s` seconds. Dropped
+  pts), velocities are in pixels per second, and lost-track lifetimes are in seconds. Dropped
   frames and variable frame rates therefore change nothing but the prediction horizon.
 * **Vectorised state.** All tracks live in stacked NumPy arrays (means (N, 8), covariances
   (N, 8, 8), ids, counters), so predict, update and the IoU cost run once per frame for all
@@ -20,6 +26,7 @@ only confirmed tracks are ever reported, so no event can carry a tentative id.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,11 +38,61 @@ from pipeline.config import Strict
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
 
+_log = logging.getLogger(__name__)
+
+#: Keys that only an Ultralytics tracker YAML has; any of them switches on the mapping below.
+ULTRALYTICS_KEYS = ("tracker_type", "track_high_thresh", "track_low_thresh", "track_buffer", "match_thresh",
+                    "gmc_method", "proximity_thresh", "appearance_thresh", "with_reid")
+_ULTRALYTICS_DROPPED = ("gmc_method", "proximity_thresh", "appearance_thresh", "with_reid", "model")
+
+
+def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
+    """Ultralytics tracker keys -> vap's, with one note per key saying what it became.
+
+    Why: users arrive with the `bytetrack.yaml` they tuned for `yolo track`; failing on its keys
+    would make them translate by hand. Ultralytics counts `track_buffer` in frames at 30 fps and
+    `match_thresh` as a cost (1 - similarity); vap counts seconds and similarities.
+    """
+    out: dict = {}
+    notes: list[str] = []
+    for key, value in data.items():
+        if key == "tracker_type":
+            if value not in ("bytetrack", "botsort"):
+                raise ValueError(f"tracker_type {value!r} is not an Ultralytics tracker vap can map (bytetrack, "
+                                 "botsort)")
+            notes.append(f"tracker_type {value} -> vap's ByteTrack-style tracker"
+                         + (" (BoT-SORT's camera-motion compensation and re-id are not used)" if value == "botsort"
+                            else ""))
+        elif key == "track_high_thresh":
+            out["high_thresh"] = value
+            notes.append(f"track_high_thresh {value} -> high_thresh {value}")
+        elif key == "track_low_thresh":
+            out["low_thresh"] = value
+            notes.append(f"track_low_thresh {value} -> low_thresh {value}")
+        elif key == "track_buffer":
+            ttl = float(value) / 30.0
+            out["lost_ttl_s"] = ttl
+            notes.append(f"track_buffer {value} (frames at 30 fps) -> lost_ttl_s {ttl:g}")
+        elif key == "match_thresh":
+            out["match_iou_high"] = round(1.0 - float(value), 6)
+            notes.append(f"match_thresh {value} (a cost) -> match_iou_high {out['match_iou_high']:g} (a similarity)")
+        elif key in _ULTRALYTICS_DROPPED:
+            notes.append(f"{key} dropped: vap's tracker uses no appearance features or camera-motion compensation")
+        else:
+            out[key] = value  # vap's own keys (new_track_thresh and fuse_score have the same meaning)
+    if "high_thresh" in out and "new_track_thresh" in out and out["new_track_thresh"] < out["high_thresh"]:
+        notes.append(f"new_track_thresh {out['new_track_thresh']} raised to high_thresh {out['high_thresh']} "
+                     "(vap starts tracks only from first-stage detections)")
+        out["new_track_thresh"] = out["high_thresh"]
+    return out, notes
+
+
 _INFEASIBLE = 1e6  # cost of a gated-out pair; far above any real cost (which lies in [0, 1])
 
 
 class TrackerConfig(Strict):
-    """ByteTrack settings. Defaults follow the paper (MOT17 settings) converted to seconds."""
+    """ByteTrack settings: the paper's MOT17 values in seconds, except the association and lifetime rules
+    that `benchmarks/tracker.md` measured better (lost tracks in stage 2, earned lost lifetime)."""
 
     high_thresh: float = Field(
         0.5, ge=0, le=1, description="Detections at or above this score take part in the first association stage.")
@@ -49,8 +106,8 @@ class TrackerConfig(Strict):
         0.2, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
         "similarity) between a predicted track box and a high-score detection.")
     match_iou_low: float = Field(
-        0.5, ge=0, le=1, description="Stage 2 gate: minimum plain IoU between a still-unmatched tracked box and a "
-        "low-score detection (strict, because low-score boxes are unreliable).")
+        0.5, ge=0, le=1, description="Stage 2 gate: minimum plain IoU between a still-unmatched confirmed track (tracked "
+        "or lost) and a low-score detection (strict, because low-score boxes are unreliable).")
     match_iou_tentative: float = Field(
         0.3, ge=0, le=1, description="Gate for tentative tracks against the high-score detections left after "
         "stage 1 (plain IoU).")
@@ -61,10 +118,24 @@ class TrackerConfig(Strict):
         "tentative track that misses one frame is removed.")
     lost_ttl_s: float = Field(
         1.0, gt=0, description="Seconds a confirmed track survives without a match (coasting on its Kalman "
-        "prediction) before it is ended and reported in Tracks.ended.")
+        "prediction) before it is ended and reported in Tracks.ended; the least a lost track lives (see "
+        "lost_ttl_ratio).")
+    lost_ttl_max_s: float = Field(
+        3.0, gt=0, description="Upper bound of a lost track's lifetime. A track that has been seen for a while "
+        "is a real object and worth waiting for, a short one is more likely clutter: a lost track lives "
+        "lost_ttl_s or lost_ttl_ratio x the time it has been tracked, whichever is longer, at most this "
+        "(or lost_ttl_s, if that is longer).")
+    lost_ttl_ratio: float = Field(
+        1.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
+        "the fixed lost_ttl_s of the ByteTrack paper.")
+    tentative_low: bool = Field(
+        True, description="Tentative tracks left unmatched also try the low-score detections nobody took (stage-2 "
+        "gate), so a new object that is partly hidden in its second frame is confirmed instead of restarting.")
     motion: Literal["xyah", "xywh"] = Field(
-        "xyah", description="Kalman state: centre, aspect ratio w/h and height (paper default), or centre, width "
-        "and height (better when the aspect of objects changes quickly, e.g. people turning).")
+        "xywh", description="Kalman state: centre, width and height (default), or centre, aspect ratio w/h and "
+        "height (the paper's, for upright pedestrians). A box that is clipped by the frame edge or partly hidden "
+        "changes its aspect at once, which xyah's near-constant aspect model fights; xywh measured better on "
+        "every family of benchmarks/tracker.md.")
     per_class: bool = Field(
         False, description="Match detections only to tracks of the same class. False (default) matches across "
         "classes and lets each track keep the class with the highest accumulated score, which absorbs a "
@@ -92,6 +163,17 @@ class TrackerConfig(Strict):
     oc_delta_s: float = Field(
         0.1, gt=0, description="Time span over which a track's direction of motion is measured (OC-SORT: 3 "
         "frames).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_ultralytics(cls, data: object) -> object:
+        """Accept an Ultralytics tracker YAML (bytetrack.yaml / botsort.yaml) as it is."""
+        if isinstance(data, dict) and any(k in data for k in ULTRALYTICS_KEYS):
+            mapped, notes = map_ultralytics_tracker(data)
+            for note in notes:
+                _log.warning("tracker: %s", note)
+            return mapped
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> "TrackerConfig":
@@ -294,6 +376,7 @@ class ByteTracker:
         self._lost = np.zeros((n,), bool)
         self._hits = np.zeros((n,), np.int32)
         self._last_seen = np.zeros((n,), np.float64)
+        self._born = np.zeros((n,), np.float64)
         self._cls_score = np.zeros((n, n_cls), np.float64)
         # observation-centric state (OC-SORT options): last observation and the filter state right
         # after it, plus a direction anchor (an older observation centre and its time)
@@ -304,7 +387,7 @@ class ByteTracker:
         self._dir_anchor = np.zeros((n, 2))
         self._dir_anchor_t = np.zeros((n,))
 
-    _ARRAYS = ("_mean", "_cov", "_ids", "_confirmed", "_lost", "_hits", "_last_seen", "_cls_score", "_obs",
+    _ARRAYS = ("_mean", "_cov", "_ids", "_confirmed", "_lost", "_hits", "_last_seen", "_born", "_cls_score", "_obs",
                "_snap_mean", "_snap_cov", "_dir", "_dir_anchor", "_dir_anchor_t")
 
     def _keep(self, mask: np.ndarray) -> None:
@@ -326,7 +409,7 @@ class ByteTracker:
         cls[np.arange(n), classes] = scores
         new = {
             "_mean": mean, "_cov": cov, "_ids": np.zeros((n,), np.int64), "_confirmed": np.zeros((n,), bool),
-            "_lost": np.zeros((n,), bool), "_hits": np.ones((n,), np.int32), "_last_seen": np.full((n,), t),
+            "_lost": np.zeros((n,), bool), "_hits": np.ones((n,), np.int32), "_last_seen": np.full((n,), t), "_born": np.full((n,), t),
             "_cls_score": cls, "_obs": meas.copy(), "_snap_mean": mean.copy(), "_snap_cov": cov.copy(),
             "_dir": np.zeros((n, 2)), "_dir_anchor": meas[:, :2].copy(), "_dir_anchor_t": np.full((n,), t),
         }
@@ -459,10 +542,11 @@ class ByteTracker:
             track_det[pool[r]] = high[c]
             det_free[high[c]] = False
 
-        # stage 2: confirmed tracks that were tracked last frame and are still unmatched vs the
-        # low-score detections (plain IoU). Lost tracks are left out: a low box far from a stale
-        # prediction is more likely noise than the object coming back.
-        pool2 = np.flatnonzero(self._confirmed & ~self._lost & (track_det < 0))
+        # stage 2: every confirmed track still unmatched (tracked or lost) vs the low-score
+        # detections, plain IoU with the strict gate. Lost tracks take part: an object coming out
+        # from behind another is half hidden and scores low for a while, and waiting for a high
+        # score until the ttl runs out is where the paper's variant loses identities in crowds.
+        pool2 = np.flatnonzero(self._confirmed & (track_det < 0))
         if len(pool2) and len(low):
             cost, valid = cost_for(pool2, low, False, cfg.match_iou_low)
             r, c = _assign(cost, valid)
@@ -477,6 +561,18 @@ class ByteTracker:
             r, c = _assign(cost, valid)
             track_det[tent[r]] = rest_high[c]
             det_free[rest_high[c]] = False
+
+        # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (plain IoU,
+        # the strict stage-2 gate): a new object that is partly hidden in its second frame still
+        # gets confirmed instead of starting over
+        if cfg.tentative_low:
+            tent = np.flatnonzero(~self._confirmed & (track_det < 0))
+            rest_low = low[det_free[low]]
+            if len(tent) and len(rest_low):
+                cost, valid = cost_for(tent, rest_low, False, cfg.match_iou_low)
+                r, c = _assign(cost, valid)
+                track_det[tent[r]] = rest_low[c]
+                det_free[rest_low[c]] = False
 
         # -- correct matched tracks -------------------------------------------------------------
         matched = np.flatnonzero(track_det >= 0)
@@ -511,7 +607,9 @@ class ByteTracker:
         det_rows = track_det[out_rows]
         out_cls = self._cls_score[out_rows].argmax(axis=1).astype(np.int32) if len(out_rows) else \
             np.zeros((0,), np.int32)
-        expired = self._confirmed & self._lost & (now - self._last_seen > cfg.lost_ttl_s)
+        ttl = np.clip(cfg.lost_ttl_ratio * (self._last_seen - self._born), cfg.lost_ttl_s,
+                      max(cfg.lost_ttl_s, cfg.lost_ttl_max_s))
+        expired = self._confirmed & self._lost & (now - self._last_seen > ttl)
         ended = self._ids[expired].copy()
         drop = expired | (~self._confirmed & missed)
         result = Tracks(

@@ -31,4 +31,8 @@ fi
 # --no-deps: it declares none that the tests use, and its pins would fight ours.
 "$PY" -c "import helm_python" 2>/dev/null || "$PY" -m pip install -q --no-deps helm-python-sdk==0.2.2
 
+# TrackEval (MIT), the reference HOTA implementation the tracker benchmark reports and tests check
+# vap's evaluator against. --no-deps: its declared opencv-python would sit beside our headless build.
+"$PY" -c "import trackeval" 2>/dev/null || "$PY" -m pip install -q --no-deps trackeval==1.3.0
+
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"

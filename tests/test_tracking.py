@@ -71,7 +71,7 @@ def test_separated_objects_keep_one_id_each(motion: str) -> None:
 
 
 def test_id_survives_short_occlusion_and_is_reported_ended_after_ttl() -> None:
-    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.5))
+    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.5, lost_ttl_ratio=0.0))  # the fixed ttl of the paper
     frames = []
     for f in range(90):
         t = f / 30
@@ -92,7 +92,7 @@ def test_id_survives_short_occlusion_and_is_reported_ended_after_ttl() -> None:
 
 
 def test_gap_longer_than_ttl_gives_new_id() -> None:
-    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.2))
+    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.2, lost_ttl_ratio=0.0))
     frames = [(f / 30, [0], dets([box_at(100 + 150 * f / 30, 300)] if not (30 <= f < 45) else []))
               for f in range(70)]
     seen = run_scene(tr, frames)
@@ -184,7 +184,7 @@ def test_unconfirmed_tracks_never_reported() -> None:
 
 def test_state_stays_bounded_when_many_tracks_come_and_go() -> None:
     """3000 objects each live 0.5 s; state size and active count stay flat, every id ends once."""
-    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.3))
+    tr = ByteTracker(TrackerConfig(lost_ttl_s=0.3, lost_ttl_ratio=0.0))
     sizes = []
     confirmed: set[int] = set()
     ended: list[int] = []
