@@ -589,7 +589,8 @@ class ByteTracker:
             self._hits[matched] += 1
             self._last_seen[matched] = now
             self._lost[matched] = False
-            self._observe(matched, z, now)
+            if cfg.oc_reupdate or cfg.oc_direction_weight > 0:  # state only the OC-SORT options read
+                self._observe(matched, z, now)
         missed = track_det < 0
         self._hits[missed] = 0
         self._lost[missed & self._confirmed] = True

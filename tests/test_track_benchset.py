@@ -98,3 +98,13 @@ def test_vap_hota_matches_trackeval_on_the_benchmark_sequences(tmp_path: Path) -
         assert ours[s.name]["assa"] == pytest.approx(ref[s.name]["AssA"], abs=1e-3), s.name
         assert ours[s.name]["idf1"] == pytest.approx(ref[s.name]["IDF1"], abs=1e-3), s.name
         assert ours[s.name]["mota"] == pytest.approx(ref[s.name]["MOTA"], abs=1e-3), s.name
+
+
+def test_scene_ground_truth_without_painting_matches_the_rendered_frames() -> None:
+    from engines.synth import SceneVideo
+
+    painted, labels_only = SceneVideo(5, 320, 192, 25.0, 12), SceneVideo(5, 320, 192, 25.0, 12)
+    for i in (0, 7, 30, 61):
+        a, b = painted.frame(i)[1], labels_only.ground_truth(i)
+        assert [(g.track_id, g.class_id, g.box) for g in a] == [(g.track_id, g.class_id, g.box) for g in b]
+        assert all(abs(x.visibility - y.visibility) < 0.05 for x, y in zip(a, b))
