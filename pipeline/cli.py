@@ -3,7 +3,8 @@
 Exit codes (documented in the README): 0 done (files processed, duration reached, or a clean
 shutdown on SIGINT/SIGTERM); 1 runtime failure (a data-path thread died, or the shutdown deadline
 passed with work undelivered); 2 bad usage or config; 3 the model cannot be used (file missing,
-contract violated); 130 a second Ctrl-C forced an immediate exit.
+contract violated); 130 a second Ctrl-C forced an immediate exit; 141 the reader of the output
+went away (`vap schema config | head`), the status a tool killed by SIGPIPE reports to the shell.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from pipeline.config import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_FORCED = 0, 1, 2, 3, 130
+EXIT_PIPE = 128 + signal.SIGPIPE
 
 log = logging.getLogger("vap")
 
@@ -68,6 +70,54 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `vap` entry point: runs a command, and ends quietly when the reader of its output leaves.
+
+    Why here, once, and not `signal(SIGPIPE, SIG_DFL)`: the default action would also kill a
+    running pipeline whenever an HTTP client or a broker closes a socket mid-write. Python ignores
+    SIGPIPE and raises BrokenPipeError instead, from `print` or from the final flush at exit; both
+    happen inside this guard (stdout is flushed before returning), so every command that prints,
+    delegated ones included, gets the same behaviour.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after SystemExit (--help): a reader that left shows here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not _output_gone():
+            raise  # a pipe other than our own output broke: a real error, shown as such
+        _silence_output()
+        return EXIT_PIPE
+
+
+def _output_gone() -> bool:
+    """True when stdout or stderr is a pipe or socket whose reader has closed it."""
+    import select
+
+    poller = select.poll()
+    fds = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fds.append(stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            continue
+    for fd in fds:
+        poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so the interpreter's flush at exit finds nothing to fail on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            pass
+    os.close(devnull)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         module, func, _ = DELEGATED[argv[0]]
