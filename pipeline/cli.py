@@ -244,6 +244,32 @@ def cmd_schema(which: str, markdown: bool = False) -> int:
     return EXIT_OK
 
 
+def _forced_exit() -> None:
+    """Exit 130 at once, from a signal handler: raw, non-blocking I/O only.
+
+    The message goes out only if stderr can take it without blocking (a full pipe would hold the
+    exit hostage); a low-level thread (no Python locks, which the interrupted main thread may
+    hold) ends the process anyway should the write still block.
+    """
+    import _thread
+    import select
+
+    def _exit_soon() -> None:
+        time.sleep(0.5)
+        os._exit(EXIT_FORCED)
+
+    _thread.start_new_thread(_exit_soon, ())
+    message = b"\nforced exit: events still in flight may be lost\n"
+    try:
+        poller = select.poll()
+        poller.register(2, select.POLLOUT)
+        if any(ev & select.POLLOUT and not ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+            os.write(2, message)
+    except OSError:
+        pass
+    os._exit(EXIT_FORCED)
+
+
 def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  # type: ignore[no-untyped-def]
                  prepare: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None) -> int:
     """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush.
@@ -268,14 +294,17 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
         server.start()
         log.info("metrics and control API on %s (/metrics /healthz /readyz /streams)", server.url)
     stop = threading.Event()
-    signals = {"count": 0}
+    signals: dict[str, Any] = {"count": 0, "first": None}
 
     def on_signal(signum: int, _frame: object) -> None:
+        # No buffered I/O in here: the handler runs between two bytecodes of the main thread, which
+        # may be inside a write to stderr (a log line, the progress line) blocked on a slow pipe.
+        # Printing or logging from here then fails with "reentrant call" (and logging swallows
+        # it), so a second signal was lost and the drain ended with 0 instead of 130.
         signals["count"] += 1
         if signals["count"] > 1:
-            print("\nforced exit: events still in flight may be lost", file=sys.stderr)
-            os._exit(EXIT_FORCED)
-        log.info("%s received: draining (Ctrl-C again to force)", signal.Signals(signum).name)
+            _forced_exit()
+        signals["first"] = signum
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
@@ -292,6 +321,9 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
             if progress:
                 progress.tick()
             stop.wait(0.2)
+        if signals["first"] is not None:
+            log.info("%s received: draining (send it again, or Ctrl-C, to force)",
+                     signal.Signals(signals["first"]).name)
     finally:
         clean = pipeline.stop()
         if progress:
