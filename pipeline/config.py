@@ -52,6 +52,9 @@ class StreamConfig(Strict):
     stall_factor: float = Field(
         10.0, gt=1, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
     stall_min_s: float = Field(1.0, gt=0, description="Never call a stream stalled sooner than this")
+    stall_recover_s: float = Field(
+        1.0, ge=0, description="A stalled stream is streaming again only once frames have flowed this long "
+        "without a stall-sized gap (hysteresis: a late frame or two under load does not flap the state)")
     loop: bool = Field(False, description="Files only: start again at the end instead of finishing")
     realtime: bool = Field(False, description="Files and synthetic only: pace frames at their own fps")
     queue_size: int | None = Field(

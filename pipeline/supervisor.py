@@ -8,6 +8,8 @@ runtime only ever sees a flow of frames and state changes:
   `backoff` and retries forever (exponential backoff with full jitter, capped, reset after a
   stable period of streaming) without delaying any other stream.
 - State machine per stream: starting -> streaming <-> stalled; any error -> backoff -> starting;
+  stalled -> streaming only after `stall_recover_s` of frames without a stall-sized gap, so a
+  stream that trickles or catches up under load does not flap between the two;
   `finished` at the end of a non-looping file; `stopped` after stop().
 - One watchdog thread (not one per stream: 200 cameras should not mean 400 threads) detects
   stalls from the observed frame interval and abandons a read that hangs past its timeout even
@@ -97,6 +99,7 @@ class StreamWorker:
         self._interval_ema: float | None = None
         self._last_arrival: float | None = None   # monotonic time of the last decoded frame
         self._last_progress: float | None = None  # last decoded frame or end of an emit
+        self._recover_since: float | None = None  # while stalled: first frame of the current steady run
         self._in_emit = False
         self._fps_mark: tuple[float, int] | None = None
         # labelled metric children, resolved once (per-frame work stays small)
@@ -248,6 +251,7 @@ class StreamWorker:
                 if not self._current(gen):
                     return "stopped", None, 0.0
                 now = time.monotonic()
+                previous, limit = self._last_arrival, self._stall_limit()  # before this gap moves the EMA
                 self._observe_arrival(now)
                 if src.decode_errors != reported_errors:
                     self._add_decode_errors(src.decode_errors - reported_errors)
@@ -257,9 +261,12 @@ class StreamWorker:
                     if self.resolution is not None:
                         log.info("stream %s: resolution %dx%d -> %dx%d", self.name, *self.resolution, w, h)
                     self.resolution = (w, h)
-                if self.state != "streaming":
-                    reason = "frames again" if self.state == "stalled" else f"first frame {w}x{h}"
-                    self._set_state("streaming", reason, gen)
+                if self.state == "stalled":
+                    if self._recovered(now, previous, limit):
+                        self._set_state("streaming", f"frames again for {now - (self._recover_since or now):.1f}s",
+                                        gen, expect="stalled")
+                elif self.state != "streaming":
+                    self._set_state("streaming", f"first frame {w}x{h}", gen)
                     if streaming_since is None:
                         streaming_since = now
                 if period:
@@ -310,6 +317,20 @@ class StreamWorker:
                 if self._source is src:
                     self._source = None
 
+    def _stall_limit(self) -> float:
+        """Silence longer than this is a stall: scaled to the observed frame interval, floored."""
+        return max(self.cfg.stall_min_s, self.cfg.stall_factor * (self._interval_ema or 0.0))
+
+    def _recovered(self, now: float, previous: float | None, limit: float) -> bool:
+        """While stalled: True once frames have come steadily for `stall_recover_s`.
+
+        A gap longer than the stall limit starts the steady run again, so a camera that sends a
+        frame now and then stays `stalled` instead of toggling to `streaming` on every frame.
+        """
+        if self._recover_since is None or previous is None or now - previous > limit:
+            self._recover_since = now
+        return now - self._recover_since >= self.cfg.stall_recover_s
+
     def _add_decode_errors(self, n: int) -> None:
         self.decode_errors += n
         self._m_errors.inc(n)
@@ -337,8 +358,9 @@ class StreamWorker:
         state = self.state
         if state == "streaming" and not self._in_emit and self._last_progress is not None:
             quiet = now - self._last_progress
-            limit = max(self.cfg.stall_min_s, self.cfg.stall_factor * (self._interval_ema or 0.0))
+            limit = self._stall_limit()
             if quiet > limit:
+                self._recover_since = None
                 self._set_state("stalled", f"no frame for {quiet:.1f}s (limit {limit:.1f}s)", expect="streaming")
         src = self._source
         blocked = src.blocked_since if src is not None else None
