@@ -49,6 +49,10 @@ class StreamConfig(Strict):
     read_timeout_s: float = Field(5.0, gt=0, description="Time allowed for one read before the stream counts as lost")
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failure, with jitter")
     backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff")
+    probe_interval_s: float = Field(
+        2.0, ge=0, description="Network cameras in backoff: check this often with a bare TCP connect whether "
+        "the camera answers again, and open it at once when it does (the backoff still spaces full opens of "
+        "a camera that answers but fails). 0 = off")
     stall_factor: float = Field(
         10.0, gt=1, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
     stall_min_s: float = Field(1.0, gt=0, description="Never call a stream stalled sooner than this")
