@@ -151,5 +151,7 @@ server: {{port: {port}}}
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        reader.join(5)
+        os.close(r)
     assert exited_while_blocked, "the second SIGTERM waited for stderr to drain"
     assert proc.returncode == 130, proc.returncode
