@@ -280,7 +280,8 @@ def test_probes_do_not_hammer_a_camera_that_answers_but_fails(rig, monkeypatch) 
 
     from pipeline import supervisor as sup_mod
 
-    monkeypatch.setattr(sup_mod, "backoff_delay", lambda attempt, initial, cap, rng=None: min(cap, initial * 2.0 ** attempt))
+    monkeypatch.setattr(sup_mod, "backoff_delay",
+                        lambda attempt, initial, cap, rng=None: min(cap, initial * 2.0 ** attempt))
     col, _, sup = rig
     listener = socket_mod.socket()
     listener.bind(("127.0.0.1", 0))
