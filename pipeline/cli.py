@@ -3,7 +3,8 @@
 Exit codes (documented in the README): 0 done (files processed, duration reached, or a clean
 shutdown on SIGINT/SIGTERM); 1 runtime failure (a data-path thread died, or the shutdown deadline
 passed with work undelivered); 2 bad usage or config; 3 the model cannot be used (file missing,
-contract violated); 130 a second Ctrl-C forced an immediate exit.
+contract violated); 130 a second Ctrl-C forced an immediate exit; 141 the reader of the output
+went away (`vap schema config | head`), the status a tool killed by SIGPIPE reports to the shell.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from pipeline.config import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_FORCED = 0, 1, 2, 3, 130
+EXIT_PIPE = 128 + signal.SIGPIPE
 
 log = logging.getLogger("vap")
 
@@ -68,6 +70,54 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `vap` entry point: runs a command, and ends quietly when the reader of its output leaves.
+
+    Why here, once, and not `signal(SIGPIPE, SIG_DFL)`: the default action would also kill a
+    running pipeline whenever an HTTP client or a broker closes a socket mid-write. Python ignores
+    SIGPIPE and raises BrokenPipeError instead, from `print` or from the final flush at exit; both
+    happen inside this guard (stdout is flushed before returning), so every command that prints,
+    delegated ones included, gets the same behaviour.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after SystemExit (--help): a reader that left shows here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not _output_gone():
+            raise  # a pipe other than our own output broke: a real error, shown as such
+        _silence_output()
+        return EXIT_PIPE
+
+
+def _output_gone() -> bool:
+    """True when stdout or stderr is a pipe or socket whose reader has closed it."""
+    import select
+
+    poller = select.poll()
+    fds = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fds.append(stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            continue
+    for fd in fds:
+        poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so the interpreter's flush at exit finds nothing to fail on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            pass
+    os.close(devnull)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         module, func, _ = DELEGATED[argv[0]]
@@ -194,6 +244,32 @@ def cmd_schema(which: str, markdown: bool = False) -> int:
     return EXIT_OK
 
 
+def _forced_exit() -> None:
+    """Exit 130 at once, from a signal handler: raw, non-blocking I/O only.
+
+    The message goes out only if stderr can take it without blocking (a full pipe would hold the
+    exit hostage); a low-level thread (no Python locks, which the interrupted main thread may
+    hold) ends the process anyway should the write still block.
+    """
+    import _thread
+    import select
+
+    def _exit_soon() -> None:
+        time.sleep(0.5)
+        os._exit(EXIT_FORCED)
+
+    _thread.start_new_thread(_exit_soon, ())
+    message = b"\nforced exit: events still in flight may be lost\n"
+    try:
+        poller = select.poll()
+        poller.register(2, select.POLLOUT)
+        if any(ev & select.POLLOUT and not ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+            os.write(2, message)
+    except OSError:
+        pass
+    os._exit(EXIT_FORCED)
+
+
 def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  # type: ignore[no-untyped-def]
                  prepare: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None) -> int:
     """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush.
@@ -218,14 +294,17 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
         server.start()
         log.info("metrics and control API on %s (/metrics /healthz /readyz /streams)", server.url)
     stop = threading.Event()
-    signals = {"count": 0}
+    signals: dict[str, Any] = {"count": 0, "first": None}
 
     def on_signal(signum: int, _frame: object) -> None:
+        # No buffered I/O in here: the handler runs between two bytecodes of the main thread, which
+        # may be inside a write to stderr (a log line, the progress line) blocked on a slow pipe.
+        # Printing or logging from here then fails with "reentrant call" (and logging swallows
+        # it), so a second signal was lost and the drain ended with 0 instead of 130.
         signals["count"] += 1
         if signals["count"] > 1:
-            print("\nforced exit: events still in flight may be lost", file=sys.stderr)
-            os._exit(EXIT_FORCED)
-        log.info("%s received: draining (Ctrl-C again to force)", signal.Signals(signum).name)
+            _forced_exit()
+        signals["first"] = signum
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
@@ -242,6 +321,9 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
             if progress:
                 progress.tick()
             stop.wait(0.2)
+        if signals["first"] is not None:
+            log.info("%s received: draining (send it again, or Ctrl-C, to force)",
+                     signal.Signals(signals["first"]).name)
     finally:
         clean = pipeline.stop()
         if progress:

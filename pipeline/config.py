@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A stream name becomes a file name (snapshots/<stream>/...), a metric label, an MQTT topic segment
+# and a track id prefix: a portable file-name alphabet, and no leading dot (".", ".." and hidden
+# names would climb out of, or hide inside, the snapshot folder).
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 FILE_SUFFIXES = {".mp4", ".mkv", ".avi", ".ts", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".h264", ".h265"}
 
 
@@ -34,7 +37,8 @@ class StreamConfig(Strict):
     runs forever).
     """
 
-    name: str = Field(description="Unique id: metric label, event `stream`, track id prefix")
+    name: str = Field(description="Unique id, 1-64 of A-Z a-z 0-9 _ . - and no leading dot: folder name, "
+                      "metric label, event `stream`, MQTT topic segment, track id prefix")
     url: str = Field(description="rtsp://, http(s):// (HLS too), a file path, /dev/videoN or synthetic://?...")
     live: bool | None = Field(
         None, description="Live semantics (drop oldest frames, bounded latency). Default: true for cameras "
@@ -45,9 +49,16 @@ class StreamConfig(Strict):
     read_timeout_s: float = Field(5.0, gt=0, description="Time allowed for one read before the stream counts as lost")
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failure, with jitter")
     backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff")
+    probe_interval_s: float = Field(
+        2.0, ge=0, description="Network cameras in backoff: check this often with a bare TCP connect whether "
+        "the camera answers again, and open it at once when it does (the backoff still spaces full opens of "
+        "a camera that answers but fails). 0 = off")
     stall_factor: float = Field(
         10.0, gt=1, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
     stall_min_s: float = Field(1.0, gt=0, description="Never call a stream stalled sooner than this")
+    stall_recover_s: float = Field(
+        1.0, ge=0, description="A stalled stream is streaming again only once frames have flowed this long "
+        "without a stall-sized gap (hysteresis: a late frame or two under load does not flap the state)")
     loop: bool = Field(False, description="Files only: start again at the end instead of finishing")
     realtime: bool = Field(False, description="Files and synthetic only: pace frames at their own fps")
     queue_size: int | None = Field(
@@ -58,8 +69,9 @@ class StreamConfig(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not STREAM_NAME.match(v):
-            raise ValueError("stream name must be 1-64 characters of letters, digits, '_', '.', '-' "
-                             "(it becomes a metric label and part of track ids)")
+            raise ValueError("stream name must be 1-64 characters of letters, digits, '_', '.', '-', not "
+                             "starting with '.' (it becomes a folder name, a metric label, an MQTT topic "
+                             "segment and part of track ids); rename it, e.g. 'gate-1'")
         return v
 
     @property

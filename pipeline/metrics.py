@@ -77,7 +77,8 @@ class Metrics:
                                    registry=r)
         self.sink_dropped = Counter("vap_sink_dropped_total", "Events a sink could not accept in time and lost",
                                     ["sink"], registry=r)
-        self.sink_up = Gauge("vap_sink_up", "1 while the sink's last delivery attempt succeeded", ["sink"], registry=r)
+        self.sink_up = Gauge("vap_sink_up", "1 while the sink can deliver (last attempt succeeded, or its "
+                             "connection came back)", ["sink"], registry=r)
         self.sink_dead_letter = Counter(
             "vap_sink_dead_letter_total", "Events a sink gave up on after its retries (written to its dead-letter file)",
             ["sink"], registry=r)

@@ -12,7 +12,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field
 
@@ -71,6 +71,10 @@ class Sink(ABC):
     # Events a write dealt with without delivering them (dead-lettered, dropped as rejected); the
     # runner subtracts them from vap_sink_events_total and resets this after every write.
     not_delivered: int = 0
+    # Set by the runner. A sink whose client knows when its connection comes and goes (MQTT) calls
+    # it from any thread with True/False: the runner then retries at once instead of sleeping out
+    # its backoff, and `vap_sink_up` follows the link instead of the last write's outcome.
+    on_link: "Callable[[bool], None] | None" = None
 
     @abstractmethod
     def write(self, events: list[dict[str, Any]]) -> None:

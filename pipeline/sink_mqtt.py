@@ -62,6 +62,9 @@ class MqttSinkConfig(SinkConfigBase):
     ack_timeout_s: float = Field(10.0, gt=0, description="A batch not acknowledged within this is spooled")
     connect_wait_s: float = Field(1.0, gt=0, description="How long a write waits for a (re)connection before "
                                   "spooling")
+    reconnect_max_s: float = Field(1.0, ge=0.5, description="Longest wait between reconnect attempts while the "
+                                   "broker is down (a TCP connect each: cheap; delivery resumes within about "
+                                   "this long of the broker's return)")
 
 
 MAX_QUEUED = 5000
@@ -97,7 +100,11 @@ class MqttSink(Sink):
         # half-dead broker cannot grow it without limit. A full queue fails the write (the events
         # stay in the spool) instead of queueing yet another copy.
         self.client.max_queued_messages_set(MAX_QUEUED)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=15)
+        # paho doubles its delay from min to max between attempts. A long max (paho's default is
+        # 120 s, ours was 15) left delivery stalled that long after the broker was back; an attempt
+        # is one TCP connect, so a low bound costs nothing even for a broker down for hours.
+        self.client.reconnect_delay_set(min_delay=min(0.5, cfg.reconnect_max_s),  # type: ignore[arg-type]
+                                        max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         # Asynchronous connect: a broker that is down at start must not stop vap; events spool.
@@ -112,12 +119,24 @@ class MqttSink(Sink):
         client.publish(self.availability, b"online", qos=1, retain=True)
         log.info("mqtt %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
         self._connected.set()
+        self._link(True)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if self._connected.is_set() and not self._closing:
             log.warning("mqtt %s: disconnected from %s:%d (%s); events spool until it is back",
                         self.name, self.cfg.host, self.cfg.port, reason)
         self._connected.clear()
+        if not self._closing:
+            self._link(False)
+
+    def _link(self, up: bool) -> None:
+        """Tell the runner the connection came or went (on paho's thread: it only sets flags)."""
+        hook = self.on_link
+        if hook is not None:
+            try:
+                hook(up)
+            except Exception:  # noqa: BLE001 - paho's network thread must survive a faulty hook
+                log.exception("mqtt %s: link hook failed", self.name)
 
     def write(self, events: list[dict[str, Any]]) -> None:
         if not self._connected.wait(self.cfg.connect_wait_s):

@@ -174,6 +174,8 @@ class SinkRunner:
         self._wake = threading.Event()  # new events in the spool, or close requested
         self._closing = threading.Event()  # deliver what is left, then end
         self._stopping = threading.Event()  # deadline passed: end now
+        self._retry_now = threading.Event()  # the sink's link came back: cut the backoff short
+        sink.on_link = self._on_link
         self._spool_closed = False
         name = sink.name
         # Every per-sink series exists from the start (at 0), so alerts on increase() see the first burst.
@@ -188,6 +190,20 @@ class SinkRunner:
         target = self._loop_spooled if spool is not None else self._loop_in_place
         self._thread = threading.Thread(target=target, name=f"sink-{name}", daemon=True)
         self._thread.start()
+
+    def _on_link(self, up: bool) -> None:
+        """The sink's connection came back (retry now) or went (the gauge says so at once)."""
+        self.metrics.sink_up.labels(self.sink.name).set(1 if up else 0)
+        if up:
+            self._retry_now.set()
+            self._wake.set()
+
+    def _backoff_wait(self, seconds: float) -> bool:
+        """Sleep out a retry backoff; True when the sink's link came back meanwhile (or we stop)."""
+        if self._retry_now.wait(seconds):
+            self._retry_now.clear()
+            return True
+        return self._stopping.is_set()
 
     def offer(self, events: list[dict[str, Any]], block_s: float) -> bool:
         """Accept events for this sink; False if they were lost (counted). Waits only without a spool."""
@@ -261,7 +277,7 @@ class SinkRunner:
                 break
             while batch:
                 batch = self._deliver(batch)
-                if batch and self._stopping.wait(self.retry_s):
+                if batch and self._backoff_wait(self.retry_s) and self._stopping.is_set():
                     log.error("sink %s: giving up on %d events at shutdown", self.sink.name, len(batch))
                     break
 
@@ -280,6 +296,7 @@ class SinkRunner:
                         break
                     self._wake.wait(0.5)
                     continue
+                self._retry_now.clear()  # only a comeback from now on cuts the next backoff short
                 failed = self._deliver([e for e, _ in entries])
                 done = len(entries) - len(failed)
                 with self._lock:
@@ -287,8 +304,10 @@ class SinkRunner:
                         self.spool.ack(entries[done - 1][1])  # type: ignore[union-attr]
                 self._update_spool_metrics()
                 if failed:
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, self.retry_max_s)
+                    if self._backoff_wait(backoff):
+                        backoff = self.retry_s
+                    else:
+                        backoff = min(backoff * 2, self.retry_max_s)
                 else:
                     backoff = self.retry_s
             except Exception as exc:  # the spool's disk failed (read error, removed dir): retry, never die
@@ -331,6 +350,7 @@ class SinkRunner:
         done = not self._thread.is_alive() and (self.spool is not None or self._q.empty())
         self._stopping.set()
         self._wake.set()
+        self._retry_now.set()
         try:
             self.sink.close()  # also interrupts a sink waiting in its own retries or flush
         except Exception as exc:

@@ -45,6 +45,16 @@ class SnapshotConfig(Strict):
     queue_size: int = Field(32, ge=1, description="Frames waiting for the writer; beyond it events go without one")
 
 
+def _safe_folder(stream: str) -> bool:
+    """True when a stream name can be one folder directly below the snapshot root.
+
+    The config already refuses such names; this is the last line of defence for any caller that
+    builds frames itself: no separator, no '.' or '..', nothing hidden, nothing empty.
+    """
+    return bool(stream) and not stream.startswith(".") and "/" not in stream and "\\" not in stream \
+        and "\0" not in stream
+
+
 class Snapshotter:
     """A pipeline result hook: `(frame, dets, tracks, new_events)` -> adds `snapshot` paths to events."""
 
@@ -62,6 +72,7 @@ class Snapshotter:
         self.written = 0
         self.skipped = 0
         self._types = set(cfg.types)
+        self._refused: set[str] = set()
         self._budget: dict[str, tuple[float, float]] = {}  # stream -> (tokens, last refill)
         self._q: queue.Queue[tuple[np.ndarray, list[tuple[Path, tuple[int, int, int, int] | None]]] | None] = \
             queue.Queue(cfg.queue_size)
@@ -71,6 +82,9 @@ class Snapshotter:
     def __call__(self, frame: Frame, dets: Detections, tracks: Any, events: list[dict[str, Any]]) -> None:
         wanted = [e for e in events if e["type"] in self._types and "box" in e]
         if not wanted:
+            return
+        if not _safe_folder(frame.stream):
+            self._refuse(frame.stream, len(wanted))
             return
         jobs: list[tuple[Path, tuple[int, int, int, int] | None]] = []
         chosen = []
@@ -96,6 +110,14 @@ class Snapshotter:
             e["snapshot"] = rel.as_posix()
             if crop_rel is not None:
                 e["snapshot_crop"] = crop_rel.as_posix()
+
+    def _refuse(self, stream: str, n: int) -> None:
+        """A stream whose name would put files outside `dir` gets no snapshots (counted as failed)."""
+        if stream not in self._refused:
+            self._refused.add(stream)
+            log.error("snapshots: stream name %r would write outside %s; its events go without snapshots "
+                      "(rename the stream)", stream, self.root)
+        self._failed(n)
 
     def _take(self, stream: str) -> bool:
         """Token bucket per stream: rate max_per_stream_s, burst the same but at least 1 (a rate below

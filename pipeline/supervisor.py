@@ -8,7 +8,13 @@ runtime only ever sees a flow of frames and state changes:
   `backoff` and retries forever (exponential backoff with full jitter, capped, reset after a
   stable period of streaming) without delaying any other stream.
 - State machine per stream: starting -> streaming <-> stalled; any error -> backoff -> starting;
+  stalled -> streaming only after `stall_recover_s` of frames without a stall-sized gap, so a
+  stream that trickles or catches up under load does not flap between the two;
   `finished` at the end of a non-looping file; `stopped` after stop().
+- A network camera in backoff is probed every `probe_interval_s` with a bare TCP connect (no
+  RTSP session, no decoder): full opens stay spaced by the backoff, but a camera whose port
+  answers again after being down is opened at once, so recovery after a long outage takes
+  seconds instead of up to `backoff_max_s`.
 - One watchdog thread (not one per stream: 200 cameras should not mean 400 threads) detects
   stalls from the observed frame interval and abandons a read that hangs past its timeout even
   though FFmpeg's interrupt should have ended it: the stuck thread is left to die on its own
@@ -22,10 +28,12 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.config import StreamConfig, redact_url, source_kind
 from pipeline.frames import Frame
@@ -45,6 +53,32 @@ HANG_GRACE_S = 2.0
 WATCHDOG_PERIOD_S = 0.1
 # EMA weight of the newest inter-frame interval.
 EMA_ALPHA = 0.1
+# Most seconds one probe's TCP connect may take (a dropped SYN must not hold the backoff loop).
+PROBE_CONNECT_S = 1.0
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def probe_address(url: str) -> tuple[str, int] | None:
+    """(host, port) that a cheap TCP probe can knock on, or None for inputs without one (files,
+    devices, synthetic scenes, URLs without a host)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.hostname, port or _DEFAULT_PORTS[scheme]
+
+
+def tcp_answers(address: tuple[str, int], timeout: float = PROBE_CONNECT_S) -> bool:
+    """True when something accepts a TCP connection at `address` (closed again at once)."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random | None = None) -> float:
@@ -97,6 +131,8 @@ class StreamWorker:
         self._interval_ema: float | None = None
         self._last_arrival: float | None = None   # monotonic time of the last decoded frame
         self._last_progress: float | None = None  # last decoded frame or end of an emit
+        self._recover_since: float | None = None  # while stalled: first frame of the current steady run
+        self._probe_down = False  # the last backoff probe found nothing answering at the camera's port
         self._in_emit = False
         self._fps_mark: tuple[float, int] | None = None
         # labelled metric children, resolved once (per-frame work stays small)
@@ -223,7 +259,41 @@ class StreamWorker:
             self._set_state("backoff", message, gen)
             delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self._rng)
             attempt += 1
+            self._wait_backoff(delay, error is not None and error.kind == "unreachable"
+                               and ": unreachable:" in str(error), gen)
+
+    def _wait_backoff(self, delay: float, refused: bool, gen: int) -> None:
+        """Sleep out a backoff, probing a network camera's port meanwhile; return early when it
+        answers after having been down.
+
+        "Down" means a probe failed, in this or an earlier wait, or the open itself found nothing
+        listening (refused, no route). A camera that answers but fails (401, 404, resets, hangs)
+        answers probes too: without a probe failure first, it keeps the full backoff.
+        """
+        interval = self.cfg.probe_interval_s
+        address = probe_address(self.cfg.url) if interval > 0 else None
+        if address is None or delay <= interval:
             self._stop.wait(delay)
+            return
+        if refused:
+            self._probe_down = True
+        end = time.monotonic() + delay
+        while self._current(gen):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._stop.wait(min(interval, remaining)):
+                return
+            if end - time.monotonic() <= 0:
+                return  # the full open is due now anyway
+            if tcp_answers(address, min(PROBE_CONNECT_S, interval)):
+                if self._probe_down:
+                    self._probe_down = False
+                    log.debug("stream %s: %s:%d answers again; opening now instead of in %.1fs", self.name,
+                              address[0], address[1], max(0.0, end - time.monotonic()))
+                    return
+            else:
+                self._probe_down = True
 
     def _session(self, gen: int) -> tuple[str, SourceError | None, float]:
         """One open + read session: ('finished' | 'stopped' | 'error', error, seconds streamed)."""
@@ -248,6 +318,7 @@ class StreamWorker:
                 if not self._current(gen):
                     return "stopped", None, 0.0
                 now = time.monotonic()
+                previous, limit = self._last_arrival, self._stall_limit()  # before this gap moves the EMA
                 self._observe_arrival(now)
                 if src.decode_errors != reported_errors:
                     self._add_decode_errors(src.decode_errors - reported_errors)
@@ -257,9 +328,12 @@ class StreamWorker:
                     if self.resolution is not None:
                         log.info("stream %s: resolution %dx%d -> %dx%d", self.name, *self.resolution, w, h)
                     self.resolution = (w, h)
-                if self.state != "streaming":
-                    reason = "frames again" if self.state == "stalled" else f"first frame {w}x{h}"
-                    self._set_state("streaming", reason, gen)
+                if self.state == "stalled":
+                    if self._recovered(now, previous, limit):
+                        self._set_state("streaming", f"frames again for {now - (self._recover_since or now):.1f}s",
+                                        gen, expect="stalled")
+                elif self.state != "streaming":
+                    self._set_state("streaming", f"first frame {w}x{h}", gen)
                     if streaming_since is None:
                         streaming_since = now
                 if period:
@@ -310,6 +384,20 @@ class StreamWorker:
                 if self._source is src:
                     self._source = None
 
+    def _stall_limit(self) -> float:
+        """Silence longer than this is a stall: scaled to the observed frame interval, floored."""
+        return max(self.cfg.stall_min_s, self.cfg.stall_factor * (self._interval_ema or 0.0))
+
+    def _recovered(self, now: float, previous: float | None, limit: float) -> bool:
+        """While stalled: True once frames have come steadily for `stall_recover_s`.
+
+        A gap longer than the stall limit starts the steady run again, so a camera that sends a
+        frame now and then stays `stalled` instead of toggling to `streaming` on every frame.
+        """
+        if self._recover_since is None or previous is None or now - previous > limit:
+            self._recover_since = now
+        return now - self._recover_since >= self.cfg.stall_recover_s
+
     def _add_decode_errors(self, n: int) -> None:
         self.decode_errors += n
         self._m_errors.inc(n)
@@ -337,8 +425,9 @@ class StreamWorker:
         state = self.state
         if state == "streaming" and not self._in_emit and self._last_progress is not None:
             quiet = now - self._last_progress
-            limit = max(self.cfg.stall_min_s, self.cfg.stall_factor * (self._interval_ema or 0.0))
+            limit = self._stall_limit()
             if quiet > limit:
+                self._recover_since = None
                 self._set_state("stalled", f"no frame for {quiet:.1f}s (limit {limit:.1f}s)", expect="streaming")
         src = self._source
         blocked = src.blocked_since if src is not None else None

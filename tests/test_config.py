@@ -115,3 +115,17 @@ def test_unknown_key_in_a_typed_sink_lists_that_sink_type_keys():
     msg = str(err.value)
     assert "sinks[0].hots: unknown key 'hots'" in msg and "host" in msg and "topic_prefix" in msg
     assert "mqtt.hots" not in msg                  # the union tag is not a key the user wrote
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../up", "a b", "x" * 65, ""])
+def test_stream_names_that_would_escape_a_folder_are_refused(name):
+    """Stream names become folder names (snapshots), metric labels and topic segments."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"streams": [{"name": name, "url": "synthetic://?seed=1"}]})
+    msg = str(err.value)
+    assert "streams[0].name" in msg and "not starting with '.'" in msg and "rename it" in msg
+
+
+@pytest.mark.parametrize("name", ["cam1", "gate-1", "Lobby_East.2", "a", "x" * 64, "-x", "_"])
+def test_ordinary_stream_names_are_accepted(name):
+    assert parse_settings({"streams": [{"name": name, "url": "synthetic://?seed=1"}]}).streams[0].name == name

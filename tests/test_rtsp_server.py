@@ -239,3 +239,59 @@ def test_bad_streams_report_clearly_while_a_good_one_flows(servers, rig) -> None
     # the good stream kept flowing the whole time: no gap of more than a second between frames
     gaps = np.diff([f.capture_ts for f in col.of("good")])
     assert gaps.max() < 1.0
+
+
+def test_long_outage_recovers_in_seconds_through_cheap_probes(servers, rig, monkeypatch) -> None:
+    """A camera down long enough for the backoff to reach 15 s: the supervisor still sees it come
+    back within seconds, because it knocks on the RTSP port (a bare TCP connect) every
+    probe_interval_s while it waits, and opens the stream as soon as the port answers again. The
+    full opens stay spaced by the backoff (counted below). Jitter is taken out so that the old
+    behaviour (no probe: wait the full 15 s) fails for certain."""
+    from pipeline import supervisor as sup_mod
+
+    def ceiling(attempt: int, initial: float, cap: float, rng=None) -> float:  # noqa: ANN001
+        return min(cap, initial * 2.0 ** attempt)
+
+    monkeypatch.setattr(sup_mod, "backoff_delay", ceiling)
+    col, metrics, sup = rig
+    srv = servers()
+    sup.add(StreamConfig(name="cam", url=srv.url(), open_timeout_s=3.0, read_timeout_s=1.5,
+                         backoff_initial_s=15.0, backoff_max_s=15.0, probe_interval_s=0.5))
+    assert wait_for(lambda: len(col.of("cam")) >= 10, timeout=15)
+    srv.kill()
+    assert wait_for(lambda: sup.worker("cam").state == "backoff", timeout=6)
+    reconnects = sup.worker("cam").reconnects
+    time.sleep(3.0)                              # down well past a few probes, far inside the 15 s backoff
+    assert sup.worker("cam").reconnects == reconnects, "a probe must not be a full open"
+    n = len(col.of("cam"))
+    srv.start()                                  # same port; start() returns once it listens
+    back = time.monotonic()
+    assert wait_for(lambda: len(col.of("cam")) > n, timeout=20)
+    took = time.monotonic() - back
+    assert took < 5.0, f"first frame {took:.1f}s after the camera was back (backoff was 15 s)"
+    assert sup.worker("cam").state == "streaming"
+    assert sup.worker("cam").reconnects == reconnects + 1    # one full open did it
+
+
+def test_probes_do_not_hammer_a_camera_that_answers_but_fails(rig, monkeypatch) -> None:
+    """A port that accepts connections but never gives a stream (here: a bare TCP listener, so the
+    open times out) answers every probe: it must keep its backoff, not get a full open per probe."""
+    import socket as socket_mod
+
+    from pipeline import supervisor as sup_mod
+
+    monkeypatch.setattr(sup_mod, "backoff_delay",
+                        lambda attempt, initial, cap, rng=None: min(cap, initial * 2.0 ** attempt))
+    col, _, sup = rig
+    listener = socket_mod.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    try:
+        sup.add(StreamConfig(name="mute", url=f"rtsp://127.0.0.1:{port}/cam", open_timeout_s=0.5,
+                             backoff_initial_s=3.0, backoff_max_s=3.0, probe_interval_s=0.2))
+        time.sleep(5.0)
+        # opens at ~0, ~3.5 (each 0.5 s timeout + 3 s backoff): two or three, never one per 0.2 s probe
+        assert 1 <= sup.worker("mute").reconnects <= 2, sup.worker("mute").reconnects
+    finally:
+        listener.close()

@@ -115,6 +115,9 @@ def test_control_api_add_remove_and_release(tmp_path, model):
         assert _request(f"{api.url}/streams", "POST", spec)[0] == 409
         status, body = _request(f"{api.url}/streams", "POST", {"name": "x", "url": "a.mp4", "fps": 3})
         assert status == 400 and "unknown key 'fps'" in body["error"]
+        for bad in ("..", ".cam", "a/b"):  # the settings model's name rule holds for the API too
+            status, body = _request(f"{api.url}/streams", "POST", {"name": bad, "url": str(live), "live": True})
+            assert status == 400 and "name" in body["error"] and "not starting with '.'" in body["error"], body
         _wait_processed(p, ["cam9"], 10)
         worker = p.supervisor.worker("cam9")
         status, body = _request(f"{api.url}/streams/cam9", "DELETE")

@@ -142,6 +142,42 @@ def test_broker_restart_spools_and_delivers_everything_in_order(tmp_path):
         broker.stop()
 
 
+def test_delivery_resumes_within_3s_of_the_broker_coming_back(tmp_path):
+    """After a 12 s outage the runner's backoff has grown to 8 s and paho's own reconnect delay
+    was up to 15 s: delivery resumed 3-37 s after the broker was back. paho's reconnect now wakes
+    the runner and its delay is bounded at 1 s: the first spooled event must be acknowledged within
+    3 s of the broker accepting connections, and `vap_sink_up` must follow the link."""
+    broker = mosquitto(tmp_path / "broker").start()
+    sub = Subscriber(broker.port)
+    m = Metrics()
+    cfg = parse_settings({"sinks": [{"type": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                     "client_id": "vap-resume", "spool": {"dir": str(tmp_path / "spool")}}]}).sinks[0]
+    runner = SinkRunner(build_sink(cfg), cfg.filter, m)   # production retry: 1 s doubling to 30 s
+    get = m.registry.get_sample_value
+    delivered = lambda: get("vap_sink_events_total", {"sink": "mqtt"}) or 0  # noqa: E731
+    try:
+        first = _batch("a", 0)
+        runner.offer(first, 1.0)
+        _wait(lambda: delivered() >= len(first), 10, "delivery before the outage")
+        broker.stop()
+        _wait(lambda: get("vap_sink_up", {"sink": "mqtt"}) == 0, 3, "vap_sink_up to drop with the link")
+        spooled = _batch("a", 1)
+        runner.offer(spooled, 1.0)
+        time.sleep(12.0)                                  # long enough for the backoffs to grow
+        assert delivered() == len(first) and get("vap_spool_events", {"sink": "mqtt"}) == len(spooled)
+        broker.start()                                    # returns once the broker accepts connections
+        back = time.monotonic()
+        _wait(lambda: delivered() > len(first), 30, "the first spooled event")
+        took = time.monotonic() - back
+        assert took < 3.0, f"first spooled event delivered {took:.1f}s after the broker was back"
+        assert get("vap_sink_up", {"sink": "mqtt"}) == 1
+        _wait(lambda: {e["id"] for e in spooled} <= {e["id"] for _, e in sub.events()}, 10, "the subscriber")
+    finally:
+        runner.close(2.0)
+        sub.close()
+        broker.stop()
+
+
 _CHILD = """
 import os, sys, time
 from pipeline.settings import parse_settings

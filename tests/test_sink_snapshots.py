@@ -133,3 +133,21 @@ def test_close_keeps_its_deadline_and_names_unwritten_snapshots(tmp_path, monkey
     assert time.monotonic() - t0 < 1.0
     assert "were not written" in caplog.text
     stall.set()
+
+
+def test_a_stream_name_that_climbs_out_gets_no_snapshot_outside_dir(tmp_path):
+    """The config refuses such names; a frame built by other code must still not write outside `dir`."""
+    root = tmp_path / "snaps" / "inner"
+    m = Metrics()
+    snap = Snapshotter(SnapshotConfig(enabled=True, dir=root, crop=True), m)
+    events = {name: [_start(name)] for name in ("..", ".", ".hidden", "../../x", "a/b")}
+    for name, ev in events.items():
+        snap(_frame(name), Detections(), None, ev)
+    ok = [_start("cam")]
+    snap(_frame("cam"), Detections(), None, ok)
+    snap.close()
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
+    assert written and all(p.startswith("snaps/inner/cam/") for p in written), written
+    assert all("snapshot" not in ev[0] and "snapshot_crop" not in ev[0] for ev in events.values())
+    assert ok[0]["snapshot"].startswith("cam/")
+    assert m.registry.get_sample_value("vap_snapshots_total", {"result": "failed"}) == len(events)

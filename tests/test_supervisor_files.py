@@ -279,6 +279,64 @@ def test_stall_detected_and_cleared(monkeypatch, rig) -> None:
     assert "no frame for" in reason
 
 
+class GapSource(Source):
+    """Yields one frame after each of the scripted gaps (seconds), then frames at `fps` for ever."""
+
+    def __init__(self, cfg: StreamConfig, gaps: list[float], fps: float = 50.0) -> None:
+        super().__init__(cfg)
+        self.gaps, self.fps = gaps, fps
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def frames(self) -> Iterator[Frame]:
+        img = np.zeros((8, 8, 3), np.uint8)
+        i = 0
+        while True:
+            gap = self.gaps[i] if i < len(self.gaps) else 1.0 / self.fps
+            self.blocked_since = time.monotonic()
+            if self._interrupt.wait(gap):
+                return
+            self.blocked_since = None
+            yield Frame(self.cfg.name, i, i / self.fps, time.time(), img)
+            i += 1
+
+
+def test_stall_recovery_has_hysteresis(monkeypatch) -> None:
+    """A stalled stream that gets a late frame now and then (a loaded machine, a trickling camera)
+    stays stalled; it is streaming again only after `stall_recover_s` of steady frames. Before, every
+    late frame flipped it to streaming, 0.1 s later it was stalled again: stream.up/stalled flapping."""
+    from tests.collector import Collector
+
+    col = Collector()
+    steady = [0.02] * 20
+    trickle = [0.8, 0.02, 0.8, 0.02, 0.02, 0.8, 0.02]   # one or a few late frames between silences
+    monkeypatch.setattr(sup_mod, "open_source", lambda cfg: GapSource(cfg, steady + [0.6] + trickle))
+    times: list[tuple[float, str]] = []
+
+    def timed(stream: str, state: str, reason: str) -> None:
+        times.append((time.monotonic(), state))
+        col.on_state(stream, state, reason)
+
+    sup = Supervisor(col.emit, Metrics(), timed)
+    try:
+        sup.add(StreamConfig(name="s", url="rtsp://cam/s", stall_min_s=0.3, stall_factor=2, stall_recover_s=0.5))
+        assert wait_for(lambda: "stalled" in col.state_seq("s"), timeout=10)
+        time.sleep(3.5)  # the whole trickle (about 2.3 s), then steady frames for longer than stall_recover_s
+        seq = col.state_seq("s")
+        assert seq == ["starting", "streaming", "stalled", "streaming"], seq
+        stalled_at = next(t for t, st in times if st == "stalled")
+        back_at = [t for t, st in times if st == "streaming"][-1]
+        assert back_at - stalled_at >= 1.8   # the trickle (about 2.3 s) did not count as recovery
+        reason = [r for n, st, r in col.states if st == "streaming"][-1]
+        assert reason.startswith("frames again for")
+    finally:
+        sup.stop_all(timeout=5)
+
+
 def test_watchdog_abandons_a_hung_read(monkeypatch, rig) -> None:
     col, _, sup = rig
     made: list[ScriptedSource] = []
