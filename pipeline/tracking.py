@@ -317,7 +317,11 @@ def _assign(cost: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
     cols_ok = np.flatnonzero(valid.any(axis=0))
     if len(rows_ok) == 0:
         return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    sub = np.where(valid[np.ix_(rows_ok, cols_ok)], cost[np.ix_(rows_ok, cols_ok)], _INFEASIBLE)
+    if len(rows_ok) == cost.shape[0] and len(cols_ok) == cost.shape[1]:
+        sub = np.where(valid, cost, _INFEASIBLE)  # nothing to leave out: skip the fancy indexing
+    else:
+        block = (rows_ok[:, None], cols_ok[None, :])
+        sub = np.where(valid[block], cost[block], _INFEASIBLE)
     r, c = linear_sum_assignment(sub)
     keep = sub[r, c] < _INFEASIBLE
     return rows_ok[r[keep]], cols_ok[c[keep]]
@@ -523,9 +527,13 @@ class ByteTracker:
         track_det = np.full((n,), -1, np.intp)  # matched detection row per track
         track_cls = self._cls_score.argmax(axis=1).astype(np.int32) if n else np.zeros((0,), np.int32)
 
+        # one IoU matrix of every track against every detection; each stage takes its block of it
+        iou_all = iou_matrix(pred_boxes, d.boxes) if n and len(d) else None
+
         def cost_for(tr: np.ndarray, dr: np.ndarray, fuse: bool, gate: float) -> tuple[np.ndarray, np.ndarray]:
             """Cost (1 - similarity) and the validity mask (similarity >= gate) of tracks x dets."""
-            iou = iou_matrix(pred_boxes[tr], d.boxes[dr])
+            assert iou_all is not None  # callers only ask for non-empty blocks
+            iou = iou_all[tr[:, None], dr[None, :]]
             sim = iou * d.scores[dr][None, :] if fuse else iou
             if cfg.per_class:
                 sim = np.where(track_cls[tr][:, None] == d.class_ids[dr][None, :], sim, 0.0)
