@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import sys
 import threading
 import time
@@ -140,7 +141,19 @@ def test_progress_logs_phases_and_cancels():
     assert "Building engine done in" in text
 
 
-def test_run_cancellable_ctrl_c_stops_the_build():
+@pytest.fixture
+def ctrl_c(monkeypatch: pytest.MonkeyPatch):
+    """A Ctrl-C delivered to the main thread after `delay` seconds, whatever the shell did with
+    SIGINT: a job started in the background (nohup, `&`, CI) inherits SIGINT ignored, and then
+    `_thread.interrupt_main()` does nothing. The test installs Python's own handler for its duration."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield lambda delay: threading.Timer(delay, _thread.interrupt_main).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_run_cancellable_ctrl_c_stops_the_build(ctrl_c):
     cancel = threading.Event()
     seen: list[str] = []
 
@@ -152,7 +165,7 @@ def test_run_cancellable_ctrl_c_stops_the_build():
             time.sleep(0.01)
         return b"plan"
 
-    threading.Timer(0.1, _thread.interrupt_main).start()
+    ctrl_c(0.1)
     with pytest.raises(B.BuildCancelled, match="nothing was written"):
         B.run_cancellable(slow_build, cancel, log=seen.append, poll_s=0.02)
     assert "cancelled" in seen and any("Ctrl-C" in s for s in seen)
@@ -461,9 +474,9 @@ def test_parser_errors_are_reported(tmp_path: Path, model: Path, monkeypatch):
         B.build_engine(model, tmp_path / "det.engine", BuildOptions(), env=ENV, log=lambda s: None)
 
 
-def test_cancelled_build_writes_nothing(tmp_path: Path, model: Path, monkeypatch):
+def test_cancelled_build_writes_nothing(tmp_path: Path, model: Path, monkeypatch, ctrl_c):
     fake_trt(monkeypatch, steps=200, step_delay=0.01)
-    threading.Timer(0.15, _thread.interrupt_main).start()
+    ctrl_c(0.15)
     with pytest.raises(B.BuildCancelled):
         B.build_engine(model, tmp_path / "det.engine", BuildOptions(), env=ENV, log=lambda s: None)
     assert not (tmp_path / "det.engine").exists() and not (tmp_path / "det.engine.json").exists()
