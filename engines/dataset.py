@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from engines.haze import add_haze
+from engines.letterbox import PAD_VALUE, interpolation, placement
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-PAD_VALUE = 114
 
 
 class DatasetError(ValueError):
@@ -335,9 +335,9 @@ def validate_dataset(
 
 
 def _interp(scale: float) -> int:
-    """Area averaging when shrinking (no aliasing), bilinear when enlarging: the runtime's choice
-    (pipeline/preprocess.py), so training sees pictures resampled the way inference does."""
-    return cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    """The runtime's resampling choice (engines/letterbox.py), so training sees pictures resampled
+    the way inference does."""
+    return interpolation(scale)
 
 
 def letterbox(
@@ -347,17 +347,18 @@ def letterbox(
 
     Returns (out, scale, (pad_x, pad_y)): a source pixel x maps to x * scale + pad_x. Area
     interpolation when shrinking, bilinear when enlarging; new size is round(w * scale) x round(h * scale); pad_x = (S - new_w) // 2 (the odd
-    pixel, if any, goes right/bottom). Export, inference and training all use this one function.
+    pixel, if any, goes right/bottom): the rule of engines/letterbox.py, which the runtime's CPU and
+    GPU preprocessing use too.
     """
     if img.ndim != 3:
         raise ValueError(f"letterbox expects an H x W x C image, got shape {img.shape}")
     th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     h, w = img.shape[:2]
-    scale = min(th / h, tw / w)
-    nw, nh = min(tw, max(1, int(round(w * scale)))), min(th, max(1, int(round(h * scale))))
+    nh, nw, lb = placement(h, w, th, tw)
+    scale = lb.scale
     if (nw, nh) != (w, h):
         img = cv2.resize(img, (nw, nh), interpolation=_interp(scale))
-    pad_x, pad_y = (tw - nw) // 2, (th - nh) // 2
+    pad_x, pad_y = int(lb.pad_x), int(lb.pad_y)
     out = cv2.copyMakeBorder(img, pad_y, th - nh - pad_y, pad_x, tw - nw - pad_x,
                              cv2.BORDER_CONSTANT, value=(pad_value,) * img.shape[2])
     return out, scale, (pad_x, pad_y)

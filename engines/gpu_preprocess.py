@@ -25,35 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-PAD_VALUE = 114
+from engines.letterbox import PAD_VALUE, Letterbox, batch_hw, placement  # noqa: F401 (re-exported)
 
-
-@dataclass(slots=True)
-class LetterboxParams:
-    """Same fields as `pipeline.preprocess.Letterbox`, so `unletterbox` takes either."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-    src_h: int
-    src_w: int
-
-
-def batch_hw(sizes: Sequence[tuple[int, int]], max_hw: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
-    """Network input (H, W) for a batch of source sizes: `max_hw`, or with `rect` the smallest
-    stride multiple that holds every frame scaled to fit `max_hw` (a 16:9 stream at 640 needs
-    384x640, 40% fewer pixels than 640x640). The one implementation: `pipeline.preprocess` uses it too.
-    """
-    if not rect:
-        return max_hw
-    mh, mw = max_hw
-    h_need = w_need = 0
-    for h, w in sizes:
-        r = min(mh / h, mw / w)
-        h_need = max(h_need, max(1, round(h * r)))  # at least one pixel, as the letterbox resizes:
-        w_need = max(w_need, max(1, round(w * r)))  # a 2x3000 strip must not get a zero-height canvas
-    return (min(mh, max(stride, int(np.ceil(h_need / stride) * stride))),
-            min(mw, max(stride, int(np.ceil(w_need / stride) * stride))))
+# The letterbox rule itself (placement, batch shape, pad value) is engines/letterbox.py's; this module
+# only does the same arithmetic on the GPU.
+LetterboxParams = Letterbox  # the name this module's callers and tests know
 
 
 def area_weights(src: int, dst: int) -> np.ndarray:
@@ -65,14 +41,6 @@ def area_weights(src: int, dst: int) -> np.ndarray:
     left = np.arange(src)[None, :]
     overlap = np.clip(np.minimum(left + 1, starts + s) - np.maximum(left, starts), 0, None)
     return (overlap / s).astype(np.float64)
-
-
-def placement(src_h: int, src_w: int, h: int, w: int) -> tuple[int, int, LetterboxParams]:
-    """(new_h, new_w, params) of a src_h x src_w frame letterboxed into h x w."""
-    r = min(h / src_h, w / src_w)
-    nw, nh = max(1, round(src_w * r)), max(1, round(src_h * r))
-    return nh, nw, LetterboxParams(scale=r, pad_x=float((w - nw) // 2), pad_y=float((h - nh) // 2),
-                                   src_h=src_h, src_w=src_w)
 
 
 class GpuPreprocessor:

@@ -44,8 +44,8 @@ import cv2
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
+from engines.letterbox import Letterbox, placement
 from pipeline.config import Strict
-from pipeline.preprocess import Letterbox
 
 __all__ = [
     "DehazeConfig",
@@ -595,10 +595,9 @@ def fit_to(image: np.ndarray, max_hw: tuple[int, int]) -> np.ndarray:
     result places it exactly where the original would have gone.
     """
     h, w = image.shape[:2]
-    r = min(max_hw[0] / h, max_hw[1] / w)
-    if r >= 1:
+    nh, nw, lb = placement(h, w, max_hw[0], max_hw[1])
+    if lb.scale >= 1:
         return image
-    nw, nh = max(1, round(w * r)), max(1, round(h * r))
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
 
 

@@ -8,44 +8,28 @@ H and W, the batch is padded only to the smallest stride multiple that fits, not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-from engines.gpu_preprocess import batch_hw
+from engines.letterbox import PAD_VALUE, Letterbox, batch_hw, interpolation, placement
 
-PAD_VALUE = 114
-
-
-@dataclass(slots=True)
-class Letterbox:
-    """How one source frame was placed in the network input: scale then offset."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-    src_h: int
-    src_w: int
+__all__ = ["PAD_VALUE", "Letterbox", "plan_shape", "letterbox_into", "BatchPreprocessor", "unletterbox"]
 
 
 def plan_shape(sizes: list[tuple[int, int]], max_hw: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
-    """Network input (H, W) for a batch of source sizes (see `engines.gpu_preprocess.batch_hw`)."""
+    """Network input (H, W) for a batch of source sizes (the rule of `engines.letterbox.batch_hw`)."""
     return batch_hw(sizes, max_hw, stride, rect)
 
 
 def letterbox_into(img: np.ndarray, canvas: np.ndarray) -> Letterbox:
     """Resize `img` (H x W x 3 uint8) to fit `canvas` (h x w x 3 uint8, pre-filled with 114), centred."""
     src_h, src_w = img.shape[:2]
-    h, w = canvas.shape[:2]
-    r = min(h / src_h, w / src_w)
-    nw, nh = max(1, round(src_w * r)), max(1, round(src_h * r))
-    px, py = (w - nw) // 2, (h - nh) // 2
+    nh, nw, lb = placement(src_h, src_w, canvas.shape[0], canvas.shape[1])
     if (nw, nh) != (src_w, src_h):
-        interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
-        img = cv2.resize(img, (nw, nh), interpolation=interp)
+        img = cv2.resize(img, (nw, nh), interpolation=interpolation(lb.scale))
+    px, py = int(lb.pad_x), int(lb.pad_y)
     canvas[py:py + nh, px:px + nw] = img
-    return Letterbox(scale=r, pad_x=float(px), pad_y=float(py), src_h=src_h, src_w=src_w)
+    return lb
 
 
 class BatchPreprocessor:

@@ -31,3 +31,16 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from pipeline.frames import Detections\n")
     assert "pipeline" in _imports(f)
+
+
+def test_one_letterbox_rule() -> None:
+    """PAD_VALUE and the Letterbox transform are defined once (engines/letterbox.py); everything else
+    imports them, so training, CPU and GPU preprocessing and dehazing cannot drift apart."""
+    defining = []
+    for p in list((ROOT / "engines").rglob("*.py")) + list((ROOT / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PAD_VALUE" for t in node.targets):
+                defining.append(f"{p.relative_to(ROOT)}: PAD_VALUE")
+            if isinstance(node, ast.ClassDef) and node.name in ("Letterbox", "LetterboxParams"):
+                defining.append(f"{p.relative_to(ROOT)}: class {node.name}")
+    assert sorted(defining) == ["engines/letterbox.py: PAD_VALUE", "engines/letterbox.py: class Letterbox"], defining
