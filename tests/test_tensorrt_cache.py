@@ -13,7 +13,8 @@ import pytest
 from engines.contract import ModelContractError
 from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, cache_key, check_sidecar, decide, default_cache_dir,
                                     engine_path, options_from_sidecar, parse_batch, parse_hw, rebuild_command,
-                                    resolve_engine, sidecar_metadata, timing_cache_path)
+                                    sidecar_metadata, timing_cache_path)
+from engines.tensorrt.resolve import resolve_engine
 from engines.tensorrt.plan_file import read_sidecar_raw, sidecar_path, write_sidecar
 from tests.onnx_models import constant_detector
 

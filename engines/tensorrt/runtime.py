@@ -30,9 +30,10 @@ from engines.backends.base import Backend
 from engines.contract import ModelContractError, check_output, resolve_info
 from engines.metadata import encode_metadata
 from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, check_sidecar, import_tensorrt,
-                                    options_from_sidecar, parse_batch, parse_hw, rebuild_command, resolve_engine)
+                                    options_from_sidecar, parse_batch, parse_hw, rebuild_command)
 from engines.tensorrt.cuda_ops import CudaOps, cuda_ops
 from engines.tensorrt.plan_file import read_sidecar_raw, split_header
+from engines.tensorrt.resolve import resolve_engine
 
 Shape = tuple[int, ...]
 PAD = 114 / 255
