@@ -3,7 +3,9 @@
 Exit codes (documented in the README): 0 done (files processed, duration reached, or a clean
 shutdown on SIGINT/SIGTERM); 1 runtime failure (a data-path thread died, or the shutdown deadline
 passed with work undelivered); 2 bad usage or config; 3 the model cannot be used (file missing,
-contract violated); 130 a second Ctrl-C forced an immediate exit.
+contract violated); 4 finished, but some inputs were not processed to their end (a file failed to
+open or decode, or was truncated; each is named on stderr); 130 a second Ctrl-C forced an
+immediate exit.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable
 
 from pipeline.config import ConfigError
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_FORCED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_INPUTS, EXIT_FORCED = 0, 1, 2, 3, 4, 130
 
 log = logging.getLogger("vap")
 
@@ -243,6 +245,7 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
                 progress.tick()
             stop.wait(0.2)
     finally:
+        problems = pipeline.input_problems()  # before stop(): it moves every stream to 'stopped'
         clean = pipeline.stop()
         if progress:
             progress.close()
@@ -258,6 +261,12 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
     if not clean:
         print("error: shutdown deadline passed before every event was delivered", file=sys.stderr)
         return EXIT_FAIL
+    if problems:
+        for name, why in problems.items():
+            print(f"input {name}: {why}", file=sys.stderr)
+        print(f"finished; {len(problems)} input(s) not processed to their end (exit {EXIT_INPUTS})",
+              file=sys.stderr)
+        return EXIT_INPUTS
     return EXIT_OK
 
 

@@ -74,6 +74,9 @@ class StreamConfig(Strict):
         return self.kind not in ("file",)
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def source_kind(url: str) -> str:
     """Classify a source URL; raises ValueError naming supported forms for anything else."""
     lower = url.lower()
@@ -85,6 +88,12 @@ def source_kind(url: str) -> str:
         return "synthetic"
     if lower.startswith("v4l2://") or lower.startswith("/dev/video"):
         return "v4l2"
+    scheme = _SCHEME.match(url)
+    if scheme and scheme.group(1).lower() != "file":
+        # ftp://host/x.mp4 ends in .mp4 but is no local path: opening it as one fails for ever
+        raise ValueError(
+            f"unsupported source {redact_url(url)!r}: the URL scheme {scheme.group(1)!r} is not supported; use rtsp://, rtsps://, "
+            f"http(s):// (HLS too), file:// or a local path, v4l2:// or /dev/videoN, or synthetic://")
     if lower.startswith("file://") or Path(url).suffix.lower() in FILE_SUFFIXES or Path(url).exists():
         return "file"
     raise ValueError(

@@ -45,7 +45,7 @@ log = logging.getLogger("vap.runtime")
 
 # Stream states reported by the supervisor, mapped to the stream events they produce.
 _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff": "stream.down",
-                 "stopped": "stream.down", "finished": "stream.down"}
+                 "stopped": "stream.down", "finished": "stream.down", "failed": "stream.down"}
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
 
@@ -214,6 +214,21 @@ class Pipeline:
                 return False
             return all(n in self._finalised for n in names)
 
+    def input_problems(self) -> dict[str, str]:
+        """Streams whose input was not processed to its end, with the reason: files that failed
+        (could not be opened or decoded) or were truncated. Decides the run's exit code."""
+        out: dict[str, str] = {}
+        for name in self.supervisor.names():
+            try:
+                w = self.supervisor.worker(name)
+            except KeyError:  # removed meanwhile
+                continue
+            if w.failed:
+                out[name] = f"failed: {w.failed}"
+            elif w.truncated:
+                out[name] = f"truncated: {w.truncated}"
+        return out
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every file stream is fully processed (or `timeout`). True when done."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -257,7 +272,7 @@ class Pipeline:
         return ok
 
     def _on_state(self, stream: str, state: str, reason: str) -> None:
-        if state == "finished":
+        if state in ("finished", "failed"):  # a failed file is done too: nothing more will come
             with self._lock:
                 self._finished.add(stream)
         etype = _STATE_EVENTS.get(state)

@@ -157,6 +157,9 @@ class Source(ABC):
         self.cfg = cfg
         self.decode_errors = 0
         self.last_decode_error: str | None = None
+        # Set when a finite input ended early (its header promised more, or the rest was
+        # unreadable): the supervisor reports the file as truncated instead of "end of file".
+        self.truncated: str | None = None
         self.blocked_since: float | None = None
         self._interrupt = threading.Event()
 
@@ -363,6 +366,7 @@ class AVSource(Source):
                 if consecutive >= MAX_CONSECUTIVE_ERRORS:
                     if not self._live_semantics:
                         self.last_decode_error = "the rest of the file is unreadable"
+                        self.truncated = self.last_decode_error
                         return
                     raise e from None
             finally:
@@ -391,6 +395,7 @@ class AVSource(Source):
         missing = (start + declared) - (self._last_pts + 1.0 / rate)
         if missing > max(2.0 / rate, 0.1):
             self._count_error(f"file ends {missing:.2f}s before its declared duration (truncated?)")
+            self.truncated = f"the file ends {missing:.2f}s before the {declared:.2f}s its header declares"
 
 
 class SyntheticSource(Source):
