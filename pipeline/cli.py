@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "schema":
             return cmd_schema(args.which, args.markdown)
         if args.cmd == "run":
+            from pipeline.preflight import check_streams_present
             from pipeline.settings import load_settings
-            return run_pipeline(load_settings(args.config), quiet=args.quiet, duration=args.duration)
+            settings = load_settings(args.config)
+            check_streams_present(settings, str(args.config))
+            return run_pipeline(settings, quiet=args.quiet, duration=args.duration)
         if args.cmd == "demo":
             from pipeline.demo import run_demo
             return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
@@ -176,10 +179,29 @@ def cmd_bench_engines(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(path: Path) -> int:
+    """Everything knowable before a run: the YAML, the model (it loads, its class names match the
+    config's), and that every input file opens. A config this calls valid also starts."""
+    from pipeline.preflight import check_class_names, check_input_files, check_streams_present, load_model_names
     from pipeline.settings import load_settings, resolved_yaml
     settings = load_settings(path)
-    print(f"# {path}: valid ({len(settings.streams)} streams). Resolved with defaults:")
+    check_streams_present(settings, str(path))
+    names, kind = load_model_names(settings)
+    if names is not None:
+        check_class_names(settings, names)
+    problems = check_input_files(settings)
+    classes = f"{len(names)} classes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}" \
+        if names is not None else "class names not checked (TensorRT models are opened by the run)"
+    print(f"# {path}: valid ({len(settings.streams)} streams). Model {settings.model.path} ({kind}, {classes}).")
+    print("# Resolved with defaults:")
     print(resolved_yaml(settings), end="")
+    if problems:
+        # The config itself is valid (it may be meant for another machine), but a run here would
+        # end with these inputs failed: the same exit code as that run.
+        print(f"warning: {path}: {len(problems)} input file(s) cannot be used here (exit {EXIT_INPUTS}):",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return EXIT_INPUTS
     return EXIT_OK
 
 

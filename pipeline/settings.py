@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.analytics import AnalyticsConfig
-from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
-                             source_kind)
+from pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, check_url, interpolate_env, parse_synthetic,
+                             redact_url, source_kind)
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
 from pipeline.snapshots import SnapshotConfig
@@ -36,14 +36,21 @@ class StreamSettings(StreamConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        source_kind(v)  # raises with the list of supported forms
+        if source_kind(v) == "synthetic":  # raises with the list of supported forms
+            parse_synthetic(v)              # a typo'd key or fps=0 is an error now, not a retry loop
         check_url(v)
         return v
 
 
+# A batch that waits longer than this for company is no longer "batching": live frames go stale
+# (dropped) and /healthz says ok while nothing is processed.
+MAX_BATCH_DELAY_MS = 10_000.0
+
+
 class BatchConfig(Strict):
     max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
-    max_delay_ms: float = Field(10.0, ge=0, description="A batch closes when its oldest frame has waited this long")
+    max_delay_ms: float = Field(10.0, ge=0, le=MAX_BATCH_DELAY_MS,
+                                description="A batch closes when its oldest frame has waited this long")
     per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
                                        "(default: max_batch)")
 
@@ -70,7 +77,8 @@ class Settings(Strict):
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig,
                                       description="JPEG of frame and crop for chosen events; paths go in the event")
     server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
-    shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
+                                      description="Drain in-flight frames and flush sinks within this")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":
@@ -201,6 +209,9 @@ def load_settings(path: str | Path) -> Settings:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: the file is empty; a deployment needs at least a `streams:` list (see "
+                          f"configs/demo.yaml), or run sources directly: vap run clip.mp4 --save out/")
     return parse_settings(data, str(path))
 
 

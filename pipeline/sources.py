@@ -29,9 +29,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pipeline.config import StreamConfig, redact_url
+from pipeline.config import SYNTHETIC_DEFAULTS, SYNTHETIC_PARAMS, StreamConfig, parse_synthetic, redact_url
 from pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -405,10 +405,8 @@ class SyntheticSource(Source):
     `realtime` is set; otherwise as fast as it can be rendered.
     """
 
-    PARAMS = {"seed": int, "fps": float, "width": int, "height": int, "objects": int, "frames": int,
-              "haze": float}
-    DEFAULTS: dict[str, Any] = {"seed": 1, "fps": 25.0, "width": 1280, "height": 720, "objects": 6,
-                                "frames": 0, "haze": 0.0}
+    PARAMS = SYNTHETIC_PARAMS
+    DEFAULTS = SYNTHETIC_DEFAULTS
 
     def __init__(self, cfg: StreamConfig) -> None:
         super().__init__(cfg)
@@ -417,19 +415,10 @@ class SyntheticSource(Source):
 
     @classmethod
     def _parse(cls, url: str) -> dict[str, Any]:
-        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
-        params = dict(cls.DEFAULTS)
-        for key, values in query.items():
-            if key not in cls.PARAMS:
-                raise SourceError("unsupported", f"{url}: unknown synthetic parameter {key!r} "
-                                                 f"(known: {', '.join(cls.PARAMS)})")
-            try:
-                params[key] = cls.PARAMS[key](values[-1])
-            except ValueError:
-                raise SourceError("unsupported", f"{url}: {key}={values[-1]!r} is not a number") from None
-        if params["fps"] <= 0 or params["width"] < 16 or params["height"] < 16 or params["frames"] < 0:
-            raise SourceError("unsupported", f"{url}: need fps > 0, width and height >= 16, frames >= 0")
-        return params
+        try:
+            return parse_synthetic(url)
+        except ValueError as exc:
+            raise SourceError("unsupported", f"{url}: {exc}") from None
 
     def open(self) -> None:
         try:

@@ -420,3 +420,13 @@ def test_backoff_resets_only_after_a_stable_period(monkeypatch, stream_s: float,
         assert attempts[:4] == [0, 0, 0, 0]  # each session streamed longer than stable_reset_s
     else:
         assert attempts[:4] == [0, 1, 2, 3]  # failing straight away: the backoff keeps growing
+
+
+def test_impossible_synthetic_scene_fails_at_once(rig) -> None:
+    """Added without config validation (e.g. a StreamConfig built in code): no retry loop either."""
+    _, metrics, sup = rig
+    sup.add(StreamConfig(name="s", url="synthetic://?fps=0", backoff_initial_s=0.01, backoff_max_s=0.02))
+    assert wait_for(sup.all_finished, timeout=5)
+    time.sleep(0.1)
+    w = sup.worker("s")
+    assert w.state == "failed" and w.reconnects == 0 and "fps > 0" in (w.failed or "")
