@@ -72,7 +72,8 @@ def test_missing_input_file_is_named_by_validate(tmp_path, model, capsys):
                                          {"name": "stand_in", "url": str(tmp_path / "later.mp4"), "live": True}])
     code, out = _validate(capsys, cfg)
     assert code == 4  # valid config, but a run here would end with this input failed
-    assert "streams[0] (typo)" in out and "not found" in out and "stand_in" not in out
+    warnings = out.split("cannot be used here (exit 4):", 1)[1]
+    assert "streams[0] (typo)" in warnings and "not found" in warnings and "stand_in" not in warnings
 
 
 @pytest.mark.parametrize("content", ["", "# nothing here\n", "{}\n"])
