@@ -82,8 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("VAP_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the pipeline from a deployment YAML")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("run", help="run a deployment YAML, or sources directly: vap run clip.mp4 --save out/",
+                       description="vap run CONFIG.yaml runs a deployment. vap run SOURCE [SOURCE ...] runs "
+                       "videos, folders, globs, rtsp/http URLs or /dev/videoN directly with the shipped model "
+                       "(or --model); --save DIR writes DIR/events.jsonl and an annotated DIR/<stream>.mp4. "
+                       "The options below also override a YAML's values.")
+    p.add_argument("inputs", nargs="+", metavar="CONFIG_OR_SOURCE",
+                   help="one .yaml/.yml deployment file, or one or more sources")
+    p.add_argument("--model", type=Path, default=None, help="engine file (default: the shipped vap-synth-n.onnx)")
+    p.add_argument("--save", type=Path, default=None, metavar="DIR",
+                   help="write DIR/events.jsonl and an annotated DIR/<stream>.mp4 per stream")
+    p.add_argument("--conf", type=float, default=None, help="score threshold for every class (0..1)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="keep only these classes (names of the model's classes; commas also separate)")
+    p.add_argument("--port", type=int, default=None,
+                   help="sources: serve /metrics and the API on this port (default: no server)")
     p.add_argument("--quiet", action="store_true", help="no live progress (for services)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
@@ -128,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "schema":
             return cmd_schema(args.which, args.markdown)
         if args.cmd == "run":
-            from pipeline.preflight import check_streams_present
-            from pipeline.settings import load_settings
-            settings = load_settings(args.config)
-            check_streams_present(settings, str(args.config))
-            return run_pipeline(settings, quiet=args.quiet, duration=args.duration)
+            return cmd_run(args)
         if args.cmd == "demo":
             from pipeline.demo import run_demo
             return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
@@ -150,6 +159,50 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     parser.error(f"unknown command {args.cmd}")
     return EXIT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`vap run CONFIG.yaml` (a deployment) or `vap run SOURCE [SOURCE ...]` (no YAML needed)."""
+    from pipeline.preflight import check_streams_present
+    from pipeline.quickrun import is_config_path, source_settings
+    from pipeline.settings import load_settings
+
+    classes = [c.strip() for arg in args.classes for c in arg.split(",") if c.strip()] if args.classes else None
+    if is_config_path(args.inputs):
+        source = args.inputs[0]
+        settings = load_settings(args.inputs[0])
+        _override(settings, args.model, args.save, args.conf, classes)
+    else:
+        source = "command line"
+        settings = source_settings(args.inputs, args.model, args.save, args.conf, classes, args.port)
+    check_streams_present(settings, source)
+    code = run_pipeline(settings, quiet=args.quiet, duration=args.duration)
+    if args.save is not None and code in (EXIT_OK, EXIT_INPUTS):
+        print(f"saved: {args.save / 'events.jsonl'} and the annotated videos in {settings.annotate.dir}/",
+              file=sys.stderr)
+    return code
+
+
+def _override(settings: Any, model: Path | None, save: Path | None, conf: float | None,
+              classes: list[str] | None) -> None:
+    """Command-line options over a YAML's values (validated like the YAML: ConfigError on a bad one)."""
+    from pydantic import ValidationError
+
+    from pipeline.settings import format_validation_error
+    from pipeline.sinks import JsonlSinkConfig
+    try:
+        if model is not None:
+            settings.model.path = model
+        if conf is not None:
+            settings.model.conf = conf
+        if classes:
+            settings.model.classes = classes
+        if save is not None:
+            settings.sinks = [*settings.sinks, JsonlSinkConfig(name="save", path=save / "events.jsonl")]
+            settings.annotate.dir = save
+            settings.annotate.enabled = True
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "command line")) from None
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:

@@ -47,7 +47,7 @@ class StreamConfig(Strict):
         "and synthetic scenes, false for files (every frame, backpressure).")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
     max_fps: float | None = Field(None, gt=0, le=1000, description="Cap on frames taken per second (others dropped as 'stride')")
-    open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S, description="Time allowed to open the stream")
+    open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S, description="Time allowed to open the stream (every time setting here: at most 3600)")
     read_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S, description="Time allowed for one read before the stream counts as lost")
     backoff_initial_s: float = Field(0.5, gt=0, le=MAX_TIMEOUT_S, description="First reconnect delay; doubles per failure, with jitter")
     backoff_max_s: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S, description="Cap of the exponential reconnect backoff")

@@ -21,7 +21,8 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from pipeline.sinks import EventBus, SinkRunner, build_sink
 from pipeline.snapshots import Snapshotter
 from pipeline.supervisor import Supervisor
 from pipeline.tracking import ByteTracker, Tracks
+
+if TYPE_CHECKING:
+    from pipeline.annotate import AnnotatedVideos
 
 log = logging.getLogger("vap.runtime")
 
@@ -123,6 +127,14 @@ class Pipeline:
         self.snapshots = Snapshotter(settings.snapshots, self.metrics) if settings.snapshots.enabled else None
         if self.snapshots is not None:
             self.hooks.append(self.snapshots)  # runs before the events are published: adds their paths
+        self.annotator: AnnotatedVideos | None = None
+        if settings.annotate.enabled:
+            from pipeline.annotate import AnnotatedVideos as _Videos
+
+            inputs = {Path(s.url) for s in settings.streams if s.kind == "file" and "://" not in s.url}
+            self.annotator = _Videos(settings.annotate.dir, self.names, settings.annotate.streams,
+                                     analytics=self._analytics_of, avoid=inputs)
+            self.hooks.append(self.annotator)
 
         self._lock = threading.Lock()
         self._configs: dict[str, StreamSettings] = {}
@@ -199,6 +211,10 @@ class Pipeline:
             del self._configs[name]
         self._to_remove.put(name)
 
+    def _analytics_of(self, name: str) -> Any:
+        cfg = self.stream_config(name)
+        return None if cfg is None else self.settings.stream_analytics(cfg)
+
     def streams(self) -> list[dict[str, Any]]:
         return self.supervisor.snapshot()
 
@@ -255,6 +271,8 @@ class Pipeline:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
+        if self.annotator is not None and not any(t.is_alive() for t in self._threads):
+            self.annotator.close()  # the post thread has ended: nobody writes frames any more
         if self.snapshots is not None:
             self.snapshots.close(max(0.5, deadline - time.monotonic()))
         clean &= self.bus.close(max(0.5, deadline - time.monotonic()))
@@ -508,6 +526,8 @@ class Pipeline:
         return t
 
     def _finish_stream(self, name: str, capture_ts: float) -> None:
+        if self.annotator is not None:
+            self.annotator.finish(name)
         state = self._states.pop(name, None)
         if state is not None:
             t = state.last_t or 0.0

@@ -50,9 +50,18 @@ MAX_BATCH_DELAY_MS = 10_000.0
 class BatchConfig(Strict):
     max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
     max_delay_ms: float = Field(10.0, ge=0, le=MAX_BATCH_DELAY_MS,
-                                description="A batch closes when its oldest frame has waited this long")
+                                description="A batch closes when its oldest frame has waited this long (at most 10000)")
     per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
                                        "(default: max_batch)")
+
+
+class AnnotateConfig(Strict):
+    """Annotated video per stream (tracks, ids, classes, zones and lines drawn), for `vap run`."""
+
+    enabled: bool = Field(False, description="Write DIR/<stream>.mp4 with the tracks drawn on every processed frame")
+    dir: Path = Field(Path("annotated"), description="Folder of the annotated videos")
+    streams: list[str] | None = Field(None, description="Only these streams (None: every stream, also those "
+                                      "added at runtime)")
 
 
 class ServerConfig(Strict):
@@ -76,9 +85,11 @@ class Settings(Strict):
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig,
                                       description="JPEG of frame and crop for chosen events; paths go in the event")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig,
+                                     description="Annotated video per stream (H.264 MP4, the stream's own timing)")
     server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
-                                      description="Drain in-flight frames and flush sinks within this")
+                                      description="Drain in-flight frames and flush sinks within this (at most 3600)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":
@@ -87,6 +98,9 @@ class Settings(Strict):
             if s.name in seen:
                 raise ValueError(f"stream name {s.name!r} is used twice; names must be unique")
             seen.add(s.name)
+        unknown = sorted(set(self.annotate.streams or []) - seen)
+        if unknown:
+            raise ValueError(f"annotate.streams names streams that are not configured: {unknown}")
         sinks = [s.name for s in self.sinks]
         if len(set(sinks)) != len(sinks):
             raise ValueError(f"sink names must be unique, got {sinks}")
@@ -198,6 +212,12 @@ def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file, so not a deployment YAML; to run a video directly: "
+                          f"vap run {path} --save out/") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; pass a deployment YAML, or run the videos in it: "
+                          f"vap run {path} --save out/") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; pass the path of a deployment YAML (see configs/)") from None
     except OSError as exc:
