@@ -33,27 +33,50 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
-    """Commands implemented in `engines` (training, export, data) keep their own argument parsing."""
+def _delegate(module: str, func: str, command: str = "") -> Callable[[list[str]], int]:
+    """Commands implemented in `engines` (training, export, data) keep their own argument parsing.
+
+    An optional package missing on import, or imported lazily once the command runs, ends in a
+    message naming the extra that installs it (exit 2), never a ModuleNotFoundError traceback.
+    """
+    def missing(exc: ModuleNotFoundError) -> int | None:
+        root = (exc.name or "").split(".")[0]
+        if root not in INSTALL_HINTS:
+            return None
+        print(f"error: vap {command or module} needs {root}, which is not installed: {INSTALL_HINTS[root]}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+
     def run(argv: list[str]) -> int:
         import importlib
         try:
             mod = importlib.import_module(module)
+            return int(getattr(mod, func)(argv) or 0)
         except ModuleNotFoundError as exc:
-            root = (exc.name or "").split(".")[0]
-            if root in INSTALL_HINTS:
-                print(f"error: this command needs {root}: {INSTALL_HINTS[root]}", file=sys.stderr)
-                return EXIT_CONFIG
-            raise
-        return int(getattr(mod, func)(argv) or 0)
+            code = missing(exc)
+            if code is None:
+                raise
+            return code
     return run
 
 
 INSTALL_HINTS: dict[str, str] = {
     "torch": "pip install torch==2.13.0 'vap[train]'",
+    "onnx": "pip install 'vap[onnx]' (also part of 'vap[train]')",
+    "matplotlib": "pip install 'vap[train]'",
     "ray": "pip install 'vap[cluster]'",
     "tensorrt": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycuda": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycocotools": "pip install pycocotools (or 'vap[dev]')",
 }
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(value: str) -> str:
+    """argparse type for --log-level: one of LOG_LEVELS, any case; anything else is a usage error."""
+    if value.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
 
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
@@ -76,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[1:]
         if argv[0] == "data" and rest[:1] == ["synth"]:
             rest = rest[1:]
-        return _delegate(module, func)(rest)
+        return _delegate(module, func, argv[0])(rest)
+
+    from pipeline import __version__
 
     parser = argparse.ArgumentParser(prog="vap", description="Streaming video analytics pipeline")
-    parser.add_argument("--log-level", default=os.environ.get("VAP_LOG_LEVEL", "info"))
+    parser.add_argument("--version", action="version", version=f"vap {__version__}")
+    # argparse runs `type` on a string default too, so a bad $VAP_LOG_LEVEL is refused like the flag
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("VAP_LOG_LEVEL", "info"),
+                        help=f"{', '.join(LOG_LEVELS)} (default: $VAP_LOG_LEVEL or info)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a deployment YAML, or sources directly: vap run clip.mp4 --save out/",
@@ -113,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schema", help="print a JSON Schema")
     p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
-    p.add_argument("--markdown", action="store_true", help="config reference as Markdown tables")
+    p.add_argument("--markdown", action="store_true", help="the reference as Markdown tables (config or event)")
 
     p = sub.add_parser("bench", help="measure engine and pipeline throughput and latency on this machine")
     p.add_argument("--model", type=Path, default=None)
@@ -259,7 +287,10 @@ def cmd_validate(path: Path) -> int:
 
 
 def cmd_schema(which: str, markdown: bool = False) -> int:
-    if markdown:
+    if markdown and which == "event":
+        from pipeline.docs import event_reference
+        print(event_reference(), end="")
+    elif markdown:
         from pipeline.docs import config_reference
         print(config_reference(), end="")
     elif which == "event":
