@@ -31,8 +31,13 @@ SIZES = (320, 256)
 VENV_PYTHON = Path(os.environ.get("VAP_INTEROP_PYTHON", Path.home() / ".cache/vap-bench/venv/bin/python"))
 
 
+_CONFIG_DIR: list[Path] = []  # Ultralytics' settings folder for this session (not the user's home)
+
+
 def _tool(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "HF_HUB_OFFLINE": "1"}
+    if _CONFIG_DIR:
+        env["YOLO_CONFIG_DIR"] = str(_CONFIG_DIR[0])
     env.pop("PYTHONPATH", None)  # the venv sees neither vap nor this interpreter's packages
     return subprocess.run([str(VENV_PYTHON), str(TOOL), *args], capture_output=True, text=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL)
@@ -52,8 +57,7 @@ def interop(tmp_path_factory) -> dict[str, Any]:
     from engines.synth import SceneVideo
 
     d = tmp_path_factory.mktemp("interop")
-    env_cfg = d / "ultralytics-config"
-    os.environ["YOLO_CONFIG_DIR"] = str(env_cfg)  # Ultralytics writes its settings here, not in ~
+    _CONFIG_DIR[:] = [d / "ultralytics-config"]  # Ultralytics writes its settings here, not in ~
     frames: dict[int, Path] = {}
     clips: dict[int, Path] = {}
     for size in SIZES:  # a square frame of the model's size: the letterbox is the identity for both tools
