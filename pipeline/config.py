@@ -46,10 +46,14 @@ class StreamConfig(Strict):
         None, description="Live semantics (drop oldest frames, bounded latency). Default: true for cameras "
         "and synthetic scenes, false for files (every frame, backpressure).")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
-    max_fps: float | None = Field(None, gt=0, le=1000, description="Cap on frames taken per second (others dropped as 'stride')")
-    open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S, description="Time allowed to open the stream (every time setting here: at most 3600)")
-    read_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S, description="Time allowed for one read before the stream counts as lost")
-    backoff_initial_s: float = Field(0.5, gt=0, le=MAX_TIMEOUT_S, description="First reconnect delay; doubles per failure, with jitter")
+    max_fps: float | None = Field(None, gt=0, le=1000,
+                                  description="Cap on frames taken per second (others dropped as 'stride')")
+    open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
+                                  description="Time allowed to open the stream (every time setting here: at most 3600)")
+    read_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S,
+                                  description="Time allowed for one read before the stream counts as lost")
+    backoff_initial_s: float = Field(0.5, gt=0, le=MAX_TIMEOUT_S,
+                                     description="First reconnect delay; doubles per failure, with jitter")
     backoff_max_s: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S, description="Cap of the exponential reconnect backoff")
     stall_factor: float = Field(
         10.0, gt=1, le=1000, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
@@ -105,7 +109,8 @@ def source_kind(url: str) -> str:
     if scheme and scheme.group(1).lower() != "file":
         # ftp://host/x.mp4 ends in .mp4 but is no local path: opening it as one fails for ever
         raise ValueError(
-            f"unsupported source {redact_url(url)!r}: the URL scheme {scheme.group(1)!r} is not supported; use rtsp://, rtsps://, "
+            f"unsupported source {redact_url(url)!r}: the URL scheme {scheme.group(1)!r} is not supported; "
+            f"use rtsp://, rtsps://, "
             f"http(s):// (HLS too), file:// or a local path, v4l2:// or /dev/videoN, or synthetic://")
     if lower.startswith("file://") or Path(url).suffix.lower() in FILE_SUFFIXES or Path(url).exists():
         return "file"

@@ -93,5 +93,6 @@ def source_settings(sources: list[str], model: Path | None = None, save: Path | 
     if save is not None:
         data["sinks"] = [{"type": "jsonl", "path": str(save / "events.jsonl")}]
         data["annotate"] = {"enabled": True, "dir": str(save)}
-    where = "command line (" + ", ".join(redact_url(u) for u in sources[:3]) + (" ..." if len(sources) > 3 else "") + ")"
+    shown = ", ".join(redact_url(u) for u in sources[:3]) + (" ..." if len(sources) > 3 else "")
+    where = f"command line ({shown})"
     return parse_settings(data, where)

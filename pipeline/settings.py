@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.analytics import AnalyticsConfig
-from pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, check_url, interpolate_env, parse_synthetic,
-                             redact_url, source_kind)
+from pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, check_url, interpolate_env,
+                             parse_synthetic, redact_url, source_kind)
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
 from pipeline.snapshots import SnapshotConfig

@@ -63,7 +63,8 @@ def test_bad_parameters_are_clear(query: str, needle: str) -> None:
 
 @pytest.mark.parametrize("query,needle", [("objects=999", "objects 0..250"), ("width=8", "width 32..7680"),
                                           ("haze=1.5", "haze in [0, 1)"), ("fps=1e9", "fps > 0 and <= 1000"),
-                                          ("frames=-1", "frames >= 0"), ("fsp=10", "unknown synthetic parameter 'fsp'")])
+                                          ("frames=-1", "frames >= 0"),
+                                          ("fsp=10", "unknown synthetic parameter 'fsp'")])
 def test_impossible_scenes_are_refused_at_config_load(query: str, needle: str) -> None:
     """Caught when the config is read (`vap validate`, `vap run`), not by a stream that retries for ever."""
     from pipeline.config import ConfigError
