@@ -203,6 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         source = "command line"
         settings = source_settings(args.inputs, args.model, args.save, args.conf, classes, args.port)
+        if args.save is None:
+            print(f"events go to {settings.sinks[0].path} (--save DIR writes events and annotated videos "
+                  f"to DIR)", file=sys.stderr)
     check_streams_present(settings, source)
     code = run_pipeline(settings, quiet=args.quiet, duration=args.duration)
     if args.save is not None and code in (EXIT_OK, EXIT_INPUTS):

@@ -120,3 +120,21 @@ def test_input_inside_the_save_folder_is_never_overwritten(scenes: Path, tmp_pat
     assert code == 0, log
     assert clip.read_bytes() == before
     assert count_frames(tmp_path / "clip.annotated.mp4") == 40
+
+
+def test_source_names_and_kinds(tmp_path: Path) -> None:
+    """URLs, devices and same-named files become distinct, valid stream names; credentials never in a name."""
+    from pipeline.quickrun import source_settings
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "gate.mp4").write_bytes(b"")
+    s = source_settings([str(tmp_path / "a" / "gate.mp4"), str(tmp_path / "b" / "gate.mp4"),
+                         "rtsp://admin:s3cret@10.0.0.5:554/Streaming/Channels/101", "/dev/video0",
+                         "synthetic://?seed=2&frames=5"])
+    assert [x.name for x in s.streams] == ["gate", "gate_2", "10.0.0.5_Streaming_Channels_101", "video0",
+                                           "synthetic"]
+    assert [x.kind for x in s.streams] == ["file", "file", "rtsp", "v4l2", "synthetic"]
+    assert not s.server.enabled and not s.annotate.enabled
+    assert source_settings(["synthetic://"], port=0).server.enabled
