@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 END2END = "end2end"
@@ -75,12 +75,18 @@ def _truthy(raw: Any) -> bool:
     return str(raw).strip().lower() in ("1", "true", "yes")
 
 
+ProbeFn = Callable[[int, tuple[int, int]], tuple[int, ...]]
+
+
 def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: list[Any],
-                 source: str, class_names: list[str] | None = None) -> EngineInfo:
+                 source: str, class_names: list[str] | None = None, probe: ProbeFn | None = None) -> EngineInfo:
     """Check the graph's input/output shapes against the contract and merge in the metadata.
 
     `input_shape`/`output_shape` hold ints for fixed dims and anything else (None, a name) for
-    dynamic ones. `class_names` overrides missing metadata (from the YAML).
+    dynamic ones. `class_names` overrides missing metadata (from the YAML). Where the output's
+    row dims are symbolic (Ultralytics' dynamic exports name even the fixed ones, e.g.
+    `['batch', 'Concatoutput0_dim_1', 'anchors']`), `probe(batch, (h, w))` runs one inference
+    on a blank batch and returns the real output shape, which then decides the layout.
     """
     if len(input_shape) != 4:
         raise ModelContractError(
@@ -89,10 +95,6 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
         raise ModelContractError(
             f"{source}: input has {input_shape[1]} channels; a vap engine takes 3 (RGB) in NCHW layout")
     names = parse_names(meta["names"]) if "names" in meta else list(class_names or [])
-    layout = output_layout(output_shape, meta, len(names), source)
-    if not names:
-        raise ModelContractError(
-            f"{source}: no class names in the model metadata; set model.class_names in the config")
 
     dyn_hw = not (isinstance(input_shape[2], int) and isinstance(input_shape[3], int))
     if not dyn_hw:
@@ -112,6 +114,20 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
             f"{source}: the input size is dynamic and the metadata has no 'imgsz'; set model.imgsz in the config")
 
     batch = input_shape[0]
+    output_shape = list(output_shape)
+    if len(output_shape) == 3 and not all(isinstance(d, int) for d in output_shape[1:]) and probe is not None:
+        try:
+            real = tuple(int(d) for d in probe(batch if isinstance(batch, int) else 1, hw))
+        except ModelContractError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the runtime's own error types; say what failed
+            raise ModelContractError(f"{source}: a test inference on a blank {hw[0]}x{hw[1]} batch failed "
+                                     f"({type(exc).__name__}: {str(exc)[:300]}); the model cannot run here") from None
+        output_shape = [output_shape[0], *real[1:]] if len(real) == 3 else list(real)
+    layout = output_layout(output_shape, meta, len(names), source)
+    if not names:
+        raise ModelContractError(
+            f"{source}: no class names in the model metadata; set model.class_names in the config")
     try:
         stride = int(_parse_value(meta.get("stride", "32")))
         k = output_shape[1] if layout == END2END and isinstance(output_shape[1], int) else \
@@ -134,17 +150,37 @@ def output_layout(shape: list[Any], meta: dict[str, str], num_classes: int, sour
     The metadata's end2end flag (Ultralytics writes it) wins over the shapes where present.
     """
     e2e = _truthy(meta["end2end"]) if "end2end" in meta else None
+    nms_in_graph = _nms_in_graph(meta)
     legacy_rows = f"[B, {4 + num_classes}, N]" if num_classes else "[B, 4+classes, N]"
     expected = (f"expected [B, K, 6] (end-to-end: rows x1, y1, x2, y2, score, class_id; YOLO26/YOLOv10 or "
-                f"`vap export`) or {legacy_rows} (one-to-many head, YOLOv8/YOLO11 style, run with the NMS fallback)")
+                f"`vap export`, or an export with NMS in the graph) or {legacy_rows} (one-to-many head, "
+                f"YOLOv8/YOLO11 style, run with the NMS fallback)")
     if len(shape) == 3:
         d1, d2 = shape[1], shape[2]
         fits_legacy = isinstance(d1, int) and d1 > 4 and (not num_classes or d1 == 4 + num_classes)
-        if d2 == 6 and e2e is not False:
+        if d2 == 6 and (e2e is not False or nms_in_graph):
+            # end-to-end head, or Ultralytics `nms=True`: end2end False, but NMS already in the graph
             return END2END
-        if fits_legacy and e2e is not True:
+        if fits_legacy and e2e is not True and not nms_in_graph:
             return LEGACY
+        if e2e or nms_in_graph:
+            why = "end2end" if e2e else "nms=True"
+            raise ModelContractError(f"{source}: the metadata says {why} (rows [B, K, 6]) but the output has "
+                                     f"shape {shape}; re-export it, or remove the metadata key if it is wrong")
+        if e2e is False and isinstance(d1, int) and num_classes and d1 != 4 + num_classes:
+            raise ModelContractError(f"{source}: output has shape {shape}: as a one-to-many head (end2end False) "
+                                     f"that is {d1 - 4} class rows, but the metadata names {num_classes} classes; "
+                                     f"the metadata does not belong to this model")
     raise ModelContractError(f"{source}: output has shape {shape}; {expected}.")
+
+
+def _nms_in_graph(meta: dict[str, str]) -> bool:
+    """True for an Ultralytics export made with `nms=True` (its `args` metadata says so): the graph
+    ends in NMS and already returns [B, max_det, 6] rows, though `end2end` is False."""
+    if "nms" in meta:
+        return _truthy(meta["nms"])
+    args = _parse_value(meta["args"]) if "args" in meta else None
+    return isinstance(args, dict) and args.get("nms") is True
 
 
 def check_output(out: Any, batch: int, info: "EngineInfo | str") -> None:

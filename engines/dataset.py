@@ -193,12 +193,33 @@ def label_path_for(image: Path) -> Path:
 PROBLEMS = {
     "missing_image": "image file missing",
     "corrupt_image": "image fails to decode",
-    "missing_label": "label file missing (image skipped; add an empty .txt for a background image)",
-    "malformed_row": "malformed label row (need 5 numbers: cls cx cy w h)",
+    "malformed_row": "malformed label row (need cls cx cy w h, or a polygon: cls x1 y1 x2 y2 x3 y3 ...)",
     "out_of_range": "coordinates outside 0..1 or non-positive size (labels must be normalised)",
     "bad_class": "class id not an integer in 0..nc-1",
     "duplicate_row": "duplicate label rows (removed, image kept)",
 }
+
+
+# Not problems: what was read differently from a plain box file, counted so the report says so.
+NOTES = {
+    "no_label": "images without a label file, used as background images (no objects), as Ultralytics does",
+    "segment_row": "polygon (segment) label rows, trained on as their bounding boxes",
+}
+
+
+def _row_box(vals: list[float]) -> tuple[list[float], bool] | None:
+    """A label row as (cls, cx, cy, w, h) and whether it was a polygon; None when it is neither.
+
+    Ultralytics segment labels are `cls x1 y1 x2 y2 ... xn yn` (n >= 3 points, normalised); a
+    detector trains on their bounding box, exactly as Ultralytics does for a detect task.
+    """
+    if len(vals) == 5:
+        return vals, False
+    if len(vals) >= 7 and len(vals) % 2 == 1:
+        xs, ys = vals[1::2], vals[2::2]
+        x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
+        return [vals[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], True
+    return None
 
 
 @dataclass
@@ -210,13 +231,14 @@ class ValidationReport:
     n_images: int = 0
     n_background: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in PROBLEMS})
-    examples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in PROBLEMS})
+    examples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in [*PROBLEMS, *NOTES]})
+    notes: dict[str, int] = field(default_factory=lambda: {k: 0 for k in NOTES})
     usable: list[tuple[Path, np.ndarray]] = field(default_factory=list)
     instances_per_class: list[int] = field(default_factory=list)
     max_examples: int = 5
 
     def _add(self, problem: str, path: Path, detail: str = "") -> None:
-        self.counts[problem] += 1
+        (self.notes if problem in NOTES else self.counts)[problem] += 1
         if len(self.examples[problem]) < self.max_examples:
             self.examples[problem].append(f"{path}{': ' + detail if detail else ''}")
 
@@ -237,6 +259,10 @@ class ValidationReport:
             if self.counts[key]:
                 lines.append(f"  {self.counts[key]} x {text}")
                 lines.extend(f"      e.g. {ex}" for ex in self.examples[key])
+        for key, text in NOTES.items():
+            if self.notes[key]:
+                lines.append(f"  note: {self.notes[key]} x {text}")
+                lines.extend(f"      e.g. {ex}" for ex in self.examples[key])
         return "\n".join(lines)
 
 
@@ -253,9 +279,11 @@ def validate_dataset(
 ) -> ValidationReport:
     """Check every image and label of a split; bad samples are counted and skipped, not fatal.
 
-    A sample is skipped when its image is missing or does not decode, its label file is missing,
-    or any row is malformed, out of range or has a bad class id (a partly wrong label file would
-    teach the model wrong boxes). Duplicate rows are removed and the image kept. Raises
+    A sample is skipped when its image is missing or does not decode, or any row is malformed,
+    out of range or has a bad class id (a partly wrong label file would teach the model wrong
+    boxes). Duplicate rows are removed and the image kept. As in Ultralytics, an image without a
+    label file is a background image, and a polygon (segment) row counts as its bounding box;
+    both are counted in `notes`. Raises
     :class:`DatasetError` (with the summary) only when no usable sample is left.
     """
     if split not in ("train", "val"):
@@ -274,11 +302,12 @@ def validate_dataset(
             continue
         lab = label_path_for(img)
         if not lab.is_file():
-            rep._add("missing_label", img, f"expected {lab}")
-            continue
+            rep._add("no_label", img, f"no {lab}")
         rows: list[list[float]] = []
         problem: tuple[str, str] | None = None
-        for ln, line in enumerate(lab.read_text().splitlines(), 1):
+        segments = 0
+        text = lab.read_text() if lab.is_file() else ""
+        for ln, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
@@ -287,9 +316,18 @@ def validate_dataset(
             except ValueError:
                 problem = ("malformed_row", f"{lab.name} line {ln}: {line.strip()!r}")
                 break
-            if len(vals) != 5 or not all(math.isfinite(v) for v in vals):
+            box = _row_box(vals) if all(math.isfinite(v) for v in vals) else None
+            if box is None:
                 problem = ("malformed_row", f"{lab.name} line {ln}: {line.strip()!r}")
                 break
+            if box[1]:
+                points = vals[1:]
+                if min(points) < -1e-3 or max(points) > 1 + 1e-3:
+                    hint = " (pixel coordinates? YOLO wants 0..1)" if max(points) > 1.5 else ""
+                    problem = ("out_of_range", f"{lab.name} line {ln}: polygon outside 0..1{hint}")
+                    break
+                segments += 1
+            vals = box[0]
             c = vals[0]
             if c != int(c) or not 0 <= c < nc:
                 problem = ("bad_class", f"{lab.name} line {ln}: class {fields[0]} (nc={nc})")
@@ -309,6 +347,8 @@ def validate_dataset(
         if problem:
             rep._add(problem[0], img, problem[1])
             continue
+        for _ in range(segments):
+            rep._add("segment_row", img, lab.name)
         arr = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
         if len(arr):
             uniq, first = np.unique(arr, axis=0, return_index=True)

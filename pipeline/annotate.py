@@ -74,11 +74,19 @@ def draw_tracks(image: np.ndarray, tracks: Tracks, names: list[str],
 
 
 class AnnotatedWriter:
-    """Writes one stream's annotated frames to an MP4; the size is fixed by the first frame."""
+    """Writes one stream's annotated frames to an MP4; the size is fixed by the first frame.
+
+    With `use_pts` the video keeps the stream's own timing (frame pts, in ms): a live stream that
+    dropped stale frames, or a file of any frame rate, plays at its real speed. Without it every
+    frame lasts 1/fps.
+    """
 
     def __init__(self, path: Path, stream: str, names: list[str], fps: float = 25.0,
-                 analytics: AnalyticsConfig | None = None) -> None:
+                 analytics: AnalyticsConfig | None = None, use_pts: bool = False) -> None:
         self.path = Path(path)
+        self.use_pts = use_pts
+        self._first_pts: float | None = None
+        self._last_ms = -1
         self.analytics = analytics
         self.stream = stream
         self.names = names
@@ -101,12 +109,35 @@ class AnnotatedWriter:
             self._video.width, self._video.height = self._size
             self._video.pix_fmt = "yuv420p"
             self._video.options = {"preset": "veryfast", "crf": "26"}
+            if self.use_pts:
+                self._video.codec_context.time_base = Fraction(1, 1000)
+                self._video.time_base = Fraction(1, 1000)
         w, h = self._size
         if img.shape[1] != w or img.shape[0] != h:
             img = cv2.resize(img, (w, h))
-        for packet in self._video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        if self.use_pts:
+            vf.pts = self._pts_ms(frame.pts)
+            vf.time_base = Fraction(1, 1000)
+        for packet in self._video.encode(vf):
             self._container.mux(packet)
         self.frames += 1
+
+    def _pts_ms(self, pts: float | None) -> int:
+        """Milliseconds since the first frame; strictly increasing (a jump back, e.g. a reconnect or
+        a looped file, continues one nominal frame later instead)."""
+        step = max(1, round(1000 / self.fps))
+        if pts is None:
+            ms = self._last_ms + step
+        else:
+            if self._first_pts is None:
+                self._first_pts = pts
+            ms = round((pts - self._first_pts) * 1000)
+            if ms <= self._last_ms or ms - self._last_ms > 10_000:
+                self._first_pts = pts - (self._last_ms + step) / 1000
+                ms = self._last_ms + step
+        self._last_ms = ms
+        return ms
 
     def close(self) -> None:
         if self._container is not None:
@@ -114,3 +145,52 @@ class AnnotatedWriter:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
+
+
+class AnnotatedVideos:
+    """The `annotate:` section at work: one `AnnotatedWriter` per stream, `DIR/<stream>.mp4`.
+
+    A result hook on the post thread (like `AnnotatedWriter`); a writer opens at the stream's first
+    frame and closes when the stream finishes, so a file's video is complete as soon as the file
+    is, and the rest at `close()`. `avoid` lists paths never to write (the inputs themselves: an
+    input inside the output folder gets `<stream>.annotated.mp4` instead of being overwritten).
+    """
+
+    def __init__(self, out_dir: Path, names: list[str], streams: list[str] | None = None,
+                 analytics: Any = None, avoid: set[Path] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.names = names
+        self.streams = None if streams is None else set(streams)
+        self._analytics = analytics  # callable: stream name -> AnalyticsConfig | None
+        self._avoid = {p.resolve() for p in (avoid or set())}
+        self._writers: dict[str, AnnotatedWriter] = {}
+        self.written: dict[str, Path] = {}
+
+    def path_for(self, stream: str) -> Path:
+        path = self.out_dir / f"{stream}.mp4"
+        if path.resolve() in self._avoid:
+            path = self.out_dir / f"{stream}.annotated.mp4"
+        return path
+
+    def __call__(self, frame: Frame, dets: Detections, tracks: Tracks, events: list[dict]) -> None:
+        name = frame.stream
+        if self.streams is not None and name not in self.streams:
+            return
+        writer = self._writers.get(name)
+        if writer is None:
+            analytics = self._analytics(name) if self._analytics is not None else None
+            writer = AnnotatedWriter(self.path_for(name), name, self.names, analytics=analytics, use_pts=True)
+            self._writers[name] = writer
+        writer(frame, dets, tracks, events)
+
+    def finish(self, stream: str) -> None:
+        """Close the stream's video (it finished or was removed); a later frame starts a new file."""
+        writer = self._writers.pop(stream, None)
+        if writer is not None:
+            writer.close()
+            if writer.frames:
+                self.written[stream] = writer.path
+
+    def close(self) -> None:
+        for name in list(self._writers):
+            self.finish(name)

@@ -132,6 +132,11 @@ def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: fl
             loaded[v.name] = (v, load_backend(v.path, v.kind, **v.options))
         except Exception as exc:   # noqa: BLE001 - one variant failing must not lose the others' results
             skipped.append({"variant": v.name, "why": f"{type(exc).__name__}: {exc}"})
+    if not loaded:  # nothing to measure: say why each variant could not load (not a min() of nothing)
+        from engines.contract import ModelContractError
+
+        reasons = "; ".join(f"{s['variant']}: {s['why']}" for s in skipped if s["variant"] in {v.name for v in runs})
+        raise ModelContractError(f"{model}: no variant of this model could be loaded, nothing to measure ({reasons})")
     sizes = {be.info.input_hw for _, be in loaded.values()}
     if len(sizes) > 1:
         raise ValueError(f"the variants have different input sizes {sizes}; compare models of one size")

@@ -3,8 +3,10 @@
 Exit codes (documented in the README): 0 done (files processed, duration reached, or a clean
 shutdown on SIGINT/SIGTERM); 1 runtime failure (a data-path thread died, or the shutdown deadline
 passed with work undelivered); 2 bad usage or config; 3 the model cannot be used (file missing,
-contract violated); 130 a second Ctrl-C forced an immediate exit; 141 the reader of the output
-went away (`vap schema config | head`), the status a tool killed by SIGPIPE reports to the shell.
+contract violated); 4 finished, but some inputs were not processed to their end (a file failed to
+open or decode, or was truncated; each is named on stderr); 130 a second Ctrl-C forced an
+immediate exit; 141 the reader of the output went away (`vap schema config | head`), the status a
+tool killed by SIGPIPE reports to the shell.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable
 
 from pipeline.config import ConfigError
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_FORCED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_INPUTS, EXIT_FORCED = 0, 1, 2, 3, 4, 130
 EXIT_PIPE = 128 + signal.SIGPIPE
 
 log = logging.getLogger("vap")
@@ -33,27 +35,50 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
-    """Commands implemented in `engines` (training, export, data) keep their own argument parsing."""
+def _delegate(module: str, func: str, command: str = "") -> Callable[[list[str]], int]:
+    """Commands implemented in `engines` (training, export, data) keep their own argument parsing.
+
+    An optional package missing on import, or imported lazily once the command runs, ends in a
+    message naming the extra that installs it (exit 2), never a ModuleNotFoundError traceback.
+    """
+    def missing(exc: ModuleNotFoundError) -> int | None:
+        root = (exc.name or "").split(".")[0]
+        if root not in INSTALL_HINTS:
+            return None
+        print(f"error: vap {command or module} needs {root}, which is not installed: {INSTALL_HINTS[root]}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+
     def run(argv: list[str]) -> int:
         import importlib
         try:
             mod = importlib.import_module(module)
+            return int(getattr(mod, func)(argv) or 0)
         except ModuleNotFoundError as exc:
-            root = (exc.name or "").split(".")[0]
-            if root in INSTALL_HINTS:
-                print(f"error: this command needs {root}: {INSTALL_HINTS[root]}", file=sys.stderr)
-                return EXIT_CONFIG
-            raise
-        return int(getattr(mod, func)(argv) or 0)
+            code = missing(exc)
+            if code is None:
+                raise
+            return code
     return run
 
 
 INSTALL_HINTS: dict[str, str] = {
     "torch": "pip install torch==2.13.0 'vap[train]'",
+    "onnx": "pip install 'vap[onnx]' (also part of 'vap[train]')",
+    "matplotlib": "pip install 'vap[train]'",
     "ray": "pip install 'vap[cluster]'",
     "tensorrt": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycuda": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycocotools": "pip install pycocotools (or 'vap[dev]')",
 }
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(value: str) -> str:
+    """argparse type for --log-level: one of LOG_LEVELS, any case; anything else is a usage error."""
+    if value.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
 
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
@@ -124,14 +149,32 @@ def _main(argv: list[str] | None = None) -> int:
         rest = argv[1:]
         if argv[0] == "data" and rest[:1] == ["synth"]:
             rest = rest[1:]
-        return _delegate(module, func)(rest)
+        return _delegate(module, func, argv[0])(rest)
+
+    from pipeline import __version__
 
     parser = argparse.ArgumentParser(prog="vap", description="Streaming video analytics pipeline")
-    parser.add_argument("--log-level", default=os.environ.get("VAP_LOG_LEVEL", "info"))
+    parser.add_argument("--version", action="version", version=f"vap {__version__}")
+    # argparse runs `type` on a string default too, so a bad $VAP_LOG_LEVEL is refused like the flag
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("VAP_LOG_LEVEL", "info"),
+                        help=f"{', '.join(LOG_LEVELS)} (default: $VAP_LOG_LEVEL or info)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the pipeline from a deployment YAML")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("run", help="run a deployment YAML, or sources directly: vap run clip.mp4 --save out/",
+                       description="vap run CONFIG.yaml runs a deployment. vap run SOURCE [SOURCE ...] runs "
+                       "videos, folders, globs, rtsp/http URLs or /dev/videoN directly with the shipped model "
+                       "(or --model); --save DIR writes DIR/events.jsonl and an annotated DIR/<stream>.mp4. "
+                       "The options below also override a YAML's values.")
+    p.add_argument("inputs", nargs="+", metavar="CONFIG_OR_SOURCE",
+                   help="one .yaml/.yml deployment file, or one or more sources")
+    p.add_argument("--model", type=Path, default=None, help="engine file (default: the shipped vap-synth-n.onnx)")
+    p.add_argument("--save", type=Path, default=None, metavar="DIR",
+                   help="write DIR/events.jsonl and an annotated DIR/<stream>.mp4 per stream")
+    p.add_argument("--conf", type=float, default=None, help="score threshold for every class (0..1)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="keep only these classes (names of the model's classes; commas also separate)")
+    p.add_argument("--port", type=int, default=None,
+                   help="sources: serve /metrics and the API on this port (default: no server)")
     p.add_argument("--quiet", action="store_true", help="no live progress (for services)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
@@ -148,7 +191,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schema", help="print a JSON Schema")
     p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
-    p.add_argument("--markdown", action="store_true", help="config reference as Markdown tables")
+    p.add_argument("--markdown", action="store_true", help="the reference as Markdown tables (config or event)")
 
     p = sub.add_parser("bench", help="measure engine and pipeline throughput and latency on this machine")
     p.add_argument("--model", type=Path, default=None)
@@ -176,8 +219,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.cmd == "schema":
             return cmd_schema(args.which, args.markdown)
         if args.cmd == "run":
-            from pipeline.settings import load_settings
-            return run_pipeline(load_settings(args.config), quiet=args.quiet, duration=args.duration)
+            return cmd_run(args)
         if args.cmd == "demo":
             from pipeline.demo import run_demo
             return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
@@ -195,6 +237,53 @@ def _main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     parser.error(f"unknown command {args.cmd}")
     return EXIT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`vap run CONFIG.yaml` (a deployment) or `vap run SOURCE [SOURCE ...]` (no YAML needed)."""
+    from pipeline.preflight import check_streams_present
+    from pipeline.quickrun import is_config_path, source_settings
+    from pipeline.settings import load_settings
+
+    classes = [c.strip() for arg in args.classes for c in arg.split(",") if c.strip()] if args.classes else None
+    if is_config_path(args.inputs):
+        source = args.inputs[0]
+        settings = load_settings(args.inputs[0])
+        _override(settings, args.model, args.save, args.conf, classes)
+    else:
+        source = "command line"
+        settings = source_settings(args.inputs, args.model, args.save, args.conf, classes, args.port)
+        if args.save is None:
+            print(f"events go to {settings.sinks[0].path} (--save DIR writes events and annotated videos "
+                  f"to DIR)", file=sys.stderr)
+    check_streams_present(settings, source)
+    code = run_pipeline(settings, quiet=args.quiet, duration=args.duration)
+    if args.save is not None and code in (EXIT_OK, EXIT_INPUTS):
+        print(f"saved: {args.save / 'events.jsonl'} and the annotated videos in {settings.annotate.dir}/",
+              file=sys.stderr)
+    return code
+
+
+def _override(settings: Any, model: Path | None, save: Path | None, conf: float | None,
+              classes: list[str] | None) -> None:
+    """Command-line options over a YAML's values (validated like the YAML: ConfigError on a bad one)."""
+    from pydantic import ValidationError
+
+    from pipeline.settings import format_validation_error
+    from pipeline.sinks import JsonlSinkConfig
+    try:
+        if model is not None:
+            settings.model.path = model
+        if conf is not None:
+            settings.model.conf = conf
+        if classes:
+            settings.model.classes = classes
+        if save is not None:
+            settings.sinks = [*settings.sinks, JsonlSinkConfig(name="save", path=save / "events.jsonl")]
+            settings.annotate.dir = save
+            settings.annotate.enabled = True
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "command line")) from None
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
@@ -224,15 +313,37 @@ def cmd_bench_engines(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(path: Path) -> int:
+    """Everything knowable before a run: the YAML, the model (it loads, its class names match the
+    config's), and that every input file opens. A config this calls valid also starts."""
+    from pipeline.preflight import check_class_names, check_input_files, check_streams_present, load_model_names
     from pipeline.settings import load_settings, resolved_yaml
     settings = load_settings(path)
-    print(f"# {path}: valid ({len(settings.streams)} streams). Resolved with defaults:")
+    check_streams_present(settings, str(path))
+    names, kind = load_model_names(settings)
+    if names is not None:
+        check_class_names(settings, names)
+    problems = check_input_files(settings)
+    classes = f"{len(names)} classes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}" \
+        if names is not None else "class names not checked (TensorRT models are opened by the run)"
+    print(f"# {path}: valid ({len(settings.streams)} streams). Model {settings.model.path} ({kind}, {classes}).")
+    print("# Resolved with defaults:")
     print(resolved_yaml(settings), end="")
+    if problems:
+        # The config itself is valid (it may be meant for another machine), but a run here would
+        # end with these inputs failed: the same exit code as that run.
+        print(f"warning: {path}: {len(problems)} input file(s) cannot be used here (exit {EXIT_INPUTS}):",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return EXIT_INPUTS
     return EXIT_OK
 
 
 def cmd_schema(which: str, markdown: bool = False) -> int:
-    if markdown:
+    if markdown and which == "event":
+        from pipeline.docs import event_reference
+        print(event_reference(), end="")
+    elif markdown:
         from pipeline.docs import config_reference
         print(config_reference(), end="")
     elif which == "event":
@@ -325,6 +436,7 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
             log.info("%s received: draining (send it again, or Ctrl-C, to force)",
                      signal.Signals(signals["first"]).name)
     finally:
+        problems = pipeline.input_problems()  # before stop(): it moves every stream to 'stopped'
         clean = pipeline.stop()
         if progress:
             progress.close()
@@ -340,6 +452,12 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
     if not clean:
         print("error: shutdown deadline passed before every event was delivered", file=sys.stderr)
         return EXIT_FAIL
+    if problems:
+        for name, why in problems.items():
+            print(f"input {name}: {why}", file=sys.stderr)
+        print(f"finished; {len(problems)} input(s) not processed to their end (exit {EXIT_INPUTS})",
+              file=sys.stderr)
+        return EXIT_INPUTS
     return EXIT_OK
 
 

@@ -11,9 +11,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A stream name becomes a file name (snapshots/<stream>/...), a metric label, an MQTT topic segment
 # and a track id prefix: a portable file-name alphabet, and no leading dot (".", ".." and hidden
@@ -26,6 +26,12 @@ class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Upper bound of every time setting, in seconds. Not a taste limit: waits far beyond it overflow the
+# platform's timeout (threading.TIMEOUT_MAX, OverflowError at shutdown) or never end in practice,
+# so a typo like 1e10 must be refused at load, not found when the run misbehaves.
+MAX_TIMEOUT_S = 3600.0
 
 
 class StreamConfig(Strict):
@@ -44,21 +50,25 @@ class StreamConfig(Strict):
         None, description="Live semantics (drop oldest frames, bounded latency). Default: true for cameras "
         "and synthetic scenes, false for files (every frame, backpressure).")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
-    max_fps: float | None = Field(None, gt=0, description="Cap on frames taken per second (others dropped as 'stride')")
-    open_timeout_s: float = Field(10.0, gt=0, description="Time allowed to open the stream")
-    read_timeout_s: float = Field(5.0, gt=0, description="Time allowed for one read before the stream counts as lost")
-    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failure, with jitter")
-    backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff")
+    max_fps: float | None = Field(None, gt=0, le=1000,
+                                  description="Cap on frames taken per second (others dropped as 'stride')")
+    open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
+                                  description="Time allowed to open the stream (every time setting here: at most 3600)")
+    read_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S,
+                                  description="Time allowed for one read before the stream counts as lost")
+    backoff_initial_s: float = Field(0.5, gt=0, le=MAX_TIMEOUT_S,
+                                     description="First reconnect delay; doubles per failure, with jitter")
+    backoff_max_s: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S, description="Cap of the exponential reconnect backoff")
     probe_interval_s: float = Field(
-        2.0, ge=0, description="Network cameras in backoff: check this often with a bare TCP connect whether "
-        "the camera answers again, and open it at once when it does (the backoff still spaces full opens of "
-        "a camera that answers but fails). 0 = off")
+        2.0, ge=0, le=MAX_TIMEOUT_S, description="Network cameras in backoff: check this often with a bare TCP "
+        "connect whether the camera answers again, and open it at once when it does (the backoff still spaces "
+        "full opens of a camera that answers but fails). 0 = off")
     stall_factor: float = Field(
-        10.0, gt=1, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
-    stall_min_s: float = Field(1.0, gt=0, description="Never call a stream stalled sooner than this")
+        10.0, gt=1, le=1000, description="Stalled when no frame arrived for stall_factor x the observed frame interval")
+    stall_min_s: float = Field(1.0, gt=0, le=MAX_TIMEOUT_S, description="Never call a stream stalled sooner than this")
     stall_recover_s: float = Field(
-        1.0, ge=0, description="A stalled stream is streaming again only once frames have flowed this long "
-        "without a stall-sized gap (hysteresis: a late frame or two under load does not flap the state)")
+        1.0, ge=0, le=MAX_TIMEOUT_S, description="A stalled stream is streaming again only once frames have flowed "
+        "this long without a stall-sized gap (hysteresis: a late frame or two under load does not flap the state)")
     loop: bool = Field(False, description="Files only: start again at the end instead of finishing")
     realtime: bool = Field(False, description="Files and synthetic only: pace frames at their own fps")
     queue_size: int | None = Field(
@@ -74,6 +84,13 @@ class StreamConfig(Strict):
                              "segment and part of track ids); rename it, e.g. 'gate-1'")
         return v
 
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "StreamConfig":
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(f"backoff_initial_s ({self.backoff_initial_s:g}) must not exceed backoff_max_s "
+                             f"({self.backoff_max_s:g})")
+        return self
+
     @property
     def kind(self) -> str:
         """'rtsp', 'http', 'file', 'v4l2' or 'synthetic', from the URL."""
@@ -84,6 +101,9 @@ class StreamConfig(Strict):
         if self.live is not None:
             return self.live
         return self.kind not in ("file",)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def source_kind(url: str) -> str:
@@ -97,11 +117,55 @@ def source_kind(url: str) -> str:
         return "synthetic"
     if lower.startswith("v4l2://") or lower.startswith("/dev/video"):
         return "v4l2"
+    scheme = _SCHEME.match(url)
+    if scheme and scheme.group(1).lower() != "file":
+        # ftp://host/x.mp4 ends in .mp4 but is no local path: opening it as one fails for ever
+        raise ValueError(
+            f"unsupported source {redact_url(url)!r}: the URL scheme {scheme.group(1)!r} is not supported; "
+            f"use rtsp://, rtsps://, "
+            f"http(s):// (HLS too), file:// or a local path, v4l2:// or /dev/videoN, or synthetic://")
     if lower.startswith("file://") or Path(url).suffix.lower() in FILE_SUFFIXES or Path(url).exists():
         return "file"
     raise ValueError(
         f"unsupported source {redact_url(url)!r}: use rtsp://, http(s):// (HLS too), a video file "
         f"({', '.join(sorted(FILE_SUFFIXES))}), /dev/videoN or synthetic://")
+
+
+SYNTHETIC_PARAMS: dict[str, type] = {"seed": int, "fps": float, "width": int, "height": int, "objects": int,
+                                     "frames": int, "haze": float}
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"seed": 1, "fps": 25.0, "width": 1280, "height": 720, "objects": 6,
+                                      "frames": 0, "haze": 0.0}
+
+
+def parse_synthetic(url: str) -> dict[str, Any]:
+    """The parameters of a `synthetic://?...` URL, defaults filled in.
+
+    Checked at config load (not when the stream opens) so a typo'd key or an impossible value is
+    an error naming it, instead of a stream that retries for ever. ValueError on any problem.
+    """
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    params = dict(SYNTHETIC_DEFAULTS)
+    for key, values in query.items():
+        if key not in SYNTHETIC_PARAMS:
+            raise ValueError(f"unknown synthetic parameter {key!r} (known: {', '.join(SYNTHETIC_PARAMS)})")
+        try:
+            params[key] = SYNTHETIC_PARAMS[key](values[-1])
+        except ValueError:
+            raise ValueError(f"{key}={values[-1]!r} is not a number") from None
+    problems = []
+    if not 0 < params["fps"] <= 1000:
+        problems.append(f"fps > 0 and <= 1000 (got {params['fps']:g})")
+    if not (32 <= params["width"] <= 7680 and 32 <= params["height"] <= 4320):
+        problems.append(f"width 32..7680 and height 32..4320 (got {params['width']}x{params['height']})")
+    if not 0 <= params["objects"] <= 250:
+        problems.append(f"objects 0..250 (got {params['objects']})")
+    if params["frames"] < 0:
+        problems.append(f"frames >= 0 (0 = endless; got {params['frames']})")
+    if not 0 <= params["haze"] < 1:
+        problems.append(f"haze in [0, 1) (got {params['haze']:g})")
+    if problems:
+        raise ValueError(f"synthetic scene needs {'; '.join(problems)}")
+    return params
 
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")

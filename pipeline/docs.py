@@ -6,6 +6,8 @@ types and defaults cannot drift from the code.
 
 from __future__ import annotations
 
+import json
+import re
 import typing
 from enum import Enum
 from pathlib import Path
@@ -106,3 +108,41 @@ def write_readme(readme: Path) -> None:
 if __name__ == "__main__":  # python -m pipeline.docs README.md
     import sys
     write_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
+
+
+def _condition(cond: dict[str, Any]) -> str:
+    """The event types an `allOf` condition of the event schema selects, in words."""
+    t = cond.get("properties", {}).get("type", {})
+    if "const" in t:
+        return f"`{t['const']}`"
+    pattern = str(t.get("pattern", ""))
+    m = re.fullmatch(r"\^\(?([a-z|]+)\)?\\\.", pattern)
+    if m:
+        return ", ".join(f"`{p}.*`" for p in m.group(1).split("|"))
+    return f"`type` matching `{pattern}`"
+
+
+def event_reference() -> str:
+    """The event fields as a Markdown table, generated from the JSON Schema (the contract itself),
+    with where each field is required; for `vap schema event --markdown`."""
+    from pipeline.events import load_schema
+
+    schema = load_schema()
+    where: dict[str, list[str]] = {k: ["all"] for k in schema.get("required", [])}
+    for rule in schema.get("allOf", []):
+        for key in rule.get("then", {}).get("required", []):
+            where.setdefault(key, []).append(_condition(rule.get("if", {})))
+    lines = [f"### Events (`{schema.get('title', '')}`)", "", schema.get("description", ""), "",
+             "| field | type | required in | meaning |", "| --- | --- | --- | --- |"]
+    for key, prop in schema["properties"].items():
+        if "enum" in prop:
+            kind = " \\| ".join(f"`{v}`" for v in prop["enum"])
+        elif "const" in prop:
+            kind = f"`{json.dumps(prop['const'])}`"
+        else:
+            kind = str(prop.get("type", "any"))
+            if kind == "array" and "items" in prop:
+                kind = f"array of {prop['items'].get('type', 'any')}"
+        meaning = prop.get("description", "")
+        lines.append(f"| `{key}` | {kind} | {', '.join(where.get(key, ['optional']))} | {meaning} |")
+    return "\n".join(lines) + "\n"

@@ -19,7 +19,9 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 # Reasons a frame is dropped; the set is closed so the label stays bounded.
 DROP_REASONS = ("stale", "stride", "corrupt", "shutdown", "removed")
-STREAM_STATES = ("starting", "streaming", "stalled", "backoff", "stopped", "finished")
+STREAM_STATES = ("starting", "streaming", "stalled", "backoff", "stopped", "finished", "failed")
+# Why a finite input (a file) was not processed to its end; closed set, bounded label.
+INCOMPLETE_REASONS = ("failed", "truncated")
 AIRLIGHT_CHANNELS = ("r", "g", "b")  # "grey" is not used: frames in the data path are RGB
 
 
@@ -37,6 +39,10 @@ class Metrics:
             "vap_frames_dropped_total", "Frames dropped, by reason", ["stream", "reason"], registry=r)
         self.decode_errors = Counter(
             "vap_decode_errors_total", "Corrupt packets or frames skipped by the decoder", ["stream"], registry=r)
+        self.inputs_incomplete = Counter(
+            "vap_inputs_incomplete_total", "Files not processed to their end: 'failed' (could not be opened or "
+            "decoded; not retried) or 'truncated' (ended before their declared length)", ["stream", "reason"],
+            registry=r)
         self.reconnects = Counter("vap_stream_reconnects_total", "Reconnect attempts", ["stream"], registry=r)
         self.stream_up = Gauge("vap_stream_up", "1 while the stream delivers frames", ["stream"], registry=r)
         self.stream_state = Gauge(
@@ -121,6 +127,7 @@ class Metrics:
         series: list[tuple[object, tuple[str, ...]]] = [
             *((m, (stream,)) for m in per_stream),
             *((self.frames_dropped, (stream, r)) for r in DROP_REASONS),
+            *((self.inputs_incomplete, (stream, r)) for r in INCOMPLETE_REASONS),
             *((self.stream_state, (stream, s)) for s in STREAM_STATES),
             *((self.dehaze_airlight, (stream, c)) for c in AIRLIGHT_CHANNELS),
             *self._derived.pop(stream, set()),

@@ -21,7 +21,8 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -41,11 +42,14 @@ from pipeline.snapshots import Snapshotter
 from pipeline.supervisor import Supervisor
 from pipeline.tracking import ByteTracker, Tracks
 
+if TYPE_CHECKING:
+    from pipeline.annotate import AnnotatedVideos
+
 log = logging.getLogger("vap.runtime")
 
 # Stream states reported by the supervisor, mapped to the stream events they produce.
 _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff": "stream.down",
-                 "stopped": "stream.down", "finished": "stream.down"}
+                 "stopped": "stream.down", "finished": "stream.down", "failed": "stream.down"}
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
 
@@ -123,6 +127,14 @@ class Pipeline:
         self.snapshots = Snapshotter(settings.snapshots, self.metrics) if settings.snapshots.enabled else None
         if self.snapshots is not None:
             self.hooks.append(self.snapshots)  # runs before the events are published: adds their paths
+        self.annotator: AnnotatedVideos | None = None
+        if settings.annotate.enabled:
+            from pipeline.annotate import AnnotatedVideos as _Videos
+
+            inputs = {Path(s.url) for s in settings.streams if s.kind == "file" and "://" not in s.url}
+            self.annotator = _Videos(settings.annotate.dir, self.names, settings.annotate.streams,
+                                     analytics=self._analytics_of, avoid=inputs)
+            self.hooks.append(self.annotator)
 
         self._lock = threading.Lock()
         self._configs: dict[str, StreamSettings] = {}
@@ -199,6 +211,10 @@ class Pipeline:
             del self._configs[name]
         self._to_remove.put(name)
 
+    def _analytics_of(self, name: str) -> Any:
+        cfg = self.stream_config(name)
+        return None if cfg is None else self.settings.stream_analytics(cfg)
+
     def streams(self) -> list[dict[str, Any]]:
         return self.supervisor.snapshot()
 
@@ -213,6 +229,21 @@ class Pipeline:
             if not names or any(self._configs[n].is_live for n in names):
                 return False
             return all(n in self._finalised for n in names)
+
+    def input_problems(self) -> dict[str, str]:
+        """Streams whose input was not processed to its end, with the reason: files that failed
+        (could not be opened or decoded) or were truncated. Decides the run's exit code."""
+        out: dict[str, str] = {}
+        for name in self.supervisor.names():
+            try:
+                w = self.supervisor.worker(name)
+            except KeyError:  # removed meanwhile
+                continue
+            if w.failed:
+                out[name] = f"failed: {w.failed}"
+            elif w.truncated:
+                out[name] = f"truncated: {w.truncated}"
+        return out
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every file stream is fully processed (or `timeout`). True when done."""
@@ -240,6 +271,8 @@ class Pipeline:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
             clean &= not t.is_alive()
+        if self.annotator is not None and not any(t.is_alive() for t in self._threads):
+            self.annotator.close()  # the post thread has ended: nobody writes frames any more
         if self.snapshots is not None:
             self.snapshots.close(max(0.5, deadline - time.monotonic()))
         clean &= self.bus.close(max(0.5, deadline - time.monotonic()))
@@ -257,7 +290,7 @@ class Pipeline:
         return ok
 
     def _on_state(self, stream: str, state: str, reason: str) -> None:
-        if state == "finished":
+        if state in ("finished", "failed"):  # a failed file is done too: nothing more will come
             with self._lock:
                 self._finished.add(stream)
         etype = _STATE_EVENTS.get(state)
@@ -493,6 +526,8 @@ class Pipeline:
         return t
 
     def _finish_stream(self, name: str, capture_ts: float) -> None:
+        if self.annotator is not None:
+            self.annotator.finish(name)
         state = self._states.pop(name, None)
         if state is not None:
             t = state.last_t or 0.0

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.analytics import AnalyticsConfig
-from pipeline.config import (ConfigError, StreamConfig, Strict, check_url, interpolate_env, redact_url,
-                             source_kind)
+from pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, check_url, interpolate_env,
+                             parse_synthetic, redact_url, source_kind)
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
 from pipeline.snapshots import SnapshotConfig
@@ -36,16 +36,32 @@ class StreamSettings(StreamConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        source_kind(v)  # raises with the list of supported forms
+        if source_kind(v) == "synthetic":  # raises with the list of supported forms
+            parse_synthetic(v)              # a typo'd key or fps=0 is an error now, not a retry loop
         check_url(v)
         return v
 
 
+# A batch that waits longer than this for company is no longer "batching": live frames go stale
+# (dropped) and /healthz says ok while nothing is processed.
+MAX_BATCH_DELAY_MS = 10_000.0
+
+
 class BatchConfig(Strict):
     max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
-    max_delay_ms: float = Field(10.0, ge=0, description="A batch closes when its oldest frame has waited this long")
+    max_delay_ms: float = Field(10.0, ge=0, le=MAX_BATCH_DELAY_MS,
+                                description="A batch closes when its oldest frame has waited this long (at most 10000)")
     per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
                                        "(default: max_batch)")
+
+
+class AnnotateConfig(Strict):
+    """Annotated video per stream (tracks, ids, classes, zones and lines drawn), for `vap run`."""
+
+    enabled: bool = Field(False, description="Write DIR/<stream>.mp4 with the tracks drawn on every processed frame")
+    dir: Path = Field(Path("annotated"), description="Folder of the annotated videos")
+    streams: list[str] | None = Field(None, description="Only these streams (None: every stream, also those "
+                                      "added at runtime)")
 
 
 class ServerConfig(Strict):
@@ -69,8 +85,11 @@ class Settings(Strict):
     sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig,
                                       description="JPEG of frame and crop for chosen events; paths go in the event")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig,
+                                     description="Annotated video per stream (H.264 MP4, the stream's own timing)")
     server: ServerConfig = Field(default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /streams")
-    shutdown_timeout_s: float = Field(10.0, gt=0, description="Drain in-flight frames and flush sinks within this")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
+                                      description="Drain in-flight frames and flush sinks within this (at most 3600)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Settings":
@@ -79,6 +98,9 @@ class Settings(Strict):
             if s.name in seen:
                 raise ValueError(f"stream name {s.name!r} is used twice; names must be unique")
             seen.add(s.name)
+        unknown = sorted(set(self.annotate.streams or []) - seen)
+        if unknown:
+            raise ValueError(f"annotate.streams names streams that are not configured: {unknown}")
         sinks = [s.name for s in self.sinks]
         if len(set(sinks)) != len(sinks):
             raise ValueError(f"sink names must be unique, got {sinks}")
@@ -190,6 +212,12 @@ def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file, so not a deployment YAML; to run a video directly: "
+                          f"vap run {path} --save out/") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; pass a deployment YAML, or run the videos in it: "
+                          f"vap run {path} --save out/") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; pass the path of a deployment YAML (see configs/)") from None
     except OSError as exc:
@@ -201,6 +229,9 @@ def load_settings(path: str | Path) -> Settings:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: the file is empty; a deployment needs at least a `streams:` list (see "
+                          f"configs/demo.yaml), or run sources directly: vap run clip.mp4 --save out/")
     return parse_settings(data, str(path))
 
 

@@ -29,9 +29,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pipeline.config import StreamConfig, redact_url
+from pipeline.config import SYNTHETIC_DEFAULTS, SYNTHETIC_PARAMS, StreamConfig, parse_synthetic, redact_url
 from pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,9 @@ class Source(ABC):
         self.cfg = cfg
         self.decode_errors = 0
         self.last_decode_error: str | None = None
+        # Set when a finite input ended early (its header promised more, or the rest was
+        # unreadable): the supervisor reports the file as truncated instead of "end of file".
+        self.truncated: str | None = None
         self.blocked_since: float | None = None
         self._interrupt = threading.Event()
 
@@ -363,6 +366,7 @@ class AVSource(Source):
                 if consecutive >= MAX_CONSECUTIVE_ERRORS:
                     if not self._live_semantics:
                         self.last_decode_error = "the rest of the file is unreadable"
+                        self.truncated = self.last_decode_error
                         return
                     raise e from None
             finally:
@@ -391,6 +395,7 @@ class AVSource(Source):
         missing = (start + declared) - (self._last_pts + 1.0 / rate)
         if missing > max(2.0 / rate, 0.1):
             self._count_error(f"file ends {missing:.2f}s before its declared duration (truncated?)")
+            self.truncated = f"the file ends {missing:.2f}s before the {declared:.2f}s its header declares"
 
 
 class SyntheticSource(Source):
@@ -400,10 +405,8 @@ class SyntheticSource(Source):
     `realtime` is set; otherwise as fast as it can be rendered.
     """
 
-    PARAMS = {"seed": int, "fps": float, "width": int, "height": int, "objects": int, "frames": int,
-              "haze": float}
-    DEFAULTS: dict[str, Any] = {"seed": 1, "fps": 25.0, "width": 1280, "height": 720, "objects": 6,
-                                "frames": 0, "haze": 0.0}
+    PARAMS = SYNTHETIC_PARAMS
+    DEFAULTS = SYNTHETIC_DEFAULTS
 
     def __init__(self, cfg: StreamConfig) -> None:
         super().__init__(cfg)
@@ -412,19 +415,10 @@ class SyntheticSource(Source):
 
     @classmethod
     def _parse(cls, url: str) -> dict[str, Any]:
-        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
-        params = dict(cls.DEFAULTS)
-        for key, values in query.items():
-            if key not in cls.PARAMS:
-                raise SourceError("unsupported", f"{url}: unknown synthetic parameter {key!r} "
-                                                 f"(known: {', '.join(cls.PARAMS)})")
-            try:
-                params[key] = cls.PARAMS[key](values[-1])
-            except ValueError:
-                raise SourceError("unsupported", f"{url}: {key}={values[-1]!r} is not a number") from None
-        if params["fps"] <= 0 or params["width"] < 16 or params["height"] < 16 or params["frames"] < 0:
-            raise SourceError("unsupported", f"{url}: need fps > 0, width and height >= 16, frames >= 0")
-        return params
+        try:
+            return parse_synthetic(url)
+        except ValueError as exc:
+            raise SourceError("unsupported", f"{url}: {exc}") from None
 
     def open(self) -> None:
         try:

@@ -15,6 +15,11 @@ runtime only ever sees a flow of frames and state changes:
   RTSP session, no decoder): full opens stay spaced by the backoff, but a camera whose port
   answers again after being down is opened at once, so recovery after a long outage takes
   seconds instead of up to `backoff_max_s`.
+- Files have batch semantics: a file that cannot be opened or decoded goes to `failed` at once
+  (retrying cannot repair it, and a run of files must end), and one that ends before its declared
+  length finishes with the reason "truncated: ...". Both are counted in
+  `vap_inputs_incomplete_total`. A file configured `live: true` (a stand-in camera) and every
+  camera keep the reconnect loop. A synthetic scene with parameters no scene can have fails too.
 - One watchdog thread (not one per stream: 200 cameras should not mean 400 threads) detects
   stalls from the observed frame interval and abandons a read that hangs past its timeout even
   though FFmpeg's interrupt should have ended it: the stuck thread is left to die on its own
@@ -126,6 +131,8 @@ class StreamWorker:
         self.reconnects = 0
         self.decode_errors = 0
         self.last_error: str | None = None
+        self.failed: str | None = None      # why a file failed for good (state 'failed')
+        self.truncated: str | None = None   # why a file that finished ended early
         self.resolution: tuple[int, int] | None = None  # (width, height)
         self.fps = 0.0
         self._interval_ema: float | None = None
@@ -210,7 +217,8 @@ class StreamWorker:
         # One line per change; a retry loop failing the same way again is logged at DEBUG so a
         # camera that is down for a day does not flood the log (the first failure and the
         # recovery are always visible).
-        level = logging.WARNING if state in ("backoff", "stalled") else logging.INFO
+        level = logging.WARNING if state in ("backoff", "stalled") else \
+            logging.ERROR if state == "failed" else logging.INFO
         if state == "starting" and old == "backoff":
             level = logging.DEBUG
         elif state == "backoff":
@@ -244,7 +252,13 @@ class StreamWorker:
             self._set_state("starting", "reconnecting" if self.reconnects else "opening", gen)
             outcome, error, streamed_s = self._session(gen)
             if outcome == "finished":
-                self._set_state("finished", "end of file", gen)
+                if self.truncated:
+                    log.warning("stream %s: %s: truncated: %s; processed what could be read",
+                                self.name, redact_url(self.cfg.url), self.truncated)
+                    self._metrics.inputs_incomplete.labels(self.name, "truncated").inc()
+                    self._set_state("finished", f"truncated: {self.truncated}", gen)
+                else:
+                    self._set_state("finished", "end of file", gen)
                 return
             if outcome == "stopped" or not self._current(gen):
                 if outcome == "stopped" and gen == self._generation:
@@ -256,6 +270,13 @@ class StreamWorker:
             with self._lock:
                 if gen == self._generation:
                     self.last_error = message
+            if error is not None and self._fails_for_good(error):
+                with self._lock:
+                    if gen == self._generation:
+                        self.failed = message
+                self._metrics.inputs_incomplete.labels(self.name, "failed").inc()
+                self._set_state("failed", message, gen)
+                return
             self._set_state("backoff", message, gen)
             delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self._rng)
             attempt += 1
@@ -295,6 +316,14 @@ class StreamWorker:
             else:
                 self._probe_down = True
 
+    def _fails_for_good(self, error: SourceError) -> bool:
+        """True when retrying cannot help: any error of a file with batch semantics (a missing,
+        empty, corrupt or moov-less file stays so), or a synthetic scene that cannot exist."""
+        kind = self.cfg.kind
+        if kind == "file":
+            return self.cfg.live is not True
+        return kind == "synthetic" and error.kind == "unsupported"
+
     def _session(self, gen: int) -> tuple[str, SourceError | None, float]:
         """One open + read session: ('finished' | 'stopped' | 'error', error, seconds streamed)."""
         src: Source | None = None
@@ -314,9 +343,11 @@ class StreamWorker:
             period = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
             next_due: float | None = None
             last_t: float | None = None
+            session_frames = 0
             for frame in src.frames():
                 if not self._current(gen):
                     return "stopped", None, 0.0
+                session_frames += 1
                 now = time.monotonic()
                 previous, limit = self._last_arrival, self._stall_limit()  # before this gap moves the EMA
                 self._observe_arrival(now)
@@ -364,6 +395,14 @@ class StreamWorker:
                 reported_errors = src.decode_errors
             if not self._current(gen):
                 return "stopped", None, 0.0
+            if session_frames == 0 and self.cfg.kind == "file":
+                damage = f" ({src.decode_errors} damaged packet(s); last: {src.last_decode_error})" \
+                    if src.decode_errors else ""
+                return "error", SourceError("corrupt", f"{redact_url(self.cfg.url)}: no decodable video frame "
+                                                       f"in the file{damage}"), 0.0
+            if src.truncated:
+                with self._lock:
+                    self.truncated = src.truncated
             if src.last_decode_error and src.decode_errors:
                 with self._lock:
                     self.last_error = f"{redact_url(self.cfg.url)}: {src.decode_errors} damaged packet(s) " \
@@ -492,6 +531,8 @@ class StreamWorker:
             "reconnects": self.reconnects,
             "decode_errors": self.decode_errors,
             "last_error": self.last_error,
+            "failed": self.failed,
+            "truncated": self.truncated,
             "resolution": list(self.resolution) if self.resolution else None,
         }
 
@@ -551,14 +592,14 @@ class Supervisor:
         return [w.snapshot() for w in workers]
 
     def all_finished(self) -> bool:
-        """True when there is at least one stream and every stream has finished.
+        """True when there is at least one stream and every stream has finished or failed.
 
         Only finite inputs (files, `synthetic://...&frames=N`) ever finish; a camera never does,
         so any camera keeps this False, as does an empty supervisor (streams may still be added).
         """
         with self._lock:
             workers = list(self._workers.values())
-        return bool(workers) and all(w.state == "finished" for w in workers)
+        return bool(workers) and all(w.state in ("finished", "failed") for w in workers)
 
     def stop_all(self, timeout: float = 5.0) -> None:
         """Stop every stream (in parallel, so N blocked readers cost one timeout) and the watchdog."""

@@ -39,3 +39,8 @@ class Collector:
     def seq(self, stream: str) -> list[str]:
         """Alias used by the RTSP tests."""
         return self.state_seq(stream)
+
+    def reasons(self, stream: str) -> list[str]:
+        """The reason of each state change of `stream`, in order."""
+        with self.lock:
+            return [r for n, _, r in self.states if n == stream]

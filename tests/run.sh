@@ -35,4 +35,19 @@ fi
 # vap's evaluator against. --no-deps: its declared opencv-python would sit beside our headless build.
 "$PY" -c "import trackeval" 2>/dev/null || "$PY" -m pip install -q --no-deps trackeval==1.3.0
 
+# Ultralytics (AGPL-3.0) for the interop tests only, in its own venv so vap's environment never has
+# it (vap's code must not import it). tests/test_interop_ultralytics.py runs it in a subprocess.
+# CPU torch is enough; the pins match what the tests were verified with.
+INTEROP_VENV=${VAP_INTEROP_VENV:-$HOME/.cache/vap-bench/venv}
+if ! "$INTEROP_VENV/bin/python" -c "import ultralytics, onnx, onnxslim, onnxruntime" 2>/dev/null; then
+  if "$PY" -m venv "$INTEROP_VENV" 2>/dev/null || { $SUDO apt-get install -y -qq python3-venv >/dev/null && "$PY" -m venv "$INTEROP_VENV"; }; then
+    "$INTEROP_VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 \
+      && "$INTEROP_VENV/bin/python" -m pip install -q "ultralytics==8.4.190" onnx==1.23.2 onnxslim==0.1.98 onnxruntime==1.32.0 \
+      || echo "warning: could not install Ultralytics into $INTEROP_VENV; the interop tests will skip" >&2
+  else
+    echo "warning: could not create $INTEROP_VENV; the interop tests will skip" >&2
+  fi
+fi
+export VAP_INTEROP_PYTHON="$INTEROP_VENV/bin/python"
+
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"

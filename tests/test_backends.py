@@ -309,7 +309,8 @@ def test_run_with_tensorrt_where_it_is_missing_is_a_clear_model_error(tmp_path, 
     from pipeline.cli import main
 
     cfg = tmp_path / "trt.yaml"
-    cfg.write_text("model: {backend: tensorrt}\nserver: {enabled: false}\nsinks: []\n")
+    cfg.write_text("streams: [{name: a, url: 'synthetic://?frames=2'}]\nmodel: {backend: tensorrt}\n"
+                   "server: {enabled: false}\nsinks: []\n")
     assert main(["run", str(cfg), "--quiet", "--duration", "1"]) == 3
     err = capsys.readouterr().err
     assert "TensorRT not installed" in err and "onnxruntime" in err and "Traceback" not in err

@@ -67,8 +67,10 @@ def test_bad_port_is_a_config_error_without_the_password():
 
 def test_cli_validate_prints_resolved_config_without_secrets(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CAM_PASS", "s3cret")
+    from tests.videos import write_video
+    clip = write_video(tmp_path / "clip.mp4", frames=3)
     p = _write(tmp_path, "streams:\n  - name: cam1\n    url: rtsp://admin:${CAM_PASS}@10.0.0.5/live\n"
-                         "  - name: f\n    url: clip.mp4\n")
+                         f"  - name: f\n    url: {clip}\n")
     assert main(["validate", str(p)]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out and "***@10.0.0.5" in out

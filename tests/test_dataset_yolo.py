@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_validation_reports_each_problem_and_skips_bad_samples(tmp_path: Path) -
     yaml_path = write_yolo_dataset(tmp_path / "ds", n_train=12, n_val=1, imgsz=96, seed=4)
     lab = tmp_path / "ds/labels/train"
     img = tmp_path / "ds/images/train"
-    (lab / "000000.txt").unlink()  # missing label
+    (lab / "000000.txt").unlink()  # no label file: a background image
     (lab / "000001.txt").write_text("9 0.5 0.5 0.2 0.2\n")  # class id too large
     (lab / "000002.txt").write_text("0 320 240 50 60\n")  # pixel coordinates
     (img / "000003.jpg").write_bytes(b"this is not a jpeg")  # corrupt image
@@ -87,20 +88,20 @@ def test_validation_reports_each_problem_and_skips_bad_samples(tmp_path: Path) -
     spec = load_data_yaml(yaml_path)
     rep = validate_dataset(spec, "train")
     assert rep.n_images == 12
-    assert rep.counts["missing_label"] == 1
+    assert rep.notes["no_label"] == 1
     assert rep.counts["bad_class"] == 1
     assert rep.counts["out_of_range"] == 1
     assert rep.counts["corrupt_image"] == 1
     assert rep.counts["malformed_row"] == 1
     assert rep.counts["duplicate_row"] == 1
     assert rep.n_background >= 1
-    assert len(rep.usable) == 12 - 5
+    assert len(rep.usable) == 12 - 4
     usable = {p.name: labels for p, labels in rep.usable}
-    assert "000000.jpg" not in usable and "000003.jpg" not in usable
+    assert usable["000000.jpg"].shape == (0, 5) and "000003.jpg" not in usable
     assert usable["000005.jpg"].shape == (2, 5)  # duplicate removed, image kept
     assert usable["000006.jpg"].shape == (0, 5)
     text = rep.summary()
-    assert "7 usable" in text and "000001.jpg" in text and "pixel coordinates?" in text
+    assert "8 usable" in text and "000001.jpg" in text and "pixel coordinates?" in text
     assert "class 9 (nc=4)" in text
 
 
@@ -272,3 +273,31 @@ def test_evaluation_only_dataset_with_an_empty_train_split_loads(tmp_path: Path)
 
     spec = load_data_yaml(write_yolo_dataset(tmp_path / "valonly", 0, 3, imgsz=96, seed=1))
     assert spec.train == [] and len(spec.val) == 3
+
+
+def test_ultralytics_parity_background_images_and_polygon_rows(tmp_path: Path) -> None:
+    """No label file = background image; a segment row = its bounding box; both counted and reported."""
+    yaml_path = write_yolo_dataset(tmp_path / "ds", n_train=6, n_val=1, imgsz=96, seed=5)
+    lab = tmp_path / "ds/labels/train"
+    (lab / "000000.txt").unlink()
+    (lab / "000001.txt").unlink()
+    # a triangle and a quadrilateral (Ultralytics segment format), and a plain box in the same file
+    (lab / "000002.txt").write_text("1 0.1 0.2 0.5 0.2 0.3 0.6\n2 0.6 0.6 0.9 0.65 0.85 0.9 0.62 0.8\n"
+                                    "0 0.5 0.5 0.2 0.2\n")
+    (lab / "000003.txt").write_text("1 0.1 0.2 0.5 0.2 0.3\n")       # 2.5 points: malformed
+    (lab / "000004.txt").write_text("1 0.1 0.2 0.5 0.2 0.3 1.7\n")   # polygon leaves the image
+    rep = validate_dataset(load_data_yaml(yaml_path), "train")
+    usable = {p.name: labels for p, labels in rep.usable}
+    assert usable["000000.jpg"].shape == (0, 5) and usable["000001.jpg"].shape == (0, 5)
+    np.testing.assert_allclose(usable["000002.jpg"], [[1, 0.3, 0.4, 0.4, 0.4], [2, 0.75, 0.75, 0.3, 0.3],
+                                                      [0, 0.5, 0.5, 0.2, 0.2]], atol=1e-6)
+    assert rep.notes == {"no_label": 2, "segment_row": 2}
+    assert rep.counts["malformed_row"] == 1 and rep.counts["out_of_range"] == 1
+    assert "000003.jpg" not in usable and "000004.jpg" not in usable
+    assert rep.n_background >= 2
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "data", "check", str(yaml_path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    text = out.stdout + out.stderr
+    assert "note: 2 x images without a label file, used as background images" in text, text
+    assert "note: 2 x polygon (segment) label rows, trained on as their bounding boxes" in text

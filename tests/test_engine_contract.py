@@ -92,3 +92,42 @@ def test_odd_metadata_values_are_contract_errors():
     for bad in ({"stride": "[8, 16, 32]"}, {"imgsz": '["640", "x"]'}, {"names": "{None: 'a'}"}):
         with pytest.raises(ModelContractError):
             resolve_info({**base, **bad}, ["B", 3, "H", "W"], ["B", 300, 6], "m")
+
+
+def test_symbolic_output_dims_are_resolved_by_a_probe():
+    """Ultralytics' dynamic exports name every output dim, even fixed ones: a blank-batch probe decides."""
+    meta = {"names": repr({i: str(i) for i in range(80)}), "imgsz": "[320, 320]", "stride": "32"}
+    seen = []
+
+    def probe(batch, hw):
+        seen.append((batch, hw))
+        return (batch, 300, 6) if meta.get("end2end") == "True" else (batch, 84, 2100)
+
+    symbolic = ["batch", "Concatoutput0_dim_1", "anchors"]
+    meta["end2end"] = "True"
+    info = resolve_info(meta, ["batch", 3, "height", "width"], symbolic, "yolo26n.onnx", probe=probe)
+    assert info.layout == "end2end" and info.max_det == 300 and info.dynamic_hw and info.input_hw == (320, 320)
+    assert seen == [(1, (320, 320))]
+    meta["end2end"] = "False"
+    info = resolve_info(meta, ["batch", 3, "height", "width"], symbolic, "yolo11n.onnx", probe=probe)
+    assert info.layout == "one-to-many+nms"
+    with pytest.raises(ModelContractError, match=r"output has shape \['batch', 'Concatoutput0_dim_1'"):
+        resolve_info(meta, ["batch", 3, "height", "width"], symbolic, "m.onnx")  # no probe: nothing to decide on
+
+    def failing(batch, hw):
+        raise RuntimeError("kernel not implemented")
+
+    with pytest.raises(ModelContractError, match="test inference on a blank 320x320 batch failed"):
+        resolve_info(meta, ["batch", 3, "height", "width"], symbolic, "m.onnx", probe=failing)
+
+
+def test_nms_in_graph_export_is_end_to_end_rows():
+    """`yolo export nms=True`: end2end False in the metadata, NMS rows [B, max_det, 6] out of the graph."""
+    meta = {"names": "{0: 'person', 1: 'car'}", "imgsz": "[320, 320]", "end2end": "False",
+            "args": "{'batch': 1, 'nms': True, 'dynamic': False}"}
+    info = resolve_info(meta, [1, 3, 320, 320], [1, 300, 6], "yolo11n-nms.onnx")
+    assert info.layout == "end2end" and info.max_det == 300
+    with pytest.raises(ModelContractError, match="metadata says nms=True"):
+        resolve_info(meta, [1, 3, 320, 320], [1, 6, 2100], "m.onnx")
+    with pytest.raises(ModelContractError, match="metadata says end2end"):
+        resolve_info({**meta, "end2end": "True", "args": "{}"}, [1, 3, 320, 320], [1, 6, 2100], "m.onnx")

@@ -61,11 +61,21 @@ def test_bad_parameters_are_clear(query: str, needle: str) -> None:
     assert ei.value.kind == "unsupported" and needle in str(ei.value)
 
 
-def test_invalid_scene_size_is_reported_at_open() -> None:
-    src = open_source(StreamConfig(name="syn", url="synthetic://?objects=999"))
+@pytest.mark.parametrize("query,needle", [("objects=999", "objects 0..250"), ("width=8", "width 32..7680"),
+                                          ("haze=1.5", "haze in [0, 1)"), ("fps=1e9", "fps > 0 and <= 1000"),
+                                          ("frames=-1", "frames >= 0"),
+                                          ("fsp=10", "unknown synthetic parameter 'fsp'")])
+def test_impossible_scenes_are_refused_at_config_load(query: str, needle: str) -> None:
+    """Caught when the config is read (`vap validate`, `vap run`), not by a stream that retries for ever."""
+    from pipeline.config import ConfigError
+    from pipeline.settings import parse_settings
+
+    with pytest.raises(ConfigError) as ce:
+        parse_settings({"streams": [{"name": "syn", "url": f"synthetic://?{query}"}]})
+    assert "streams[0].url" in str(ce.value) and needle in str(ce.value)
     with pytest.raises(SourceError) as ei:
-        src.open()
-    assert ei.value.kind == "unsupported" and "num_objects" in str(ei.value)
+        open_source(StreamConfig(name="syn", url=f"synthetic://?{query}"))
+    assert ei.value.kind == "unsupported" and needle in str(ei.value)
 
 
 def test_finite_synthetic_finishes_under_the_supervisor() -> None:

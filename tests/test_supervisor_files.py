@@ -192,17 +192,81 @@ def test_dead_stream_does_not_delay_another(tmp_path: Path, rig) -> None:
         silent.close()
 
 
-def test_unopenable_file_retries_with_backoff(tmp_path: Path, rig) -> None:
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "moovless", "directory"])
+def test_unopenable_file_fails_at_once_without_retry(tmp_path: Path, rig, case: str) -> None:
+    col, metrics, sup = rig
+    good = write_video(tmp_path / "good.mp4", frames=30)
+    target = tmp_path / f"{case}.mp4"
+    if case == "empty":
+        target.write_bytes(b"")
+    elif case == "garbage":
+        target.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(20000)))
+    elif case == "moovless":  # an mp4 cut before its index (moov at the end): cannot be opened
+        truncated_copy(good, target, keep=0.5)
+    elif case == "directory":
+        target.mkdir()
+    sup.add(StreamConfig(name="a", url=str(target), backoff_initial_s=0.01, backoff_max_s=0.02))
+    assert wait_for(sup.all_finished, timeout=5)
+    time.sleep(0.2)  # a retry loop would have reconnected by now
+    w = sup.worker("a")
+    assert w.state == "failed" and w.reconnects == 0, (w.state, w.reconnects)
+    assert col.state_seq("a") == ["starting", "failed"]
+    assert w.failed and str(target) in w.failed
+    expect = {"missing": "not found", "directory": "directory"}.get(case)
+    if expect:
+        assert expect in w.failed
+    snap = sup.snapshot()[0]
+    assert snap["state"] == "failed" and snap["failed"] == w.failed
+    assert sample(metrics, "vap_inputs_incomplete_total", stream="a", reason="failed") == 1
+    assert sample(metrics, "vap_stream_state", stream="a", state="failed") == 1
+    assert not col.of("a")
+
+
+def test_live_file_keeps_the_reconnect_loop(tmp_path: Path, rig) -> None:
+    """A file configured live: true stands in for a camera: it is retried, and picked up once it appears."""
     col, metrics, sup = rig
     target = tmp_path / "later.mkv"
-    sup.add(StreamConfig(name="a", url=str(target), backoff_initial_s=0.05, backoff_max_s=0.1))
+    sup.add(StreamConfig(name="a", url=str(target), live=True, backoff_initial_s=0.05, backoff_max_s=0.1))
     assert wait_for(lambda: sup.worker("a").reconnects >= 2)
     snap = sup.snapshot()[0]
     assert snap["state"] in ("backoff", "starting") and "not found" in snap["last_error"]
+    assert snap["failed"] is None
     assert sample(metrics, "vap_stream_reconnects_total", stream="a") >= 2
-    write_video(target, frames=8)  # the file appears: the next attempt picks it up
-    assert wait_for(sup.all_finished, timeout=5)
-    assert len(col.of("a")) == 8
+    write_video(target, frames=8)
+    assert wait_for(lambda: len(col.of("a")) >= 8, timeout=5)
+
+
+def test_file_without_a_decodable_frame_fails(tmp_path: Path, rig) -> None:
+    """A file that opens but whose video data is all garbage fails: nothing of it was processed."""
+    col, metrics, sup = rig
+    full = write_video(tmp_path / "full.ts", frames=30)
+    data = bytearray(full.read_bytes())
+    rng = random.Random(2)
+    for off in range(0, len(data), 188):  # keep the TS sync/header bytes, scramble every payload
+        data[off + 4:off + 188] = bytes(rng.randrange(256) for _ in range(min(184, len(data) - off - 4)))
+    bad = tmp_path / "scrambled.ts"
+    bad.write_bytes(bytes(data))
+    sup.add(StreamConfig(name="s", url=str(bad)))
+    assert wait_for(sup.all_finished, timeout=10)
+    w = sup.worker("s")
+    assert w.state == "failed" and w.reconnects == 0
+    assert sample(metrics, "vap_inputs_incomplete_total", stream="s", reason="failed") == 1
+
+
+def test_truncated_file_finishes_as_truncated(tmp_path: Path, rig) -> None:
+    col, metrics, sup = rig
+    full = write_video(tmp_path / "full.mkv", frames=50)
+    truncated_copy(full, tmp_path / "cut.mkv", keep=0.5)
+    sup.add(StreamConfig(name="cut", url=str(tmp_path / "cut.mkv")))
+    sup.add(StreamConfig(name="ok", url=str(full)))
+    assert wait_for(sup.all_finished)
+    assert col.state_seq("cut")[-1] == "finished"
+    reason = col.reasons("cut")[-1]
+    assert reason.startswith("truncated: ") and "declares" in reason
+    assert sup.worker("cut").truncated and sup.worker("ok").truncated is None
+    assert sample(metrics, "vap_inputs_incomplete_total", stream="cut", reason="truncated") == 1
+    assert sample(metrics, "vap_inputs_incomplete_total", stream="ok", reason="truncated") == 0
+    assert col.reasons("ok")[-1] == "end of file"
 
 
 def test_backoff_delay_is_capped_full_jitter() -> None:
@@ -414,3 +478,13 @@ def test_backoff_resets_only_after_a_stable_period(monkeypatch, stream_s: float,
         assert attempts[:4] == [0, 0, 0, 0]  # each session streamed longer than stable_reset_s
     else:
         assert attempts[:4] == [0, 1, 2, 3]  # failing straight away: the backoff keeps growing
+
+
+def test_impossible_synthetic_scene_fails_at_once(rig) -> None:
+    """Added without config validation (e.g. a StreamConfig built in code): no retry loop either."""
+    _, metrics, sup = rig
+    sup.add(StreamConfig(name="s", url="synthetic://?fps=0", backoff_initial_s=0.01, backoff_max_s=0.02))
+    assert wait_for(sup.all_finished, timeout=5)
+    time.sleep(0.1)
+    w = sup.worker("s")
+    assert w.state == "failed" and w.reconnects == 0 and "fps > 0" in (w.failed or "")

@@ -110,6 +110,11 @@ def backend_kind(path: str | Path, kind: str = "auto") -> str:
     if not path.exists():
         raise ModelContractError(f"model file {path} does not exist; check model.path in the config "
                                  "(the demo model ships as engines/models/vap-synth-n.onnx)")
+    if path.is_dir():
+        raise ModelContractError(f"model path {path} is a directory, not a model file; point model.path (or "
+                                 "--model) at an .onnx, .engine/.plan or .pt file")
+    if path.stat().st_size == 0:
+        raise ModelContractError(f"model file {path} is empty (0 bytes); export or copy it again")
     if kind != "auto":
         return kind
     found = SUFFIXES.get(path.suffix.lower())

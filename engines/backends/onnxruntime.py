@@ -83,7 +83,8 @@ class OrtBackend(Backend):
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
-        self.info = resolve_info(meta, list(inputs[0].shape), list(outputs[0].shape), str(path), class_names)
+        self.info = resolve_info(meta, list(inputs[0].shape), list(outputs[0].shape), str(path), class_names,
+                                 probe=self._probe)
         self.providers = self.session.get_providers()
         wanted = provider_names(providers)[0]
         if self.providers[:1] != [wanted]:
@@ -97,6 +98,11 @@ class OrtBackend(Backend):
         self.device = "cuda" if wanted in GPU_PROVIDERS else "cpu"
         self.device_id = int(_provider_options(providers, wanted).get("device_id", 0))
         self._binding = self.session.io_binding() if io_binding else None
+
+    def _probe(self, batch: int, hw: tuple[int, int]) -> tuple[int, ...]:
+        """Output shape of one blank batch: what symbolic output dims really are (at load only)."""
+        blank = np.full((batch, 3, *hw), 114 / 255, dtype=np.float32)
+        return tuple(self.session.run([self.output_name], {self.input_name: blank})[0].shape)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         if self._binding is None:
