@@ -31,6 +31,7 @@ import numpy as np
 from engines.calibration import calibration_batches
 from engines.contract import ModelContractError
 from engines.hostinfo import cpu_name
+from engines.int8_report import describe
 from engines.metadata import read_onnx_metadata, write_metadata
 
 
@@ -146,14 +147,6 @@ def accuracy_report(fp32: Path, int8: Path, data: str | Path, limit: int = 0, ba
         "speedup": round(speed["fp32"] / speed["int8"], 3),
         "cpu": cpu_name(), "vnni": cpu_has_vnni(),
     }
-
-
-def describe(report: dict[str, Any]) -> str:
-    """One line for logs: what INT8 costs and gains."""
-    m = report["map50_95"]
-    return (f"INT8 mAP50-95 {m['int8']:.3f} vs fp32 {m['fp32']:.3f} ({report['map50_95_change']:+.3f}) on "
-            f"{report['images']} images of {report['data']}; {report['speedup']:.2f}x the fp32 speed at batch "
-            f"{report['batch']} on {report['cpu']}")
 
 
 def cli(argv: list[str]) -> int:

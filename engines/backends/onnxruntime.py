@@ -128,7 +128,7 @@ def _announce_int8(report: Any, source: str) -> None:
     import logging
 
     from engines.metadata import parse_value
-    from engines.quantize import describe
+    from engines.int8_report import describe
 
     log = logging.getLogger("vap.engine")
     report = parse_value(report) if report is not None else None
