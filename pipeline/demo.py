@@ -56,7 +56,7 @@ def demo_settings(out: Path, cameras: int, port: int, clip: Path, model: Path = 
 def run_demo(out: Path, duration: float = 20.0, cameras: int = 2, port: int = 9108, quiet: bool = False,
              model: Path | None = None) -> int:
     from engines.synth import write_video
-    from pipeline.cli import EXIT_MODEL, run_pipeline
+    from pipeline.run import EXIT_MODEL, run_pipeline
 
     model = model or SHIPPED_MODEL
     if not model.exists():
