@@ -209,6 +209,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 self.active -= 1
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a handler (the client vanished): a debug line, no traceback."""
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -267,7 +271,8 @@ class ApiServer:
 
     def close(self) -> None:
         self.httpd.closing.set()   # ends live views and event feeds
-        self.httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self.httpd.shutdown()
         self.httpd.server_close()
 
     @property
@@ -302,6 +307,8 @@ class JsonHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own refusals (bad request line, header too long) as JSON too."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
         try:
             self._send(code, {"error": message or explain or self.responses.get(code, ("error",))[0]})
         except OSError:
@@ -345,7 +352,10 @@ class _Handler(JsonHandler):
             self._route(method)
         except ApiError as exc:
             if not self._responded:
-                self._error(exc.status, exc.message, exc.headers)
+                try:
+                    self._error(exc.status, exc.message, exc.headers)
+                except OSError:
+                    pass                           # the client left before the answer
         except (BrokenPipeError, ConnectionResetError):
             pass                                   # the client went away
         except TimeoutError:
