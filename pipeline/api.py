@@ -616,8 +616,9 @@ class _Handler(JsonHandler):
                     if (streams and e.get("stream") not in streams) or (types and e.get("type") not in types):
                         continue
                     out.append(f"id: {seq}\ndata: {json.dumps(e)}\n\n")
-                self.wfile.write(("".join(out) or ": keep-alive\n\n").encode())
-                self.wfile.flush()
+                if out or not batch:   # a comment line when idle keeps proxies from closing the feed
+                    self.wfile.write(("".join(out) or ": keep-alive\n\n").encode())
+                    self.wfile.flush()
                 batch = self.api.feed.wait_events(after, timeout=1.0 if out else 10.0)
         finally:
             self.api.feeds.release()
