@@ -181,6 +181,7 @@ function cancelDrawing() {
   $("mode-line").classList.remove("active");
   $("cancel").disabled = true;
   $("finish").disabled = true;
+  $("view-status").textContent = "";
   drawOverlay();
 }
 
