@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,45 @@ def test_k8s_manifests_validate_against_the_kubernetes_schema(monkeypatch):
             f"the config asks ONNX Runtime for {providers} but {image} installs the CPU-only onnxruntime"
     if "nvidia.com/gpu" in c["resources"].get("requests", {}):
         assert image.endswith(":gpu"), "a pod that requests a GPU must run the GPU image"
+
+
+def test_compose_broker_config_refuses_anonymous_clients_on_a_real_mosquitto(tmp_path):
+    """deploy/mosquitto.conf as compose runs it (its password file written by mosquitto_passwd from
+    the environment), on Debian's mosquitto: anonymous refused, the vap user accepted."""
+    import getpass
+
+    paho = pytest.importorskip("paho.mqtt.client")
+    from tests.real_servers import Server, free_port, need
+
+    binary, passwd_tool = need("mosquitto"), need("mosquitto_passwd")
+    port = free_port()
+    passwd = tmp_path / "passwd"
+    subprocess.run([passwd_tool, "-b", "-c", str(passwd), "vap", "Br0kerPass"], check=True, timeout=30)
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    # the same file, with the container's paths and port mapped onto this machine
+    conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
+    conf = conf.replace("/mosquitto/data/passwd", str(passwd)).replace("/mosquitto/data/", f"{tmp_path}/")
+    (tmp_path / "m.conf").write_text(conf + f"user {getpass.getuser()}\n")
+    server = Server([binary, "-c", str(tmp_path / "m.conf")], port, tmp_path).start()
+    try:
+        def connect(user: str | None, password: str | None) -> int:
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+            if user:
+                client.username_pw_set(user, password)
+            try:
+                client.connect("127.0.0.1", port, keepalive=5)
+            except OSError:
+                return -1
+            codes: list[int] = []
+            client.on_connect = lambda c, u, f, rc, p=None: codes.append(int(rc.value if hasattr(rc, "value") else rc))
+            deadline = time.time() + 10
+            while not codes and time.time() < deadline:
+                client.loop(0.1)
+            client.disconnect()
+            return codes[0] if codes else -2
+
+        assert connect(None, None) != 0                  # anonymous: refused
+        assert connect("vap", "wrong-password") != 0
+        assert connect("vap", "Br0kerPass") == 0
+    finally:
+        server.stop()
