@@ -16,12 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from pipeline.analytics import AnalyticsConfig, LineConfig, ZoneConfig
 from pipeline.annotate import draw_tracks
 from pipeline.frames import Detections, Frame
 from pipeline.tracking import Tracks
@@ -37,6 +38,23 @@ class _Latest:
     frame: Frame
     tracks: Tracks
     seq: int
+
+
+def _relative(analytics: AnalyticsConfig, w: int, h: int) -> AnalyticsConfig:
+    """The same zones and lines in fractions of a (w, h) frame, to draw them on a resized copy."""
+    def zone(z: ZoneConfig) -> ZoneConfig:
+        if z.relative:
+            return z
+        return z.model_copy(update={"relative": True, "polygon": [(x / w, y / h) for x, y in z.polygon]})
+
+    def line(ln: LineConfig) -> LineConfig:
+        if ln.relative:
+            return ln
+        (ax, ay), (bx, by) = ln.points
+        return ln.model_copy(update={"relative": True, "points": ((ax / w, ay / h), (bx / w, by / h))})
+
+    return analytics.model_copy(update={"zones": [zone(z) for z in analytics.zones],
+                                        "lines": [line(ln) for ln in analytics.lines]})
 
 
 class ConsoleFeed:
@@ -97,11 +115,16 @@ class ConsoleFeed:
             return None
         cfg = self.pipeline.stream_config(stream)
         analytics = self.pipeline.settings.stream_analytics(cfg) if cfg is not None else None
-        image = draw_tracks(latest.frame.image, latest.tracks, self.pipeline.names, analytics)
-        if max_width and image.shape[1] > max_width:
-            scale = max_width / image.shape[1]
-            image = cv2.resize(image, (max_width, max(1, int(round(image.shape[0] * scale)))),
-                               interpolation=cv2.INTER_AREA)
+        image, tracks = latest.frame.image, latest.tracks
+        h, w = image.shape[:2]
+        if max_width and w > max_width:
+            # shrink first and draw on the small picture: a fraction of the pixels to copy and draw
+            scale = max_width / w
+            image = cv2.resize(image, (max_width, max(1, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
+            tracks = replace(tracks, boxes=np.asarray(tracks.boxes, dtype=np.float32) * scale)
+            if analytics is not None:
+                analytics = _relative(analytics, w, h)
+        image = draw_tracks(image, tracks, self.pipeline.names, analytics)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
