@@ -120,7 +120,9 @@ class ConsoleFeed:
         if max_width and w > max_width:
             # shrink first and draw on the small picture: a fraction of the pixels to copy and draw
             scale = max_width / w
-            image = cv2.resize(image, (max_width, max(1, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
+            # INTER_AREA only where it is cheap and needed (halving or more): at 0.75x it costs 3x linear
+            interp = cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR
+            image = cv2.resize(image, (max_width, max(1, int(round(h * scale)))), interpolation=interp)
             tracks = replace(tracks, boxes=np.asarray(tracks.boxes, dtype=np.float32) * scale)
             if analytics is not None:
                 analytics = _relative(analytics, w, h)
