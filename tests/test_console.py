@@ -205,3 +205,28 @@ def http_get(url: str) -> str:
     import urllib.request
     with urllib.request.urlopen(url, timeout=3) as r:
         return r.read().decode()
+
+
+def test_snapshot_thumbnails_served_and_no_path_escape(tmp_path, monkeypatch):
+    monkeypatch.delenv("VAP_API_TOKEN", raising=False)
+    model = constant_detector(tmp_path / "m.onnx", np.array([[10, 20, 30, 40, 0.9, 0]], np.float32), ["person"])
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8not a snapshot")
+    p = Pipeline(parse_settings({"streams": [{"name": "cam", "url": SYNTH}], "model": {"path": str(model)},
+                                 "sinks": [{"path": str(tmp_path / "events.jsonl"), "fsync": "never"}],
+                                 "snapshots": {"enabled": True, "dir": str(tmp_path / "snaps")},
+                                 "server": {"port": 0}}))
+    api = ApiServer(p)
+    api.start()
+    p.start()
+    try:
+        ev = _wait(lambda: next((e for _, e in api.feed.events_after(0) if e.get("snapshot")), None), 30,
+                   "no event with a snapshot")
+        path = f"/snapshots/{ev['snapshot']}"
+        status, headers, body = _wait(lambda: (r := _get(api, path))[0] == 200 and r, 10, "snapshot never served")
+        assert headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+        for bad in ("/snapshots/../secret.jpg", "/snapshots/%2e%2e/secret.jpg", "/snapshots//etc/passwd",
+                    "/snapshots/../m.onnx"):
+            assert _get(api, bad)[0] == 404, bad
+    finally:
+        p.stop(timeout=5)
+        api.close()
