@@ -421,9 +421,6 @@ class _Handler(JsonHandler):
 
     def _body(self) -> Any:
         """The request's JSON body, every way it can be wrong answered 4xx."""
-        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {ctype or 'none'!r})")
         if self.headers.get("Transfer-Encoding"):
             raise ApiError(411, "send a Content-Length (chunked bodies are not accepted)")
         cap = self.api.config.max_body_bytes
@@ -431,6 +428,9 @@ class _Handler(JsonHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             raise ApiError(400, "Content-Length is not a number") from None
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {ctype or 'none'!r})")
         if length > cap:
             raise ApiError(413, f"body of {length} bytes is over the limit of {cap} (server.max_body_bytes)")
         if length <= 0:
