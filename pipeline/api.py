@@ -251,6 +251,7 @@ class ApiServer:
         self.port = self.httpd.server_address[1]
         self.host = host
         self.allowed_hosts = self._allowed_hosts(host, cfg.allowed_hosts)
+        self.add_lock = threading.Lock()
         self.viewers = threading.BoundedSemaphore(cfg.max_viewers)
         self.feeds = threading.BoundedSemaphore(cfg.max_viewers)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="vap-api", daemon=True)
@@ -661,19 +662,20 @@ class _Handler(JsonHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "send one stream as a JSON object: {\"name\": ..., \"url\": ...}")
         check_api_source(body.get("url"), self.api.config)
-        cap = self.api.config.max_streams
-        if len(self.pipeline.streams()) >= cap:
-            raise ApiError(429, f"already {cap} streams (server.max_streams); remove one first")
         try:
             cfg = StreamSettings.model_validate(body)
         except ValidationError as exc:
             raise ApiError(400, format_validation_error(exc, "stream", StreamSettings)) from None
-        try:
-            self.pipeline.add_stream(cfg)
-        except ConfigError as exc:
-            raise ApiError(400, str(exc)) from None
-        except ValueError as exc:
-            raise ApiError(409, str(exc)) from None
+        cap = self.api.config.max_streams
+        with self.api.add_lock:   # count and add as one step, or concurrent POSTs overshoot the cap
+            if len(self.pipeline.streams()) >= cap:
+                raise ApiError(429, f"already {cap} streams (server.max_streams); remove one first")
+            try:
+                self.pipeline.add_stream(cfg)
+            except ConfigError as exc:
+                raise ApiError(400, str(exc)) from None
+            except ValueError as exc:
+                raise ApiError(409, str(exc)) from None
         found = [s for s in self.pipeline.streams() if s["name"] == cfg.name]
         self._send(201, found[0] if found else {"name": cfg.name})
 
