@@ -322,6 +322,35 @@ class StreamAnalytics:
             events.extend(self._end(tid, capture_ts))
         return events
 
+    def reconfigure(self, cfg: AnalyticsConfig, capture_ts: float) -> list[dict]:
+        """Swap in new zones and lines while the stream runs (the console's editor applies them).
+
+        Tracks keep their identity and lifecycle (no second track.start); a track inside a zone
+        that no longer exists gets its `zone.exit` now, so every enter a consumer saw is closed.
+        Zones and lines kept by name keep their state and counts; a moved zone corrects itself
+        through the usual inertia with ordinary enter/exit events. Returns the exits.
+        """
+        cfg.check_classes(self.class_names, where=f"stream {self.stream!r}: ")
+        zones = {z.name for z in cfg.zones}
+        lines = {ln.name for ln in cfg.lines}
+        events: list[dict] = []
+        for tid, st in self._tracks.items():
+            for name in [n for n in st.zones if n not in zones]:
+                zs = st.zones.pop(name)
+                if zs.inside:
+                    events.append(self._exit(tid, st, name, zs, st.last_t, capture_ts))
+            for name in [n for n in st.line_side if n not in lines]:
+                del st.line_side[name]
+                st.line_clear_pt.pop(name, None)
+        self.cfg = cfg
+        self._zone_cls = [self._class_mask(z.classes) for z in cfg.zones]
+        self._line_cls = [self._class_mask(ln.classes) for ln in cfg.lines]
+        self._occupancy = {z.name: sum(1 for st in self._tracks.values()
+                                       if (zs := st.zones.get(z.name)) is not None and zs.inside) for z in cfg.zones}
+        self._counts = {ln.name: self._counts.get(ln.name, {"in": 0, "out": 0}) for ln in cfg.lines}
+        self._frame_size = None  # rescale the new geometry on the next frame
+        return events
+
     # -- per-track rules -----------------------------------------------------------------------
 
     def _step(self, tid: int, st: _TrackState, t: float, capture_ts: float, i: int,

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -169,15 +169,32 @@ def parse_synthetic(url: str) -> dict[str, Any]:
 
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")
+# Query parameter names that carry credentials (`?user=admin&password=...`, `?access_token=`, `?sig=`):
+# matched anywhere in the name, case-insensitively, after percent-decoding.
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|auth|api[-_.]?key|(^|[-_.])key($|[-_.])|cookie|credential|"
+                         r"signature|(^|[-_.])sig($|[-_.])|session|jwt|private", re.I)
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#?]*)=([^&;]*)")
 
 
 def redact_url(url: str) -> str:
-    """Replace everything between `scheme://` and the last `@` with `***`.
+    """Hide the credentials of a URL: the userinfo (`user:pass@`) and secret-looking query values.
 
-    Never raises, and errs towards hiding too much: passwords may contain `/`, `?`, `#` or `:`,
-    which defeat a URL parser, so the userinfo is cut textually up to the last `@`.
+    Everything between `scheme://` and the last `@` becomes `***`; so does the value of every query
+    parameter whose name looks like a credential (password, pass, pwd, token, key, secret, auth,
+    signature, ...). Never raises, and errs towards hiding too much: passwords may contain `/`, `?`,
+    `#` or `:`, which defeat a URL parser, so both are cut textually (a secret value runs to the
+    next `&` or `;`, fragment included).
     """
-    return _USERINFO.sub(r"\1***@", url)
+    url = _USERINFO.sub(r"\1***@", url)
+    if "?" not in url:
+        return url
+    head, sep, query = url.partition("?")
+
+    def mask(m: re.Match[str]) -> str:
+        name = unquote_plus(m.group(2))
+        return f"{m.group(1)}{m.group(2)}=***" if SECRET_NAME.search(name) else m.group(0)
+
+    return head + _QUERY_PARAM.sub(mask, sep + query)
 
 
 def check_url(url: str) -> None:

@@ -74,7 +74,8 @@ def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  
             pipeline.stop(timeout=2)  # release the sinks it opened
             raise
         server.start()
-        log.info("metrics and control API on %s (/metrics /healthz /readyz /streams)", server.url)
+        log.info("console on %s/ (also /metrics /healthz /readyz /streams)%s", server.url,
+                 "" if server.token else f"; no API token: set ${settings.server.token_env} to require one")
     stop = threading.Event()
     signals: dict[str, Any] = {"count": 0, "first": None}
 

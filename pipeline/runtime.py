@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from engines.backends import Backend, backend_kind, load_backend
-from pipeline.analytics import StreamAnalytics
+from pipeline.analytics import AnalyticsConfig, StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
 from pipeline.config import ConfigError, redact_url
 from pipeline.dehaze import StreamDehazers, source_transform
@@ -52,6 +52,7 @@ _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff
                  "stopped": "stream.down", "finished": "stream.down", "failed": "stream.down"}
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
+EventListener = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass
@@ -124,6 +125,9 @@ class Pipeline:
         self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
         self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
         self.hooks: list[ResultHook] = []
+        # Called with every published batch of events, on the publishing thread (post or a decoder's
+        # state change): must be quick and thread-safe (the console's event feed is one).
+        self.listeners: list[EventListener] = []
         self.snapshots = Snapshotter(settings.snapshots, self.metrics) if settings.snapshots.enabled else None
         if self.snapshots is not None:
             self.hooks.append(self.snapshots)  # runs before the events are published: adds their paths
@@ -144,6 +148,7 @@ class Pipeline:
         self._removing: set[str] = set()               # removal in progress: name reserved
         self._finalised: set[str] = set()
         self._to_remove: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+        self._to_reconfigure: "queue.SimpleQueue[tuple[str, StreamSettings]]" = queue.SimpleQueue()
         self._down: dict[str, bool] = {}
         self._latency: dict[str, deque[float]] = {}    # recent capture-to-done latencies, for progress
         self._q_infer: "queue.Queue[_Batch | None]" = queue.Queue(1)
@@ -214,6 +219,22 @@ class Pipeline:
     def _analytics_of(self, name: str) -> Any:
         cfg = self.stream_config(name)
         return None if cfg is None else self.settings.stream_analytics(cfg)
+
+    def update_analytics(self, name: str, analytics: AnalyticsConfig) -> StreamSettings:
+        """Replace one stream's zones and lines while it runs; KeyError if unknown, ConfigError if
+        they name classes the engine lacks. The post thread applies it before its next batch
+        (see `StreamAnalytics.reconfigure`), so tracks keep their ids and lifecycle."""
+        analytics.check_classes(self.names, where=f"streams.{name}.analytics: ")
+        with self._lock:
+            cfg = self._configs.get(name)
+            if cfg is None or name in self._removing:
+                raise KeyError(name)
+            new = cfg.model_copy(update={"analytics": analytics})
+            self._configs[name] = new
+        self._to_reconfigure.put((name, new))
+        log.info("stream %s: analytics replaced (%d zones, %d lines)", name, len(analytics.zones),
+                 len(analytics.lines))
+        return new
 
     def streams(self) -> list[dict[str, Any]]:
         return self.supervisor.snapshot()
@@ -433,6 +454,7 @@ class Pipeline:
             if batch is None:
                 break
             self._drain_removals()
+            self._drain_reconfigure()
             if batch.frames:
                 self._process(batch)
             self._finalise_finished()
@@ -496,6 +518,9 @@ class Pipeline:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         self.metrics.count_events(events)
         self.bus.publish(events)
+        if events:
+            for listener in self.listeners:
+                listener(events)
 
     def _state_for(self, name: str) -> _StreamState | None:
         state = self._states.get(name)
@@ -549,6 +574,19 @@ class Pipeline:
                 self._finished.discard(name)
                 self._finalised.discard(name)
                 self._removing.discard(name)
+
+    def _drain_reconfigure(self) -> None:
+        """Apply analytics replaced through `update_analytics` (post thread: it owns the state)."""
+        while True:
+            try:
+                name, cfg = self._to_reconfigure.get_nowait()
+            except queue.Empty:
+                return
+            state = self._states.get(name)
+            if state is None:   # no frame seen yet: _state_for builds it from the new config
+                continue
+            state.cfg = cfg
+            self._publish(state.analytics.reconfigure(self.settings.stream_analytics(cfg), time.time()))
 
     def _finalise_finished(self) -> None:
         with self._lock:

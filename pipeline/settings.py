@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
@@ -65,9 +65,39 @@ class AnnotateConfig(Strict):
 
 
 class ServerConfig(Strict):
+    """The HTTP surface: metrics, health, the control API and the console.
+
+    Why these limits: the server may be reachable by anything on the network (or, through a
+    browser, by any web page), so every resource a client can hold (threads, memory, streams) is
+    bounded and every mutation needs the token once the server is exposed.
+    """
+
     enabled: bool = Field(True, description="Serve the HTTP endpoints")
-    host: str = Field("127.0.0.1", description="Bind address of /metrics, /healthz, /readyz and /streams")
+    host: str = Field("127.0.0.1", description="Bind address of /metrics, /healthz, /readyz, /streams and the "
+                      "console; anything but a loopback address needs the API token")
     port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+    token_env: str = Field("VAP_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="Environment variable holding the API token (never the token itself: the "
+                           "YAML is printed by `vap validate`). When set, the console, /streams and the frame "
+                           "endpoints need it (Authorization: Bearer, or the console's login cookie)")
+    public_metrics: bool = Field(True, description="Serve /metrics, /healthz and /readyz without the token "
+                                 "(for Prometheus and probes)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra names clients may use in the Host "
+                                     "header (DNS names of this machine); the bound address and, on loopback, "
+                                     "localhost are always allowed. Guards against DNS rebinding")
+    allowed_schemes: list[Literal["rtsp", "rtsps", "http", "https", "synthetic", "v4l2"]] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "http", "https"],
+        description="Source kinds POST /streams accepts; files also need media_roots")
+    media_roots: list[Path] = Field(default_factory=list, description="Folders whose video files POST /streams may "
+                                    "open (none by default: no local file can be named over the API)")
+    max_streams: int = Field(200, ge=1, description="POST /streams refuses a stream beyond this many")
+    max_connections: int = Field(64, ge=2, le=4096, description="Concurrent HTTP connections; more get 503 at once")
+    max_viewers: int = Field(8, ge=1, description="Concurrent live views and event feeds (MJPEG, SSE)")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="A client that sends nothing for this long "
+                                  "is disconnected (slow or stuck clients cannot hold threads)")
+    live_fps: float = Field(10.0, gt=0, le=60, description="Frame rate cap of the console's live view")
+    grafana_url: str | None = Field(None, description="Link shown in the console (e.g. http://127.0.0.1:3000)")
 
 
 class Settings(Strict):
@@ -157,10 +187,6 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[BaseM
     return out or "(top level)", current
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return _walk(Settings, loc)[0]
-
-
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names of the model that sits at `loc` (for 'unknown key' messages)."""
     current = _walk(model, loc)[1]
@@ -177,19 +203,22 @@ def _model_in(ann: Any) -> type[BaseModel] | None:
     return None
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One readable line per problem. `root` is the model that was validated (default: the whole
+    Settings), so unknown-key hints list the keys allowed there, e.g. a stream's for POST /streams."""
+    root = root or Settings
     lines = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
     for err in exc.errors():
         loc = err["loc"]
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Settings, loc[:-1])
+            allowed = _allowed_keys(root, loc[:-1])
             hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-            lines.append(f"  - {_loc(loc)}: unknown key {loc[-1]!r}{hint}")
+            lines.append(f"  - {_walk(root, loc)[0]}: unknown key {loc[-1]!r}{hint}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             value = err.get("input")
             shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {redact_url(str(value))!r})"
-            lines.append(f"  - {_loc(loc)}: {msg}{shown}")
+            lines.append(f"  - {_walk(root, loc)[0]}: {msg}{shown}")
     return "\n".join(lines)
 
 

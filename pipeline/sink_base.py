@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pydantic import Field
 
-from pipeline.config import ConfigError, Strict, redact_url
+from pipeline.config import SECRET_NAME, ConfigError, Strict, redact_url
 from pipeline.spool import SpoolConfig
 
 
@@ -106,8 +106,7 @@ def env_secret(var: str | None) -> str | None:
     return value if value else None
 
 
-_SECRET_KEY = re.compile(r"pass|secret|token|auth|api[-_.]?key|(^|[-_.])key($|[-_.])|cookie|credential|signature",
-                         re.I)
+_SECRET_KEY = SECRET_NAME  # one list of credential-looking names for headers, options and URL queries
 
 
 def looks_secret(key: str) -> bool:

@@ -24,6 +24,14 @@ if ! command -v mosquitto >/dev/null || ! command -v redis-server >/dev/null || 
   $SUDO apt-get install -y -qq --no-install-recommends mosquitto redis-server prometheus >/dev/null
 fi
 
+# Debian's chromium for the console's browser test (driven by Playwright's Python package; no browser
+# download: the test points Playwright at /usr/bin/chromium).
+if ! command -v chromium >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[train,dev,sinks,cluster]"

@@ -293,3 +293,24 @@ def test_state_bounded_when_many_tracks_come_and_go() -> None:
     assert an.open_tracks() == 0 and an.occupancy() == {"z": 0}
     # the line is drawn top to bottom, so walking left to right goes from its right to its left: "out"
     assert an.counts() == {"l": {"in": 0, "out": 2000}}
+
+
+def test_reconfigure_keeps_tracks_and_closes_removed_zones() -> None:
+    """The console's editor replaces zones at runtime: tracks keep their lifecycle (no second
+    track.start), a removed zone closes with zone.exit, a new zone opens with zone.enter."""
+    cfg = AnalyticsConfig(zones=[ZoneConfig(name="door", polygon=SQUARE, inertia_frames=2)])
+    an = StreamAnalytics("cam1", cfg, CLASSES)
+    inside = [tracks([(7, feet(500, 450), 0.9, 0)]) for _ in range(6)]
+    ev = run(an, inside)
+    assert types(ev) == ["track.start", "zone.enter", "track.update"] and an.occupancy() == {"door": 1}
+    new = AnalyticsConfig(zones=[ZoneConfig(name="yard", polygon=[(0, 0), (1, 0), (1, 1), (0, 1)], relative=True,
+                                            inertia_frames=2)])
+    exits = an.reconfigure(new, T0 + 1)
+    assert types(exits) == ["zone.exit"] and exits[0]["zone"] == "door" and exits[0]["track_id"] == "cam1:7"
+    for e in exits:
+        VALIDATOR.validate(e)
+    ev = run(an, inside, t0=1.0)
+    assert "track.start" not in types(ev)
+    assert [e["zone"] for e in ev if e["type"] == "zone.enter"] == ["yard"] and an.occupancy() == {"yard": 1}
+    with pytest.raises(ConfigError):
+        an.reconfigure(AnalyticsConfig(zones=[ZoneConfig(name="z", polygon=SQUARE, classes=["unicorn"])]), T0)

@@ -104,7 +104,9 @@ def test_files_every_frame_events_schema_and_metrics(tmp_path, model):
 
 def test_control_api_add_remove_and_release(tmp_path, model):
     live = write_video(tmp_path / "live.ts", frames=50)
-    p = Pipeline(_settings(tmp_path, model, []))
+    settings = _settings(tmp_path, model, [])
+    settings.server.media_roots = [tmp_path]   # files over the API only from under a media root
+    p = Pipeline(settings)
     api = ApiServer(p, "127.0.0.1", 0)
     api.start()
     p.start()
@@ -113,8 +115,9 @@ def test_control_api_add_remove_and_release(tmp_path, model):
         status, body = _request(f"{api.url}/streams", "POST", spec)
         assert status == 201 and body["name"] == "cam9"
         assert _request(f"{api.url}/streams", "POST", spec)[0] == 409
-        status, body = _request(f"{api.url}/streams", "POST", {"name": "x", "url": "a.mp4", "fps": 3})
+        status, body = _request(f"{api.url}/streams", "POST", {"name": "x", "url": str(tmp_path / "a.mp4"), "fps": 3})
         assert status == 400 and "unknown key 'fps'" in body["error"]
+        assert "allowed here: analytics" in body["error"] and "shutdown_timeout_s" not in body["error"]
         for bad in ("..", ".cam", "a/b"):  # the settings model's name rule holds for the API too
             status, body = _request(f"{api.url}/streams", "POST", {"name": bad, "url": str(live), "live": True})
             assert status == 400 and "name" in body["error"] and "not starting with '.'" in body["error"], body
