@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-set", type=Path, help="also write the set in MOTChallenge layout here")
     ap.add_argument("--json", type=Path, help="write every number as JSON here")
     ap.add_argument("--only", nargs="*", default=["vap", "roboflow", "ultralytics"])
+    ap.add_argument("--speed-only", type=int, metavar="ROUNDS", default=0,
+                    help="only the update-time scenes, ROUNDS interleaved rounds (median of the rounds' medians)")
     args = ap.parse_args(argv)
 
     cfg = TrackerConfig()
@@ -238,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     names = list(builders)
 
     t0 = time.time()
+    if args.speed_only:
+        rounds = [speed(builders) for _ in range(args.speed_only)]
+        print("| objects | " + " | ".join(f"{n} median ms" for n in names) + " | vap / roboflow |")
+        print("|---:|" + "---:|" * len(names) + "---:|")
+        for count in rounds[0]:
+            med = {n: float(np.median([r[count][n]["median_ms"] for r in rounds])) for n in names}
+            ratio = f"{med['vap'] / med['roboflow']:.2f}" if "vap" in med and "roboflow" in med else "-"
+            print(f"| {count} | " + " | ".join(f"{med[n]:.3f}" for n in names) + f" | {ratio} |")
+        print(f"\n{args.speed_only} rounds; load average {os.getloadavg()[0]:.2f}")
+        return 0
     seqs = benchmark_set(tuple(args.seeds), args.seconds)
     families: dict[str, list[str]] = {}
     for s in seqs:
