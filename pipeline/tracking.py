@@ -505,8 +505,6 @@ class ByteTracker:
         if len(d):
             self._grow_classes(int(d.class_ids.max()))
         meas_all = _to_measurement(d.boxes, cfg.motion)
-        high = np.flatnonzero(d.scores >= cfg.high_thresh)
-        low = np.flatnonzero(d.scores < cfg.high_thresh)
 
         # -- predict every track to now ---------------------------------------------------------
         if self._lost.any():
@@ -539,48 +537,36 @@ class ByteTracker:
                 sim = np.where(track_cls[tr][:, None] == d.class_ids[dr][None, :], sim, 0.0)
             return 1.0 - sim, sim >= gate
 
-        # stage 1: confirmed tracks (tracked + lost) vs high-score detections, score-fused IoU
-        pool = np.flatnonzero(self._confirmed)
         det_free = np.ones(len(d), bool)
-        if len(pool) and len(high):
-            cost, valid = cost_for(pool, high, cfg.fuse_score, cfg.match_iou_high)
-            if cfg.oc_direction_weight > 0:
-                cost = cost - cfg.oc_direction_weight * self._direction_bonus(pool, meas_all[high], d.scores[high])
-            r, c = _assign(cost, valid)
-            track_det[pool[r]] = high[c]
-            det_free[high[c]] = False
 
+        def match(tracks: np.ndarray, dets_mask: np.ndarray, fuse: bool, gate: float, momentum: bool = False) -> None:
+            """One association stage: still-unmatched `tracks` against still-free detections."""
+            tr = tracks[track_det[tracks] < 0]
+            dr = np.flatnonzero(dets_mask & det_free)
+            if not len(tr) or not len(dr):
+                return
+            cost, valid = cost_for(tr, dr, fuse, gate)
+            if momentum and cfg.oc_direction_weight > 0:
+                cost = cost - cfg.oc_direction_weight * self._direction_bonus(tr, meas_all[dr], d.scores[dr])
+            r, c = _assign(cost, valid)
+            track_det[tr[r]] = dr[c]
+            det_free[dr[c]] = False
+
+        confirmed, tentative = np.flatnonzero(self._confirmed), np.flatnonzero(~self._confirmed)
+        is_high = d.scores >= cfg.high_thresh
+        # stage 1: confirmed tracks (tracked + lost) vs high-score detections, score-fused IoU
+        match(confirmed, is_high, cfg.fuse_score, cfg.match_iou_high, momentum=True)
         # stage 2: every confirmed track still unmatched (tracked or lost) vs the low-score
         # detections, plain IoU with the strict gate. Lost tracks take part: an object coming out
         # from behind another is half hidden and scores low for a while, and waiting for a high
         # score until the ttl runs out is where the paper's variant loses identities in crowds.
-        pool2 = np.flatnonzero(self._confirmed & (track_det < 0))
-        if len(pool2) and len(low):
-            cost, valid = cost_for(pool2, low, False, cfg.match_iou_low)
-            r, c = _assign(cost, valid)
-            track_det[pool2[r]] = low[c]
-            det_free[low[c]] = False
-
+        match(confirmed, ~is_high, False, cfg.match_iou_low)
         # stage 3: tentative tracks vs high-score detections nobody took
-        tent = np.flatnonzero(~self._confirmed)
-        rest_high = high[det_free[high]]
-        if len(tent) and len(rest_high):
-            cost, valid = cost_for(tent, rest_high, False, cfg.match_iou_tentative)
-            r, c = _assign(cost, valid)
-            track_det[tent[r]] = rest_high[c]
-            det_free[rest_high[c]] = False
-
-        # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (plain IoU,
-        # the strict stage-2 gate): a new object that is partly hidden in its second frame still
-        # gets confirmed instead of starting over
+        match(tentative, is_high, False, cfg.match_iou_tentative)
+        # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (the strict
+        # stage-2 gate): a new object partly hidden in its second frame is confirmed, not restarted
         if cfg.tentative_low:
-            tent = np.flatnonzero(~self._confirmed & (track_det < 0))
-            rest_low = low[det_free[low]]
-            if len(tent) and len(rest_low):
-                cost, valid = cost_for(tent, rest_low, False, cfg.match_iou_low)
-                r, c = _assign(cost, valid)
-                track_det[tent[r]] = rest_low[c]
-                det_free[rest_low[c]] = False
+            match(tentative, ~is_high, False, cfg.match_iou_low)
 
         # -- correct matched tracks -------------------------------------------------------------
         matched = np.flatnonzero(track_det >= 0)
