@@ -116,6 +116,21 @@ def write_mot(path: str | Path, seq: MotSequence) -> None:
             fh.write(head + tail + "\n")
 
 
+def hide_in_bursts(frames: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Which rows of one track (its `frames`, in time order) a burst hides: a burst begins at a row
+    where `starts` is true (outside another burst) and hides `lengths` of that row's frames.
+    Shared by the detector-noise models of `track_quality` and `track_benchset`."""
+    hidden = np.zeros(len(frames), bool)
+    hidden_until = -1  # frame number up to which the track is hidden
+    for k, f in enumerate(frames.tolist()):
+        if f <= hidden_until:
+            hidden[k] = True
+        elif starts[k]:
+            hidden_until = f + int(lengths[k]) - 1
+            hidden[k] = True
+    return hidden
+
+
 @dataclass(frozen=True, slots=True)
 class SeqInfo:
     """What a MOTChallenge `seqinfo.ini` says about a sequence (the keys `vap track` uses)."""

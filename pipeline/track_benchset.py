@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.mot import MotSequence, read_mot
+from pipeline.mot import MotSequence, hide_in_bursts, read_mot
 
 __all__ = ["CameraNoise", "BenchSequence", "apply_camera_noise", "tud_sequences", "crowd_sequence",
            "benchmark_set", "write_mot_dir", "FAMILIES"]
@@ -119,14 +119,7 @@ def apply_camera_noise(gt: MotSequence, visibility: np.ndarray, fps: float, size
         rate = noise.burst_rate_s * np.where(vis[idx] < 0.5, noise.occluded_boost, 1.0)
         starts = rng.random(len(idx)) < 1.0 - np.exp(-rate * dt)
         lengths = np.maximum(1, np.round(rng.uniform(*noise.burst_s, len(idx)) * fps)).astype(np.int64)
-        hidden_until = -1
-        for k, i in enumerate(idx):
-            f = int(gt.frames[i])
-            if f <= hidden_until:
-                keep[i] = False
-            elif starts[k]:
-                hidden_until = f + int(lengths[k]) - 1
-                keep[i] = False
+        keep[idx[hide_in_bursts(gt.frames[idx], starts, lengths)]] = False
 
     d = b[keep]
     m = len(d)

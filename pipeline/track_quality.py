@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engines.contract import ModelContractError
-from pipeline.mot import MotFormatError, MotSequence, read_mot, track_sequence
+from pipeline.mot import MotFormatError, MotSequence, hide_in_bursts, read_mot, track_sequence
 from pipeline.tracking import TrackerConfig
 
 __all__ = ["detect_video", "perturb_gt", "evaluate_on_synthetic", "format_table", "main",
@@ -179,16 +179,9 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
     for tid in np.unique(gt.ids):
         idx = np.flatnonzero(gt.ids == tid)
         idx = idx[np.argsort(gt.frames[idx], kind="stable")]
-        hidden_until = -1  # frame number up to which this track is hidden
         starts = rng.random(len(idx)) < p_start
         lengths = rng.integers(lo, hi + 1, len(idx))
-        for k, i in enumerate(idx):
-            f = int(gt.frames[i])
-            if f <= hidden_until:
-                keep[i] = False
-            elif starts[k]:
-                hidden_until = f + int(lengths[k]) - 1
-                keep[i] = False
+        keep[idx[hide_in_bursts(gt.frames[idx], starts, lengths)]] = False
     # 2. independent misses
     keep &= rng.random(len(gt)) >= miss
     det = gt.select(keep)
