@@ -10,6 +10,7 @@ Order matters only for the node kill, which runs last (it leaves two GPU nodes).
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -103,7 +104,7 @@ class Rig:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/cluster", timeout=2) as r:
                     info = json.loads(r.read())
-            except OSError:
+            except (OSError, http.client.HTTPException):  # no worker there, or one killed mid-answer
                 continue
             if info["pid"] in running:
                 info["node_id"] = running[info["pid"]]["node_id"]
