@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_first_frame(proc: subprocess.Popen, port: int, timeout_s: float, why: Callable[[], str]) -> None:
+    """Until vap's /metrics shows cam1 processed a frame; fails with `why()` if the run dies or stalls."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            if 'vap_frames_processed_total{stream="cam1"}' in body:
+                return
+        except OSError:
+            pass
+        assert time.time() < deadline and proc.poll() is None, why()
+        time.sleep(0.2)
 
 
 def test_sigterm_drains_flushes_and_exits_zero(tmp_path: Path):
@@ -41,16 +56,7 @@ server: {{port: {port}}}
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                if 'vap_frames_processed_total{stream="cam1"}' in body:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, "vap run never processed a frame"
-            time.sleep(0.2)
+        _wait_first_frame(proc, port, 30, lambda: "vap run never processed a frame")
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -109,16 +115,7 @@ server: {{port: {port}}}
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     os.close(w)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                if 'vap_frames_processed_total{stream="cam1"}' in body:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, b"".join(got).decode(errors="replace")
-            time.sleep(0.2)
+        _wait_first_frame(proc, port, 60, lambda: b"".join(got).decode(errors="replace"))
         reading.clear()
         time.sleep(0.1)
         # Fill the child's stderr pipe through a second, non-blocking description of it (the child's
