@@ -20,7 +20,7 @@ from pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, c
 from pipeline.dehaze import DehazeConfig
 from pipeline.model_config import ModelConfig
 from pipeline.snapshots import SnapshotConfig
-from pipeline.sink_base import redact_sink
+from pipeline.sinks.base import redact_sink
 from pipeline.sinks import JsonlSinkConfig, SinkConfig
 from pipeline.tracking import TrackerConfig
 

@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-import pipeline.sinks as sinks_mod
+import pipeline.sinks.jsonl as sinks_mod
 from pipeline.events import make_event
 from pipeline.metrics import Metrics
 from pipeline.sinks import EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner

@@ -288,7 +288,7 @@ def test_unacknowledged_messages_do_not_pile_up_in_paho(tmp_path, monkeypatch):
     """Review finding 16: every timed-out batch stayed queued in paho and each replay queued another copy."""
     import socket
 
-    import pipeline.sink_mqtt as sink_mqtt
+    import pipeline.sinks.mqtt as sink_mqtt
 
     monkeypatch.setattr(sink_mqtt, "MAX_QUEUED", 30, raising=False)
     lsock = socket.socket()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError, Strict
-from pipeline.sink_base import Sink, SinkConfigBase, encode, env_secret, optional_client
+from pipeline.sinks.base import Sink, SinkConfigBase, SinkKind, encode, env_secret, optional_client
 
 log = logging.getLogger("vap.sinks.mqtt")
 
@@ -181,3 +181,6 @@ class MqttSink(Sink):
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+
+
+KIND = SinkKind(MqttSinkConfig, MqttSink)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError
-from pipeline.sink_base import Sink, SinkConfigBase, encode, env_secret, optional_client
+from pipeline.sinks.base import Sink, SinkConfigBase, SinkKind, encode, env_secret, optional_client
 
 log = logging.getLogger("vap.sinks.kafka")
 
@@ -134,3 +134,6 @@ class KafkaSink(Sink):
         if left:
             log.error("kafka %s: %d events unconfirmed at close (they stay in the spool if one is set)",
                       self.name, left)
+
+
+KIND = SinkKind(KafkaSinkConfig, KafkaSink)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import redact_url
-from pipeline.sink_base import PartialDelivery, Sink, SinkConfigBase, encode, env_secret, optional_client
+from pipeline.sinks.base import PartialDelivery, Sink, SinkConfigBase, SinkKind, encode, env_secret, optional_client
 
 log = logging.getLogger("vap.sinks.redis")
 
@@ -77,3 +77,6 @@ class RedisSink(Sink):
 
     def close(self) -> None:
         self.client.close()
+
+
+KIND = SinkKind(RedisSinkConfig, RedisSink)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError, redact_url
-from pipeline.sink_base import PartialDelivery, Sink, SinkConfigBase, encode, env_secret
+from pipeline.sinks.base import PartialDelivery, Sink, SinkConfigBase, SinkKind, encode, env_secret
 
 log = logging.getLogger("vap.sinks.webhook")
 
@@ -200,3 +200,6 @@ class WebhookSink(Sink):
         self._closing.set()
         if self._dead_fh is not None:
             self._dead_fh.close()
+
+
+KIND = SinkKind(WebhookSinkConfig, WebhookSink)

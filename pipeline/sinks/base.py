@@ -1,7 +1,7 @@
 """What every sink shares: the `Sink` interface, the event filter and the common config keys.
 
-Kept apart from `pipeline.sinks` (which composes the sink types into one config union and runs
-them) so each sink module can import it without an import cycle.
+Each sink module (`pipeline.sinks.<kind>`) builds on it; `pipeline.sinks.registry` composes the
+kinds into the one `sinks:` config union.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import json
 import os
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
 from pydantic import Field
 
 from pipeline.config import SECRET_NAME, ConfigError, Strict, redact_url
-from pipeline.spool import SpoolConfig
+from pipeline.sinks.spool import SpoolConfig
 
 
 class EventFilter(Strict):
@@ -82,6 +83,25 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Flush and release resources."""
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """What a sink module registers (its module-level `KIND`): the config model and the sink class.
+
+    The `type` tag is read from the config's `type` field, so the YAML tag, the discriminated union
+    and the factory cannot disagree.
+    """
+
+    config: type[SinkConfigBase]
+    sink: type[Sink]
+
+    @property
+    def type(self) -> str:
+        tag = self.config.model_fields["type"].default if "type" in self.config.model_fields else None
+        if not isinstance(tag, str):
+            raise TypeError(f"{self.config.__name__} needs a `type: Literal[...]` field with a default")
+        return tag
 
 
 def encode(event: dict[str, Any]) -> bytes:
