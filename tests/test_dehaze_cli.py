@@ -12,7 +12,7 @@ from engines.haze import add_haze
 from engines.synth import render_image, write_video
 from pipeline.cli import main as vap_main
 from pipeline.dehaze import DehazeConfig, Dehazer
-from pipeline.dehaze_cli import cli
+from pipeline.tools.dehaze_preview import cli
 
 
 def _hazy_jpg(path: Path, i: int = 0, w: int = 320, h: int = 180) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The torch dehazing path matches the CPU path (pipeline.dehaze_torch vs pipeline.dehaze)."""
+"""The torch dehazing path matches the CPU path (pipeline.dehaze.torch_dehazer vs pipeline.dehaze)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engines.synth import render_image
 from pipeline.dehaze import DehazeConfig, Dehazer, DehazeState
 
 torch = pytest.importorskip("torch", reason="the torch dehazing path needs torch")
-from pipeline.dehaze_torch import TorchDehazer  # noqa: E402
+from pipeline.dehaze.torch_dehazer import TorchDehazer  # noqa: E402
 
 # The tolerance the module docstring promises when the working size divides the frame size.
 MEAN_TOL, P999_TOL = 0.5, 3.0  # in 0..255 levels

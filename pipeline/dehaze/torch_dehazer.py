@@ -25,14 +25,14 @@ import time
 
 import numpy as np
 
-from pipeline.dehaze import (DehazeConfig, DehazeState, FrameInfo, haze_score, scaled_size, sky_mask, thumbnail,
-                             work_shape)
+from pipeline.dehaze.prior import haze_score, scaled_size, sky_mask, work_shape
+from pipeline.dehaze.stage import DehazeConfig, DehazeState, FrameInfo, thumbnail
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError("pipeline.dehaze_torch needs torch (pip install 'vap[train]'); the CPU stage "
+    raise ImportError("pipeline.dehaze.torch_dehazer needs torch (pip install 'vap[train]'); the CPU stage "
                       "pipeline.dehaze works without it") from exc
 
 __all__ = ["TorchDehazer"]

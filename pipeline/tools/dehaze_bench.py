@@ -1,10 +1,10 @@
 """Benchmarks of the dehazing stage (issue 6); results go to benchmarks/dehaze-*.json.
 
-    python -m pipeline.dehaze_bench quality  [--out benchmarks/dehaze-quality.json]
-    python -m pipeline.dehaze_bench map --data runs/data/haze-val/data.yaml --model M.onnx [--model ...]
-    python -m pipeline.dehaze_bench flicker
-    python -m pipeline.dehaze_bench speed
-    python -m pipeline.dehaze_bench pipeline
+    python -m pipeline.tools.dehaze_bench quality  [--out benchmarks/dehaze-quality.json]
+    python -m pipeline.tools.dehaze_bench map --data runs/data/haze-val/data.yaml --model M.onnx [--model ...]
+    python -m pipeline.tools.dehaze_bench flicker
+    python -m pipeline.tools.dehaze_bench speed
+    python -m pipeline.tools.dehaze_bench pipeline
 
 Why each exists:
 - quality: the method's correctness where the answer is known. Synthetic scenes (engines.synth) get
@@ -277,7 +277,7 @@ def speed(n: int = 40, torch_path: bool = True) -> dict[str, Any]:
                 raise ImportError("skipped (--no-torch)")
             import torch
 
-            from pipeline.dehaze_torch import TorchDehazer
+            from pipeline.dehaze.torch_dehazer import TorchDehazer
 
             td = TorchDehazer(DehazeConfig(enabled=True, gate=False), "cpu")
             batch = torch.from_numpy(np.stack(frames[:1]))
@@ -363,7 +363,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.dehaze_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tools.dehaze_bench", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("quality", "map", "flicker", "speed", "pipeline"))
     ap.add_argument("--out", help="JSON result file (default benchmarks/dehaze-WHAT.json)")
     ap.add_argument("--data", help="map: YOLO data.yaml of the (hazy) validation set")
