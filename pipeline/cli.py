@@ -82,8 +82,8 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "val": ("engines.train", "val_cli", "evaluate a checkpoint (COCO mAP, both heads)"),
     "export": ("engines.export", "cli", "export a checkpoint to ONNX under the engine contract"),
     "data": ("engines.synth", "cli", "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
-    "track": ("pipeline.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
-    "eval": ("pipeline.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
+    "track": ("pipeline.tools.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
+    "eval": ("pipeline.tools.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
     "build-engine": ("engines.tensorrt.build", "cli", "build a TensorRT engine from an ONNX model (needs TensorRT)"),
     "quantize": ("engines.quantize", "cli", "CPU INT8: static Q/DQ quantisation with calibration images"),
     "dehaze": ("pipeline.tools.dehaze_preview", "cli", "preview the dehazing stage on an image, folder or video"),
@@ -218,13 +218,13 @@ def _main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             return cmd_run(args)
         if args.cmd == "demo":
-            from pipeline.demo import run_demo
+            from pipeline.tools.demo import run_demo
             return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
                             model=args.model)
         if args.cmd == "bench" and args.engine_only:
             return cmd_bench_engines(args)
         if args.cmd == "bench":
-            from pipeline.bench import run_bench
+            from pipeline.tools.bench import run_bench
             return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -289,7 +289,7 @@ def _model_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_bench_engines(args: argparse.Namespace) -> int:
-    from pipeline.bench_engines import markdown, run_engine_bench
+    from pipeline.tools.bench_engines import markdown, run_engine_bench
     from pipeline.model_config import SHIPPED_MODEL
 
     try:
@@ -338,10 +338,10 @@ def cmd_validate(path: Path) -> int:
 
 def cmd_schema(which: str, markdown: bool = False) -> int:
     if markdown and which == "event":
-        from pipeline.docs import event_reference
+        from pipeline.tools.docs import event_reference
         print(event_reference(), end="")
     elif markdown:
-        from pipeline.docs import config_reference
+        from pipeline.tools.docs import config_reference
         print(config_reference(), end="")
     elif which == "event":
         from pipeline.events import load_schema

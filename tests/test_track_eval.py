@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
-from pipeline.track_eval import bench_tracker, cli_eval, evaluate_mot
+from pipeline.tools.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
+from pipeline.tools.track_eval import bench_tracker, cli_eval, evaluate_mot
 
 DATA = Path(__file__).parent / "data" / "mot"
 
@@ -162,8 +162,8 @@ def test_bench_tracker_smoke() -> None:
 
 
 def test_synthetic_mot_sequence_is_trackable_and_has_occlusions() -> None:
-    from pipeline.mot import track_sequence
-    from pipeline.track_eval import evaluate_sequences, synthetic_mot
+    from pipeline.tools.mot import track_sequence
+    from pipeline.tools.track_eval import evaluate_sequences, synthetic_mot
     from pipeline.tracking import TrackerConfig
 
     gt, det = synthetic_mot(n_objects=6, frames=150, seed=1)

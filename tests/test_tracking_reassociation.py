@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.frames import Detections
-from pipeline.mot import find_seqinfo, read_mot
+from pipeline.tools.mot import find_seqinfo, read_mot
 from pipeline.tracking import ByteTracker, TrackerConfig
 
 
@@ -128,7 +128,7 @@ def _write_seq(root: Path, rate: int) -> Path:
 
 
 def test_vap_track_reads_the_frame_rate_from_seqinfo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from pipeline.mot import cli_track
+    from pipeline.tools.mot import cli_track
 
     det = _write_seq(tmp_path / "SEQ", 10)
     info = find_seqinfo(det)
@@ -143,7 +143,7 @@ def test_vap_track_reads_the_frame_rate_from_seqinfo(tmp_path: Path, capsys: pyt
 
 
 def test_a_broken_seqinfo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from pipeline.mot import cli_track
+    from pipeline.tools.mot import cli_track
 
     det = _write_seq(tmp_path / "SEQ", 10)
     (tmp_path / "SEQ" / "seqinfo.ini").write_text("[Sequence]\nframeRate=fast\n")

@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
-from pipeline.mot import MotFormatError, MotSequence, cli_track, read_mot
+from pipeline.tools.mot import MotFormatError, MotSequence, cli_track, read_mot
 from pipeline.tracking import ByteTracker, TrackerConfig
 
 __all__ = ["evaluate_mot", "evaluate_sequences", "synthetic_mot", "format_metrics", "cli_eval", "cli_track",
@@ -398,7 +398,7 @@ def compare_trackers(configs: dict[str, TrackerConfig], seeds: tuple[int, ...] =
     """Mean HOTA, IDF1, MOTA, AssA and ID switches of each tracker config over the same
     `synthetic_mot` sequences, so options (OC-SORT terms, ttl, motion model) are judged on
     identical data."""
-    from pipeline.mot import track_sequence
+    from pipeline.tools.mot import track_sequence
 
     scenes = [synthetic_mot(n_objects=n_objects, frames=frames, fps=fps, seed=s) for s in seeds]
     out: dict[str, dict[str, float]] = {}

@@ -51,7 +51,7 @@ def _default(field: Any) -> str:
         return "one " + ", ".join(f"`{getattr(v, 'type', type(v).__name__)}`" for v in value) + " sink"
     if isinstance(value, Path):
         try:
-            value = value.relative_to(Path(__file__).resolve().parent.parent)
+            value = value.relative_to(Path(__file__).resolve().parents[2])
         except ValueError:
             pass
         return f"`{value}`"
@@ -105,7 +105,7 @@ def write_readme(readme: Path) -> None:
     readme.write_text(text[:start] + "\n" + config_reference() + text[end:], encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m pipeline.docs README.md
+if __name__ == "__main__":  # python -m pipeline.tools.docs README.md
     import sys
     write_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
 

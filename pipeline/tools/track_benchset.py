@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.mot import MotSequence, hide_in_bursts, read_mot
+from pipeline.tools.mot import MotSequence, hide_in_bursts, read_mot
 
 __all__ = ["CameraNoise", "BenchSequence", "apply_camera_noise", "tud_sequences", "crowd_sequence",
            "benchmark_set", "write_mot_dir", "FAMILIES"]
 
-_TUD_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "mot"
+_TUD_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "mot"
 
 #: Family name -> crowd recipes (objects in view, frames per second). TUD is its own family.
 FAMILIES: dict[str, tuple[tuple[int, float], ...]] = {

@@ -11,7 +11,7 @@ and the tracker is fed from two sources:
   a drop in HOTA can be split into "the detector misses/misplaces boxes" (DetA) and "the tracker
   loses identities" (AssA) by comparing the two sources on identical scenes.
 
-Runs without torch (ONNX Runtime). `python -m pipeline.track_quality --help` for the command line.
+Runs without torch (ONNX Runtime). `python -m pipeline.tools.track_quality --help` for the command line.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engines.contract import ModelContractError
-from pipeline.mot import MotFormatError, MotSequence, hide_in_bursts, read_mot, track_sequence
+from pipeline.tools.mot import MotFormatError, MotSequence, hide_in_bursts, read_mot, track_sequence
 from pipeline.tracking import TrackerConfig
 
 __all__ = ["detect_video", "perturb_gt", "evaluate_on_synthetic", "format_table", "main",
@@ -217,7 +217,7 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
 
 
 def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -> dict[str, float]:
-    from pipeline.track_eval import evaluate_sequences
+    from pipeline.tools.track_eval import evaluate_sequences
 
     m = evaluate_sequences(gt, track_sequence(dets, cfg, fps))
     return {k: float(m[k]) for k in METRIC_KEYS}
@@ -226,7 +226,7 @@ def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -
 def _detection_quality(gt: MotSequence, dets: MotSequence, min_score: float) -> dict[str, float]:
     """Recall and precision (IoU 0.5) of the detections at or above `min_score`, before tracking:
     every box gets its own id so only the detection half of the metrics means anything."""
-    from pipeline.track_eval import evaluate_sequences
+    from pipeline.tools.track_eval import evaluate_sequences
 
     d = dets.select(dets.scores >= min_score)
     d = MotSequence(d.frames, np.arange(1, len(d) + 1, dtype=np.int64), d.boxes, d.scores, d.classes)
@@ -324,8 +324,8 @@ def _load_tracker_yaml(path: Path) -> TrackerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.track_quality`: the benchmark from the command line. Exit 0 ok, 2 user error."""
-    ap = argparse.ArgumentParser(prog="python -m pipeline.track_quality",
+    """`python -m pipeline.tools.track_quality`: the benchmark from the command line. Exit 0 ok, 2 user error."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tools.track_quality",
                                  description="Tracker quality on generated videos: model detections vs "
                                              "perturbed ground truth.")
     ap.add_argument("--model", default="engines/models/vap-synth-n.onnx", help="vap engine (.onnx)")
