@@ -64,6 +64,14 @@ class AnnotateConfig(Strict):
                                       "added at runtime)")
 
 
+SourceScheme = Literal["rtsp", "rtsps", "http", "https", "synthetic", "v4l2"]
+NETWORK_SCHEMES: tuple[SourceScheme, ...] = ("rtsp", "rtsps", "http", "https")
+
+
+def _default_sinks() -> list[SinkConfig]:
+    return [JsonlSinkConfig()]
+
+
 class ServerConfig(Strict):
     """The HTTP surface: metrics, health, the control API and the console.
 
@@ -85,8 +93,8 @@ class ServerConfig(Strict):
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra names clients may use in the Host "
                                      "header (DNS names of this machine); the bound address and, on loopback, "
                                      "localhost are always allowed. Guards against DNS rebinding")
-    allowed_schemes: list[Literal["rtsp", "rtsps", "http", "https", "synthetic", "v4l2"]] = Field(
-        default_factory=lambda: ["rtsp", "rtsps", "http", "https"],
+    allowed_schemes: list[SourceScheme] = Field(
+        default_factory=lambda: list(NETWORK_SCHEMES),
         description="Source kinds POST /streams accepts; files also need media_roots")
     media_roots: list[Path] = Field(default_factory=list, description="Folders whose video files POST /streams may "
                                     "open (none by default: no local file can be named over the API)")
@@ -112,7 +120,7 @@ class Settings(Strict):
                                        description="Zones/lines/timing defaults for streams without their own")
     dehaze: DehazeConfig = Field(default_factory=DehazeConfig,
                                  description="Dehazing defaults for every stream (off unless enabled)")
-    sinks: list[SinkConfig] = Field(default_factory=lambda: [JsonlSinkConfig()], description="Where events go")
+    sinks: list[SinkConfig] = Field(default_factory=_default_sinks, description="Where events go")
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig,
                                       description="JPEG of frame and crop for chosen events; paths go in the event")
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig,
@@ -166,7 +174,9 @@ def _tagged_members(ann: Any) -> dict[str, type[BaseModel]]:
 
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
     """The readable path of `loc` (list indices as [i], union tags dropped) and the model it ends in."""
-    out, current, tags = "", model, {}
+    out = ""
+    current: type[BaseModel] | None = model
+    tags: dict[str, type[BaseModel]] = {}
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
