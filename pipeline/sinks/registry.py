@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # statically every entry is a SinkConfigBase; the union is bu
     SinkConfig = SinkConfigBase
 else:
     SinkConfig = Annotated[
-        Union[tuple(Annotated[k.config, Tag(t)] for t, k in KINDS.items())],
+        Union[tuple(Annotated[k.config, Tag(t)] for t, k in KINDS.items())],  # noqa: UP007 - built at runtime
         Discriminator(_SinkType(), custom_error_type="sink_type",
                       custom_error_message=f"unknown sink type; use one of {_NAMES}"),
     ]
