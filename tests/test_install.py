@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -26,11 +27,27 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+def _tracked_copy(dest: Path) -> Path:
+    """The committed-or-added files of the checkout, so the build sees neither a stale build/ folder
+    (setuptools never deletes what it copied there before) nor local runs, and leaves none behind."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to know which files are the project's")
+    src = _tracked_copy(tmp_path_factory.mktemp("src"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300,
+                           "-w", str(out), str(src)], capture_output=True, text=True, timeout=300,
                           env=_clean_env(), stdin=subprocess.DEVNULL)
     if proc.returncode != 0 and "bdist_wheel" in proc.stderr:
         pytest.skip("this interpreter's setuptools cannot build wheels without build isolation")
