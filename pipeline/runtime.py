@@ -22,11 +22,13 @@ from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import numpy as np
 
 from engines.backends import Backend, backend_kind, load_backend
+from pipeline import __version__
 from pipeline.analytics import AnalyticsConfig, StreamAnalytics
 from pipeline.batcher import DeadlineBatcher
 from pipeline.config import ConfigError, redact_url
@@ -53,6 +55,26 @@ _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
 EventListener = Callable[[list[dict[str, Any]]], None]
+
+
+@dataclass
+class _StreamEntry:
+    """One stream's bookkeeping across threads (decoder, API, post), guarded by `Pipeline._lock`.
+
+    Its life: added (`add_stream`), finished (the decoder reached the end or failed), finalised
+    (the post thread processed every emitted frame and closed its tracks); or removing (the name
+    stays reserved, frames in flight still see the config) then removed (the decoder is gone; the
+    post thread closes the tracks and drops the entry).
+    """
+
+    cfg: StreamSettings
+    emitted: int = 0                 # frames handed to the batcher
+    finished: bool = False
+    finalised: bool = False
+    removing: bool = False
+    removed: bool = False
+    down: bool | None = None         # last published up/down state: one stream.down per outage
+    latency: deque[float] = field(default_factory=lambda: deque(maxlen=256))  # capture-to-done, for progress
 
 
 @dataclass
@@ -107,11 +129,13 @@ class Pipeline:
         self.backend = backend
         info = self.backend.info
         self.names = info.names
-        self.metrics.info.info({"version": "0.1.0", "backend": self.backend.name, "model": str(settings.model.path.name),
+        self.metrics.info.info({"version": __version__, "backend": self.backend.name,
+                                "model": str(settings.model.path.name),
                                 "input": f"{info.input_hw[0]}x{info.input_hw[1]}", "precision": info.precision,
                                 "layout": info.layout})   # "one-to-many+nms": the NMS fallback is in use
         b = settings.batch
-        self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch, self.metrics)
+        self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch,
+                                       self.metrics)
         rect = settings.model.rect and info.dynamic_hw
         self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
                                            rect) if settings.model.gpu_preprocess else \
@@ -141,18 +165,12 @@ class Pipeline:
             self.hooks.append(self.annotator)
 
         self._lock = threading.Lock()
-        self._configs: dict[str, StreamSettings] = {}
+        self._streams: dict[str, _StreamEntry] = {}   # guarded by _lock
         self._states: dict[str, _StreamState] = {}     # post thread only
-        self._emitted: dict[str, int] = {}
-        self._finished: set[str] = set()               # decoder reached EOF (post thread finalises)
-        self._removing: set[str] = set()               # removal in progress: name reserved
-        self._finalised: set[str] = set()
-        self._to_remove: "queue.SimpleQueue[str]" = queue.SimpleQueue()
-        self._to_reconfigure: "queue.SimpleQueue[tuple[str, StreamSettings]]" = queue.SimpleQueue()
-        self._down: dict[str, bool] = {}
-        self._latency: dict[str, deque[float]] = {}    # recent capture-to-done latencies, for progress
-        self._q_infer: "queue.Queue[_Batch | None]" = queue.Queue(1)
-        self._q_post: "queue.Queue[_Batch | None]" = queue.Queue(1)
+        self._to_remove: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._to_reconfigure: queue.SimpleQueue[tuple[str, StreamSettings]] = queue.SimpleQueue()
+        self._q_infer: queue.Queue[_Batch | None] = queue.Queue(1)
+        self._q_post: queue.Queue[_Batch | None] = queue.Queue(1)
         self._threads: list[threading.Thread] = []
         self._started = False
         self._stopping = threading.Event()
@@ -181,21 +199,19 @@ class Pipeline:
         classes the engine does not have."""
         self.settings.stream_analytics(cfg).check_classes(self.names, where=f"streams.{cfg.name}.analytics: ")
         with self._lock:
-            if cfg.name in self._configs:
-                raise ValueError(f"stream {cfg.name!r} already exists")
-            if cfg.name in self._removing:
+            entry = self._streams.get(cfg.name)
+            if entry is not None and entry.removing:
                 raise ValueError(f"stream {cfg.name!r} is still being removed; add it again in a moment")
-            self._configs[cfg.name] = cfg
-            self._emitted[cfg.name] = 0
-            self._finished.discard(cfg.name)
-            self._finalised.discard(cfg.name)
+            if entry is not None:
+                raise ValueError(f"stream {cfg.name!r} already exists")
+            self._streams[cfg.name] = _StreamEntry(cfg)
         self.batcher.add_stream(cfg.name, cfg.is_live, self.settings.queue_size_for(cfg))
         try:
             self.supervisor.add(cfg)
         except Exception:
             self.batcher.remove_stream(cfg.name)
             with self._lock:
-                self._configs.pop(cfg.name, None)
+                self._streams.pop(cfg.name, None)
             raise
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
 
@@ -206,14 +222,15 @@ class Pipeline:
         its metric series, so a stream re-added under the same name never shares state with it.
         """
         with self._lock:
-            if name not in self._configs or name in self._removing:
+            entry = self._streams.get(name)
+            if entry is None or entry.removing:
                 raise KeyError(name)
-            self._removing.add(name)
+            entry.removing = True
         # Queue first: a file decoder blocked in put() is released at once and sees it must stop.
         self.batcher.remove_stream(name)
         self.supervisor.remove(name, timeout)
         with self._lock:
-            del self._configs[name]
+            entry.removed = True
         self._to_remove.put(name)
 
     def _analytics_of(self, name: str) -> Any:
@@ -226,11 +243,11 @@ class Pipeline:
         (see `StreamAnalytics.reconfigure`), so tracks keep their ids and lifecycle."""
         analytics.check_classes(self.names, where=f"streams.{name}.analytics: ")
         with self._lock:
-            cfg = self._configs.get(name)
-            if cfg is None or name in self._removing:
+            entry = self._streams.get(name)
+            if entry is None or entry.removing:
                 raise KeyError(name)
-            new = cfg.model_copy(update={"analytics": analytics})
-            self._configs[name] = new
+            new = entry.cfg.model_copy(update={"analytics": analytics})
+            entry.cfg = new
         self._to_reconfigure.put((name, new))
         log.info("stream %s: analytics replaced (%d zones, %d lines)", name, len(analytics.zones),
                  len(analytics.lines))
@@ -241,15 +258,20 @@ class Pipeline:
 
     def stream_config(self, name: str) -> StreamSettings | None:
         with self._lock:
-            return self._configs.get(name)
+            entry = self._streams.get(name)
+            return None if entry is None or entry.removed else entry.cfg
+
+    def _current(self) -> dict[str, _StreamEntry]:
+        """The streams not removed (a stream being removed still counts until its decoder is gone)."""
+        with self._lock:
+            return {n: e for n, e in self._streams.items() if not e.removed}
 
     def files_done(self) -> bool:
         """True when there are streams, none is live, and every one was fully processed."""
-        with self._lock:
-            names = list(self._configs)
-            if not names or any(self._configs[n].is_live for n in names):
-                return False
-            return all(n in self._finalised for n in names)
+        entries = list(self._current().values())
+        if not entries or any(e.cfg.is_live for e in entries):
+            return False
+        return all(e.finalised for e in entries)
 
     def input_problems(self) -> dict[str, str]:
         """Streams whose input was not processed to its end, with the reason: files that failed
@@ -306,26 +328,29 @@ class Pipeline:
         ok = self.batcher.put(frame)
         if ok:
             with self._lock:
-                if frame.stream in self._emitted:
-                    self._emitted[frame.stream] += 1
+                entry = self._streams.get(frame.stream)
+                if entry is not None:
+                    entry.emitted += 1
         return ok
 
     def _on_state(self, stream: str, state: str, reason: str) -> None:
-        if state in ("finished", "failed"):  # a failed file is done too: nothing more will come
-            with self._lock:
-                self._finished.add(stream)
         etype = _STATE_EVENTS.get(state)
+        is_down = etype == "stream.down"
+        with self._lock:
+            entry = self._streams.get(stream)
+            if entry is not None:
+                if state in ("finished", "failed"):  # a failed file is done too: nothing more will come
+                    entry.finished = True
+                if etype is not None:
+                    if is_down and entry.down:
+                        return  # one stream.down per outage, not one per reconnect attempt
+                    entry.down = is_down
         if etype is None:
             return
-        was_down = self._down.get(stream)
-        is_down = etype == "stream.down"
-        if is_down and was_down:
-            return  # one stream.down per outage, not one per reconnect attempt
-        self._down[stream] = is_down
         self._publish([make_event(etype, stream, time.time(), state=state, reason=reason or None)])
 
     # ------------------------------------------------------------------ data path
-    def _guard(self, fn: Callable[[], None], downstream: "queue.Queue[_Batch | None] | None") -> Callable[[], None]:
+    def _guard(self, fn: Callable[[], None], downstream: queue.Queue[_Batch | None] | None) -> Callable[[], None]:
         """Run a data-path stage; on a crash record the error and end the stages after it.
 
         The end marker lets the post thread still close open tracks (track.end) and exit, and
@@ -342,7 +367,7 @@ class Pipeline:
                     self._put(downstream, None, force=True)
         return run
 
-    def _put(self, q: "queue.Queue[_Batch | None]", item: "_Batch | None", force: bool = False) -> bool:
+    def _put(self, q: queue.Queue[_Batch | None], item: _Batch | None, force: bool = False) -> bool:
         """Hand a batch to the next stage; False when a stage has failed and nobody will take it."""
         while True:
             try:
@@ -367,9 +392,7 @@ class Pipeline:
                 continue
             t0 = time.perf_counter()
             if self._dehazers.streams():  # drop the dehaze state of removed streams, once per batch
-                with self._lock:
-                    live = set(self._configs)
-                self._dehazers.prune(live)
+                self._dehazers.prune(set(self._current()))
             images, transforms = self.preprocess([self._dehazed(f) for f in frames])
             # dehazed frames were shrunk to the engine size first; a no-op for frames that were not
             info_hw = self.backend.info.input_hw
@@ -382,8 +405,8 @@ class Pipeline:
     def _dehazed(self, frame: Frame) -> np.ndarray:
         """The picture the engine sees: dehazed when the stream's dehaze stage is enabled and its gate is on."""
         cfg = self.stream_config(frame.stream)
-        return self._dehazers.apply(frame.stream, frame.image, None if cfg is None else self.settings.stream_dehaze(cfg),
-                                    owner=cfg, index=frame.index)
+        dehaze = None if cfg is None else self.settings.stream_dehaze(cfg)
+        return self._dehazers.apply(frame.stream, frame.image, dehaze, owner=cfg, index=frame.index)
 
     def _infer_loop(self) -> None:
         """Run batches in order. A backend with several execution contexts (TensorRT's `submit`)
@@ -443,6 +466,7 @@ class Pipeline:
                     return
             else:
                 t0 = time.perf_counter()
+                assert batch.images is not None  # every batch with frames was preprocessed
                 if not finish(batch, self.backend.infer(batch.images), time.perf_counter() - t0):
                     return
         if drain(0):
@@ -466,6 +490,7 @@ class Pipeline:
 
     def _process(self, batch: _Batch) -> None:
         t0 = time.perf_counter()
+        assert batch.output is not None  # the infer stage filled it (batches with frames only come here)
         dets_per_frame = self.postprocess(batch.output, batch.transforms)
         t1 = time.perf_counter()
         self.metrics.stage_seconds.labels("postprocess").observe(t1 - t0)
@@ -501,15 +526,18 @@ class Pipeline:
         for ts in captures:
             self.metrics.event_latency.observe(now - ts)
         for frame in batch.frames:
-            if frame.stream not in self._states:
+            entry = self._streams.get(frame.stream)
+            if frame.stream not in self._states or entry is None:
                 continue
             self.metrics.frame_latency.labels(frame.stream).observe(now - frame.capture_ts)
-            self._latency.setdefault(frame.stream, deque(maxlen=256)).append(now - frame.capture_ts)
+            entry.latency.append(now - frame.capture_ts)
 
     def latency_percentiles(self) -> dict[str, tuple[float, float]]:
         """Per stream (p50, p95) of recent capture-to-done latency in seconds."""
         out = {}
-        for name, window in list(self._latency.items()):
+        with self._lock:
+            windows = {name: list(e.latency) for name, e in self._streams.items()}
+        for name, window in windows.items():
             values = np.array(window)
             if values.size:
                 out[name] = (float(np.percentile(values, 50)), float(np.percentile(values, 95)))
@@ -567,13 +595,8 @@ class Pipeline:
                 return
             self._finish_stream(name, time.time())
             self.metrics.forget_stream(name)  # after the track.end/zone events, which touch its series
-            self._latency.pop(name, None)
             with self._lock:
-                for table in (self._emitted, self._down):
-                    table.pop(name, None)
-                self._finished.discard(name)
-                self._finalised.discard(name)
-                self._removing.discard(name)
+                self._streams.pop(name, None)  # the name is free again
 
     def _drain_reconfigure(self) -> None:
         """Apply analytics replaced through `update_analytics` (post thread: it owns the state)."""
@@ -590,12 +613,14 @@ class Pipeline:
 
     def _finalise_finished(self) -> None:
         with self._lock:
-            pending = [n for n in self._finished if n not in self._finalised and n in self._configs]
-            emitted = {n: self._emitted.get(n, 0) for n in pending}
-        for name in pending:
+            emitted = {n: e.emitted for n, e in self._streams.items()
+                       if e.finished and not e.finalised and not e.removed}
+        for name, count in emitted.items():
             state = self._states.get(name)
             processed = state.processed if state else 0
-            if processed >= emitted[name]:
+            if processed >= count:
                 self._finish_stream(name, time.time())
                 with self._lock:
-                    self._finalised.add(name)
+                    entry = self._streams.get(name)
+                    if entry is not None:
+                        entry.finalised = True
