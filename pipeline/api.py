@@ -31,18 +31,13 @@ connection each. What makes it safe to expose (see docs/console.md):
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
-import re
-import socket
 import threading
 import time
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,108 +48,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from pipeline.analytics import AnalyticsConfig
+from pipeline.api_guard import (LOOPBACK_NAMES, SESSION_COOKIE, WILDCARD, ApiError, check_api_source,
+                                host_name, is_loopback, read_token, session_value)
 from pipeline.config import ConfigError, redact_url
 from pipeline.console import ConsoleFeed
+from pipeline.http_server import MAX_JSON_DEPTH, BoundedHTTPServer, JsonHandler, json_depth
 from pipeline.settings import ServerConfig, StreamSettings, format_validation_error
 
 if TYPE_CHECKING:
     from pipeline.runtime import Pipeline
 
 log = logging.getLogger("vap.api")
-MAX_BODY = 64 * 1024          # default of server.max_body_bytes (the shard worker's handler uses it too)
-MAX_JSON_DEPTH = 32
-MIN_TOKEN_LEN = 16
-SESSION_COOKIE = "vap_session"
 _PUBLIC = {"/metrics", "/healthz", "/readyz"}
 _ASSETS = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8",
            "console.html": "text/html; charset=utf-8", "login.html": "text/html; charset=utf-8"}
-_WILDCARD = {"", "0.0.0.0", "::", "[::]"}
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for names that only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    h = host.strip("[]").lower()
-    if h == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False  # a DNS name: assume reachable from elsewhere
-
-
-def _host_name(host: str) -> str:
-    """The name part of a Host header: `[::1]:9108` -> `::1`, `cam.local:9108` -> `cam.local`."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h
-    return h.split(":", 1)[0] if h.count(":") == 1 else h
-
-
-def session_value(token: str) -> str:
-    """The console's cookie: derived from the token, so a leaked cookie is not the token itself."""
-    return hmac.new(token.encode(), b"vap-console-session", hashlib.sha256).hexdigest()
-
-
-def read_token(cfg: ServerConfig) -> str | None:
-    """The API token from `cfg.token_env`; ConfigError when it is set but too short to be one."""
-    token = os.environ.get(cfg.token_env) or None
-    if token is not None and len(token) < MIN_TOKEN_LEN:
-        raise ConfigError(f"server: ${cfg.token_env} is set but only {len(token)} characters long; use at least "
-                          f"{MIN_TOKEN_LEN}, e.g. export {cfg.token_env}=$(openssl rand -hex 32)")
-    return token
-
-
-class ApiError(Exception):
-    """A request refused with a status and a reason for the client."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-def check_api_source(url: Any, cfg: ServerConfig) -> None:
-    """Refuse a source that POST /streams may not open, before anything touches the file system.
-
-    Why here and textually: validating the stream (`source_kind`) looks at whether a path exists,
-    which would tell a client whether `/etc/shadow` is there. Outside the media roots every path
-    gets the same answer, existing or not.
-    """
-    if not isinstance(url, str):
-        return  # validation names the problem
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    scheme = m.group(1).lower() if m else None
-    allowed = list(cfg.allowed_schemes)
-    if scheme is None and url.startswith("/dev/video"):
-        scheme = "v4l2"
-    if scheme not in (None, "file"):
-        if scheme not in allowed:
-            raise ApiError(403, f"url: the {scheme}:// scheme is not accepted over the API (server.allowed_schemes: "
-                                f"{', '.join(allowed) or 'none'}); add it there, or list the stream in the YAML")
-        return
-    path = unquote(url[len("file://"):]) if scheme == "file" else url
-    refusal = ApiError(403, "url: a file can be added over the API only from under server.media_roots "
-                            f"(now: {', '.join(str(r) for r in cfg.media_roots) or 'none'}); add its folder there, "
-                            "or list the stream in the YAML")
-    if not cfg.media_roots or not os.path.isabs(path) or "\x00" in path:
-        raise refusal
-    real = os.path.realpath(path)
-    for root in cfg.media_roots:
-        base = os.path.realpath(root)
-        if os.path.commonpath([base, real]) == base:
-            return
-    raise refusal
-
-
-def _json_depth(value: Any) -> int:
-    """Nesting depth of a parsed JSON value, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
-            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest
 
 
 def analytics_yaml(stream: str, analytics: AnalyticsConfig) -> str:
@@ -165,62 +72,6 @@ def analytics_yaml(stream: str, analytics: AnalyticsConfig) -> str:
     return yaml.safe_dump({"analytics": data}, sort_keys=False, default_flow_style=None)
 
 
-class BoundedHTTPServer(ThreadingHTTPServer):
-    """A threading server with a cap on concurrent connections.
-
-    Past the cap a connection is answered 503 on the accepting thread (one short write with a
-    1 s timeout) and closed, so no client can make the server start unbounded threads.
-    """
-
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.max_connections = max_connections
-        self.active = 0
-        self.rejected = 0
-        self._count_lock = threading.Lock()
-        self.closing = threading.Event()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._count_lock:
-            full = self.active >= self.max_connections
-            if not full:
-                self.active += 1
-        if full:
-            self.rejected += 1
-            body = b'{"error": "too many connections; try again shortly"}'
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode()
-                                + b"\r\n\r\n" + body)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            with self._count_lock:
-                self.active -= 1
-            raise
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection that failed outside a handler (the client vanished): a debug line, no traceback."""
-        log.debug("connection from %s failed", client_address, exc_info=True)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._count_lock:
-                self.active -= 1
-
-
 class ApiServer:
     """Serves one pipeline's endpoints on (host, port); port 0 picks a free one (see `.port`).
 
@@ -228,7 +79,7 @@ class ApiServer:
     ConfigError when asked to listen beyond loopback without a token, or when the port is busy.
     """
 
-    def __init__(self, pipeline: "Pipeline", host: str | None = None, port: int | None = None,
+    def __init__(self, pipeline: Pipeline, host: str | None = None, port: int | None = None,
                  config: ServerConfig | None = None) -> None:
         self.pipeline = pipeline
         self.config = cfg = config or pipeline.settings.server
@@ -260,11 +111,11 @@ class ApiServer:
     def _allowed_hosts(host: str, extra: list[str]) -> set[str] | None:
         """Names a client may put in `Host`; None = any (a wildcard bind without allowed_hosts)."""
         names = {h.lower().strip("[]") for h in extra}
-        if host in _WILDCARD:
-            return (names | {n.strip("[]") for n in _LOOPBACK_NAMES}) if names else None
+        if host in WILDCARD:
+            return (names | {n.strip("[]") for n in LOOPBACK_NAMES}) if names else None
         names.add(host.lower().strip("[]"))
         if is_loopback(host):
-            names |= {n.strip("[]") for n in _LOOPBACK_NAMES}
+            names |= {n.strip("[]") for n in LOOPBACK_NAMES}
         return names
 
     def start(self) -> None:
@@ -282,42 +133,8 @@ class ApiServer:
         return f"http://{host}:{self.port}"
 
 
-class JsonHandler(BaseHTTPRequestHandler):
-    """Quiet access logs and one way to answer: JSON, or bytes with their content type."""
-
-    server_version = "vap"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging, quietly
-        log.debug("%s %s", self.address_string(), redact_url(format % args))
-
-    def _send(self, status: int, body: Any, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-        self._responded = True
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's own refusals (bad request line, header too long) as JSON too."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
-            self.request_version = "HTTP/1.0"
-        try:
-            self._send(code, {"error": message or explain or self.responses.get(code, ("error",))[0]})
-        except OSError:
-            pass
-
-
 class _Handler(JsonHandler):
-    pipeline: "Pipeline"
+    pipeline: Pipeline
     api: ApiServer
     _responded = False
 
@@ -325,25 +142,25 @@ class _Handler(JsonHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"error": message}, headers=headers)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._error(405, "HEAD is not supported; use GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
-    def do_OPTIONS(self) -> None:  # noqa: N802  (a CORS preflight: no cross-origin access is granted)
+    def do_OPTIONS(self) -> None:
         self._dispatch("OPTIONS")
 
     def _dispatch(self, method: str) -> None:
@@ -380,7 +197,7 @@ class _Handler(JsonHandler):
         host = self.headers.get("Host")
         if allowed is None or host is None:
             return
-        if _host_name(host) not in allowed:
+        if host_name(host) not in allowed:
             raise ApiError(403, f"Host {host!r} is not a name of this server; add it to server.allowed_hosts "
                                 "if clients really use it (the check stops DNS-rebinding pages)")
 
@@ -431,7 +248,8 @@ class _Handler(JsonHandler):
             raise ApiError(400, "Content-Length is not a number") from None
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
-            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {ctype or 'none'!r})")
+            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json' "
+                                f"(got {ctype or 'none'!r})")
         if length > cap:
             raise ApiError(413, f"body of {length} bytes is over the limit of {cap} (server.max_body_bytes)")
         if length <= 0:
@@ -452,7 +270,7 @@ class _Handler(JsonHandler):
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, f"body is nested too deeply (limit {MAX_JSON_DEPTH})") from None
-        if _json_depth(value) > MAX_JSON_DEPTH:
+        if json_depth(value) > MAX_JSON_DEPTH:
             raise ApiError(400, f"body is nested too deeply (limit {MAX_JSON_DEPTH})")
         return value
 
