@@ -27,6 +27,10 @@ connection each. What makes it safe to expose (see docs/console.md):
   POST   /streams                 201 snapshot | 400 (names the key) | 403 (source refused) | 409 | 429
   DELETE /streams/NAME            200 {"removed": NAME} | 404
   POST   /login  {"token": "..."} 204 + session cookie (for the console's images and event feed)
+
+Why the routes stay in one handler (~500 lines): `_dispatch` runs the Host, Origin and token
+checks before any route, in one place; the rules themselves live in `pipeline.api_guard` and the
+server in `pipeline.http_server`.
 """
 
 from __future__ import annotations

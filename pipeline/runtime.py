@@ -9,6 +9,10 @@ Threads (all bounded hand-offs):
 The `post` thread alone owns tracker/analytics state, so none of it needs locks. Streams can be
 added and removed while running; removal releases the decoder and drops the stream's state after
 its open tracks are closed with `track.end`.
+
+Why one module of ~600 lines: `Pipeline` is the composition root, and its three data-path loops,
+its stream registry and its shutdown order share one lock and one end-of-stream protocol; split
+across files, the order in which they hand off and drain would no longer read in one place.
 """
 
 from __future__ import annotations
