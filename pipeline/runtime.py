@@ -53,6 +53,7 @@ _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
 EventListener = Callable[[list[dict[str, Any]]], None]
+FirstUpHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 @dataclass
@@ -147,7 +148,10 @@ class Pipeline:
         self._finished: set[str] = set()               # decoder reached EOF (post thread finalises)
         self._removing: set[str] = set()               # removal in progress: name reserved
         self._finalised: set[str] = set()
-        self._to_remove: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+        self._to_remove: "queue.SimpleQueue[tuple[str, str | None]]" = queue.SimpleQueue()
+        self._incarnations: dict[str, int] = {}        # cluster owner number per stream (track ids)
+        self._first_up: dict[str, FirstUpHook] = {}    # rewrites a stream's first stream.up (handover)
+        self._stop_reason: dict[str, str] = {}
         self._to_reconfigure: "queue.SimpleQueue[tuple[str, StreamSettings]]" = queue.SimpleQueue()
         self._down: dict[str, bool] = {}
         self._latency: dict[str, deque[float]] = {}    # recent capture-to-done latencies, for progress
@@ -176,9 +180,14 @@ class Pipeline:
         """Engine loaded and data-path threads running (sources may still be connecting)."""
         return self._started and all(t.is_alive() for t in self._threads) and not self._stopping.is_set()
 
-    def add_stream(self, cfg: StreamSettings) -> None:
+    def add_stream(self, cfg: StreamSettings, *, incarnation: int | None = None,
+                   first_up: "FirstUpHook | None" = None) -> None:
         """Start a stream now. ValueError if the name is taken; ConfigError if its analytics name
-        classes the engine does not have."""
+        classes the engine does not have.
+
+        For cluster workers: `incarnation` goes into the stream's track ids (`name:incarnation.n`);
+        `first_up` is called with the stream's first `stream.up` event and returns the events to
+        publish instead (a handover or gap report, measured at the first frame)."""
         self.settings.stream_analytics(cfg).check_classes(self.names, where=f"streams.{cfg.name}.analytics: ")
         with self._lock:
             if cfg.name in self._configs:
@@ -187,6 +196,12 @@ class Pipeline:
                 raise ValueError(f"stream {cfg.name!r} is still being removed; add it again in a moment")
             self._configs[cfg.name] = cfg
             self._emitted[cfg.name] = 0
+            self._incarnations.pop(cfg.name, None)
+            self._first_up.pop(cfg.name, None)
+            if incarnation is not None:
+                self._incarnations[cfg.name] = incarnation
+            if first_up is not None:
+                self._first_up[cfg.name] = first_up
             self._finished.discard(cfg.name)
             self._finalised.discard(cfg.name)
         self.batcher.add_stream(cfg.name, cfg.is_live, self.settings.queue_size_for(cfg))
@@ -199,8 +214,10 @@ class Pipeline:
             raise
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
 
-    def remove_stream(self, name: str, timeout: float = 5.0) -> None:
+    def remove_stream(self, name: str, timeout: float = 5.0, reason: str | None = None) -> None:
         """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown.
+
+        `reason` (e.g. `handover`) goes on its `stream.down` and on every `track.end`.
 
         The name stays reserved until the post thread has closed the stream's tracks and removed
         its metric series, so a stream re-added under the same name never shares state with it.
@@ -209,12 +226,18 @@ class Pipeline:
             if name not in self._configs or name in self._removing:
                 raise KeyError(name)
             self._removing.add(name)
+            if reason is not None:
+                self._stop_reason[name] = reason
         # Queue first: a file decoder blocked in put() is released at once and sees it must stop.
         self.batcher.remove_stream(name)
         self.supervisor.remove(name, timeout)
         with self._lock:
             del self._configs[name]
-        self._to_remove.put(name)
+        self._to_remove.put((name, reason))
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        """Send events to the sinks (and listeners) as the pipeline's own: for cluster reports."""
+        self._publish(events)
 
     def _analytics_of(self, name: str) -> Any:
         cfg = self.stream_config(name)
@@ -322,7 +345,17 @@ class Pipeline:
         if is_down and was_down:
             return  # one stream.down per outage, not one per reconnect attempt
         self._down[stream] = is_down
-        self._publish([make_event(etype, stream, time.time(), state=state, reason=reason or None)])
+        with self._lock:
+            if state == "stopped":
+                reason = self._stop_reason.pop(stream, None) or reason
+            hook = self._first_up.pop(stream, None) if etype == "stream.up" else None
+        events = [make_event(etype, stream, time.time(), state=state, reason=reason or None)]
+        if hook is not None:
+            try:
+                events = hook(events[0])
+            except Exception:  # noqa: BLE001 (a report must never cost the stream its stream.up)
+                log.exception("stream %s: the first stream.up hook failed", stream)
+        self._publish(events)
 
     # ------------------------------------------------------------------ data path
     def _guard(self, fn: Callable[[], None], downstream: "queue.Queue[_Batch | None] | None") -> Callable[[], None]:
@@ -529,7 +562,8 @@ class Pipeline:
             if cfg is None:
                 return None
             state = _StreamState(cfg, ByteTracker(self.settings.stream_tracker(cfg)),
-                                 StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names))
+                                 StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names,
+                                                 self._incarnations.get(name)))
             self._states[name] = state
         return state
 
@@ -550,26 +584,26 @@ class Pipeline:
         state.last_t, state.last_pts, state.last_capture = t, frame.pts, frame.capture_ts
         return t
 
-    def _finish_stream(self, name: str, capture_ts: float) -> None:
+    def _finish_stream(self, name: str, capture_ts: float, reason: str | None = None) -> None:
         if self.annotator is not None:
             self.annotator.finish(name)
         state = self._states.pop(name, None)
         if state is not None:
             t = state.last_t or 0.0
-            self._publish(state.analytics.finish(t, capture_ts))
+            self._publish(state.analytics.finish(t, capture_ts, reason))
 
     def _drain_removals(self) -> None:
         """Finish removed streams: close their tracks, then drop every trace of them."""
         while True:
             try:
-                name = self._to_remove.get_nowait()
+                name, reason = self._to_remove.get_nowait()
             except queue.Empty:
                 return
-            self._finish_stream(name, time.time())
+            self._finish_stream(name, time.time(), reason)
             self.metrics.forget_stream(name)  # after the track.end/zone events, which touch its series
             self._latency.pop(name, None)
             with self._lock:
-                for table in (self._emitted, self._down):
+                for table in (self._emitted, self._down, self._incarnations, self._first_up, self._stop_reason):
                     table.pop(name, None)
                 self._finished.discard(name)
                 self._finalised.discard(name)
