@@ -180,3 +180,50 @@ def test_handover_and_takeover_events_and_unique_track_ids(tmp_path):
     for cam in set(cams) - set(moved):
         assert {e["track_id"].split(":")[1].split(".")[0] for e in events
                 if e["stream"] == cam and "track_id" in e} == {"1"}
+
+
+# ---------------------------------------------------------------- vap cluster status
+def test_status_table_exact_then_not(tmp_path, monkeypatch, capsys):
+    from pipeline.cluster import status
+    from tests.test_cluster_worker import FakePipeline
+
+    reg = tmp_path / "registry.yaml"
+    cams = _registry(reg, 6, "v7")
+    kv = MemoryKV()
+    ledger = Ledger(kv, app="vap")
+    cfg = ClusterConfig.parse({"num_shards": 2, "registry": str(reg), "metrics_port": 0})
+    ws = [ShardWorker(FakePipeline, serve_http=False, replica_id=r, ledger=ledger, heartbeat_s=0.1) for r in "ab"]
+    try:
+        for rank, w in enumerate(ws):
+            w.reconfigure(cfg, rank)
+        _wait(lambda: sorted(c for w in ws for c in w.owned) == cams, what="coverage")
+        _wait(lambda: status.gather(ledger)["exact"], timeout=5, what="exact in the heartbeats")
+        monkeypatch.setattr(status, "connect", lambda address, timeout_s=5.0: kv)
+        assert status.cmd_status("127.0.0.1:6379", "vap", False) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[0].split() == ["shard", "replica", "node", "pid", "cameras", "fps", "drops", "last",
+                                               "error", "config", "version"]
+        assert "coverage: exact (6 cameras on 2 shards)" in out and "v7/2" in out
+        assert status.cmd_status("127.0.0.1:6379", "vap", True) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert [r["shard"] for r in report["replicas"]] == [0, 1]
+        assert sorted(c for r in report["replicas"] for c in r["owned"]) == cams
+        # one replica dies: its heartbeat goes stale and coverage is no longer exact (exit 1)
+        ws[1]._stop.set()
+        ledger.stale_s = 0.5
+        _wait(lambda: not status.gather(ledger)["exact"], timeout=5, what="not exact")
+        assert status.cmd_status("127.0.0.1:6379", "vap", False, stale_s=0.5) == 1
+        out = capsys.readouterr().out
+        assert "coverage: NOT exact" in out and "of 6 cameras owned" in out
+        assert status.cmd_status("127.0.0.1:6379", "other-app", False) == 1
+        assert "no replica of application 'other-app'" in capsys.readouterr().out
+    finally:
+        for w in ws:
+            w.close()
+
+
+def test_status_without_a_cluster_is_one_clear_line(capsys):
+    from pipeline.cluster.cli import cli
+    assert cli(["status", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no Ray cluster at 127.0.0.1:1") and "\n" not in err

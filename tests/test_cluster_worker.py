@@ -52,13 +52,13 @@ class FakePipeline:
         self.ready = False
         return True
 
-    def add_stream(self, cfg) -> None:
+    def add_stream(self, cfg, **kw) -> None:   # incarnation, first_up: ledger mode
         if cfg.name in self.configs:
             raise ValueError("taken")
         self.configs[cfg.name] = cfg
         self.log.append(("add", cfg.name))
 
-    def remove_stream(self, name, timeout=5.0) -> None:
+    def remove_stream(self, name, timeout=5.0, reason=None) -> None:
         del self.configs[name]
         self.log.append(("remove", name))
 

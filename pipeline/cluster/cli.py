@@ -1,4 +1,4 @@
-"""`vap cluster plan | config | up`: size a Ray deployment and deploy it declaratively.
+"""`vap cluster plan | config | up | status`: size a Ray deployment, deploy it, watch it.
 
 - `plan` reads the registry and prints shards (GPU workers doing work), spares, the per-shard
   loads the assignment gives, and the Helm values for `deploy/helm/vap-cluster`.
@@ -7,8 +7,11 @@
   deploy` does). That PUT replaces the cluster's whole Serve config, so `up` refuses when other
   Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in place, so adding a camera or a shard
   reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
+- `status` prints one row per replica from their heartbeats in Ray's GCS (`status.py`) and exits
+  non-zero when coverage is not exact.
 
-None of these imports Ray: they compute, print and talk HTTP. Only the replicas need Ray.
+`plan`, `config` and `up` do not import Ray: they compute, print and talk HTTP. `status` uses
+Ray's GCS client only.
 """
 
 from __future__ import annotations
@@ -100,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--replace-all", action="store_true",
                             help="deploy even when the cluster runs other Serve applications: the Serve "
                                  "REST API replaces the whole config, so they are deleted")
+    sp = sub.add_parser("status", help="who owns what (from the replicas' heartbeats in Ray's GCS); exit 1 "
+                                       "unless coverage is exact")
+    sp.add_argument("--address", default=None, metavar="HOST:PORT",
+                    help="the head's Ray (GCS) address, default $RAY_ADDRESS or the cluster on this machine")
+    sp.add_argument("--app", default=APP_NAME, help="Serve application name")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--timeout", type=float, default=5.0, help="seconds per GCS request")
     return p
 
 
@@ -113,6 +123,9 @@ def cli(argv: list[str]) -> int:
     try:
         if args.cmd == "plan":
             return cmd_plan(args)
+        if args.cmd == "status":
+            from pipeline.cluster.status import cmd_status
+            return cmd_status(args.address, args.app, args.json, args.timeout)
         cfg = serve_config_from_args(args)
         if args.cmd == "config":
             print(yaml.safe_dump(cfg, sort_keys=False), end="")
