@@ -227,3 +227,46 @@ def test_status_without_a_cluster_is_one_clear_line(capsys):
     assert cli(["status", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no Ray cluster at 127.0.0.1:1") and "\n" not in err
+
+
+def test_rescale_2_3_2_moves_only_the_leaving_replicas_cameras(tmp_path):
+    """Ledger-mode workers (fake pipelines): 2 -> 3 moves only what the new slot wins; 3 -> 2 with
+    slot 0's replica stopped (what Serve did) moves only its cameras: the survivors keep theirs."""
+    from tests.test_cluster_worker import FakePipeline
+
+    reg = tmp_path / "registry.yaml"
+    cams = _registry(reg, 8, "v1")
+    ledger = Ledger(MemoryKV())
+
+    def cfg(n: int) -> ClusterConfig:
+        return ClusterConfig.parse({"num_shards": n, "registry": str(reg), "metrics_port": 0})
+
+    def settle(ws: list[ShardWorker]) -> dict[str, str]:
+        _wait(lambda: sorted(c for w in ws for c in w.owned) == cams and all(w.active for w in ws),
+              timeout=10, what="coverage")
+        return {c: w.replica_id for w in ws for c in w.owned}
+
+    a, b, c = (ShardWorker(FakePipeline, serve_http=False, replica_id=r, ledger=ledger, heartbeat_s=0.05)
+               for r in "abc")
+    try:
+        a.reconfigure(cfg(2), 0)
+        b.reconfigure(cfg(2), 1)
+        two = settle([a, b])
+        for w in (a, b):
+            w.reconfigure(cfg(3), w.rank)
+        c.reconfigure(cfg(3), 2)
+        three = settle([a, b, c])
+        up = {x for x in cams if two[x] != three[x]}
+        assert up and all(three[x] == "c" for x in up)
+        for w in (a, b, c):
+            w.reconfigure(cfg(2), w.rank)
+        assert a.shard == 0
+        a_cams = {x for x in cams if three[x] == "a"}
+        a.close()                       # Serve stops the replica holding slot 0
+        back = settle([b, c])
+        down = {x for x in cams if three[x] != back[x]}
+        assert down == a_cams, (sorted(down), sorted(a_cams))
+        assert (b.shard, c.shard) == (1, 2)   # no renumbering
+    finally:
+        for w in (a, b, c):
+            w.close()
