@@ -127,6 +127,7 @@ def test_rayservice_structure_and_serve_config(docs, monkeypatch):
     serve_cfg = yaml.safe_load(spec["serveConfigV2"])
     from ray.serve.schema import ServeDeploySchema  # the schema Serve's REST API validates with
     ServeDeploySchema.model_validate(serve_cfg)
+    assert serve_cfg["proxy_location"] == "Disabled"   # no HTTP proxy actor per node unless asked
     (app,) = serve_cfg["applications"]
     assert app["import_path"] == "pipeline.cluster.worker:app"
     (dep,) = app["deployments"]

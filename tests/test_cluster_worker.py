@@ -421,6 +421,9 @@ def test_config_is_a_valid_serve_config(tmp_path, capsys):
     assert dep["user_config"]["registry"] == str(reg.resolve())
     assert dep["user_config"]["registry_version"] == "v3"
     assert dep["user_config"]["settings"] == {"batch": {"max_batch": 4}}
+    assert cfg_out["proxy_location"] == "Disabled"   # no HTTP proxy per node unless asked
+    assert cli(["config", "--cameras", str(reg), "--shards", "2", "--proxy-location", "EveryNode"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["proxy_location"] == "EveryNode"
     ray = pytest.importorskip("ray")
     assert ray
     from ray.serve.schema import ServeDeploySchema

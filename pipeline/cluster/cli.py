@@ -39,6 +39,7 @@ APP_NAME = "vap"
 DEPLOYMENT = "StreamWorker"        # = worker.DEPLOYMENT_NAME (not imported: that imports Ray)
 IMPORT_PATH = "pipeline.cluster.worker:app"
 MIN_SLACK = 0.1
+PROXY_LOCATIONS = ("Disabled", "HeadOnly", "EveryNode")
 
 
 class DeployError(Exception):
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--metrics-port", type=int, default=9108)
         sp.add_argument("--stall-s", type=float, default=30.0)
         sp.add_argument("--app", default=APP_NAME, help="Serve application name")
+        sp.add_argument("--proxy-location", choices=PROXY_LOCATIONS, default="Disabled",
+                        help="Serve HTTP proxies (default Disabled: the workers take no HTTP requests through "
+                             "Serve, and a proxy costs ~130 MiB per node)")
         if name == "up":
             sp.add_argument("--address", default="http://127.0.0.1:8265",
                             help="Ray dashboard address (the Serve REST API)")
@@ -226,7 +230,7 @@ def serve_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         user_config["capacity"] = plan["capacity"]
     validate_settings(ClusterConfig.parse(user_config), str(args.settings or "--settings"))
     return serve_config(user_config, num_replicas=plan["shards"], gpus=args.gpus_per_worker,
-                        cpus=args.cpus_per_worker, app=args.app)
+                        cpus=args.cpus_per_worker, app=args.app, proxy_location=args.proxy_location)
 
 
 def validate_settings(cfg: ClusterConfig, source: str) -> None:
@@ -265,9 +269,14 @@ def _strings(value: Any) -> list[str]:
 
 
 def serve_config(user_config: dict[str, Any], num_replicas: int, gpus: float = 1.0, cpus: float = 1.0,
-                 app: str = APP_NAME) -> dict[str, Any]:
-    """A Ray Serve config file (ServeDeploySchema) with one StreamWorker replica per shard."""
+                 app: str = APP_NAME, proxy_location: str = "Disabled") -> dict[str, Any]:
+    """A Ray Serve config file (ServeDeploySchema) with one StreamWorker replica per shard.
+
+    No HTTP proxies by default: the application has no route (frames never go through Serve),
+    and Serve's default starts one proxy actor per node (~130 MiB RSS each, measured).
+    """
     return {
+        "proxy_location": proxy_location,
         "applications": [{
             "name": app,
             "import_path": IMPORT_PATH,
