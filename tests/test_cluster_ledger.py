@@ -270,3 +270,34 @@ def test_rescale_2_3_2_moves_only_the_leaving_replicas_cameras(tmp_path):
     finally:
         for w in (a, b, c):
             w.close()
+
+
+# ---------------------------------------------------------------- /cluster and the API token
+def test_shard_http_cluster_endpoint_needs_the_api_token(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from tests.test_cluster_worker import FakePipeline
+
+    reg = tmp_path / "registry.yaml"
+    _registry(reg, 2, "v1")
+    monkeypatch.setenv("VAP_API_TOKEN", "t" * 32)
+    w = ShardWorker(FakePipeline)
+    try:
+        w.reconfigure({"num_shards": 1, "registry": str(reg), "metrics_port": 0, "metrics_host": "127.0.0.1"}, 0)
+        base = f"http://127.0.0.1:{w.metrics_port}"
+
+        def get(path: str, token: str | None = None) -> int:
+            req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        assert get("/cluster") == 401 and get("/cluster", "wrong-token-wrong-token") == 401
+        assert get("/cluster", "t" * 32) == 200
+        assert get("/metrics") == 200 and get("/healthz") in (200, 503)   # public, as on the main API
+        monkeypatch.delenv("VAP_API_TOKEN")
+        assert get("/cluster") == 200   # no token set: open, as on the main API (loopback)
+    finally:
+        w.close()
