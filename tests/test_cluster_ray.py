@@ -173,11 +173,17 @@ def add_gpu_node(cluster) -> None:
 def rig(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
+    from tests.real_servers import redis_server
+
     tmp = tmp_path_factory.mktemp("ray-cluster")
     port = _free_port()
+    # GCS fault tolerance: the GCS keeps its tables in this Redis, so a restarted GCS finds the
+    # nodes, actors and Serve application again (the head kill test)
+    redis = redis_server(tmp / "redis").start()
+    os.environ["RAY_REDIS_ADDRESS"] = f"127.0.0.1:{redis.port}"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "num_gpus": 0, "include_dashboard": True, "dashboard_port": port,
-        "object_store_memory": 80 * 2**20})
+        "object_store_memory": 80 * 2**20, "gcs_server_port": _free_port()})
     for _ in range(3):
         add_gpu_node(cluster)
     ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
@@ -203,6 +209,8 @@ def rig(tmp_path_factory):
         finally:
             ray.shutdown()
             cluster.shutdown()
+            os.environ.pop("RAY_REDIS_ADDRESS", None)
+            redis.stop()
 
 
 def test_every_camera_covered_exactly_once(rig):
@@ -320,6 +328,44 @@ def test_node_killed_without_grace_coverage_restored(rig):
         rig.assert_each_camera_processed_by_one_worker(after, cams)
         ws = after
         add_gpu_node(rig.cluster)   # a new spare for the next round
+
+
+def _frames(w: dict) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{w['metrics_port']}/metrics", timeout=5) as r:
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in r.read().decode().splitlines()
+                   if ln.startswith("vap_frames_processed_total{"))
+
+
+def test_head_gcs_killed_workers_keep_processing_and_control_resumes(rig, capsys):
+    """GCS fault tolerance (Redis): with the head's GCS process killed the workers keep processing
+    (frame counters advance) and `vap cluster status` says the cluster is unreachable in one line;
+    once the GCS is back, heartbeats resume (exact coverage again) and a rescale works."""
+    cams = _write_registry(rig.registry, 13, "v2")
+    head = rig.cluster.head_node
+    for _ in range(RUNS):
+        ws = rig.wait_coverage(cams, 2, "v2")
+        head.kill_gcs_server()
+        t0 = time.monotonic()
+        before = {w["replica"]: _frames(w) for w in ws}
+        time.sleep(8.0)
+        after = {w["replica"]: _frames(w) for w in ws}
+        assert all(after[r] > before[r] for r in before), (before, after)   # still processing
+        capsys.readouterr()
+        assert cli(["status", "--address", rig.cluster.address, "--timeout", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        head.start_gcs_server()
+        back = rig.wait_coverage(cams, 2, "v2", timeout=FAILOVER_BOUND_S, what="head GCS restarted")
+        print(f"\ncoverage reported again {time.monotonic() - t0:.1f} s after the GCS was killed "
+              "(8 s of it with the GCS down on purpose)")
+        assert {w["replica"] for w in back} == set(before)   # same replicas, nothing moved
+        assert rig.owners(back) == rig.owners(ws)
+    rig.up(3)   # control resumed: Serve (controller on the head) rescales
+    three = rig.wait_coverage(cams, 3, "v2")
+    rig.note_moves(back, three, "handover")
+    rig.up(2)
+    two = rig.wait_coverage(cams, 2, "v2")
+    rig.note_moves(three, two, "handover")
 
 
 def test_vap_cluster_status_table_and_exit_code(rig, capsys):
