@@ -78,7 +78,8 @@ class Rig:
         self.registry = tmp / "registry.yaml"
         self.settings = tmp / "worker.yaml"
         self.events = tmp / "events"
-        self.ledger = Ledger(GcsKV.connect(cluster.address), app=APP)
+        self.address = cluster.address   # the GCS (Ray) address; the Cluster forgets it while the GCS is down
+        self.ledger = Ledger(GcsKV.connect(self.address), app=APP)
         self.times: dict[str, list[float]] = {}
         self.moves: list[tuple[str, str]] = []   # (camera, "handover" | "takeover")
         self.settings.write_text(yaml.safe_dump({
@@ -351,7 +352,7 @@ def test_head_gcs_killed_workers_keep_processing_and_control_resumes(rig, capsys
         after = {w["replica"]: _frames(w) for w in ws}
         assert all(after[r] > before[r] for r in before), (before, after)   # still processing
         capsys.readouterr()
-        assert cli(["status", "--address", rig.cluster.address, "--timeout", "2"]) == 2
+        assert cli(["status", "--address", rig.address, "--timeout", "2"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
         head.start_gcs_server()
@@ -372,7 +373,7 @@ def test_vap_cluster_status_table_and_exit_code(rig, capsys):
     cams = _write_registry(rig.registry, 13, "v2")
     ws = rig.wait_coverage(cams, 2, "v2")
     capsys.readouterr()
-    assert cli(["status", "--address", rig.cluster.address, "--app", APP]) == 0
+    assert cli(["status", "--address", rig.address, "--app", APP]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:5] == ["shard", "replica", "node", "pid", "cameras"]
     rows = [ln.split() for ln in out[1:3]]
@@ -380,7 +381,7 @@ def test_vap_cluster_status_table_and_exit_code(rig, capsys):
     assert sorted(int(r[3]) for r in rows) == sorted(w["pid"] for w in ws)
     assert sum(int(r[4]) for r in rows) == 13 and all(r[-1] == "v2/2" for r in rows)
     assert out[-1] == "coverage: exact (13 cameras on 2 shards)"
-    assert cli(["status", "--address", rig.cluster.address, "--app", "no-such-app"]) == 1
+    assert cli(["status", "--address", rig.address, "--app", "no-such-app"]) == 1
 
 
 def test_events_unique_track_ids_and_a_report_for_every_moved_camera(rig):

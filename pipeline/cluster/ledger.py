@@ -27,8 +27,9 @@ import json
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 NAMESPACE = "vap"
 STALE_S = 5.0      # a heartbeat older than this means the replica is gone
@@ -80,7 +81,7 @@ class GcsKV:
         self.timeout_s = timeout_s
 
     @classmethod
-    def connect(cls, address: str, timeout_s: float = 5.0) -> "GcsKV":
+    def connect(cls, address: str, timeout_s: float = 5.0) -> GcsKV:
         """A client for the GCS at `host:port` (the head's Ray port, 6379 by default)."""
         from ray._raylet import GcsClient
         return cls(GcsClient(address=address), timeout_s=timeout_s)
@@ -270,4 +271,4 @@ def resume(prev: Previous | None, first_frame_ts: float) -> tuple[str, float] | 
     return "takeover", max(0.0, first_frame_ts - since)
 
 
-__all__ = ["GcsKV", "KV", "Ledger", "MemoryKV", "NAMESPACE", "Previous", "STALE_S", "resume"]
+__all__ = ["KV", "NAMESPACE", "STALE_S", "GcsKV", "Ledger", "MemoryKV", "Previous", "resume"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,7 +31,7 @@ _PUBLIC = {"/metrics", "/healthz", "/readyz"}
 class ShardCollector:
     """The pipeline's series with a `shard` label added, plus the shard's own gauges."""
 
-    def __init__(self, worker: "ShardWorker") -> None:
+    def __init__(self, worker: ShardWorker) -> None:
         self.w = worker
 
     def describe(self) -> list[Metric]:
@@ -74,7 +75,7 @@ class ShardCollector:
 class MetricsServer:
     """GET /metrics, /healthz, /readyz, /cluster for one worker, on its own daemon thread."""
 
-    def __init__(self, worker: "ShardWorker", host: str, port: int) -> None:
+    def __init__(self, worker: ShardWorker, host: str, port: int) -> None:
         handler = type("Handler", (Handler,), {"worker": worker})
         self.asked = (host, port)
         last: OSError | None = None
@@ -99,7 +100,7 @@ class MetricsServer:
 
 
 class Handler(JsonHandler):
-    worker: "ShardWorker"
+    worker: ShardWorker
 
     def _server_config(self) -> ServerConfig:
         settings = self.worker._settings
@@ -116,7 +117,7 @@ class Handler(JsonHandler):
         auth = self.headers.get("Authorization") or ""
         return auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), token.encode())
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         w = self.worker
         cfg = self._server_config()
@@ -141,4 +142,4 @@ class Handler(JsonHandler):
             self._send(404, {"error": "unknown path; try /metrics, /healthz, /readyz, /cluster"})
 
 
-__all__ = ["Handler", "MetricsServer", "PORT_TRIES", "ShardCollector"]
+__all__ = ["PORT_TRIES", "Handler", "MetricsServer", "ShardCollector"]
