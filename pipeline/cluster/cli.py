@@ -31,7 +31,7 @@ import yaml
 
 from pipeline.cluster.assign import DEFAULT_SLACK, assign, loads, shard_cap
 from pipeline.cluster.registry import Registry, load_registry
-from pipeline.cluster.shard import ClusterConfig, render_settings
+from pipeline.cluster.cluster_config import ClusterConfig, render_settings
 from pipeline.config import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
