@@ -174,6 +174,9 @@ def test_handover_and_takeover_events_and_unique_track_ids(tmp_path):
         assert ends and all(e.get("reason") == "handover" for e in ends)
         ups = [e for e in mine if e["type"] == "stream.up"]
         assert [u.get("reason") for u in ups][1:] == ["handover", "takeover"], ups
+        assert all(u["gap_s"] >= 0 for u in ups[1:])
+        downs = [e for e in mine if e["type"] == "stream.down"]
+        assert downs and downs[0]["reason"] == "handover"   # the old owner's stop, said as such
         gap = next(e for e in mine if e["type"] == "stream.gap")
         assert gap["reason"] == "takeover" and gap["gap_s"] >= 1.0   # b was dead for at least stale_s
     # cameras that never moved have one owner incarnation and one stream.up
