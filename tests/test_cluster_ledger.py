@@ -75,6 +75,10 @@ def test_slots_are_sticky_reclaimed_from_the_dead_and_freed_on_leave():
     assert ledger.claim_slot("d", 2) == 1     # the dead slot first, not the free slot 0
     ledger.beat("e", {})
     assert ledger.claim_slot("e", 3) == 0
+    # b's record stays (status shows it stale) until it is FORGET_S old
+    assert "b" in ledger.replicas() and ledger.prune(max_age_s=60) == []
+    clock.t += 60
+    assert "b" in ledger.prune(max_age_s=60) and "b" not in ledger.replicas()
 
 
 def test_resume_tells_handover_from_takeover_and_measures_the_gap():

@@ -11,7 +11,8 @@ Three records, all small, all written with the GCS's atomic "put unless it exist
 - **Heartbeats** (`<app>/rep/<replica>`): every second, each replica's slot, node, pid, cameras,
   fps, drops, errors, config version and the capture time of the last frame it processed per
   camera. Membership (who is alive) and `vap cluster status` read these; so does a new owner
-  after a crash, to measure the gap.
+  after a crash, to measure the gap. A clean stop deletes its record; a dead replica's record is
+  deleted by the others after `FORGET_S` (status lists it as stale until then).
 - **Owner incarnations** (`<app>/inc/<camera>/<n>`): every time a replica starts owning a camera
   it takes the camera's next number. Track ids carry it (`cam-01:3.17`), so no two owners ever
   mint the same id for one camera. A planned handover adds `<app>/rel/<camera>/<n>` (the old
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 
 NAMESPACE = "vap"
 STALE_S = 5.0      # a heartbeat older than this means the replica is gone
+FORGET_S = 600.0   # a dead replica's record is deleted after this (status shows it as stale until then)
 KEEP_INCARNATIONS = 2
 
 
@@ -158,6 +160,14 @@ class Ledger:
             rec["alive"] = age < self.stale_s
             out[rec["replica"]] = rec
         return out
+
+    def prune(self, max_age_s: float = FORGET_S) -> list[str]:
+        """Delete heartbeat records silent for `max_age_s` (replicas that died: a clean stop
+        deletes its own). Long enough for a takeover to read the dead one's last frames."""
+        gone = [r for r, rec in self.replicas().items() if rec["age_s"] > max_age_s]
+        for replica in gone:
+            self.forget(replica)
+        return gone
 
     # ------------------------------------------------------------- slots
     def _holders(self) -> dict[int, tuple[int, str]]:

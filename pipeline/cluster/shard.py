@@ -382,9 +382,13 @@ class ShardWorker:
     def _heartbeat_loop(self) -> None:
         """Every `heartbeat_s`: publish the record; when the live slots changed, re-apply."""
         assert self.own is not None
+        beats = 0
         while not self._stop.wait(self.heartbeat_s):
+            beats += 1
             try:
                 self.own.beat(self.record())
+                if beats % 60 == 0:   # dead replicas' records (a clean stop deletes its own)
+                    self.own.ledger.prune()
                 cfg = self.cfg
                 if cfg is None or self.registry is None or self.own.leaving:
                     continue
