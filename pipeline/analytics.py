@@ -204,8 +204,12 @@ class _TrackState:
 class StreamAnalytics:
     """Zones, lines and the per-track event lifecycle of one stream."""
 
-    def __init__(self, stream: str, cfg: AnalyticsConfig, class_names: list[str]) -> None:
+    def __init__(self, stream: str, cfg: AnalyticsConfig, class_names: list[str],
+                 incarnation: int | None = None) -> None:
         self.stream = stream
+        # Track ids are `stream:n`; a cluster worker passes the stream's owner incarnation and
+        # they become `stream:incarnation.n`, unique across the owners a camera has had.
+        self._id_prefix = f"{stream}:" if incarnation is None else f"{stream}:{int(incarnation)}."
         self.cfg = cfg
         self.class_names = list(class_names)
         cfg.check_classes(self.class_names, where=f"stream {stream!r}: ")
@@ -310,8 +314,10 @@ class StreamAnalytics:
                 events.extend(self._end(tid, capture_ts))
         return events
 
-    def finish(self, t: float, capture_ts: float) -> list[dict]:
+    def finish(self, t: float, capture_ts: float, reason: str | None = None) -> list[dict]:
         """End every open track (stream finished or removed): zone exits, then track.end.
+
+        `reason` goes on each track.end (`handover`: the camera moved to another cluster worker).
 
         Dwell and duration run to each track's last sighting, not to `t`: a track that was lost
         for a while before the stream ended did not dwell in its zone meanwhile. Tracks that never
@@ -319,7 +325,7 @@ class StreamAnalytics:
         """
         events: list[dict] = []
         for tid in list(self._tracks):
-            events.extend(self._end(tid, capture_ts))
+            events.extend(self._end(tid, capture_ts, reason))
         return events
 
     def reconfigure(self, cfg: AnalyticsConfig, capture_ts: float) -> list[dict]:
@@ -438,7 +444,7 @@ class StreamAnalytics:
         return self._track_event("zone.exit", tid, st, capture_ts, zone=zone,
                                  dwell_s=round(max(0.0, t - zs.enter_t), 3), occupancy=self._occupancy[zone])
 
-    def _end(self, tid: int, capture_ts: float) -> list[dict]:
+    def _end(self, tid: int, capture_ts: float, reason: str | None = None) -> list[dict]:
         st = self._tracks.pop(tid, None)
         if st is None or not st.started:
             return []  # never passed the false-positive gate: silent
@@ -446,7 +452,7 @@ class StreamAnalytics:
                   for name, zs in st.zones.items() if zs.inside]
         events.append(self._track_event("track.end", tid, st, capture_ts,
                                         duration_s=round(max(0.0, st.last_t - st.first_t), 3),
-                                        zones=list(st.entered)))
+                                        zones=list(st.entered), reason=reason))
         return events
 
     # -- event construction --------------------------------------------------------------------
@@ -463,7 +469,7 @@ class StreamAnalytics:
     def _track_event(self, event_type: str, tid: int, st: _TrackState, capture_ts: float, **extra: Any) -> dict:
         return make_event(
             event_type, self.stream, capture_ts,
-            track_id=f"{self.stream}:{tid}",
+            track_id=f"{self._id_prefix}{tid}",
             **{"class": self._class_name(st.class_id)},
             class_id=int(st.class_id),
             score=round(min(1.0, max(0.0, st.score)), 4),

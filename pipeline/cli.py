@@ -87,7 +87,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "build-engine": ("engines.tensorrt.build", "cli", "build a TensorRT engine from an ONNX model (needs TensorRT)"),
     "quantize": ("engines.quantize", "cli", "CPU INT8: static Q/DQ quantisation with calibration images"),
     "dehaze": ("pipeline.tools.dehaze_preview", "cli", "preview the dehazing stage on an image, folder or video"),
-    "cluster": ("pipeline.cluster.cli", "cli", "scale out on Ray: vap cluster plan | up"),
+    "cluster": ("pipeline.cluster.cli", "cli", "scale out on Ray: vap cluster plan | config | up | status"),
 }
 
 

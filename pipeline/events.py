@@ -31,6 +31,7 @@ EVENT_TYPES = (
     "stream.up",
     "stream.down",
     "stream.stalled",
+    "stream.gap",
 )
 
 _lock = threading.Lock()

@@ -59,6 +59,7 @@ _STATE_EVENTS = {"streaming": "stream.up", "stalled": "stream.stalled", "backoff
 
 ResultHook = Callable[[Frame, Detections, Tracks, list[dict[str, Any]]], None]
 EventListener = Callable[[list[dict[str, Any]]], None]
+FirstUpHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 @dataclass
@@ -79,6 +80,9 @@ class _StreamEntry:
     removed: bool = False
     down: bool | None = None         # last published up/down state: one stream.down per outage
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=256))  # capture-to-done, for progress
+    incarnation: int | None = None   # cluster owner number: goes into the stream's track ids
+    first_up: FirstUpHook | None = None  # rewrites the stream's first stream.up (handover, takeover)
+    stop_reason: str | None = None   # why remove_stream stopped it (e.g. handover), on its stream.down
 
 
 @dataclass
@@ -171,7 +175,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._streams: dict[str, _StreamEntry] = {}   # guarded by _lock
         self._states: dict[str, _StreamState] = {}     # post thread only
-        self._to_remove: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._to_remove: queue.SimpleQueue[tuple[str, str | None]] = queue.SimpleQueue()
         self._to_reconfigure: queue.SimpleQueue[tuple[str, StreamSettings]] = queue.SimpleQueue()
         self._q_infer: queue.Queue[_Batch | None] = queue.Queue(1)
         self._q_post: queue.Queue[_Batch | None] = queue.Queue(1)
@@ -198,9 +202,14 @@ class Pipeline:
         """Engine loaded and data-path threads running (sources may still be connecting)."""
         return self._started and all(t.is_alive() for t in self._threads) and not self._stopping.is_set()
 
-    def add_stream(self, cfg: StreamSettings) -> None:
+    def add_stream(self, cfg: StreamSettings, *, incarnation: int | None = None,
+                   first_up: FirstUpHook | None = None) -> None:
         """Start a stream now. ValueError if the name is taken; ConfigError if its analytics name
-        classes the engine does not have."""
+        classes the engine does not have.
+
+        For cluster workers: `incarnation` goes into the stream's track ids (`name:incarnation.n`);
+        `first_up` is called with the stream's first `stream.up` event and returns the events to
+        publish instead (a handover or gap report, measured at the first frame)."""
         self.settings.stream_analytics(cfg).check_classes(self.names, where=f"streams.{cfg.name}.analytics: ")
         with self._lock:
             entry = self._streams.get(cfg.name)
@@ -208,7 +217,7 @@ class Pipeline:
                 raise ValueError(f"stream {cfg.name!r} is still being removed; add it again in a moment")
             if entry is not None:
                 raise ValueError(f"stream {cfg.name!r} already exists")
-            self._streams[cfg.name] = _StreamEntry(cfg)
+            self._streams[cfg.name] = _StreamEntry(cfg, incarnation=incarnation, first_up=first_up)
         self.batcher.add_stream(cfg.name, cfg.is_live, self.settings.queue_size_for(cfg))
         try:
             self.supervisor.add(cfg)
@@ -219,8 +228,10 @@ class Pipeline:
             raise
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
 
-    def remove_stream(self, name: str, timeout: float = 5.0) -> None:
+    def remove_stream(self, name: str, timeout: float = 5.0, reason: str | None = None) -> None:
         """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown.
+
+        `reason` (e.g. `handover`) goes on its `stream.down` and on every `track.end`.
 
         The name stays reserved until the post thread has closed the stream's tracks and removed
         its metric series, so a stream re-added under the same name never shares state with it.
@@ -230,12 +241,17 @@ class Pipeline:
             if entry is None or entry.removing:
                 raise KeyError(name)
             entry.removing = True
+            entry.stop_reason = reason
         # Queue first: a file decoder blocked in put() is released at once and sees it must stop.
         self.batcher.remove_stream(name)
         self.supervisor.remove(name, timeout)
         with self._lock:
             entry.removed = True
-        self._to_remove.put(name)
+        self._to_remove.put((name, reason))
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        """Send events to the sinks (and listeners) as the pipeline's own: for cluster reports."""
+        self._publish(events)
 
     def _analytics_of(self, name: str) -> Any:
         cfg = self.stream_config(name)
@@ -340,6 +356,7 @@ class Pipeline:
     def _on_state(self, stream: str, state: str, reason: str) -> None:
         etype = _STATE_EVENTS.get(state)
         is_down = etype == "stream.down"
+        hook = None
         with self._lock:
             entry = self._streams.get(stream)
             if entry is not None:
@@ -349,9 +366,19 @@ class Pipeline:
                     if is_down and entry.down:
                         return  # one stream.down per outage, not one per reconnect attempt
                     entry.down = is_down
+                if state == "stopped" and entry.stop_reason:
+                    reason = entry.stop_reason
+                if etype == "stream.up":
+                    hook, entry.first_up = entry.first_up, None
         if etype is None:
             return
-        self._publish([make_event(etype, stream, time.time(), state=state, reason=reason or None)])
+        events = [make_event(etype, stream, time.time(), state=state, reason=reason or None)]
+        if hook is not None:
+            try:
+                events = hook(events[0])
+            except Exception:  # a report must never cost the stream its stream.up
+                log.exception("stream %s: the first stream.up hook failed", stream)
+        self._publish(events)
 
     # ------------------------------------------------------------------ data path
     def _guard(self, fn: Callable[[], None], downstream: queue.Queue[_Batch | None] | None) -> Callable[[], None]:
@@ -560,8 +587,10 @@ class Pipeline:
             cfg = self.stream_config(name)
             if cfg is None:
                 return None
+            entry = self._streams.get(name)
             state = _StreamState(cfg, ByteTracker(self.settings.stream_tracker(cfg)),
-                                 StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names))
+                                 StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names,
+                                                 entry.incarnation if entry is not None else None))
             self._states[name] = state
         return state
 
@@ -582,22 +611,22 @@ class Pipeline:
         state.last_t, state.last_pts, state.last_capture = t, frame.pts, frame.capture_ts
         return t
 
-    def _finish_stream(self, name: str, capture_ts: float) -> None:
+    def _finish_stream(self, name: str, capture_ts: float, reason: str | None = None) -> None:
         if self.annotator is not None:
             self.annotator.finish(name)
         state = self._states.pop(name, None)
         if state is not None:
             t = state.last_t or 0.0
-            self._publish(state.analytics.finish(t, capture_ts))
+            self._publish(state.analytics.finish(t, capture_ts, reason))
 
     def _drain_removals(self) -> None:
         """Finish removed streams: close their tracks, then drop every trace of them."""
         while True:
             try:
-                name = self._to_remove.get_nowait()
+                name, reason = self._to_remove.get_nowait()
             except queue.Empty:
                 return
-            self._finish_stream(name, time.time())
+            self._finish_stream(name, time.time(), reason)
             self.metrics.forget_stream(name)  # after the track.end/zone events, which touch its series
             with self._lock:
                 self._streams.pop(name, None)  # the name is free again

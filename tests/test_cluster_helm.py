@@ -127,6 +127,7 @@ def test_rayservice_structure_and_serve_config(docs, monkeypatch):
     serve_cfg = yaml.safe_load(spec["serveConfigV2"])
     from ray.serve.schema import ServeDeploySchema  # the schema Serve's REST API validates with
     ServeDeploySchema.model_validate(serve_cfg)
+    assert serve_cfg["proxy_location"] == "Disabled"   # no HTTP proxy actor per node unless asked
     (app,) = serve_cfg["applications"]
     assert app["import_path"] == "pipeline.cluster.worker:app"
     (dep,) = app["deployments"]
@@ -146,6 +147,31 @@ def test_rayservice_structure_and_serve_config(docs, monkeypatch):
     monkeypatch.setenv("CAM_PASS", "x")  # the registry interpolates ${CAM_PASS} on the worker
     registry = parse_registry(yaml.safe_load(cm["data"]["registry.yaml"]), "configmap")
     assert registry.version == uc.registry_version and registry.names() == ["gate-01", "dock-02"]
+
+
+def test_model_and_event_volumes_mounted_by_values(docs):
+    """The model (read-only) and the event/spool folder are volumes from values: the root file
+    system is read-only, so without the events volume the JSONL sink could not write."""
+    group = docs["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    spec = group["template"]["spec"]
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    uc = ClusterConfig.parse(yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])
+                             ["applications"][0]["deployments"][0]["user_config"])
+    assert mounts["model"]["readOnly"] is True
+    assert uc.settings["model"]["path"].startswith(mounts["model"]["mountPath"] + "/")
+    assert vols["model"]["persistentVolumeClaim"]["claimName"] == "vap-models"
+    assert uc.settings["sinks"][0]["path"].startswith(mounts["events"]["mountPath"] + "/")
+    assert "emptyDir" in vols["events"]
+    # a model baked into the image: no model volume; events on a claim
+    other = render({"registry": {"version": "1", "cameras": CAMERAS}, "model": {"claimName": ""},
+                    "events": {"claimName": "vap-events"}})
+    spec = other["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "model" not in {v["name"] for v in spec["volumes"]}
+    assert "model" not in {m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    assert next(v for v in spec["volumes"] if v["name"] == "events") == \
+        {"name": "events", "persistentVolumeClaim": {"claimName": "vap-events"}}
+    k8s_valid(as_pod(other["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"], "w"))
 
 
 def test_podmonitor_selects_worker_pods_and_port(docs):
@@ -216,7 +242,8 @@ def test_redis_namespace_is_per_raycluster_unless_set(docs):
 
 
 def test_default_worker_settings_do_not_change_with_the_rank():
-    """A re-rank must not restart the pipeline: the chart's default settings use {replica}, not {shard}."""
+    """The chart's default settings use {replica}, not {shard}: a replica that renders its rank
+    before it holds its slot must not restart its pipeline when it gets the slot."""
     docs = render({"registry": {"version": "1", "cameras": CAMERAS}})
     dep = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]
     from pipeline.cluster.shard import render_settings

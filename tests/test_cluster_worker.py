@@ -52,13 +52,13 @@ class FakePipeline:
         self.ready = False
         return True
 
-    def add_stream(self, cfg) -> None:
+    def add_stream(self, cfg, **kw) -> None:   # incarnation, first_up: ledger mode
         if cfg.name in self.configs:
             raise ValueError("taken")
         self.configs[cfg.name] = cfg
         self.log.append(("add", cfg.name))
 
-    def remove_stream(self, name, timeout=5.0) -> None:
+    def remove_stream(self, name, timeout=5.0, reason=None) -> None:
         del self.configs[name]
         self.log.append(("remove", name))
 
@@ -421,6 +421,9 @@ def test_config_is_a_valid_serve_config(tmp_path, capsys):
     assert dep["user_config"]["registry"] == str(reg.resolve())
     assert dep["user_config"]["registry_version"] == "v3"
     assert dep["user_config"]["settings"] == {"batch": {"max_batch": 4}}
+    assert cfg_out["proxy_location"] == "Disabled"   # no HTTP proxy per node unless asked
+    assert cli(["config", "--cameras", str(reg), "--shards", "2", "--proxy-location", "EveryNode"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["proxy_location"] == "EveryNode"
     ray = pytest.importorskip("ray")
     assert ray
     from ray.serve.schema import ServeDeploySchema

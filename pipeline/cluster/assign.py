@@ -36,9 +36,15 @@ def _h(*parts: str | int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def shard_preference(camera: str, num_shards: int) -> list[int]:
-    """Shards in the order this camera prefers them (highest rendezvous score first)."""
-    return sorted(range(num_shards), key=lambda s: (-_h(camera, s), s))
+def shard_preference(camera: str, num_shards: int | Iterable[int]) -> list[int]:
+    """Shards in the order this camera prefers them (highest rendezvous score first).
+
+    `num_shards` is a count (shards 0..n-1) or the shard ids themselves (any whole numbers, e.g.
+    the sticky slots of `ledger`): a camera ranks two shards the same way whichever others exist,
+    which is what keeps ownership sticky when one of them goes away.
+    """
+    ids = range(num_shards) if isinstance(num_shards, int) else sorted(set(num_shards))
+    return sorted(ids, key=lambda s: (-_h(camera, s), s))
 
 
 def camera_weight(width: int | None, height: int | None, fps: float | None) -> float:
@@ -86,16 +92,26 @@ def shard_cap(total_weight: float, num_shards: int, slack: float = DEFAULT_SLACK
     return float(balanced)
 
 
-def assign(cameras: Mapping[str, float] | Iterable[str], num_shards: int,
+def assign(cameras: Mapping[str, float] | Iterable[str], num_shards: int | Iterable[int],
            slack: float = DEFAULT_SLACK, capacity: float | None = None) -> dict[str, int]:
-    """Map every camera id to exactly one shard in `range(num_shards)`.
+    """Map every camera id to exactly one shard in `range(num_shards)` (or of the given shard ids).
 
-    `cameras`: ids (each weighs 1) or a mapping id -> weight. A shard takes a camera while its load
+    `cameras`: ids (each weighs 1) or a mapping id -> weight. `num_shards`: a count, or the ids
+    of the shards that exist (`ledger.Ledger.members`): removing one id then moves only its
+    cameras, plus what the bounded-load rule must rebalance. A shard takes a camera while its load
     plus the camera's weight stays within `shard_cap` (an empty shard takes any camera, so one
     oversized camera still has a home); when no shard has room the least-loaded one takes it.
     Same inputs give the same result in every process.
     """
-    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
+    if isinstance(num_shards, int) and not isinstance(num_shards, bool):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be a whole number >= 1, got {num_shards!r}")
+        ids = list(range(num_shards))
+    elif isinstance(num_shards, Iterable) and not isinstance(num_shards, (str, bytes)):
+        ids = sorted(set(num_shards))
+        if not ids or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
+            raise ValueError(f"shard ids must be whole numbers >= 0, at least one; got {num_shards!r}")
+    else:
         raise ValueError(f"num_shards must be a whole number >= 1, got {num_shards!r}")
     if not (slack >= 0 and math.isfinite(slack)):
         raise ValueError(f"slack must be >= 0, got {slack!r}")
@@ -104,13 +120,13 @@ def assign(cameras: Mapping[str, float] | Iterable[str], num_shards: int,
     weights = _as_weights(cameras)
     if not weights:
         return {}
-    cap = shard_cap(sum(weights.values()), num_shards, slack, capacity)
+    cap = shard_cap(sum(weights.values()), len(ids), slack, capacity)
     tolerance = cap * 1e-9
-    load = [0.0] * num_shards
+    load = dict.fromkeys(ids, 0.0)
     out: dict[str, int] = {}
     for cam in sorted(weights, key=lambda c: (_h(c), c)):
         w = weights[cam]
-        prefs = shard_preference(cam, num_shards)
+        prefs = shard_preference(cam, ids)
         chosen = next((s for s in prefs if load[s] == 0.0 or load[s] + w <= cap + tolerance), None)
         if chosen is None:  # every shard is full (uneven weights near the cap)
             chosen = min(prefs, key=lambda s: load[s])

@@ -1,4 +1,4 @@
-"""`vap cluster plan | config | up`: size a Ray deployment and deploy it declaratively.
+"""`vap cluster plan | config | up | status`: size a Ray deployment, deploy it, watch it.
 
 - `plan` reads the registry and prints shards (GPU workers doing work), spares, the per-shard
   loads the assignment gives, and the Helm values for `deploy/helm/vap-cluster`.
@@ -7,8 +7,11 @@
   deploy` does). That PUT replaces the cluster's whole Serve config, so `up` refuses when other
   Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in place, so adding a camera or a shard
   reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
+- `status` prints one row per replica from their heartbeats in Ray's GCS (`status.py`) and exits
+  non-zero when coverage is not exact.
 
-None of these imports Ray: they compute, print and talk HTTP. Only the replicas need Ray.
+`plan`, `config` and `up` do not import Ray: they compute, print and talk HTTP. `status` uses
+Ray's GCS client only.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import yaml
 
 from pipeline.cluster.assign import DEFAULT_SLACK, assign, loads, shard_cap
 from pipeline.cluster.registry import Registry, load_registry
-from pipeline.cluster.shard import ClusterConfig, render_settings
+from pipeline.cluster.cluster_config import ClusterConfig, render_settings
 from pipeline.config import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -36,6 +39,7 @@ APP_NAME = "vap"
 DEPLOYMENT = "StreamWorker"        # = worker.DEPLOYMENT_NAME (not imported: that imports Ray)
 IMPORT_PATH = "pipeline.cluster.worker:app"
 MIN_SLACK = 0.1
+PROXY_LOCATIONS = ("Disabled", "HeadOnly", "EveryNode")
 
 
 class DeployError(Exception):
@@ -93,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--metrics-port", type=int, default=9108)
         sp.add_argument("--stall-s", type=float, default=30.0)
         sp.add_argument("--app", default=APP_NAME, help="Serve application name")
+        sp.add_argument("--proxy-location", choices=PROXY_LOCATIONS, default="Disabled",
+                        help="Serve HTTP proxies (default Disabled: the workers take no HTTP requests through "
+                             "Serve, and a proxy costs ~130 MiB per node)")
         if name == "up":
             sp.add_argument("--address", default="http://127.0.0.1:8265",
                             help="Ray dashboard address (the Serve REST API)")
@@ -100,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--replace-all", action="store_true",
                             help="deploy even when the cluster runs other Serve applications: the Serve "
                                  "REST API replaces the whole config, so they are deleted")
+    sp = sub.add_parser("status", help="who owns what (from the replicas' heartbeats in Ray's GCS); exit 1 "
+                                       "unless coverage is exact")
+    sp.add_argument("--address", default=None, metavar="HOST:PORT",
+                    help="the head's Ray (GCS) address, default $RAY_ADDRESS or the cluster on this machine")
+    sp.add_argument("--app", default=APP_NAME, help="Serve application name")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--timeout", type=float, default=5.0, help="seconds per GCS request")
     return p
 
 
@@ -113,6 +127,9 @@ def cli(argv: list[str]) -> int:
     try:
         if args.cmd == "plan":
             return cmd_plan(args)
+        if args.cmd == "status":
+            from pipeline.cluster.status import cmd_status
+            return cmd_status(args.address, args.app, args.json, args.timeout)
         cfg = serve_config_from_args(args)
         if args.cmd == "config":
             print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -213,7 +230,7 @@ def serve_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         user_config["capacity"] = plan["capacity"]
     validate_settings(ClusterConfig.parse(user_config), str(args.settings or "--settings"))
     return serve_config(user_config, num_replicas=plan["shards"], gpus=args.gpus_per_worker,
-                        cpus=args.cpus_per_worker, app=args.app)
+                        cpus=args.cpus_per_worker, app=args.app, proxy_location=args.proxy_location)
 
 
 def validate_settings(cfg: ClusterConfig, source: str) -> None:
@@ -252,9 +269,14 @@ def _strings(value: Any) -> list[str]:
 
 
 def serve_config(user_config: dict[str, Any], num_replicas: int, gpus: float = 1.0, cpus: float = 1.0,
-                 app: str = APP_NAME) -> dict[str, Any]:
-    """A Ray Serve config file (ServeDeploySchema) with one StreamWorker replica per shard."""
+                 app: str = APP_NAME, proxy_location: str = "Disabled") -> dict[str, Any]:
+    """A Ray Serve config file (ServeDeploySchema) with one StreamWorker replica per shard.
+
+    No HTTP proxies by default: the application has no route (frames never go through Serve),
+    and Serve's default starts one proxy actor per node (~130 MiB RSS each, measured).
+    """
     return {
+        "proxy_location": proxy_location,
         "applications": [{
             "name": app,
             "import_path": IMPORT_PATH,

@@ -2,13 +2,15 @@
 
 `worker.StreamWorker` (the Ray Serve deployment) is a thin wrapper around `ShardWorker`, so all
 logic here is testable in a plain process. A `ShardWorker`:
-- takes the cluster config (the Serve `user_config`, `ClusterConfig`) and its rank, loads the
-  registry, computes the global assignment (`assign.assign`) and keeps its own part;
+- takes the cluster config (the Serve `user_config`, `ClusterConfig`), loads the registry,
+  computes the global assignment (`assign.assign`) and keeps its own part: its shard is its
+  sticky slot under Ray (with a `Ledger`: `ownership.py`), else the Serve rank it is given;
 - diffs that part against the streams it runs and adds/removes streams on the running pipeline
   (no restart: a camera added elsewhere moves nothing here);
 - rebuilds the pipeline only when the worker settings themselves change (model, batching, sinks);
 - serves `/metrics` with a `shard` label on every series plus `vap_owned_cameras{shard}`, and
-  `/healthz`, `/readyz`, `/cluster`;
+  `/healthz`, `/readyz`, `/cluster` (`shard_http.py`); under Ray it heartbeats its `record()`
+  into the GCS every second (what `vap cluster status` shows);
 - reports unhealthy when its frame counters stall while cameras deliver (so Serve replaces it);
 - never fails a reconfigure for a data problem (see `reconfigure`): Ray Serve 2.60 stops a replica
   whose in-place reconfigure raises and its replacements get the same config, so one registry
@@ -25,97 +27,38 @@ import os
 import socket
 import threading
 import time
-from http.server import ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import Field, ValidationError
+from prometheus_client import CollectorRegistry
 
-from pipeline.api import JsonHandler
-from pipeline.cluster.assign import DEFAULT_SLACK, assign, owned
+from pipeline.cluster.assign import assign, owned
+from pipeline.cluster.cluster_config import ClusterConfig, render_settings
+from pipeline.cluster.ledger import Ledger
+from pipeline.cluster.ownership import Ownership
 from pipeline.cluster.registry import Registry, RegistryError, load_registry
-from pipeline.config import ConfigError, Strict
-from pipeline.settings import Settings, StreamSettings, parse_settings
+from pipeline.cluster.shard_http import PORT_TRIES, MetricsServer, ShardCollector
+from pipeline.config import ConfigError
+from pipeline.settings import Settings, StreamSettings
 
 log = logging.getLogger("vap.cluster")
 
-SHARD_PLACEHOLDER = "{shard}"
-REPLICA_PLACEHOLDER = "{replica}"
-PORT_TRIES = 16
+HEARTBEAT_S = 1.0  # under Ray: how often a replica publishes its record and checks who is alive
 RETRY_S = 15.0   # a registry or metrics-port problem is retried this often (Serve only calls on a change)
-
-
-class ClusterConfig(Strict):
-    """What every replica gets as the Serve deployment's `user_config`.
-
-    Changing any field makes Serve call `reconfigure` on every replica in place (no restart),
-    in batches of about 20 % of the replicas (so replicas briefly disagree during a rollout).
-    """
-
-    num_shards: int = Field(ge=1, description="Shards (= GPU workers doing work); never taken from Serve's "
-                            "world_size, which can be stale during a rescale")
-    registry: str = Field(description="Camera registry: a YAML path on every node, or an http(s):// URL")
-    registry_version: str | None = Field(None, description="Expected registry version; a replica that reads "
-                                         "another one retries until registry_wait_s, then keeps its current "
-                                         "cameras, reports vap_shard_config_error and retries every 15 s")
-    weighted: bool = Field(False, description="Balance by width x height x fps instead of camera count")
-    slack: float = Field(DEFAULT_SLACK, ge=0, description="Per-shard cap = (1 + slack) x mean load")
-    capacity: float | None = Field(None, gt=0, description="Lowers the cap to what one GPU takes (cameras, or "
-                                   "1080p25 equivalents when weighted); from `vap cluster plan --per-gpu`")
-    settings: dict[str, Any] = Field(default_factory=dict, description="Each worker's deployment YAML, "
-                                     "without streams; in any string '{shard}' becomes the shard number and "
-                                     "'{replica}' the replica's unique id (e.g. one event file per worker)")
-    metrics_host: str = Field("0.0.0.0", description="Bind address of the worker's /metrics")
-    metrics_port: int = Field(9108, ge=0, le=65535, description="Worker /metrics port; the next free one of "
-                              f"{PORT_TRIES} is taken when busy (several replicas per node); 0 = any")
-    stall_s: float = Field(30.0, gt=0, description="Unhealthy when no frame was processed this long while "
-                           "cameras deliver frames")
-    registry_wait_s: float = Field(30.0, ge=0, description="How long a reconfigure retries a registry fetch "
-                                   "or waits for registry_version before keeping the last good registry")
-
-    @classmethod
-    def parse(cls, data: Any, source: str = "user_config") -> "ClusterConfig":
-        """Validate; every problem is a ConfigError naming the key."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: must be a mapping with num_shards and registry, got {type(data).__name__}")
-        try:
-            cfg = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
-                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-            raise ConfigError(f"{source}: {problems}") from None
-        if cfg.settings.get("streams"):
-            raise ConfigError(f"{source}: settings.streams must be empty: cameras come from the registry")
-        return cfg
-
-
-def render_settings(cfg: ClusterConfig, shard: int, replica: str = "0") -> Settings:
-    """The worker's pipeline settings, '{shard}'/'{replica}' filled in, HTTP server off (the worker
-    serves its own endpoints)."""
-    def fill(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.replace(SHARD_PLACEHOLDER, str(shard)).replace(REPLICA_PLACEHOLDER, replica)
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return value
-    data = fill(dict(cfg.settings))
-    data["streams"] = []
-    data.setdefault("server", {})
-    if isinstance(data["server"], dict):
-        data["server"] = {**data["server"], "enabled": False}
-    return parse_settings(data, "user_config.settings")
 
 
 class ShardWorker:
     """The cameras of one shard on one single-node pipeline; see the module docstring."""
 
     def __init__(self, pipeline_factory: Callable[[Settings], Any] | None = None, *, serve_http: bool = True,
-                 replica_id: str | None = None, retry_s: float = RETRY_S) -> None:
+                 replica_id: str | None = None, retry_s: float = RETRY_S, ledger: Ledger | None = None,
+                 node: str | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
         self._factory = pipeline_factory or _default_pipeline
         self.replica_id = replica_id or f"pid{os.getpid()}"
+        # With a ledger (under Ray): sticky slots, heartbeats, incarnations (see ownership.py);
+        # without one the shard is Serve's rank, as in a plain process.
+        self.own = Ownership(ledger, self.replica_id, node) if ledger is not None else None
+        self.heartbeat_s = heartbeat_s
+        self._beating = False
         self._serve_http = serve_http
         self._lock = threading.RLock()
         self.pipeline: Any = None
@@ -130,7 +73,7 @@ class ShardWorker:
         self._reconfigures = 0
         self._progress = (0.0, 0.0, time.monotonic(), time.monotonic())  # processed, decoded, t_proc, t_dec
         self._progress_lock = threading.Lock()
-        self._server: _MetricsServer | None = None
+        self._server: MetricsServer | None = None
         self._applying = False
         self.failed: dict[str, str] = {}   # owned cameras the pipeline refused (bad analytics classes...)
         self.config_error: str | None = None  # why the last reconfigure was not (fully) applied
@@ -139,7 +82,21 @@ class ShardWorker:
         self._generation = 0                # bumped by every reconfigure: a stale retry never applies
         self._stop = threading.Event()
         self.metrics_registry = CollectorRegistry(auto_describe=False)
-        self.metrics_registry.register(_ShardCollector(self))
+        self.metrics_registry.register(ShardCollector(self))
+
+    @property
+    def shard(self) -> int | None:
+        """This worker's shard id: its sticky slot under Ray, else Serve's rank."""
+        return self.own.slot if self.own is not None else self.rank
+
+    @property
+    def active(self) -> bool:
+        """This worker's shard takes part in the assignment now."""
+        if self.cfg is None:
+            return False
+        if self.own is not None:
+            return self.own.active(self.cfg.num_shards)
+        return self.rank is not None and self.rank < self.cfg.num_shards
 
     # ------------------------------------------------------------------ control
     def reconfigure(self, user_config: Any, rank: int) -> dict[str, Any]:
@@ -226,9 +183,19 @@ class ShardWorker:
                 self._reset_progress()
 
     def _apply(self, cfg: ClusterConfig, rank: int, registry: Registry) -> dict[str, Any]:
-        settings = render_settings(cfg, rank, self.replica_id)  # a typo fails here, before any change
+        if self.own is not None:
+            if not self._beating:  # be alive in the ledger before counting who is
+                self.own.beat(self.record())
+            self.own.refresh(cfg.num_shards)
+            shard = self.own.slot if self.own.slot is not None else rank
+        else:
+            shard = rank
+        settings = render_settings(cfg, shard, self.replica_id)  # a typo fails here, before any change
         mine: set[str] = set()
-        if rank < cfg.num_shards:
+        if self.own is not None:
+            mine = self.own.mine(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity,
+                                 self.owned)
+        elif rank < cfg.num_shards:
             table = assign(registry.weights(cfg.weighted), cfg.num_shards, cfg.slack, cfg.capacity)
             mine = owned(table, rank)
         wanted = {c.name: c.stream() for c in registry.cameras if c.name in mine}
@@ -240,7 +207,7 @@ class ShardWorker:
             self._restart_pipeline(settings)
         else:
             for name in removed:
-                self._remove(name)
+                self._remove(name, "handover" if name in registry.by_name() else None)
         failed: dict[str, str] = {}
         for name in sorted(wanted):
             if name in self._streams:
@@ -258,10 +225,11 @@ class ShardWorker:
         self._removed_total += len(removed)
         self.config_error = None
         self._ensure_server(cfg)
-        log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d%s", rank, cfg.num_shards,
+        self._start_heartbeat()
+        log.info("shard %s/%s: owns %d of %d cameras (registry %s): +%d -%d%s", self.shard, cfg.num_shards,
                  len(self.owned), len(registry.cameras), registry.version, len(added), len(removed),
                  f", {len(self.failed)} failed to start" if self.failed else "")
-        out = {"shard": rank, "owned": len(self.owned), "added": added, "removed": removed,
+        out = {"shard": self.shard, "owned": len(self.owned), "added": added, "removed": removed,
                "failed": sorted(self.failed), "registry_version": registry.version}
         if self.config_error is not None:
             out["error"] = self.config_error
@@ -277,7 +245,7 @@ class ShardWorker:
             self._server = None
         if self._server is None:
             try:
-                self._server = _MetricsServer(self, *where)
+                self._server = MetricsServer(self, *where)
             except ConfigError as exc:
                 log.error("shard %s: %s", self.rank, exc)
                 self.config_error = str(exc)
@@ -348,13 +316,20 @@ class ShardWorker:
 
     def _start_pipeline(self, settings: Settings) -> Any:
         pipeline = self._factory(settings)
+        hooks = getattr(pipeline, "hooks", None)
+        if self.own is not None and hooks is not None:
+            hooks.append(self.own.on_frame)
         pipeline.start()
         return pipeline
 
     def _add(self, cfg: StreamSettings) -> None:
+        extra: dict[str, Any] = {}
+        if self.own is not None:
+            n = self.own.claim(cfg.name)
+            extra = {"incarnation": n, "first_up": self.own.first_up(cfg.name, n)}
         for attempt in range(50):  # a stream just removed under the same name is released within moments
             try:
-                self.pipeline.add_stream(cfg)
+                self.pipeline.add_stream(cfg, **extra)
                 break
             except ValueError:
                 if attempt == 49:
@@ -362,23 +337,84 @@ class ShardWorker:
                 time.sleep(0.1)
         self._streams[cfg.name] = cfg
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, reason: str | None = None) -> None:
+        """Stop one camera; `handover` (it moves to another shard) goes on its track.end events."""
         try:
-            self.pipeline.remove_stream(name)
+            if self.own is not None:
+                self.pipeline.remove_stream(name, reason=reason)
+            else:
+                self.pipeline.remove_stream(name)
         except KeyError:
             pass
         self._streams.pop(name, None)
+        if self.own is not None:
+            self.own.released(name)
 
     def close(self) -> None:
-        """Stop the pipeline (drain, flush sinks), the metrics server and any config retry."""
+        """Stop the pipeline (drain, flush sinks), the metrics server and any config retry.
+
+        Under Ray this is a planned handover: the slot is given up first (the other replicas
+        take over at once), then every camera is stopped with `reason: handover`."""
         self._stop.set()
         with self._lock:
+            if self.own is not None and self.pipeline is not None:
+                self.own.leave(self.record())
+                for name in list(self._streams):
+                    self._remove(name, "handover")
+                self.owned = set()
             if self._server is not None:
                 self._server.close()
                 self._server = None
             if self.pipeline is not None:
                 self.pipeline.stop()
                 self.pipeline = None
+            if self.own is not None:
+                self.own.gone()
+
+    # ------------------------------------------------------------------ heartbeat (under Ray)
+    def _start_heartbeat(self) -> None:
+        if self.own is None or self._beating or self.heartbeat_s <= 0:
+            return
+        self._beating = True
+        self.own.beat(self.record())
+        threading.Thread(target=self._heartbeat_loop, name="vap-shard-heartbeat", daemon=True).start()
+
+    def _heartbeat_loop(self) -> None:
+        """Every `heartbeat_s`: publish the record; when the live slots changed, re-apply."""
+        assert self.own is not None
+        beats = 0
+        while not self._stop.wait(self.heartbeat_s):
+            beats += 1
+            try:
+                self.own.beat(self.record())
+                if beats % 60 == 0:   # dead replicas' records (a clean stop deletes its own)
+                    self.own.ledger.prune()
+                cfg = self.cfg
+                if cfg is None or self.registry is None or self.own.leaving:
+                    continue
+                if self.own.refresh(cfg.num_shards):
+                    with self._lock:
+                        if not self._stop.is_set() and self.cfg is cfg and self.registry is not None:
+                            self._apply(cfg, self.rank if self.rank is not None else 0, self.registry)
+            except Exception:  # noqa: BLE001 (the heartbeat must never die)
+                log.exception("heartbeat failed")
+
+    def record(self) -> dict[str, Any]:
+        """What `vap cluster status` shows for this replica (the heartbeat's payload)."""
+        info = self.describe()
+        streams = self.pipeline.streams() if self.pipeline is not None else []
+        errors = [f"{s['name']}: {s['last_error']}" for s in streams if s.get("last_error")]
+        errors += [f"{name}: {msg}" for name, msg in sorted(self.failed.items())]
+        info.update({
+            "rank": self.rank,
+            "fps": round(sum(float(s.get("fps") or 0.0) for s in streams), 2),
+            "drops": int(sum(int(s.get("drops") or 0) for s in streams)),
+            "last_error": self.config_error or (self.own.kv_error if self.own else None)
+            or (errors[-1] if errors else None),
+            "config_version": f"{info['registry_version']}/{info['num_shards']}",
+            "active": self.active,
+        })
+        return info
 
     # ------------------------------------------------------------------ health
     def _counters(self, pipeline: Any = None) -> tuple[float, float]:
@@ -437,7 +473,7 @@ class ShardWorker:
         p = self.pipeline
         streams = p.streams() if p is not None else []
         return {
-            "shard": self.rank,
+            "shard": self.shard,
             "num_shards": self.cfg.num_shards if self.cfg else None,
             "pid": os.getpid(),
             "replica": self.replica_id,
@@ -463,98 +499,4 @@ def _total(counter: Any) -> float:
     return sum(s.value for fam in counter.collect() for s in fam.samples if s.name.endswith("_total"))
 
 
-class _ShardCollector:
-    """The pipeline's series with a `shard` label added, plus the shard's own gauges."""
-
-    def __init__(self, worker: ShardWorker) -> None:
-        self.w = worker
-
-    def describe(self) -> list[Metric]:
-        return []  # names vary with the pipeline; skip registration-time collection
-
-    def collect(self) -> Iterator[Metric]:
-        w = self.w
-        shard = "" if w.rank is None else str(w.rank)
-        num_shards = w.cfg.num_shards if w.cfg else 0
-        active = w.rank is not None and w.rank < num_shards
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["shard"])
-            g.add_metric([shard], value)
-            return g
-        yield gauge("vap_owned_cameras", "Cameras this shard owns now", len(w.owned))
-        yield gauge("vap_registry_cameras", "Cameras in the registry this shard loaded",
-                    len(w.registry.cameras) if w.registry else 0)
-        yield gauge("vap_cluster_shards", "num_shards in the deployment config", num_shards)
-        yield gauge("vap_shard_camera_failures", "Owned cameras the pipeline refused to start (see /cluster)",
-                    len(w.failed))
-        yield gauge("vap_shard_config_error", "1 when the last config was not applied (the shard keeps its "
-                    "previous cameras and settings; see /cluster config_error and the log)",
-                    1.0 if w.config_error else 0.0)
-        yield gauge("vap_shard_active", "1 when this replica's rank is a shard (< num_shards)", 1.0 if active else 0.0)
-        moves = CounterMetricFamily("vap_shard_camera_changes", "Cameras added to or removed from this shard",
-                                    labels=["shard", "change"])
-        moves.add_metric([shard, "added"], w._added_total)
-        moves.add_metric([shard, "removed"], w._removed_total)
-        yield moves
-        p = w.pipeline
-        if p is None:
-            return
-        for fam in p.metrics.registry.collect():
-            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-            for s in fam.samples:
-                out.add_sample(s.name, {**s.labels, "shard": shard}, s.value, s.timestamp, s.exemplar)
-            yield out
-
-
-class _MetricsServer:
-    """GET /metrics, /healthz, /readyz, /cluster for one worker, on its own daemon thread."""
-
-    def __init__(self, worker: ShardWorker, host: str, port: int) -> None:
-        handler = type("Handler", (_Handler,), {"worker": worker})
-        self.asked = (host, port)
-        last: OSError | None = None
-        tries = 1 if port == 0 else PORT_TRIES
-        for candidate in range(port, port + tries):
-            try:
-                self.httpd = ThreadingHTTPServer((host, candidate), handler)
-                break
-            except OSError as exc:
-                last = exc
-        else:
-            raise ConfigError(f"metrics_port: no free port in {port}..{port + tries - 1} on {host} ({last}); "
-                              "choose another metrics_port (0 picks any)")
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vap-shard-http", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _Handler(JsonHandler):
-    worker: ShardWorker
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0].rstrip("/")
-        w = self.worker
-        if path == "/metrics":
-            self._send(200, generate_latest(w.metrics_registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            try:
-                w.check_health()
-                self._send(200, {"status": "ok"})
-            except RuntimeError as exc:
-                self._send(503, {"status": str(exc)})
-        elif path == "/readyz":
-            ready = w.pipeline is not None and w.pipeline.ready
-            self._send(200 if ready else 503, {"ready": ready, "owned": len(w.owned)})
-        elif path == "/cluster":
-            self._send(200, w.describe())
-        else:
-            self._send(404, {"error": "unknown path; try /metrics, /healthz, /readyz, /cluster"})
-
-
-__all__ = ["ClusterConfig", "ShardWorker", "render_settings"]
+__all__ = ["PORT_TRIES", "ClusterConfig", "ShardWorker", "render_settings"]  # all but ShardWorker: re-exported

@@ -5,8 +5,9 @@ whose process or node died (on a spare GPU when there is one), calls `check_heal
 a replica that fails it, and delivers the `user_config` to every replica through `reconfigure`
 without restarting it. This module only adapts those three hooks to `ShardWorker`.
 
-The shard number is the replica's Serve rank (`ReplicaRank.rank`, contiguous 0..N-1 once a
-rescale settles; Serve calls `reconfigure` again when it changes). The shard *count* is
+The shard id is a sticky slot kept in Ray's GCS (`ledger`, `ownership`), not the replica's Serve
+rank: Serve renumbers ranks on a downscale (3 -> 2 stops rank 0 and makes rank 2 the new 0),
+which would move cameras between two processes that both keep running. The shard *count* is
 `user_config.num_shards`, never Serve's `world_size` (seen stale during a 3 -> 2 rescale).
 
 Importing this module imports Ray; `pipeline` itself never does. Serve config files refer to
@@ -18,8 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ray
 from ray import serve
 
+from pipeline.cluster.ledger import GcsKV, Ledger
 from pipeline.cluster.shard import ShardWorker
 
 log = logging.getLogger("vap.cluster")
@@ -43,8 +46,11 @@ class StreamWorker:
     def __init__(self) -> None:
         # The pipeline starts in reconfigure: Serve always calls it right after __init__ with the
         # user_config and the rank, and the rank is needed to know which cameras to open.
-        replica = serve.get_replica_context().replica_id.unique_id
-        self.shard = ShardWorker(replica_id=replica)
+        context = serve.get_replica_context()
+        runtime = ray.get_runtime_context()
+        ledger = Ledger(GcsKV.connect(runtime.gcs_address), app=context.app_name)
+        self.shard = ShardWorker(replica_id=context.replica_id.unique_id, ledger=ledger,
+                                 node=runtime.get_node_id())
 
     def reconfigure(self, user_config: dict[str, Any], rank: Any) -> None:
         """Serve calls this at start, on every user_config change and when the rank changes.
@@ -61,8 +67,9 @@ class StreamWorker:
         self.shard.check_health()
 
     def describe(self) -> dict[str, Any]:
-        """Owned cameras, shard, pid, metrics port: for `vap cluster status` and the tests."""
-        return self.shard.describe()
+        """Owned cameras, shard, pid, fps, drops, errors: the record `vap cluster status` reads
+        from the GCS heartbeat (this call is the same through a handle)."""
+        return self.shard.record()
 
     async def __call__(self, request: Any) -> dict[str, Any]:
         """HTTP GET on the route prefix (if one is set): the same as `describe`."""
