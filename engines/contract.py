@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
+from typing import Any
 
 END2END = "end2end"
 LEGACY = "one-to-many+nms"
@@ -120,7 +120,7 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
             real = tuple(int(d) for d in probe(batch if isinstance(batch, int) else 1, hw))
         except ModelContractError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the runtime's own error types; say what failed
+        except Exception as exc:
             raise ModelContractError(f"{source}: a test inference on a blank {hw[0]}x{hw[1]} batch failed "
                                      f"({type(exc).__name__}: {str(exc)[:300]}); the model cannot run here") from None
         output_shape = [output_shape[0], *real[1:]] if len(real) == 3 else list(real)
@@ -183,7 +183,7 @@ def _nms_in_graph(meta: dict[str, str]) -> bool:
     return isinstance(args, dict) and args.get("nms") is True
 
 
-def check_output(out: Any, batch: int, info: "EngineInfo | str") -> None:
+def check_output(out: Any, batch: int, info: EngineInfo | str) -> None:
     """Validate one inference result against the engine's layout (cheap: shape only)."""
     shape = getattr(out, "shape", None)
     if isinstance(info, EngineInfo) and info.layout == LEGACY:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.nn import C2f, Conv, DWConv, PSA, RepConv, SPPF
+from engines.nn import PSA, SPPF, C2f, Conv, DWConv, RepConv
 
 # depth multiple, width multiple, max channels (before the width multiple), C3k inner blocks
 SCALES: dict[str, tuple[float, float, int, bool]] = {
@@ -268,7 +268,7 @@ class Detector(nn.Module):
         return topk_end2end(boxes, scores, self.max_det)
 
     @torch.no_grad()
-    def fuse(self) -> "Detector":
+    def fuse(self) -> Detector:
         """Inference form: re-parameterise RepConvs, fold every BN into its conv (eval only).
 
         Output is unchanged up to float rounding (tested at atol 1e-4).
@@ -280,7 +280,7 @@ class Detector(nn.Module):
             m.fuse()
         return self
 
-    def drop_one_to_many(self) -> "Detector":
+    def drop_one_to_many(self) -> Detector:
         """Remove the training-only one-to-many head (before export)."""
         self.o2m = None
         return self

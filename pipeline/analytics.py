@@ -77,7 +77,7 @@ class ZoneConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="Point of the box tested against the polygon.")
 
     @model_validator(mode="after")
-    def _geometry(self) -> "ZoneConfig":
+    def _geometry(self) -> ZoneConfig:
         if len(self.polygon) < 3:
             raise ValueError(f"zone {self.name!r}: polygon needs at least 3 points, got {len(self.polygon)}")
         _check_relative("zone", self.name, self.polygon, self.relative)
@@ -110,7 +110,7 @@ class LineConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="Point of the box whose path is tested.")
 
     @model_validator(mode="after")
-    def _geometry(self) -> "LineConfig":
+    def _geometry(self) -> LineConfig:
         _check_relative("line", self.name, list(self.points), self.relative)
         (ax, ay), (bx, by) = self.points
         if ax == bx and ay == by:

@@ -228,7 +228,7 @@ class ApiServer:
     ConfigError when asked to listen beyond loopback without a token, or when the port is busy.
     """
 
-    def __init__(self, pipeline: "Pipeline", host: str | None = None, port: int | None = None,
+    def __init__(self, pipeline: Pipeline, host: str | None = None, port: int | None = None,
                  config: ServerConfig | None = None) -> None:
         self.pipeline = pipeline
         self.config = cfg = config or pipeline.settings.server
@@ -317,7 +317,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 
 class _Handler(JsonHandler):
-    pipeline: "Pipeline"
+    pipeline: Pipeline
     api: ApiServer
     _responded = False
 
@@ -325,25 +325,25 @@ class _Handler(JsonHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"error": message}, headers=headers)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._error(405, "HEAD is not supported; use GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
-    def do_OPTIONS(self) -> None:  # noqa: N802  (a CORS preflight: no cross-origin access is granted)
+    def do_OPTIONS(self) -> None:
         self._dispatch("OPTIONS")
 
     def _dispatch(self, method: str) -> None:
@@ -431,7 +431,8 @@ class _Handler(JsonHandler):
             raise ApiError(400, "Content-Length is not a number") from None
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
-            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {ctype or 'none'!r})")
+            raise ApiError(415, "send the body as JSON with 'Content-Type: application/json' "
+                                f"(got {ctype or 'none'!r})")
         if length > cap:
             raise ApiError(413, f"body of {length} bytes is over the limit of {cap} (server.max_body_bytes)")
         if length <= 0:

@@ -10,7 +10,7 @@ directed line; see `signed_distance`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

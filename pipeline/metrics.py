@@ -86,8 +86,8 @@ class Metrics:
         self.sink_up = Gauge("vap_sink_up", "1 while the sink can deliver (last attempt succeeded, or its "
                              "connection came back)", ["sink"], registry=r)
         self.sink_dead_letter = Counter(
-            "vap_sink_dead_letter_total", "Events a sink gave up on after its retries (written to its dead-letter file)",
-            ["sink"], registry=r)
+            "vap_sink_dead_letter_total",
+            "Events a sink gave up on after its retries (written to its dead-letter file)", ["sink"], registry=r)
         self.spool_events = Gauge("vap_spool_events", "Undelivered events waiting in a sink's disk spool", ["sink"],
                                   registry=r)
         self.spool_bytes = Gauge("vap_spool_bytes", "Disk space used by a sink's spool", ["sink"], registry=r)

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class Snapshotter:
             if not self._take(frame.stream):
                 self._skip(1)
                 continue
-            day = datetime.fromtimestamp(frame.capture_ts, tz=timezone.utc).strftime("%Y%m%d")
+            day = datetime.fromtimestamp(frame.capture_ts, tz=UTC).strftime("%Y%m%d")
             rel = Path(frame.stream) / day / f"{e['id']}.jpg"
             jobs.append((rel, None))
             if self.cfg.crop:

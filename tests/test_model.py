@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from engines.assign import TaskAlignedAssigner, box_iou_pairwise
-from engines.detector import (DetectorConfig, build_detector, count_params, make_anchors, model_info,
-                              topk_end2end)
+from engines.detector import DetectorConfig, build_detector, count_params, make_anchors, model_info, topk_end2end
 from engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
 from engines.nn import Conv, RepConv, fuse_conv_bn
-from engines.optim import MuSGD, ModelEMA, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
+from engines.optim import ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
 
 torch.set_num_threads(1)
 
@@ -172,7 +171,8 @@ def test_assigner_one_to_one_gives_single_positive_per_gt():
     # predictions: every anchor predicts a box around itself of half the GT size, random scores
     pd_boxes = torch.cat([anchors - 8, anchors + 8], -1).unsqueeze(0)
     pd_scores = torch.rand(1, a, 2)
-    o2o = TaskAlignedAssigner(2, topk=7, one_to_one=True)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
+    o2o = TaskAlignedAssigner(2, topk=7, one_to_one=True)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes,
+                                                          mask)
     o2m = TaskAlignedAssigner(2, topk=10)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
     assert int(o2o.fg.sum()) == 2
     assert sorted(o2o.gt_idx[o2o.fg].tolist()) == [0, 1]

@@ -16,14 +16,14 @@ Speed options, each only where it pays:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from engines.backends.base import Backend
 from engines.contract import EngineInfo, ModelContractError, check_output
-
 
 MAX_GRAPHS = 8   # captured (batch, H, W) shapes; further shapes run eagerly
 

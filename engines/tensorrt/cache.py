@@ -30,8 +30,9 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
@@ -130,7 +131,7 @@ class BuildOptions:
     calib_batch: int = 8
     timing_cache: str | None = None
 
-    def validate(self) -> "BuildOptions":
+    def validate(self) -> BuildOptions:
         """Raise ValueError naming the bad option; return self so calls chain."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} "
@@ -251,7 +252,7 @@ def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, 
                      notes: list[str] | None = None) -> dict[str, Any]:
     """The JSON sidecar of a built plan: the engine contract metadata (design: engine output) plus
     what it was built for, so a load can check both before trusting it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from engines.metadata import PREPROCESSING
 
@@ -284,7 +285,7 @@ def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, 
         "engine_sha256": engine_sha256,
         "engine_bytes": int(engine_bytes),
         "cache_key": key,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "notes": list(notes or []),
     }
 
@@ -300,7 +301,8 @@ def check_sidecar(meta: dict[str, Any], engine: Path, env: TrtEnvironment | None
     missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in meta]
     if missing or meta.get("format") != SIDECAR_FORMAT:
         raise ModelContractError(
-            f"{find_sidecar(engine) or sidecar_path(engine)}: not a vap TensorRT sidecar (missing {', '.join(missing) or 'format'}; "
+            f"{find_sidecar(engine) or sidecar_path(engine)}: not a vap TensorRT sidecar "
+            f"(missing {', '.join(missing) or 'format'}; "
             f"format {meta.get('format')!r}, expected {SIDECAR_FORMAT!r}).{how}")
     if engine_sha256 is not None and meta["engine_sha256"] != engine_sha256:
         raise ModelContractError(

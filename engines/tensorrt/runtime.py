@@ -20,17 +20,26 @@ import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from engines.backends.base import Backend
 from engines.contract import ModelContractError, check_output, resolve_info
 from engines.metadata import encode_metadata
-from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, check_sidecar, import_tensorrt,
-                                    options_from_sidecar, parse_batch, parse_hw, rebuild_command)
+from engines.tensorrt.cache import (
+    BuildOptions,
+    TrtEnvironment,
+    check_sidecar,
+    import_tensorrt,
+    options_from_sidecar,
+    parse_batch,
+    parse_hw,
+    rebuild_command,
+)
 from engines.tensorrt.cuda_ops import CudaOps, cuda_ops
 from engines.tensorrt.plan_file import read_sidecar_raw, split_header
 from engines.tensorrt.resolve import resolve_engine

@@ -21,8 +21,8 @@ Made fast and stable for live video:
   never a bright region reaching the bottom of the picture (that is fog, not sky: dense even fog
   makes the whole picture bright and flat, and must raise the score, not hide it). A frame with no
   structure at all (uniform grey, white, black) scores 0.
-- Sky protection: on the textureless part of that sky mask t = 1, and where I is within ``sky_tolerance`` of A t is raised
-  towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
+- Sky protection: on the textureless part of that sky mask t = 1, and where I is within ``sky_tolerance`` of A
+  t is raised towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
 - A cheap alternative mode: CLAHE on the luminance channel (Lab L), gated the same way.
 - In the runtime (:class:`StreamDehazers`) frames are first shrunk to the engine's letterbox size,
   so "full resolution" there is the resolution the detector sees.
@@ -45,8 +45,20 @@ from pydantic import ConfigDict, Field, model_validator
 
 from engines.letterbox import Letterbox, placement
 from pipeline.config import Strict
-from pipeline.dehaze.prior import (channels_min, dark_channel, estimate_airlight, flat_mask, guided_coefficients,
-                                   haze_score, luma, recover, scaled_size, sky_mask, transmission, work_shape)
+from pipeline.dehaze.prior import (
+    channels_min,
+    dark_channel,
+    estimate_airlight,
+    flat_mask,
+    guided_coefficients,
+    haze_score,
+    luma,
+    recover,
+    scaled_size,
+    sky_mask,
+    transmission,
+    work_shape,
+)
 
 AIRLIGHT_FLOOR = 1 / 255  # A is never below one grey level per channel (airlight_min: 0 allowed)
 
@@ -100,7 +112,7 @@ class DehazeConfig(Strict):
     clahe_grid: int = Field(8, ge=1, le=64, description="CLAHE tiles per side (mode clahe)")
 
     @model_validator(mode="after")
-    def _gate_order(self) -> "DehazeConfig":
+    def _gate_order(self) -> DehazeConfig:
         if self.gate_off > self.gate_on:
             raise ValueError(f"gate_off ({self.gate_off}) must not be above gate_on ({self.gate_on}); "
                              "the gate switches on at gate_on and off below gate_off")

@@ -135,7 +135,7 @@ class MqttSink(Sink):
         if hook is not None:
             try:
                 hook(up)
-            except Exception:  # noqa: BLE001 - paho's network thread must survive a faulty hook
+            except Exception:
                 log.exception("mqtt %s: link hook failed", self.name)
 
     def write(self, events: list[dict[str, Any]]) -> None:
