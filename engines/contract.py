@@ -97,6 +97,7 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
     names = parse_names(meta["names"]) if "names" in meta else list(class_names or [])
 
     dyn_hw = not (isinstance(input_shape[2], int) and isinstance(input_shape[3], int))
+    hw: tuple[int, int]
     if not dyn_hw:
         hw = (int(input_shape[2]), int(input_shape[3]))
     elif "imgsz" in meta:
@@ -104,11 +105,12 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
         if isinstance(size, int):
             size = [size, size]
         try:
-            hw = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
+            meta_hw = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
         except (TypeError, ValueError):
-            hw = None
-        if hw is None:
+            meta_hw = None
+        if meta_hw is None:
             raise ModelContractError(f"{source}: metadata imgsz {meta['imgsz']!r} is not [h, w]")
+        hw = meta_hw
     else:
         raise ModelContractError(
             f"{source}: the input size is dynamic and the metadata has no 'imgsz'; set model.imgsz in the config")

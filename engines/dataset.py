@@ -552,7 +552,7 @@ def _make_yolo_dataset():
 
     Base = _dataset_base()
 
-    class YoloDataset(Base):  # type: ignore[misc, valid-type]
+    class YoloDataset(Base):
         """Letterboxed training/validation samples with targets in network-input pixels.
 
         samples: (image path, labels [n, 5] cls cx cy w h normalised), e.g. ValidationReport.usable.
@@ -692,8 +692,7 @@ def _make_yolo_dataset():
             # one small image (thread start-up) and fight the training loop for the same cores
             x = np.empty((3, img.shape[0], img.shape[1]), np.float32)
             np.multiply(img.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=x)
-            x = torch.from_numpy(x)
-            return x, torch.from_numpy(t.reshape(-1, 5).astype(np.float32))
+            return torch.from_numpy(x), torch.from_numpy(t.reshape(-1, 5).astype(np.float32))
 
     # picklable by name (DataLoader workers under spawn): engines.dataset.YoloDataset
     YoloDataset.__module__ = __name__

@@ -84,7 +84,7 @@ def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, li
     model, out = Path(model), Path(out)
     name, hw, fixed_batch = input_spec(model)
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         """Feeds batches the graph accepts: a fixed-batch graph gets exactly its batch size."""
 
         def __init__(self) -> None:

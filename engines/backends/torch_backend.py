@@ -68,7 +68,7 @@ class TorchBackend(Backend):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         self._forward = torch.compile(self.model) if compile else self.model
-        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}  # (batch, H, W) -> captured
         self._graph_sizes = sorted(int(b) for b in cuda_graphs)
         self.info = EngineInfo(
             names=names, input_hw=(int(imgsz), int(imgsz)), stride=int(max(model.strides)),

@@ -158,7 +158,7 @@ def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Sh
     for _ in range(options.contexts):
         for lo, opt, hi in options.batch_profiles:
             out.append(((lo, 3, *hw[0]), (opt, 3, *hw[1]), (hi, 3, *hw[2])))
-    return out  # type: ignore[return-value]
+    return out
 
 
 def checked_options(onnx_path: str | Path, options: BuildOptions,
@@ -222,7 +222,7 @@ class BuildProgress:
 def progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     """A `trt.IProgressMonitor` forwarding to `progress` (TensorRT >= 10)."""
 
-    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+    class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
 
@@ -288,7 +288,7 @@ def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache
     """A `trt.IInt8EntropyCalibrator2` (TensorRT 10) fed from `batches` ([B, 3, H, W] float32)."""
     size = batch_shape[0]
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.iterator = iter(batches)

@@ -32,7 +32,7 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
@@ -237,10 +237,14 @@ def options_from_sidecar(meta: dict[str, Any]) -> BuildOptions:
     """Rebuild options recorded in a sidecar (for the hint in an error message)."""
     hw = meta.get("hw_profile")
     calib = meta.get("calibration") or {}
+    # the sidecar's lists as tuples, lengths unchecked (this only words a hint; validate() checks them)
+    batches = cast(tuple[tuple[int, int, int], ...],
+                   tuple(tuple(int(v) for v in b) for b in meta.get("batch_profiles") or [(1, 8, 16)]))
+    hw_profile = cast(tuple[HW, HW, HW], tuple(tuple(int(v) for v in p) for p in hw)) if hw else None
     return BuildOptions(
         precision=meta.get("precision", "fp16") if meta.get("precision") in PRECISIONS else "fp16",
-        batch_profiles=tuple(tuple(int(v) for v in b) for b in meta.get("batch_profiles") or [(1, 8, 16)]),
-        hw_profile=tuple(tuple(int(v) for v in p) for p in hw) if hw else None,  # type: ignore[arg-type]
+        batch_profiles=batches,
+        hw_profile=hw_profile,
         contexts=int(meta.get("profile_copies", 2) or 2),
         calibration=calib.get("source"), calib_limit=int(calib.get("limit", 256)))
 

@@ -113,7 +113,7 @@ def engine_metadata(path: Path, blob: bytes, env: TrtEnvironment | None) -> tupl
 
 def ultralytics_metadata(header: dict[str, Any]) -> dict[str, Any]:
     """Map an Ultralytics engine header to our metadata keys (names, imgsz, stride, end2end, precision)."""
-    out = {k: header[k] for k in ("names", "imgsz", "stride", "end2end", "task") if k in header}
+    out: dict[str, Any] = {k: header[k] for k in ("names", "imgsz", "stride", "end2end", "task") if k in header}
     args = header.get("args") or {}
     if isinstance(args, dict):
         out["precision"] = "int8" if args.get("int8") else "fp16" if args.get("half") else "fp32"
@@ -269,7 +269,7 @@ class TrtBackend(Backend):
         self.info = dataclasses.replace(
             info, max_batch=None, dynamic_batch=self.min_batch != self.max_profile_batch,
             dynamic_hw=any(r.min[2:] != r.max[2:] for r in ranges),
-            input_hw=tuple(max(r.max[i] for r in ranges) for i in (2, 3)),
+            input_hw=(max(r.max[2] for r in ranges), max(r.max[3] for r in ranges)),
             extra={**info.extra, "tensorrt_version": str(trt.__version__), "metadata_from": self.meta_source})
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
@@ -377,6 +377,7 @@ class TrtBackend(Backend):
             return np.concatenate([self.infer_raw(images[i:i + step]) for i in range(0, n, step)])
         target = self.padded_batch(n)
         if target != n:
+            padded: Any     # the same kind as `images`: a torch tensor (GPU preprocessing) or an ndarray
             if _is_torch(images):
                 import torch
 
