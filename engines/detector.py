@@ -253,7 +253,8 @@ class Detector(nn.Module):
         "anchors": [A, 2], "strides": [A, 1]}``.
         """
         feats = self.features(x)
-        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device, torch.float32)
+        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device,
+                                        torch.float32)
         out: dict[str, object] = {"anchors": anchors, "strides": strides,
                                   "o2o": self.o2o([f.detach() for f in feats])}
         if self.o2m is not None:
@@ -271,7 +272,8 @@ class Detector(nn.Module):
         if self.training:
             return self.forward_raw(x)
         feats = self.features(x)
-        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device, torch.float32)
+        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device,
+                                        torch.float32)
         boxes, scores = self.decode(self.o2o(feats), anchors, strides)
         return topk_end2end(boxes, scores, self.max_det)
 

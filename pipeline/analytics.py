@@ -346,7 +346,8 @@ class StreamAnalytics:
         self._zone_cls = [self._class_mask(z.classes) for z in cfg.zones]
         self._line_cls = [self._class_mask(ln.classes) for ln in cfg.lines]
         self._occupancy = {z.name: sum(1 for st in self._tracks.values()
-                                       if (zs := st.zones.get(z.name)) is not None and zs.inside) for z in cfg.zones}
+                                       if (kept := st.zones.get(z.name)) is not None and kept.inside)
+                           for z in cfg.zones}
         self._counts = {ln.name: self._counts.get(ln.name, {"in": 0, "out": 0}) for ln in cfg.lines}
         self._frame_size = None  # rescale the new geometry on the next frame
         return events

@@ -106,10 +106,10 @@ class Snapshotter:
         except queue.Full:
             self._skip(len(chosen))
             return
-        for e, rel, crop_rel in chosen:  # paths only once the write is queued: never a dangling path
+        for e, rel, crop in chosen:  # paths only once the write is queued: never a dangling path
             e["snapshot"] = rel.as_posix()
-            if crop_rel is not None:
-                e["snapshot_crop"] = crop_rel.as_posix()
+            if crop is not None:
+                e["snapshot_crop"] = crop.as_posix()
 
     def _refuse(self, stream: str, n: int) -> None:
         """A stream whose name would put files outside `dir` gets no snapshots (counted as failed)."""

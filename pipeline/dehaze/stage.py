@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -59,6 +59,9 @@ from pipeline.dehaze.prior import (
     transmission,
     work_shape,
 )
+
+if TYPE_CHECKING:   # for the annotation only: the runtime hands its Metrics in
+    from pipeline.metrics import Metrics
 
 AIRLIGHT_FLOOR = 1 / 255  # A is never below one grey level per channel (airlight_min: 0 allowed)
 
@@ -320,7 +323,7 @@ class StreamDehazers:
     source-frame pixels.
     """
 
-    def __init__(self, metrics: object | None = None, max_hw: tuple[int, int] | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, max_hw: tuple[int, int] | None = None) -> None:
         self.metrics = metrics
         self.max_hw = max_hw
         self._by_stream: dict[str, tuple[DehazeConfig, Dehazer, object, int]] = {}
@@ -350,12 +353,12 @@ class StreamDehazers:
         m = self.metrics
         if m is not None:
             info = dehazer.last
-            m.dehaze_score.labels(stream).set(info.score)  # type: ignore[attr-defined]
-            m.dehaze_active.labels(stream).set(1.0 if info.active else 0.0)  # type: ignore[attr-defined]
-            m.dehaze_seconds.labels(stream).observe(info.seconds)  # type: ignore[attr-defined]
+            m.dehaze_score.labels(stream).set(info.score)
+            m.dehaze_active.labels(stream).set(1.0 if info.active else 0.0)
+            m.dehaze_seconds.labels(stream).observe(info.seconds)
             if info.airlight is not None and info.airlight.size == 3:
                 for ch, v in zip(("r", "g", "b"), info.airlight.tolist()):
-                    m.dehaze_airlight.labels(stream, ch).set(v)  # type: ignore[attr-defined]
+                    m.dehaze_airlight.labels(stream, ch).set(v)
             else:  # no current A (clahe mode, grey stream): no series, rather than a stale value
                 self._forget_metrics(stream, airlight_only=True)
         return out
@@ -372,9 +375,9 @@ class StreamDehazers:
         m = self.metrics
         if m is None:
             return
-        series = [] if airlight_only else [(m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)),  # type: ignore[attr-defined]
-                                           (m.dehaze_seconds, (stream,))]  # type: ignore[attr-defined]
-        series += [(m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b")]  # type: ignore[attr-defined]
+        series: list[tuple[Any, tuple[str, ...]]] = [] if airlight_only else [
+            (m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)), (m.dehaze_seconds, (stream,))]
+        series += [(m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b")]
         for metric, labels in series:
             try:
                 metric.remove(*labels)
