@@ -130,7 +130,7 @@ def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int
     """BuildOptions from config-style values: batch ranges as [1, 8, 16] or "1,8,16", the H/W
     range as [[h, w], [h, w], [h, w]] or "320x320,640x640,640x640". ValueError names the problem."""
     if isinstance(batch_profiles, str) or (batch_profiles and isinstance(batch_profiles[0], int)):
-        batch_profiles = [batch_profiles]  # type: ignore[list-item]
+        batch_profiles = [batch_profiles]  # type: ignore[list-item]  # one flat range, as a list of one
     batches = tuple(parse_batch(b if isinstance(b, str) else ",".join(str(int(v)) for v in b))
                     for b in batch_profiles)
     hw = None
@@ -139,6 +139,7 @@ def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int
                       else ",".join(f"{int(h)}x{int(w)}" for h, w in hw_profile))
     if calibration:
         calibration = str(Path(calibration).expanduser())
+    # precision is any str here: validate() rejects one that is not a PRECISIONS literal
     return BuildOptions(precision=precision, batch_profiles=batches, hw_profile=hw,  # type: ignore[arg-type]
                         contexts=int(contexts), workspace_gib=float(workspace_gib), calibration=calibration,
                         calib_limit=int(calib_limit)).validate()

@@ -188,8 +188,9 @@ class TorchDehazer:
             if st.needs_estimate(fresh):                    # raw estimate when the gate opens
                 st.update_airlight(self._airlight(low[i], dark[i], n_cand), fresh)
             if active:
+                assert st.airlight is not None  # estimated on a stream's first frame (needs_estimate)
                 active_idx.append(i)
-                airlights.append(st.airlight)  # type: ignore[arg-type]
+                airlights.append(st.airlight)
             infos.append(FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change))
         out = x
         if active_idx:
