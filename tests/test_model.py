@@ -120,6 +120,28 @@ def test_conv_bn_fusion_exact():
     assert isinstance(fuse_conv_bn(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2).eval()), torch.nn.Conv2d)
 
 
+@pytest.mark.parametrize("padding", [(2, 1), "same"])
+def test_conv_bn_fusion_keeps_stride_dilation_and_padding(padding):
+    """The fused conv copies every geometric attribute of the original (as 2-tuples or 'same')."""
+    torch.manual_seed(0)
+    stride = (2, 1) if padding != "same" else 1
+    conv = torch.nn.Conv2d(3, 4, (3, 5), stride=stride, padding=padding, dilation=(2, 1), bias=True)
+    bn = torch.nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    conv.eval()
+    bn.eval()
+    x = torch.randn(1, 3, 13, 12)
+    with torch.no_grad():
+        assert torch.allclose(bn(conv(x)), fuse_conv_bn(conv, bn)(x), atol=1e-5)
+
+
+def test_conv_bn_fusion_needs_running_statistics():
+    bn = torch.nn.BatchNorm2d(2, track_running_stats=False)
+    with pytest.raises(ValueError, match="running statistics"):
+        fuse_conv_bn(torch.nn.Conv2d(2, 2, 1), bn)
+
+
 def test_one_to_one_head_reads_detached_features():
     torch.manual_seed(0)
     m = tiny(nc=2).train()
