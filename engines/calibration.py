@@ -8,8 +8,8 @@ gets, which costs accuracy without any error message. So there is one loader, us
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

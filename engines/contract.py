@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
+from typing import Any
 
 END2END = "end2end"
 LEGACY = "one-to-many+nms"
@@ -97,6 +97,7 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
     names = parse_names(meta["names"]) if "names" in meta else list(class_names or [])
 
     dyn_hw = not (isinstance(input_shape[2], int) and isinstance(input_shape[3], int))
+    hw: tuple[int, int]
     if not dyn_hw:
         hw = (int(input_shape[2]), int(input_shape[3]))
     elif "imgsz" in meta:
@@ -104,11 +105,12 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
         if isinstance(size, int):
             size = [size, size]
         try:
-            hw = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
+            meta_hw = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
         except (TypeError, ValueError):
-            hw = None
-        if hw is None:
+            meta_hw = None
+        if meta_hw is None:
             raise ModelContractError(f"{source}: metadata imgsz {meta['imgsz']!r} is not [h, w]")
+        hw = meta_hw
     else:
         raise ModelContractError(
             f"{source}: the input size is dynamic and the metadata has no 'imgsz'; set model.imgsz in the config")
@@ -120,7 +122,7 @@ def resolve_info(meta: dict[str, str], input_shape: list[Any], output_shape: lis
             real = tuple(int(d) for d in probe(batch if isinstance(batch, int) else 1, hw))
         except ModelContractError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the runtime's own error types; say what failed
+        except Exception as exc:
             raise ModelContractError(f"{source}: a test inference on a blank {hw[0]}x{hw[1]} batch failed "
                                      f"({type(exc).__name__}: {str(exc)[:300]}); the model cannot run here") from None
         output_shape = [output_shape[0], *real[1:]] if len(real) == 3 else list(real)
@@ -183,7 +185,7 @@ def _nms_in_graph(meta: dict[str, str]) -> bool:
     return isinstance(args, dict) and args.get("nms") is True
 
 
-def check_output(out: Any, batch: int, info: "EngineInfo | str") -> None:
+def check_output(out: Any, batch: int, info: EngineInfo | str) -> None:
     """Validate one inference result against the engine's layout (cheap: shape only)."""
     shape = getattr(out, "shape", None)
     if isinstance(info, EngineInfo) and info.layout == LEGACY:

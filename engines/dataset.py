@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -386,9 +387,9 @@ def letterbox(
     """Resize keeping aspect ratio and pad to size x size (or (h, w)) with grey, centred.
 
     Returns (out, scale, (pad_x, pad_y)): a source pixel x maps to x * scale + pad_x. Area
-    interpolation when shrinking, bilinear when enlarging; new size is round(w * scale) x round(h * scale); pad_x = (S - new_w) // 2 (the odd
-    pixel, if any, goes right/bottom): the rule of engines/letterbox.py, which the runtime's CPU and
-    GPU preprocessing use too.
+    interpolation when shrinking, bilinear when enlarging; new size is round(w * scale) x round(h * scale);
+    pad_x = (S - new_w) // 2 (the odd pixel, if any, goes right/bottom): the rule of engines/letterbox.py,
+    which the runtime's CPU and GPU preprocessing use too.
     """
     if img.ndim != 3:
         raise ValueError(f"letterbox expects an H x W x C image, got shape {img.shape}")
@@ -551,7 +552,7 @@ def _make_yolo_dataset():
 
     Base = _dataset_base()
 
-    class YoloDataset(Base):  # type: ignore[misc, valid-type]
+    class YoloDataset(Base):
         """Letterboxed training/validation samples with targets in network-input pixels.
 
         samples: (image path, labels [n, 5] cls cx cy w h normalised), e.g. ValidationReport.usable.
@@ -577,7 +578,7 @@ def _make_yolo_dataset():
                 raise DatasetError("YoloDataset needs at least one sample")
             if imgsz < 32 or imgsz % 32:
                 raise ValueError(f"imgsz must be a positive multiple of 32, got {imgsz}")
-            self.samples = [(Path(p), np.asarray(l, np.float32).reshape(-1, 5)) for p, l in samples]
+            self.samples = [(Path(p), np.asarray(lab, np.float32).reshape(-1, 5)) for p, lab in samples]
             self.imgsz = int(imgsz)
             self.augment = bool(augment)
             self.hyp = hyp or AugmentConfig()
@@ -685,14 +686,13 @@ def _make_yolo_dataset():
                     t[:, 1], t[:, 3] = x1, x2
             return img, t.astype(np.float32)
 
-        def __getitem__(self, i: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             img, t = self.load_augmented(i) if self.augment else self.load_letterboxed(i)
             # NumPy does the uint8 -> float scaling: torch's threaded kernels are ~10x slower for
             # one small image (thread start-up) and fight the training loop for the same cores
             x = np.empty((3, img.shape[0], img.shape[1]), np.float32)
             np.multiply(img.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=x)
-            x = torch.from_numpy(x)
-            return x, torch.from_numpy(t.reshape(-1, 5).astype(np.float32))
+            return torch.from_numpy(x), torch.from_numpy(t.reshape(-1, 5).astype(np.float32))
 
     # picklable by name (DataLoader workers under spawn): engines.dataset.YoloDataset
     YoloDataset.__module__ = __name__
@@ -700,7 +700,7 @@ def _make_yolo_dataset():
     return YoloDataset
 
 
-def collate(batch: list[tuple["torch.Tensor", "torch.Tensor"]]) -> tuple["torch.Tensor", "torch.Tensor"]:
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack images to [B, 3, S, S]; concatenate targets to [M, 6] = batch_idx, cls, x1, y1, x2, y2."""
     import torch
 

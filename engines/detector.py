@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.nn import C2f, Conv, DWConv, PSA, RepConv, SPPF
+from engines.nn import PSA, SPPF, C2f, Conv, DWConv, RepConv
 
 # depth multiple, width multiple, max channels (before the width multiple), C3k inner blocks
 SCALES: dict[str, tuple[float, float, int, bool]] = {
@@ -155,8 +155,8 @@ class DetectHead(nn.Module):
         anchors, which slows early training badly.
         """
         for box, cls, s in zip(self.box, self.cls, STRIDES):
-            box[-1].bias.data.fill_(1.0)
-            cls[-1].bias.data.fill_(math.log(5 / self.nc / (imgsz / s) ** 2))
+            _out_bias(box).fill_(1.0)
+            _out_bias(cls).fill_(math.log(5 / self.nc / (imgsz / s) ** 2))
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         boxes, logits = [], []
@@ -164,6 +164,14 @@ class DetectHead(nn.Module):
             boxes.append(box(f).flatten(2))
             logits.append(cls(f).flatten(2))
         return torch.cat(boxes, 2).transpose(1, 2), torch.cat(logits, 2).transpose(1, 2)
+
+
+def _out_bias(branch: nn.Module) -> torch.Tensor:
+    """Bias of a head branch's last layer (a plain Conv2d with a bias, by construction)."""
+    last = list(branch.children())[-1]
+    if not isinstance(last, nn.Conv2d) or last.bias is None:
+        raise TypeError(f"a head branch must end in a Conv2d with a bias, got {type(last).__name__}")
+    return last.bias.data
 
 
 def make_anchors(shapes: list[tuple[int, int]], strides: tuple[int, ...], device: torch.device,
@@ -245,7 +253,8 @@ class Detector(nn.Module):
         "anchors": [A, 2], "strides": [A, 1]}``.
         """
         feats = self.features(x)
-        anchors, strides = make_anchors([tuple(f.shape[2:]) for f in feats], self.strides, x.device, torch.float32)
+        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device,
+                                        torch.float32)
         out: dict[str, object] = {"anchors": anchors, "strides": strides,
                                   "o2o": self.o2o([f.detach() for f in feats])}
         if self.o2m is not None:
@@ -263,12 +272,13 @@ class Detector(nn.Module):
         if self.training:
             return self.forward_raw(x)
         feats = self.features(x)
-        anchors, strides = make_anchors([tuple(f.shape[2:]) for f in feats], self.strides, x.device, torch.float32)
+        anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device,
+                                        torch.float32)
         boxes, scores = self.decode(self.o2o(feats), anchors, strides)
         return topk_end2end(boxes, scores, self.max_det)
 
     @torch.no_grad()
-    def fuse(self) -> "Detector":
+    def fuse(self) -> Detector:
         """Inference form: re-parameterise RepConvs, fold every BN into its conv (eval only).
 
         Output is unchanged up to float rounding (tested at atol 1e-4).
@@ -276,11 +286,11 @@ class Detector(nn.Module):
         self.eval()
         for m in [m for m in self.modules() if isinstance(m, RepConv)]:
             m.fuse()
-        for m in [m for m in self.modules() if isinstance(m, Conv)]:
-            m.fuse()
+        for c in [c for c in self.modules() if isinstance(c, Conv)]:
+            c.fuse()
         return self
 
-    def drop_one_to_many(self) -> "Detector":
+    def drop_one_to_many(self) -> Detector:
         """Remove the training-only one-to-many head (before export)."""
         self.o2m = None
         return self

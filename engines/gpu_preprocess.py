@@ -20,12 +20,12 @@ imports it. torch is imported when a preprocessor is created.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from engines.letterbox import PAD_VALUE, Letterbox, batch_hw, placement  # noqa: F401 (re-exported)
+from engines.letterbox import PAD_VALUE, Letterbox, batch_hw, placement
 
 # The letterbox rule itself (placement, batch shape, pad value) is engines/letterbox.py's; this module
 # only does the same arithmetic on the GPU.

@@ -159,11 +159,13 @@ class DetectionLoss:
         w_o2m = o2m_weight(epoch, epochs, self.w)
         o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner)
         total = self.w.o2o * sum(o2o)
-        parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()), "o2o_reg": float(o2o[2].detach())}
+        parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
+                 "o2o_reg": float(o2o[2].detach())}
         if "o2m" in out:
             o2m = self._head_loss(out["o2m"], anchors, strides, labels, boxes, mask, self.o2m_assigner)
             total = total + w_o2m * sum(o2m)
-            parts.update({"o2m_box": float(o2m[0].detach()), "o2m_cls": float(o2m[1].detach()), "o2m_reg": float(o2m[2].detach())})
+            parts.update({"o2m_box": float(o2m[0].detach()), "o2m_cls": float(o2m[1].detach()),
+                          "o2m_reg": float(o2m[2].detach())})
         parts["w_o2m"] = w_o2m
         parts["w_o2o"] = self.w.o2o
         return total * batch, parts

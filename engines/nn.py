@@ -20,21 +20,42 @@ def autopad(k: int, d: int = 1) -> int:
     return d * (k - 1) // 2
 
 
+def _pair(t: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (h, w) attribute as the 2-tuple its constructor is typed for."""
+    return t[0], t[1]
+
+
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) of a BatchNorm; one built with track_running_stats=False has none to fold."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    return bn.running_mean, bn.running_var
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv that has one (a fused conv always does)."""
+    if conv.bias is None:
+        raise ValueError("expected a convolution with a bias (a fused one)")
+    return conv.bias.data
+
+
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Fold an eval-mode BatchNorm into the preceding convolution.
 
     BN in eval is an affine per-channel map y = g*(x-mu)/sqrt(var+eps) + b, so it can be merged
     into the conv weights and a bias: one fewer op per layer at inference and identical output.
     """
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True,
+        conv.in_channels, conv.out_channels, _pair(conv.kernel_size), _pair(conv.stride), padding,
+        _pair(conv.dilation), conv.groups, bias=True,
     ).to(conv.weight.device)
-    std = torch.sqrt(bn.running_var + bn.eps)
+    mean, var = _running_stats(bn)
+    std = torch.sqrt(var + bn.eps)
     scale = bn.weight / std
     fused.weight.data.copy_(conv.weight.data * scale.reshape(-1, 1, 1, 1))
-    conv_bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.data.copy_((conv_bias - bn.running_mean) * scale + bn.bias)
+    conv_bias = conv.bias.data if conv.bias is not None else torch.zeros_like(mean)
+    _bias(fused).copy_((conv_bias - mean) * scale + bn.bias)
     fused.requires_grad_(False)
     return fused
 
@@ -102,19 +123,20 @@ class RepConv(nn.Module):
         """Kernel and bias of the single 3x3 conv equal to the sum of all branches."""
         self.conv3.fuse()
         self.conv1.fuse()
-        k3, b3 = self.conv3.conv.weight.data, self.conv3.conv.bias.data
+        k3, b3 = self.conv3.conv.weight.data, _bias(self.conv3.conv)
         k1 = F.pad(self.conv1.conv.weight.data, [1, 1, 1, 1])
-        b1 = self.conv1.conv.bias.data
+        b1 = _bias(self.conv1.conv)
         kernel, bias = k3 + k1, b3 + b1
         if self.idbn is not None:
             cin_g = self.c1 // self.g
             ident = torch.zeros_like(k3)
             for i in range(self.c1):
                 ident[i, i % cin_g, 1, 1] = 1.0
-            std = torch.sqrt(self.idbn.running_var + self.idbn.eps)
+            mean, var = _running_stats(self.idbn)
+            std = torch.sqrt(var + self.idbn.eps)
             scale = self.idbn.weight / std
             kernel = kernel + ident * scale.reshape(-1, 1, 1, 1)
-            bias = bias + self.idbn.bias - self.idbn.running_mean * scale
+            bias = bias + self.idbn.bias - mean * scale
         return kernel, bias
 
     def fuse(self) -> None:
@@ -124,7 +146,7 @@ class RepConv(nn.Module):
         kernel, bias = self._equivalent()
         conv = nn.Conv2d(self.c1, self.c2, 3, self.s, 1, groups=self.g, bias=True).to(kernel.device)
         conv.weight.data.copy_(kernel)
-        conv.bias.data.copy_(bias)
+        _bias(conv).copy_(bias)
         conv.requires_grad_(False)
         self.fused = conv
         del self.conv3, self.conv1

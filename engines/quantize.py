@@ -72,14 +72,19 @@ def quantize_qdq(model: str | Path, out: str | Path, calibration: str | Path, li
     `target="cpu"`: u8 activations, s8 weights (ONNX Runtime's fast CPU kernels), 7-bit weights on
     CPUs without VNNI. `target="tensorrt"`: symmetric s8 for both, as TensorRT requires.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model, out = Path(model), Path(out)
     name, hw, fixed_batch = input_spec(model)
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         """Feeds batches the graph accepts: a fixed-batch graph gets exactly its batch size."""
 
         def __init__(self) -> None:

@@ -77,7 +77,7 @@ class ZoneConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="Point of the box tested against the polygon.")
 
     @model_validator(mode="after")
-    def _geometry(self) -> "ZoneConfig":
+    def _geometry(self) -> ZoneConfig:
         if len(self.polygon) < 3:
             raise ValueError(f"zone {self.name!r}: polygon needs at least 3 points, got {len(self.polygon)}")
         _check_relative("zone", self.name, self.polygon, self.relative)
@@ -110,7 +110,7 @@ class LineConfig(Strict):
     anchor: Anchor = Field("bottom_center", description="Point of the box whose path is tested.")
 
     @model_validator(mode="after")
-    def _geometry(self) -> "LineConfig":
+    def _geometry(self) -> LineConfig:
         _check_relative("line", self.name, list(self.points), self.relative)
         (ax, ay), (bx, by) = self.points
         if ax == bx and ay == by:
@@ -352,7 +352,8 @@ class StreamAnalytics:
         self._zone_cls = [self._class_mask(z.classes) for z in cfg.zones]
         self._line_cls = [self._class_mask(ln.classes) for ln in cfg.lines]
         self._occupancy = {z.name: sum(1 for st in self._tracks.values()
-                                       if (zs := st.zones.get(z.name)) is not None and zs.inside) for z in cfg.zones}
+                                       if (kept := st.zones.get(z.name)) is not None and kept.inside)
+                           for z in cfg.zones}
         self._counts = {ln.name: self._counts.get(ln.name, {"in": 0, "out": 0}) for ln in cfg.lines}
         self._frame_size = None  # rescale the new geometry on the next frame
         return events

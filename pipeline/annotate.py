@@ -5,6 +5,7 @@ Runs as a result hook on the pipeline's post thread, so it sees exactly what the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ _PALETTE = np.array([(230, 57, 70), (29, 161, 242), (42, 157, 143), (244, 162, 9
                      (255, 190, 11), (58, 134, 255), (251, 86, 7)], dtype=np.uint8)
 
 
-def _pixels(points: list[tuple[float, float]], relative: bool, w: int, h: int) -> np.ndarray:
+def _pixels(points: Sequence[tuple[float, float]], relative: bool, w: int, h: int) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64)
     if relative:
         pts = pts * (w, h)
@@ -112,6 +113,7 @@ class AnnotatedWriter:
             if self.use_pts:
                 self._video.codec_context.time_base = Fraction(1, 1000)
                 self._video.time_base = Fraction(1, 1000)
+        assert self._size is not None   # set with the container, above
         w, h = self._size
         if img.shape[1] != w or img.shape[0] != h:
             img = cv2.resize(img, (w, h))

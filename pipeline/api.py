@@ -393,7 +393,7 @@ class _Handler(JsonHandler):
             self.end_headers()
             self._responded = True
             seq, next_t = 0, 0.0
-            closing = self.server.closing  # type: ignore[attr-defined]
+            closing = self.server.closing  # type: ignore[attr-defined]  # BoundedHTTPServer's, not BaseServer's
             while not closing.is_set() and self.pipeline.stream_config(name) is not None:
                 delay = next_t - time.monotonic()
                 if delay > 0 and closing.wait(delay):
@@ -430,7 +430,7 @@ class _Handler(JsonHandler):
             self._responded = True
             self.wfile.write(b"retry: 2000\n\n")
             self.wfile.flush()
-            closing = self.server.closing  # type: ignore[attr-defined]
+            closing = self.server.closing  # type: ignore[attr-defined]  # BoundedHTTPServer's, not BaseServer's
             batch = self.api.feed.events_after(after)
             while not closing.is_set():
                 out = []

@@ -85,7 +85,7 @@ class StreamConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> "StreamConfig":
+    def _backoff_order(self) -> StreamConfig:
         if self.backoff_initial_s > self.backoff_max_s:
             raise ValueError(f"backoff_initial_s ({self.backoff_initial_s:g}) must not exceed backoff_max_s "
                              f"({self.backoff_max_s:g})")
@@ -200,7 +200,7 @@ def redact_url(url: str) -> str:
 def check_url(url: str) -> None:
     """Reject URLs a decoder could not use (e.g. a port out of range), with a redacted message."""
     try:
-        urlsplit(url).port
+        _ = urlsplit(url).port  # the property parses the port and raises ValueError when it is bad
     except ValueError as exc:
         raise ValueError(f"{redact_url(url)!r}: {exc}; check the host:port part") from None
 

@@ -60,7 +60,7 @@ def _relative(analytics: AnalyticsConfig, w: int, h: int) -> AnalyticsConfig:
 class ConsoleFeed:
     """Result hook and event listener of one pipeline; the HTTP handlers read from it."""
 
-    def __init__(self, pipeline: "Pipeline", backlog: int = EVENT_BACKLOG, quality: int = 75) -> None:
+    def __init__(self, pipeline: Pipeline, backlog: int = EVENT_BACKLOG, quality: int = 75) -> None:
         self.pipeline = pipeline
         self.quality = quality
         self._latest: dict[str, _Latest] = {}

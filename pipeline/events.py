@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -65,7 +65,7 @@ def new_event_id() -> str:
 
 def iso_utc(ts: float) -> str:
     """Unix seconds as ISO 8601 UTC with milliseconds and a `Z` suffix."""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -10,11 +10,11 @@ directed line; see `signed_distance`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-Point = tuple[float, float]
+Point = Sequence[float] | np.ndarray   # (x, y): a list, a tuple or an array row
 
 
 def as_points(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def _orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
 
 
-def segments_intersect(p1: Sequence[float], p2: Sequence[float], q1: Sequence[float], q2: Sequence[float]) -> bool:
+def segments_intersect(p1: Point, p2: Point, q1: Point, q2: Point) -> bool:
     """True when segment p1-p2 and segment q1-q2 share at least one point (touching counts)."""
     a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (p1, p2, q1, q2))
     o1, o2 = _orient(a, b, c), _orient(a, b, d)
@@ -90,7 +90,7 @@ def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return (np.count_nonzero(crossings, axis=1) % 2) == 1
 
 
-def signed_distance(points: np.ndarray, a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+def signed_distance(points: np.ndarray, a: Point, b: Point) -> np.ndarray:
     """(N,) signed distance in pixels from each point to the infinite line through a -> b.
 
     Negative = left of a->b, positive = right of a->b, as seen on the screen (y down): for a line

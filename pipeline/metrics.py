@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 # Latency buckets from 1 ms to 30 s: covers a CPU engine at batch 16 and a stalled live stream.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
@@ -86,8 +87,8 @@ class Metrics:
         self.sink_up = Gauge("vap_sink_up", "1 while the sink can deliver (last attempt succeeded, or its "
                              "connection came back)", ["sink"], registry=r)
         self.sink_dead_letter = Counter(
-            "vap_sink_dead_letter_total", "Events a sink gave up on after its retries (written to its dead-letter file)",
-            ["sink"], registry=r)
+            "vap_sink_dead_letter_total",
+            "Events a sink gave up on after its retries (written to its dead-letter file)", ["sink"], registry=r)
         self.spool_events = Gauge("vap_spool_events", "Undelivered events waiting in a sink's disk spool", ["sink"],
                                   registry=r)
         self.spool_bytes = Gauge("vap_spool_bytes", "Disk space used by a sink's spool", ["sink"], registry=r)
@@ -98,7 +99,7 @@ class Metrics:
         self.snapshots = Counter("vap_snapshots_total", "Event snapshots by result (written, skipped, failed)",
                                  ["result"], registry=r)
         # per-stream label sets of the event-derived metrics, so a removed stream's series go too
-        self._derived: dict[str, set[tuple[object, tuple[str, ...]]]] = {}
+        self._derived: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
 
     def count_events(self, events: list[dict]) -> None:
         """Counters and gauges derived from events (one place, so they always agree with them)."""
@@ -124,7 +125,7 @@ class Metrics:
         per_stream = (self.stream_up, self.stream_fps, self.active_tracks, self.frames_decoded,
                       self.frames_processed, self.decode_errors, self.reconnects, self.frame_latency,
                       self.dehaze_score, self.dehaze_active, self.dehaze_seconds)
-        series: list[tuple[object, tuple[str, ...]]] = [
+        series: list[tuple[MetricWrapperBase, tuple[str, ...]]] = [
             *((m, (stream,)) for m in per_stream),
             *((self.frames_dropped, (stream, r)) for r in DROP_REASONS),
             *((self.inputs_incomplete, (stream, r)) for r in INCOMPLETE_REASONS),
@@ -134,4 +135,4 @@ class Metrics:
         ]
         for metric, labels in series:
             with contextlib.suppress(KeyError):  # a series that was never set
-                metric.remove(*labels)  # type: ignore[attr-defined]
+                metric.remove(*labels)

@@ -16,9 +16,16 @@ from pipeline.config import Strict
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
 
 
+Provider = str | dict[str, dict[str, Any]]   # a name, or {name: {option: value}}
+
+
+def _cpu_only() -> list[Provider]:
+    return ["CPUExecutionProvider"]
+
+
 class OnnxRuntimeOptions(Strict):
-    providers: list[str | dict[str, dict[str, Any]]] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
+    providers: list[Provider] = Field(
+        default_factory=_cpu_only,
         description="Execution providers in order of preference: names, or {name: {option: value}} "
                     "(e.g. TensorrtExecutionProvider with trt_fp16_enable)")
     intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core)")

@@ -69,7 +69,7 @@ def check_input_files(settings: Settings) -> list[str]:
             src.open()
         except SourceError as exc:
             problems.append(f"streams[{i}] ({s.name}): {exc}")
-        except Exception as exc:  # noqa: BLE001 - a probe must report, never crash validate
+        except Exception as exc:
             problems.append(f"streams[{i}] ({s.name}): {redact_url(s.url)}: cannot open ({type(exc).__name__})")
         finally:
             if src is not None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class Progress:
     """Redraws a small table in place on a terminal; prints a line every 10 s when piped."""
 
-    def __init__(self, pipeline: "Pipeline", out: TextIO = sys.stderr) -> None:
+    def __init__(self, pipeline: Pipeline, out: TextIO = sys.stderr) -> None:
         self.pipeline = pipeline
         self.out = out
         self.tty = out.isatty()

@@ -13,9 +13,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ConfigError
+
+if TYPE_CHECKING:   # for the annotation only; the pipeline's modules are imported when it runs
+    from pipeline.settings import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_MODEL, EXIT_INPUTS, EXIT_FORCED = 0, 1, 2, 3, 4, 130
 EXIT_PIPE = 128 + signal.SIGPIPE
@@ -52,7 +56,7 @@ def _forced_exit() -> None:
     os._exit(EXIT_FORCED)
 
 
-def run_pipeline(settings, quiet: bool = False, duration: float | None = None,  # type: ignore[no-untyped-def]
+def run_pipeline(settings: Settings, quiet: bool = False, duration: float | None = None,
                  prepare: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None) -> int:
     """Run until files are done, `duration` passes, or SIGINT/SIGTERM; then drain and flush.
 

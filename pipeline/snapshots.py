@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class Snapshotter:
             if not self._take(frame.stream):
                 self._skip(1)
                 continue
-            day = datetime.fromtimestamp(frame.capture_ts, tz=timezone.utc).strftime("%Y%m%d")
+            day = datetime.fromtimestamp(frame.capture_ts, tz=UTC).strftime("%Y%m%d")
             rel = Path(frame.stream) / day / f"{e['id']}.jpg"
             jobs.append((rel, None))
             if self.cfg.crop:
@@ -106,10 +106,10 @@ class Snapshotter:
         except queue.Full:
             self._skip(len(chosen))
             return
-        for e, rel, crop_rel in chosen:  # paths only once the write is queued: never a dangling path
+        for e, rel, crop in chosen:  # paths only once the write is queued: never a dangling path
             e["snapshot"] = rel.as_posix()
-            if crop_rel is not None:
-                e["snapshot_crop"] = crop_rel.as_posix()
+            if crop is not None:
+                e["snapshot_crop"] = crop.as_posix()
 
     def _refuse(self, stream: str, n: int) -> None:
         """A stream whose name would put files outside `dir` gets no snapshots (counted as failed)."""

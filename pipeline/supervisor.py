@@ -231,7 +231,7 @@ class StreamWorker:
         if self._on_state is not None:
             try:
                 self._on_state(self.name, state, reason)
-            except Exception:  # noqa: BLE001 - a faulty callback must not kill the stream
+            except Exception:
                 log.exception("stream %s: on_state callback failed", self.name)
         return True
 
@@ -410,7 +410,7 @@ class StreamWorker:
             return "finished", None, 0.0
         except SourceError as exc:
             return "error", exc, (time.monotonic() - streaming_since) if streaming_since else 0.0
-        except Exception as exc:  # noqa: BLE001 - nothing may escape the thread
+        except Exception as exc:
             err = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
             log.debug("stream %s: unexpected %s", self.name, type(exc).__name__, exc_info=True)
             return "error", err, (time.monotonic() - streaming_since) if streaming_since else 0.0
@@ -627,7 +627,7 @@ class Supervisor:
             for w in workers:
                 try:
                     w.check(now)
-                except Exception:  # noqa: BLE001 - the watchdog must survive anything
+                except Exception:
                     log.exception("watchdog: check of stream %s failed", w.name)
 
 

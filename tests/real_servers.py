@@ -54,7 +54,7 @@ class Server:
         self.argv, self.port, self.workdir = argv, port, workdir
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.log = self.workdir / "server.log"
         with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
@@ -80,7 +80,8 @@ def mosquitto(tmp: Path) -> Server:
     # persistence: subscribers' sessions and queued QoS 1 messages survive the broker restart
     # `user`: mosquitto started as root otherwise switches to user "mosquitto", who cannot write here
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {tmp}/\nautosave_interval 1\nset_tcp_nodelay true\nuser {getpass.getuser()}\n")
+                    f"persistence_location {tmp}/\nautosave_interval 1\nset_tcp_nodelay true\n"
+                    f"user {getpass.getuser()}\n")
     return Server([binary, "-c", str(conf)], port, tmp)
 
 

@@ -177,7 +177,8 @@ def test_malformed_bodies_get_4xx_with_reason_never_a_dropped_connection(served)
     cases = [
         (b"[" * 50000 + b"]" * 50000, 413, "limit"),     # over the body cap before any parsing
         (b"[" * 2000 + b"]" * 2000, 400, "nested too deeply"),   # RecursionError used to drop the connection
-        (json.dumps({"name": "x", "url": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}).encode(),
+        (json.dumps({"name": "x", "url": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
+                    ).encode(),
          400, "nested too deeply"),
         (b'{"name": "\xff\xfe"}', 400, "UTF-8"),
         (b"{not json", 400, "not valid JSON"),

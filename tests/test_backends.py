@@ -352,12 +352,40 @@ def test_cuda_fp16_and_gpu_preprocessing_match_onnxruntime_cpu(synth_data):
     ref = load_backend(SHIPPED).infer(ref_in)
     gpu_in, _ = GpuPreprocessor((320, 320), device="cuda")(frames)
     for opts in ({}, {"cuda_graphs": [8]}):
-        out = load_backend(SHIPPED_PT, "torch", device="cuda", fp16=True, **opts).infer(gpu_in)
-        for p, q in zip(ref, out):
-            for row in p[p[:, 4] >= 0.3]:
-                same = q[q[:, 5] == row[5]]
-                assert box_iou(row[None, :4], same[:, :4]).max() > 0.98
-                assert np.abs(same[:, 4] - row[4]).min() < 0.02
+        _same_detections(ref, load_backend(SHIPPED_PT, "torch", device="cuda", fp16=True, **opts).infer(gpu_in))
+
+
+def _same_detections(ref: np.ndarray, out: np.ndarray) -> None:
+    for p, q in zip(ref, out):
+        for row in p[p[:, 4] >= 0.3]:
+            same = q[q[:, 5] == row[5]]
+            assert box_iou(row[None, :4], same[:, :4]).max() > 0.98
+            assert np.abs(same[:, 4] - row[4]).min() < 0.02
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA GPU")
+def test_cuda_graphs_are_kept_per_batch_size_and_input_size(synth_data):
+    """A captured graph is reused only for its (padded batch, H, W): a new input size captures its
+    own graph (a graph keyed by batch alone would replay a wrong-size input), at most MAX_GRAPHS
+    of them, and every shape gives the eager model's detections."""
+    from engines.backends.torch_backend import MAX_GRAPHS
+    from engines.calibration import calibration_images
+    from engines.dataset import load_image
+    from pipeline.preprocess import BatchPreprocessor
+
+    frames = [load_image(p) for p in calibration_images(synth_data, limit=4)]
+    eager = load_backend(SHIPPED_PT, "torch", device="cuda")
+    graphs = load_backend(SHIPPED_PT, "torch", device="cuda", cuda_graphs=[4])
+    shapes = [(2, (320, 320)), (3, (256, 320)), (4, (320, 320))]
+    shapes += [(4, (224 + 32 * i, 288)) for i in range(MAX_GRAPHS)]   # more sizes than the cap
+    expected: set[tuple[int, int, int]] = set()
+    for n, hw in shapes:
+        x, _ = BatchPreprocessor(hw)(frames[:n])
+        _same_detections(eager.infer(x), graphs.infer(x))
+        if len(expected) < MAX_GRAPHS:
+            expected.add((4, *hw))      # batches of 2 and 3 replay the graph captured for 4
+        assert set(graphs._graphs) == expected
+    assert len(expected) == MAX_GRAPHS
 
 
 def test_tensorrt_qdq_is_symmetric_int8(tmp_path, synth_data):

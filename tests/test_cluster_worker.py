@@ -33,7 +33,7 @@ def write_registry(path: Path, n: int, version: str, fps: int = 2) -> list[str]:
 class FakePipeline:
     """Records stream changes; counters are driven by the test."""
 
-    instances: list["FakePipeline"] = []
+    instances: list[FakePipeline] = []
 
     def __init__(self, settings) -> None:
         self.settings = settings
@@ -128,7 +128,7 @@ def test_registry_from_url(tmp_path):
     body = yaml.safe_dump({"version": "u1", "cameras": [{"name": "a", "url": "rtsp://h/s"}]}).encode()
 
     class H(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/r.yaml":
                 self.send_response(200)
                 self.end_headers()
@@ -435,14 +435,14 @@ def _fake_dashboard(running: list[str]):
     seen: list[tuple[str, str, dict]] = []
 
     class H(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body = json.dumps({"applications": {name: {"status": "RUNNING"} for name in running}}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def do_PUT(self):  # noqa: N802
+        def do_PUT(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.command, self.path, body))
             self.send_response(200)

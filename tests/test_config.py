@@ -103,7 +103,8 @@ def test_busy_port_and_unwritable_sink_are_config_errors(tmp_path, capsys):
         assert main(["run", str(p), "--quiet", "--duration", "1"]) == 2
         assert "cannot listen" in capsys.readouterr().err
     (tmp_path / "ro").write_text("a file, not a folder")
-    p = _write(tmp_path, f"model: {{path: {model}}}\nserver: {{port: 0}}\nsinks: [{{path: {tmp_path / 'ro' / 'e.jsonl'}}}]\n")
+    p = _write(tmp_path, f"model: {{path: {model}}}\nserver: {{port: 0}}\n"
+                         f"sinks: [{{path: {tmp_path / 'ro' / 'e.jsonl'}}}]\n")
     assert main(["run", str(p), "--quiet", "--duration", "1"]) == 2
     assert "cannot write" in capsys.readouterr().err
 

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="YoloDataset is the training side (torch)")
 
-from engines.dataset import (
+from engines.dataset import (  # noqa: E402 (after the torch skip above: these modules need torch)
     AugmentConfig,
     DatasetError,
     YoloDataset,
@@ -23,7 +23,7 @@ from engines.dataset import (
     load_data_yaml,
     validate_dataset,
 )
-from engines.synth import CLASS_NAMES, write_yolo_dataset
+from engines.synth import CLASS_NAMES, write_yolo_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

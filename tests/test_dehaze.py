@@ -10,8 +10,18 @@ from pydantic import ValidationError
 from engines.haze import add_haze
 from engines.synth import render_image
 from pipeline.config import ConfigError
-from pipeline.dehaze import (DehazeConfig, Dehazer, DehazeState, StreamDehazers, dark_channel, estimate_airlight,
-                             fit_to, scaled_size, source_transform, work_shape)
+from pipeline.dehaze import (
+    DehazeConfig,
+    Dehazer,
+    DehazeState,
+    StreamDehazers,
+    dark_channel,
+    estimate_airlight,
+    fit_to,
+    scaled_size,
+    source_transform,
+    work_shape,
+)
 from pipeline.metrics import Metrics
 from pipeline.settings import parse_settings
 

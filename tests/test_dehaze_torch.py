@@ -20,7 +20,7 @@ def _frames(w: int, h: int, n: int = 3) -> list[np.ndarray]:
     return [add_haze(render_image((31, i), w, h)[0], 0.35, 0.85) for i in range(n)]
 
 
-def _to_u8(x: "torch.Tensor") -> np.ndarray:
+def _to_u8(x: torch.Tensor) -> np.ndarray:
     return (x.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 

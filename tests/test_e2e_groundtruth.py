@@ -6,7 +6,8 @@ middle of the frame, and compare the `line.cross` events with the crossings comp
 ground-truth trajectories, by class and direction. Crossings are the events operators count, and
 unlike raw track counts they are robust to a track fragmenting. Measured with the shipped model
 (20 epochs, seeds 3,5,7,9): 12 of 13 predicted crossings correct, 12 of 20 true crossings found;
-the bounds below (80 % precision, 50 % recall; margin for batch-composition noise) fail for an untrained or mis-wired model.
+the bounds below (80 % precision, 50 % recall; margin for batch-composition noise) fail for an untrained or
+mis-wired model.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import pytest
 
 from engines.synth import CLASS_NAMES, write_video
 from pipeline.events import load_schema
-from pipeline.runtime import Pipeline
 from pipeline.model_config import SHIPPED_MODEL
+from pipeline.runtime import Pipeline
 from pipeline.settings import parse_settings
 
 W, H, FPS, FRAMES = 640, 360, 10, 150

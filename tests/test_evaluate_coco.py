@@ -11,8 +11,8 @@ import pytest
 from engines.evaluate import batched_nms, box_iou, evaluate_detections, nms
 
 pytest.importorskip("pycocotools", reason="pycocotools is the reference implementation")
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 
 def _realistic(seed: int, n_images: int = 24, nc: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -13,7 +13,14 @@ import torch
 
 from engines.detector import DetectorConfig, build_detector, count_params
 from engines.export import cli, export_model, export_onnx
-from engines.metadata import REQUIRED_KEYS, decode_metadata, read_onnx_metadata, read_sidecar, sha256_file, write_metadata
+from engines.metadata import (
+    REQUIRED_KEYS,
+    decode_metadata,
+    read_onnx_metadata,
+    read_sidecar,
+    sha256_file,
+    write_metadata,
+)
 
 torch.set_num_threads(1)
 NAMES = ["person", "car", "bicycle"]

@@ -156,7 +156,7 @@ def test_ultralytics_export_runs_and_agrees_with_their_predictor(interop, arch, 
     theirs = theirs[((theirs[:, 2] - theirs[:, 0]) > 0.5) & ((theirs[:, 3] - theirs[:, 1]) > 0.5)]
     assert 3 <= len(ours) <= 300
     assert len(ours) == len(theirs), (len(ours), len(theirs))
-    key = lambda r: (-round(float(r[4]), 3), int(r[5]), *np.round(r[:4], 0))  # noqa: E731
+    key = lambda r: (-round(float(r[4]), 3), int(r[5]), *np.round(r[:4], 0))
     ours, theirs = np.array(sorted(ours, key=key)), np.array(sorted(theirs, key=key))
     np.testing.assert_array_equal(ours[:, 5], theirs[:, 5])
     np.testing.assert_allclose(ours[:, :4], theirs[:, :4], atol=1.0)

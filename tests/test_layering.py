@@ -23,8 +23,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_engines_never_import_pipeline() -> None:
-    offenders = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "engines").rglob("*.py") if "pipeline" in _imports(p))
-    assert offenders == [], f"engines modules importing pipeline (the model side must not know the runtime): {offenders}"
+    offenders = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "engines").rglob("*.py")
+                       if "pipeline" in _imports(p))
+    assert offenders == [], ("engines modules importing pipeline (the model side must not know the runtime): "
+                             f"{offenders}")
 
 
 def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
@@ -39,7 +41,8 @@ def test_one_letterbox_rule() -> None:
     defining = []
     for p in list((ROOT / "engines").rglob("*.py")) + list((ROOT / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PAD_VALUE" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PAD_VALUE"
+                                                    for t in node.targets):
                 defining.append(f"{p.relative_to(ROOT)}: PAD_VALUE")
             if isinstance(node, ast.ClassDef) and node.name in ("Letterbox", "LetterboxParams"):
                 defining.append(f"{p.relative_to(ROOT)}: class {node.name}")

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from engines.assign import TaskAlignedAssigner, box_iou_pairwise
-from engines.detector import (DetectorConfig, build_detector, count_params, make_anchors, model_info,
-                              topk_end2end)
+from engines.detector import DetectorConfig, build_detector, count_params, make_anchors, model_info, topk_end2end
 from engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
 from engines.nn import Conv, RepConv, fuse_conv_bn
-from engines.optim import MuSGD, ModelEMA, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
+from engines.optim import ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
 
 torch.set_num_threads(1)
 
@@ -121,6 +120,28 @@ def test_conv_bn_fusion_exact():
     assert isinstance(fuse_conv_bn(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2).eval()), torch.nn.Conv2d)
 
 
+@pytest.mark.parametrize("padding", [(2, 1), "same"])
+def test_conv_bn_fusion_keeps_stride_dilation_and_padding(padding):
+    """The fused conv copies every geometric attribute of the original (as 2-tuples or 'same')."""
+    torch.manual_seed(0)
+    stride = (2, 1) if padding != "same" else 1
+    conv = torch.nn.Conv2d(3, 4, (3, 5), stride=stride, padding=padding, dilation=(2, 1), bias=True)
+    bn = torch.nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    conv.eval()
+    bn.eval()
+    x = torch.randn(1, 3, 13, 12)
+    with torch.no_grad():
+        assert torch.allclose(bn(conv(x)), fuse_conv_bn(conv, bn)(x), atol=1e-5)
+
+
+def test_conv_bn_fusion_needs_running_statistics():
+    bn = torch.nn.BatchNorm2d(2, track_running_stats=False)
+    with pytest.raises(ValueError, match="running statistics"):
+        fuse_conv_bn(torch.nn.Conv2d(2, 2, 1), bn)
+
+
 def test_one_to_one_head_reads_detached_features():
     torch.manual_seed(0)
     m = tiny(nc=2).train()
@@ -172,7 +193,8 @@ def test_assigner_one_to_one_gives_single_positive_per_gt():
     # predictions: every anchor predicts a box around itself of half the GT size, random scores
     pd_boxes = torch.cat([anchors - 8, anchors + 8], -1).unsqueeze(0)
     pd_scores = torch.rand(1, a, 2)
-    o2o = TaskAlignedAssigner(2, topk=7, one_to_one=True)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
+    o2o = TaskAlignedAssigner(2, topk=7, one_to_one=True)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes,
+                                                          mask)
     o2m = TaskAlignedAssigner(2, topk=10)(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
     assert int(o2o.fg.sum()) == 2
     assert sorted(o2o.gt_idx[o2o.fg].tolist()) == [0, 1]

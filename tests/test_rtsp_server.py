@@ -63,7 +63,7 @@ class RtspServer:
     def url(self, path: str | None = None, auth: str = "") -> str:
         return f"rtsp://{auth}127.0.0.1:{self.port}{path or self.path}"
 
-    def start(self, timeout: float = 15.0) -> "RtspServer":
+    def start(self, timeout: float = 15.0) -> RtspServer:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: list[str] = []
 
@@ -249,7 +249,7 @@ def test_long_outage_recovers_in_seconds_through_cheap_probes(servers, rig, monk
     behaviour (no probe: wait the full 15 s) fails for certain."""
     from pipeline import supervisor as sup_mod
 
-    def ceiling(attempt: int, initial: float, cap: float, rng=None) -> float:  # noqa: ANN001
+    def ceiling(attempt: int, initial: float, cap: float, rng=None) -> float:
         return min(cap, initial * 2.0 ** attempt)
 
     monkeypatch.setattr(sup_mod, "backoff_delay", ceiling)

@@ -154,7 +154,7 @@ def test_delivery_resumes_within_3s_of_the_broker_coming_back(tmp_path):
                                      "client_id": "vap-resume", "spool": {"dir": str(tmp_path / "spool")}}]}).sinks[0]
     runner = SinkRunner(build_sink(cfg), cfg.filter, m)   # production retry: 1 s doubling to 30 s
     get = m.registry.get_sample_value
-    delivered = lambda: get("vap_sink_events_total", {"sink": "mqtt"}) or 0  # noqa: E731
+    delivered = lambda: get("vap_sink_events_total", {"sink": "mqtt"}) or 0
     try:
         first = _batch("a", 0)
         runner.offer(first, 1.0)

@@ -82,7 +82,8 @@ def test_event_derived_metrics_and_their_removal():
     assert get("vap_events_total", {"type": "line.cross"}) == 2
     m.forget_stream("c")
     assert get("vap_zone_occupancy", {"stream": "c", "zone": "bay"}) is None
-    assert get("vap_line_crossings_total", {"stream": "c", "line": "gate", "direction": "in", "class": "person"}) is None
+    assert get("vap_line_crossings_total",
+               {"stream": "c", "line": "gate", "direction": "in", "class": "person"}) is None
 
 
 def test_close_with_a_full_queue_gives_up_at_the_deadline_and_ends_the_thread():
@@ -98,7 +99,7 @@ def test_close_with_a_full_queue_gives_up_at_the_deadline_and_ends_the_thread():
             pass
 
     runner = SinkRunner(Stuck(), EventFilter(), Metrics(), maxsize=1)
-    for i in range(2):  # one batch being written, one filling the queue
+    for _ in range(2):  # one batch being written, one filling the queue
         assert runner.offer([make_event("stream.up", "a", time.time(), state="streaming")], block_s=1.0)
     t0 = time.monotonic()
     assert runner.close(timeout=0.3) is False     # could not deliver within the deadline: says so

@@ -14,8 +14,7 @@ import pytest
 
 from pipeline.config import StreamConfig
 from pipeline.sources import SourceError, open_source
-from tests.videos import (corrupted_copy, count_frames, moving_squares, resolution_change_ts, truncated_copy,
-                          write_video)
+from tests.videos import corrupted_copy, count_frames, moving_squares, resolution_change_ts, truncated_copy, write_video
 
 W, H, N = 160, 120, 30
 

@@ -11,11 +11,23 @@ import numpy as np
 import pytest
 
 from engines.contract import ModelContractError
-from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, cache_key, check_sidecar, decide, default_cache_dir,
-                                    engine_path, options_from_sidecar, parse_batch, parse_hw, rebuild_command,
-                                    sidecar_metadata, timing_cache_path)
-from engines.tensorrt.resolve import resolve_engine
+from engines.tensorrt.cache import (
+    BuildOptions,
+    TrtEnvironment,
+    cache_key,
+    check_sidecar,
+    decide,
+    default_cache_dir,
+    engine_path,
+    options_from_sidecar,
+    parse_batch,
+    parse_hw,
+    rebuild_command,
+    sidecar_metadata,
+    timing_cache_path,
+)
 from engines.tensorrt.plan_file import read_sidecar_raw, sidecar_path, write_sidecar
+from engines.tensorrt.resolve import resolve_engine
 from tests.onnx_models import constant_detector
 
 ENV = TrtEnvironment("10.8.0.43", "8.9", "NVIDIA L4")

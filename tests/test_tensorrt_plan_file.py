@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from engines.tensorrt.plan_file import (atomic_write, find_sidecar, read_engine_file, read_sidecar_raw, split_header, with_header,
-                                        write_sidecar)
+from engines.tensorrt.plan_file import (
+    atomic_write,
+    find_sidecar,
+    read_engine_file,
+    read_sidecar_raw,
+    split_header,
+    with_header,
+    write_sidecar,
+)
 from engines.tensorrt.runtime import ultralytics_metadata
 
 PLAN = bytes(range(256)) * 64  # stands in for a serialized plan (binary)

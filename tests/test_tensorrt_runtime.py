@@ -97,7 +97,7 @@ class FakeEngine:
         assert name == "images"
         return [tuple(s) for s in self.spec["profiles"][index]]
 
-    def create_execution_context(self) -> "FakeContext":
+    def create_execution_context(self) -> FakeContext:
         ctx = FakeContext(self)
         self.contexts.append(ctx)
         return ctx
@@ -633,7 +633,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of one box a [4] against boxes b [N, 4] (x1, y1, x2, y2)."""
     lt, rb = np.maximum(a[:2], b[:, :2]), np.minimum(a[2:], b[:, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)  # noqa: E731
+    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 

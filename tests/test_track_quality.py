@@ -10,8 +10,14 @@ import pytest
 from engines.synth import write_video
 from pipeline.tools.mot import MotSequence, read_mot, track_sequence
 from pipeline.tools.track_eval import evaluate_sequences
-from pipeline.tools.track_quality import (JITTER_REF_PX, detect_video, evaluate_on_synthetic, format_table, main,
-                                    perturb_gt)
+from pipeline.tools.track_quality import (
+    JITTER_REF_PX,
+    detect_video,
+    evaluate_on_synthetic,
+    format_table,
+    main,
+    perturb_gt,
+)
 from pipeline.tracking import TrackerConfig
 from tests.onnx_models import constant_detector
 

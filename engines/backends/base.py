@@ -8,7 +8,6 @@ to the configured maximum.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 
@@ -52,5 +51,5 @@ class Backend(ABC):
         check_output(out, n, self.info)
         return np.asarray(out, dtype=np.float32)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: a backend with nothing to release keeps it)
         """Release the engine's resources."""

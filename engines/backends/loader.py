@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,14 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
     return backend
 
 
-def _option_names(cls: type) -> list[str]:
+def _option_names(cls: Callable[..., Backend]) -> list[str]:
     params = list(inspect.signature(cls).parameters.values())[1:]
     return [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
-def _backend_class(kind: str) -> type[Backend]:
+def _backend_class(kind: str) -> Callable[..., Backend]:
+    """The backend's class, as the constructor it is here: (path, **options) -> Backend (the ABC
+    itself prescribes no constructor)."""
     if kind == "onnxruntime":
         from engines.backends.onnxruntime import OrtBackend
         return OrtBackend

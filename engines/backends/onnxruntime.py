@@ -9,8 +9,9 @@ default path), and is measured by `vap bench --engine-only` on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -127,8 +128,8 @@ def _announce_int8(report: Any, source: str) -> None:
     """INT8 is never silent: say what it cost when it was made, or that nobody measured it."""
     import logging
 
-    from engines.metadata import parse_value
     from engines.int8_report import describe
+    from engines.metadata import parse_value
 
     log = logging.getLogger("vap.engine")
     report = parse_value(report) if report is not None else None

@@ -16,14 +16,14 @@ Speed options, each only where it pays:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from engines.backends.base import Backend
 from engines.contract import EngineInfo, ModelContractError, check_output
-
 
 MAX_GRAPHS = 8   # captured (batch, H, W) shapes; further shapes run eagerly
 
@@ -68,7 +68,7 @@ class TorchBackend(Backend):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         self._forward = torch.compile(self.model) if compile else self.model
-        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}  # (batch, H, W) -> captured
         self._graph_sizes = sorted(int(b) for b in cuda_graphs)
         self.info = EngineInfo(
             names=names, input_hw=(int(imgsz), int(imgsz)), stride=int(max(model.strides)),

@@ -1,5 +1,5 @@
-"""TensorRT: build plans from ONNX models (`build`), cache them per model/GPU/version (`cache`), pick or build the plan for a model (`resolve`), run them
-(`runtime.TrtBackend`).
+"""TensorRT: build plans from ONNX models (`build`), cache them per model/GPU/version (`cache`), pick or
+build the plan for a model (`resolve`), run them (`runtime.TrtBackend`).
 
 Importing this package needs neither TensorRT nor a CUDA binding: they are imported when a plan is
 built or loaded, so machines without a GPU can still import `engines`, check options and read

@@ -31,17 +31,29 @@ import dataclasses
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from engines.contract import EngineInfo, ModelContractError, resolve_info
 from engines.metadata import decode_metadata, sha256_file
-from engines.tensorrt.cache import (DEFAULT_BATCH_PROFILES, BuildOptions, TrtEnvironment, cache_key,
-                                    decide, default_cache_dir, detect_environment, import_tensorrt,
-                                    parse_batch, parse_hw, sidecar_metadata, timing_cache_path)
+from engines.tensorrt.cache import (
+    DEFAULT_BATCH_PROFILES,
+    BuildOptions,
+    TrtEnvironment,
+    cache_key,
+    decide,
+    default_cache_dir,
+    detect_environment,
+    import_tensorrt,
+    parse_batch,
+    parse_hw,
+    sidecar_metadata,
+    timing_cache_path,
+)
 from engines.tensorrt.plan_file import atomic_write, sidecar_path, write_sidecar
 
 Shape4 = tuple[int, int, int, int]
@@ -122,7 +134,8 @@ def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Sh
             raise ValueError(
                 f"{summary.path.name} has a fixed batch size of {b_fixed}, but batch profile "
                 f"{','.join(map(str, b))} was asked for: set model.tensorrt.batch_profiles: "
-                f"[[{b_fixed}, {b_fixed}, {b_fixed}]] (or leave it at its default) / vap build-engine --batch {b_fixed}, "
+                f"[[{b_fixed}, {b_fixed}, {b_fixed}]] (or leave it at its default) / "
+                f"vap build-engine --batch {b_fixed}, "
                 "or export the model with a dynamic batch (vap export does by default)")
     h_fixed, w_fixed = summary.input_shape[2], summary.input_shape[3]
     if h_fixed is not None and w_fixed is not None:
@@ -145,7 +158,7 @@ def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Sh
     for _ in range(options.contexts):
         for lo, opt, hi in options.batch_profiles:
             out.append(((lo, 3, *hw[0]), (opt, 3, *hw[1]), (hi, 3, *hw[2])))
-    return out  # type: ignore[return-value]
+    return out
 
 
 def checked_options(onnx_path: str | Path, options: BuildOptions,
@@ -209,7 +222,7 @@ class BuildProgress:
 def progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     """A `trt.IProgressMonitor` forwarding to `progress` (TensorRT >= 10)."""
 
-    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+    class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
 
@@ -275,7 +288,7 @@ def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache
     """A `trt.IInt8EntropyCalibrator2` (TensorRT 10) fed from `batches` ([B, 3, H, W] float32)."""
     size = batch_shape[0]
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.iterator = iter(batches)

@@ -30,8 +30,9 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, cast
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
@@ -130,7 +131,7 @@ class BuildOptions:
     calib_batch: int = 8
     timing_cache: str | None = None
 
-    def validate(self) -> "BuildOptions":
+    def validate(self) -> BuildOptions:
         """Raise ValueError naming the bad option; return self so calls chain."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} "
@@ -236,10 +237,14 @@ def options_from_sidecar(meta: dict[str, Any]) -> BuildOptions:
     """Rebuild options recorded in a sidecar (for the hint in an error message)."""
     hw = meta.get("hw_profile")
     calib = meta.get("calibration") or {}
+    # the sidecar's lists as tuples, lengths unchecked (this only words a hint; validate() checks them)
+    batches = cast(tuple[tuple[int, int, int], ...],
+                   tuple(tuple(int(v) for v in b) for b in meta.get("batch_profiles") or [(1, 8, 16)]))
+    hw_profile = cast(tuple[HW, HW, HW], tuple(tuple(int(v) for v in p) for p in hw)) if hw else None
     return BuildOptions(
         precision=meta.get("precision", "fp16") if meta.get("precision") in PRECISIONS else "fp16",
-        batch_profiles=tuple(tuple(int(v) for v in b) for b in meta.get("batch_profiles") or [(1, 8, 16)]),
-        hw_profile=tuple(tuple(int(v) for v in p) for p in hw) if hw else None,  # type: ignore[arg-type]
+        batch_profiles=batches,
+        hw_profile=hw_profile,
         contexts=int(meta.get("profile_copies", 2) or 2),
         calibration=calib.get("source"), calib_limit=int(calib.get("limit", 256)))
 
@@ -251,7 +256,7 @@ def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, 
                      notes: list[str] | None = None) -> dict[str, Any]:
     """The JSON sidecar of a built plan: the engine contract metadata (design: engine output) plus
     what it was built for, so a load can check both before trusting it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from engines.metadata import PREPROCESSING
 
@@ -284,7 +289,7 @@ def sidecar_metadata(onnx_meta: dict[str, Any], *, names: list[str], imgsz: HW, 
         "engine_sha256": engine_sha256,
         "engine_bytes": int(engine_bytes),
         "cache_key": key,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "notes": list(notes or []),
     }
 
@@ -300,7 +305,8 @@ def check_sidecar(meta: dict[str, Any], engine: Path, env: TrtEnvironment | None
     missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in meta]
     if missing or meta.get("format") != SIDECAR_FORMAT:
         raise ModelContractError(
-            f"{find_sidecar(engine) or sidecar_path(engine)}: not a vap TensorRT sidecar (missing {', '.join(missing) or 'format'}; "
+            f"{find_sidecar(engine) or sidecar_path(engine)}: not a vap TensorRT sidecar "
+            f"(missing {', '.join(missing) or 'format'}; "
             f"format {meta.get('format')!r}, expected {SIDECAR_FORMAT!r}).{how}")
     if engine_sha256 is not None and meta["engine_sha256"] != engine_sha256:
         raise ModelContractError(

@@ -15,8 +15,9 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -6,14 +6,22 @@ both, so neither has to import the other. Importing it needs no TensorRT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
 from engines.tensorrt.build import BuildCancelled, BuildFailed, build_engine, checked_options
-from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, check_sidecar, decide, default_cache_dir,
-                                    detect_environment, options_from_sidecar, rebuild_command)
+from engines.tensorrt.cache import (
+    BuildOptions,
+    TrtEnvironment,
+    check_sidecar,
+    decide,
+    default_cache_dir,
+    detect_environment,
+    options_from_sidecar,
+    rebuild_command,
+)
 from engines.tensorrt.plan_file import read_sidecar_raw
 
 __all__ = ["resolve_engine", "BuildFn", "PrepareFn"]

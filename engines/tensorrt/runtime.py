@@ -20,17 +20,26 @@ import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from engines.backends.base import Backend
 from engines.contract import ModelContractError, check_output, resolve_info
 from engines.metadata import encode_metadata
-from engines.tensorrt.cache import (BuildOptions, TrtEnvironment, check_sidecar, import_tensorrt,
-                                    options_from_sidecar, parse_batch, parse_hw, rebuild_command)
+from engines.tensorrt.cache import (
+    BuildOptions,
+    TrtEnvironment,
+    check_sidecar,
+    import_tensorrt,
+    options_from_sidecar,
+    parse_batch,
+    parse_hw,
+    rebuild_command,
+)
 from engines.tensorrt.cuda_ops import CudaOps, cuda_ops
 from engines.tensorrt.plan_file import read_sidecar_raw, split_header
 from engines.tensorrt.resolve import resolve_engine
@@ -104,7 +113,7 @@ def engine_metadata(path: Path, blob: bytes, env: TrtEnvironment | None) -> tupl
 
 def ultralytics_metadata(header: dict[str, Any]) -> dict[str, Any]:
     """Map an Ultralytics engine header to our metadata keys (names, imgsz, stride, end2end, precision)."""
-    out = {k: header[k] for k in ("names", "imgsz", "stride", "end2end", "task") if k in header}
+    out: dict[str, Any] = {k: header[k] for k in ("names", "imgsz", "stride", "end2end", "task") if k in header}
     args = header.get("args") or {}
     if isinstance(args, dict):
         out["precision"] = "int8" if args.get("int8") else "fp16" if args.get("half") else "fp32"
@@ -121,7 +130,7 @@ def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int
     """BuildOptions from config-style values: batch ranges as [1, 8, 16] or "1,8,16", the H/W
     range as [[h, w], [h, w], [h, w]] or "320x320,640x640,640x640". ValueError names the problem."""
     if isinstance(batch_profiles, str) or (batch_profiles and isinstance(batch_profiles[0], int)):
-        batch_profiles = [batch_profiles]  # type: ignore[list-item]
+        batch_profiles = [batch_profiles]  # type: ignore[list-item]  # one flat range, as a list of one
     batches = tuple(parse_batch(b if isinstance(b, str) else ",".join(str(int(v)) for v in b))
                     for b in batch_profiles)
     hw = None
@@ -130,6 +139,7 @@ def build_options(precision: str = "fp16", batch_profiles: Sequence[Sequence[int
                       else ",".join(f"{int(h)}x{int(w)}" for h, w in hw_profile))
     if calibration:
         calibration = str(Path(calibration).expanduser())
+    # precision is any str here: validate() rejects one that is not a PRECISIONS literal
     return BuildOptions(precision=precision, batch_profiles=batches, hw_profile=hw,  # type: ignore[arg-type]
                         contexts=int(contexts), workspace_gib=float(workspace_gib), calibration=calibration,
                         calib_limit=int(calib_limit)).validate()
@@ -260,7 +270,7 @@ class TrtBackend(Backend):
         self.info = dataclasses.replace(
             info, max_batch=None, dynamic_batch=self.min_batch != self.max_profile_batch,
             dynamic_hw=any(r.min[2:] != r.max[2:] for r in ranges),
-            input_hw=tuple(max(r.max[i] for r in ranges) for i in (2, 3)),
+            input_hw=(max(r.max[2] for r in ranges), max(r.max[3] for r in ranges)),
             extra={**info.extra, "tensorrt_version": str(trt.__version__), "metadata_from": self.meta_source})
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
@@ -368,6 +378,7 @@ class TrtBackend(Backend):
             return np.concatenate([self.infer_raw(images[i:i + step]) for i in range(0, n, step)])
         target = self.padded_batch(n)
         if target != n:
+            padded: Any     # the same kind as `images`: a torch tensor (GPU preprocessing) or an ndarray
             if _is_torch(images):
                 import torch
 

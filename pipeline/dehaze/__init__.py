@@ -4,10 +4,26 @@ the runtime's dehazers), `torch_dehazer` (the same stage on torch tensors, CPU o
 The offline commands around it (`vap dehaze` preview, the dehaze benchmark) live in `pipeline.tools`.
 """
 
-from pipeline.dehaze.prior import (dark_channel, estimate_airlight, flat_mask, guided_coefficients, haze_score,
-                                   scaled_size, sky_mask, work_shape)
-from pipeline.dehaze.stage import (DehazeConfig, DehazeState, Dehazer, FrameInfo, StreamDehazers, fit_to,
-                                   source_transform, thumbnail)
+from pipeline.dehaze.prior import (
+                                   dark_channel,
+                                   estimate_airlight,
+                                   flat_mask,
+                                   guided_coefficients,
+                                   haze_score,
+                                   scaled_size,
+                                   sky_mask,
+                                   work_shape,
+)
+from pipeline.dehaze.stage import (
+                                   DehazeConfig,
+                                   Dehazer,
+                                   DehazeState,
+                                   FrameInfo,
+                                   StreamDehazers,
+                                   fit_to,
+                                   source_transform,
+                                   thumbnail,
+)
 
 __all__ = ["DehazeConfig", "DehazeState", "Dehazer", "FrameInfo", "StreamDehazers", "dark_channel",
            "estimate_airlight", "fit_to", "flat_mask", "guided_coefficients", "haze_score", "scaled_size",

@@ -216,7 +216,7 @@ def recover(img: np.ndarray, t: np.ndarray, airlight: np.ndarray, t0: float) -> 
         f += np.float32(a255[0])
     else:
         scalar = (a255[0], a255[1], a255[2], 0.0)
-        cv2.subtract(f, scalar, dst=f)
+        cv2.subtract(f, scalar, dst=f)  # type: ignore[call-overload]  # the stub lacks the Scalar form add has
         cv2.multiply(f, cv2.merge([k, k, k]), dst=f)
         cv2.add(f, scalar, dst=f)
     cv2.max(f, 0.0, dst=f)

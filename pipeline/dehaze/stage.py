@@ -21,8 +21,8 @@ Made fast and stable for live video:
   never a bright region reaching the bottom of the picture (that is fog, not sky: dense even fog
   makes the whole picture bright and flat, and must raise the score, not hide it). A frame with no
   structure at all (uniform grey, white, black) scores 0.
-- Sky protection: on the textureless part of that sky mask t = 1, and where I is within ``sky_tolerance`` of A t is raised
-  towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
+- Sky protection: on the textureless part of that sky mask t = 1, and where I is within ``sky_tolerance`` of A
+  t is raised towards 1 (Jiang et al.'s tolerance trick), so the recovery does not amplify noise there.
 - A cheap alternative mode: CLAHE on the luminance channel (Lab L), gated the same way.
 - In the runtime (:class:`StreamDehazers`) frames are first shrunk to the engine's letterbox size,
   so "full resolution" there is the resolution the detector sees.
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -45,8 +45,23 @@ from pydantic import ConfigDict, Field, model_validator
 
 from engines.letterbox import Letterbox, placement
 from pipeline.config import Strict
-from pipeline.dehaze.prior import (channels_min, dark_channel, estimate_airlight, flat_mask, guided_coefficients,
-                                   haze_score, luma, recover, scaled_size, sky_mask, transmission, work_shape)
+from pipeline.dehaze.prior import (
+    channels_min,
+    dark_channel,
+    estimate_airlight,
+    flat_mask,
+    guided_coefficients,
+    haze_score,
+    luma,
+    recover,
+    scaled_size,
+    sky_mask,
+    transmission,
+    work_shape,
+)
+
+if TYPE_CHECKING:   # for the annotation only: the runtime hands its Metrics in
+    from pipeline.metrics import Metrics
 
 AIRLIGHT_FLOOR = 1 / 255  # A is never below one grey level per channel (airlight_min: 0 allowed)
 
@@ -100,7 +115,7 @@ class DehazeConfig(Strict):
     clahe_grid: int = Field(8, ge=1, le=64, description="CLAHE tiles per side (mode clahe)")
 
     @model_validator(mode="after")
-    def _gate_order(self) -> "DehazeConfig":
+    def _gate_order(self) -> DehazeConfig:
         if self.gate_off > self.gate_on:
             raise ValueError(f"gate_off ({self.gate_off}) must not be above gate_on ({self.gate_on}); "
                              "the gate switches on at gate_on and off below gate_off")
@@ -308,7 +323,7 @@ class StreamDehazers:
     source-frame pixels.
     """
 
-    def __init__(self, metrics: object | None = None, max_hw: tuple[int, int] | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, max_hw: tuple[int, int] | None = None) -> None:
         self.metrics = metrics
         self.max_hw = max_hw
         self._by_stream: dict[str, tuple[DehazeConfig, Dehazer, object, int]] = {}
@@ -338,12 +353,12 @@ class StreamDehazers:
         m = self.metrics
         if m is not None:
             info = dehazer.last
-            m.dehaze_score.labels(stream).set(info.score)  # type: ignore[attr-defined]
-            m.dehaze_active.labels(stream).set(1.0 if info.active else 0.0)  # type: ignore[attr-defined]
-            m.dehaze_seconds.labels(stream).observe(info.seconds)  # type: ignore[attr-defined]
+            m.dehaze_score.labels(stream).set(info.score)
+            m.dehaze_active.labels(stream).set(1.0 if info.active else 0.0)
+            m.dehaze_seconds.labels(stream).observe(info.seconds)
             if info.airlight is not None and info.airlight.size == 3:
                 for ch, v in zip(("r", "g", "b"), info.airlight.tolist()):
-                    m.dehaze_airlight.labels(stream, ch).set(v)  # type: ignore[attr-defined]
+                    m.dehaze_airlight.labels(stream, ch).set(v)
             else:  # no current A (clahe mode, grey stream): no series, rather than a stale value
                 self._forget_metrics(stream, airlight_only=True)
         return out
@@ -360,9 +375,9 @@ class StreamDehazers:
         m = self.metrics
         if m is None:
             return
-        series = [] if airlight_only else [(m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)),  # type: ignore[attr-defined]
-                                           (m.dehaze_seconds, (stream,))]  # type: ignore[attr-defined]
-        series += [(m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b")]  # type: ignore[attr-defined]
+        series: list[tuple[Any, tuple[str, ...]]] = [] if airlight_only else [
+            (m.dehaze_score, (stream,)), (m.dehaze_active, (stream,)), (m.dehaze_seconds, (stream,))]
+        series += [(m.dehaze_airlight, (stream, c)) for c in ("r", "g", "b")]
         for metric, labels in series:
             try:
                 metric.remove(*labels)

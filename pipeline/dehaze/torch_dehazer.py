@@ -40,7 +40,7 @@ __all__ = ["TorchDehazer"]
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _grey(x: "torch.Tensor") -> "torch.Tensor":
+def _grey(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, 1, H, W] BT.601 luma (C = 1 passes through)."""
     if x.shape[1] == 1:
         return x
@@ -48,7 +48,7 @@ def _grey(x: "torch.Tensor") -> "torch.Tensor":
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def _erode(x: "torch.Tensor", patch: int) -> "torch.Tensor":
+def _erode(x: torch.Tensor, patch: int) -> torch.Tensor:
     """Min filter over patch x patch; borders use only pixels inside (as cv2.erode with +inf border)."""
     if patch <= 1:
         return x
@@ -56,7 +56,7 @@ def _erode(x: "torch.Tensor", patch: int) -> "torch.Tensor":
     return -F.max_pool2d(-x, patch, stride=1, padding=p)
 
 
-def _reflect101_index(n: int, r: int, device: "torch.device") -> "torch.Tensor":
+def _reflect101_index(n: int, r: int, device: torch.device) -> torch.Tensor:
     """Indices of a length-n axis padded by r on both sides, OpenCV BORDER_REFLECT_101 style.
 
     Why not F.pad(mode="reflect"): it refuses a pad as large as the axis, so a thin frame (a 2 px
@@ -72,7 +72,7 @@ def _reflect101_index(n: int, r: int, device: "torch.device") -> "torch.Tensor":
     return torch.as_tensor(i, dtype=torch.long, device=device)
 
 
-def _box(x: "torch.Tensor", r: int) -> "torch.Tensor":
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
     """Mean over (2r+1)^2 with reflect-101 borders (as OpenCV's BORDER_REFLECT_101), any frame size."""
     k = 2 * r + 1
     h, w = x.shape[-2:]
@@ -80,7 +80,7 @@ def _box(x: "torch.Tensor", r: int) -> "torch.Tensor":
     return F.avg_pool2d(F.avg_pool2d(x, (k, 1), stride=1), (1, k), stride=1)  # separable: O(k) per pixel
 
 
-def _dark(x: "torch.Tensor", patch: int) -> "torch.Tensor":
+def _dark(x: torch.Tensor, patch: int) -> torch.Tensor:
     return _erode(x.amin(dim=1, keepdim=True), patch)
 
 
@@ -105,7 +105,7 @@ class TorchDehazer:
         return DehazeState(self.cfg)
 
     @torch.no_grad()
-    def process(self, images: "torch.Tensor", states: list[DehazeState]) -> tuple["torch.Tensor", list[FrameInfo]]:
+    def process(self, images: torch.Tensor, states: list[DehazeState]) -> tuple[torch.Tensor, list[FrameInfo]]:
         """Dehaze a batch; each item with the settings of its own state (``state.cfg``).
 
         Why per state: the batch mixes streams, and each stream may override the stage's settings
@@ -120,7 +120,8 @@ class TorchDehazer:
             raise ValueError(f"expected 1 or 3 channels, got {c}")
         for st in states:
             if not isinstance(st, DehazeState):
-                raise TypeError(f"states must be DehazeState objects (TorchDehazer.new_state()), got {type(st).__name__}")
+                raise TypeError("states must be DehazeState objects (TorchDehazer.new_state()), "
+                                f"got {type(st).__name__}")
         if b == 0:
             return x, []
         groups: list[tuple[DehazeConfig, list[int]]] = []
@@ -150,8 +151,8 @@ class TorchDehazer:
             info.seconds = dt / max(b, 1)
         return out, infos
 
-    def _process_group(self, x: "torch.Tensor", states: list[DehazeState],
-                       cfg: DehazeConfig) -> tuple["torch.Tensor", list[FrameInfo]]:
+    def _process_group(self, x: torch.Tensor, states: list[DehazeState],
+                       cfg: DehazeConfig) -> tuple[torch.Tensor, list[FrameInfo]]:
         b, c, h, w = x.shape
         lh, lw = work_shape(h, w, cfg.work_size)
         low = x if (lh, lw) == (h, w) else F.interpolate(x, size=(lh, lw), mode="area")
@@ -187,8 +188,9 @@ class TorchDehazer:
             if st.needs_estimate(fresh):                    # raw estimate when the gate opens
                 st.update_airlight(self._airlight(low[i], dark[i], n_cand), fresh)
             if active:
+                assert st.airlight is not None  # estimated on a stream's first frame (needs_estimate)
                 active_idx.append(i)
-                airlights.append(st.airlight)  # type: ignore[arg-type]
+                airlights.append(st.airlight)
             infos.append(FrameInfo(score, active, None if st.airlight is None else st.airlight.copy(), change))
         out = x
         if active_idx:
@@ -199,11 +201,12 @@ class TorchDehazer:
         return out, infos
 
     # -- steps
-    def _as_float(self, images: "torch.Tensor") -> "torch.Tensor":
+    def _as_float(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"TorchDehazer expects a torch.Tensor, got {type(images).__name__}")
         if images.ndim != 4:
-            raise ValueError(f"expected a batch [B, 3, H, W] float or [B, H, W, 3] uint8, got shape {tuple(images.shape)}")
+            raise ValueError("expected a batch [B, 3, H, W] float or [B, H, W, 3] uint8, "
+                             f"got shape {tuple(images.shape)}")
         x = images.to(self.device)
         if x.dtype == torch.uint8:
             return x.permute(0, 3, 1, 2).float().div_(255.0)
@@ -212,7 +215,7 @@ class TorchDehazer:
         return x.float()
 
     @staticmethod
-    def _airlight(low: "torch.Tensor", dark: "torch.Tensor", n: int) -> np.ndarray:
+    def _airlight(low: torch.Tensor, dark: torch.Tensor, n: int) -> np.ndarray:
         """Brightest input pixel among the n brightest dark-channel pixels (as the CPU path)."""
         flat = dark.reshape(-1)
         kth = torch.topk(flat, min(n, flat.numel())).values[-1]
@@ -222,8 +225,8 @@ class TorchDehazer:
         return pix[:, best].float().cpu().numpy()
 
     @staticmethod
-    def _recover(x: "torch.Tensor", low: "torch.Tensor", grey_low: "torch.Tensor", a: "torch.Tensor",
-                 work_long: int, sky: "torch.Tensor", cfg: DehazeConfig) -> "torch.Tensor":
+    def _recover(x: torch.Tensor, low: torch.Tensor, grey_low: torch.Tensor, a: torch.Tensor,
+                 work_long: int, sky: torch.Tensor, cfg: DehazeConfig) -> torch.Tensor:
         patch = scaled_size(cfg.patch, work_long)
         t = 1.0 - cfg.omega * _dark(low / a, patch)
         t = t.clamp_min(cfg.t0)

@@ -11,9 +11,10 @@ import json
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field
 
@@ -75,13 +76,13 @@ class Sink(ABC):
     # Set by the runner. A sink whose client knows when its connection comes and goes (MQTT) calls
     # it from any thread with True/False: the runner then retries at once instead of sleeping out
     # its backoff, and `vap_sink_up` follows the link instead of the last write's outcome.
-    on_link: "Callable[[bool], None] | None" = None
+    on_link: Callable[[bool], None] | None = None
 
     @abstractmethod
     def write(self, events: list[dict[str, Any]]) -> None:
         """Deliver events in order; raise to signal failure (the runner spools or retries them)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: a sink with nothing to flush keeps it)
         """Flush and release resources."""
 
 

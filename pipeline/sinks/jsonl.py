@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,7 +102,7 @@ class JsonlSink(Sink):
         os.close(self._fd)
         self._fd = None
         try:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
             if self.cfg.max_files is not None:
                 rotated = sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))

@@ -103,8 +103,8 @@ class MqttSink(Sink):
         # paho doubles its delay from min to max between attempts. A long max (paho's default is
         # 120 s, ours was 15) left delivery stalled that long after the broker was back; an attempt
         # is one TCP connect, so a low bound costs nothing even for a broker down for hours.
-        self.client.reconnect_delay_set(min_delay=min(0.5, cfg.reconnect_max_s),  # type: ignore[arg-type]
-                                        max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
+        self.client.reconnect_delay_set(min_delay=min(0.5, cfg.reconnect_max_s),
+                                        max_delay=cfg.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         # Asynchronous connect: a broker that is down at start must not stop vap; events spool.
@@ -135,7 +135,7 @@ class MqttSink(Sink):
         if hook is not None:
             try:
                 hook(up)
-            except Exception:  # noqa: BLE001 - paho's network thread must survive a faulty hook
+            except Exception:
                 log.exception("mqtt %s: link hook failed", self.name)
 
     def write(self, events: list[dict[str, Any]]) -> None:

@@ -172,6 +172,8 @@ class SinkRunner:
                     break
 
     def _loop_spooled(self) -> None:
+        spool = self.spool
+        assert spool is not None    # this loop runs only for a sink with a spool (see __init__)
         backoff = self.retry_s
         while not self._stopping.is_set():
             try:
@@ -179,7 +181,7 @@ class SinkRunner:
                 with self._lock:
                     if self._spool_closed:
                         break
-                    entries = self.spool.peek_each(self.replay_batch)  # type: ignore[union-attr]
+                    entries = spool.peek_each(self.replay_batch)
                 if not entries:
                     self._update_spool_metrics()
                     if self._closing.is_set():
@@ -191,7 +193,7 @@ class SinkRunner:
                 done = len(entries) - len(failed)
                 with self._lock:
                     if done and not self._spool_closed:
-                        self.spool.ack(entries[done - 1][1])  # type: ignore[union-attr]
+                        spool.ack(entries[done - 1][1])
                 self._update_spool_metrics()
                 if failed:
                     if self._backoff_wait(backoff):
@@ -203,7 +205,7 @@ class SinkRunner:
             except Exception as exc:  # the spool's disk failed (read error, removed dir): retry, never die
                 self.metrics.sink_errors.labels(self.sink.name).inc()
                 log.error("sink %s: spool %s failed (%s); retrying in %.1fs", self.sink.name,
-                          self.spool.dir, exc, backoff)  # type: ignore[union-attr]
+                          spool.dir, exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self.retry_max_s)
 

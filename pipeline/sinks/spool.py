@@ -320,10 +320,10 @@ class Spool:
                 pos.seq == self._read_seq and pos.offset <= self._read_off):
             return  # already dropped or already acknowledged
         while self._segments and self._segments[0].seq < pos.seq:
-            head = self._segments.pop(0)
-            if self._fd_path == head.path:
+            dropped = self._segments.pop(0)
+            if self._fd_path == dropped.path:
                 self._close_writer()
-            head.path.unlink(missing_ok=True)
+            dropped.path.unlink(missing_ok=True)
             self._read_seq, self._read_off = pos.seq, 0
         head = self._segments[0] if self._segments else None
         if head is not None and head.seq == pos.seq:

@@ -221,7 +221,7 @@ def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_
         rate = vs.average_rate or Fraction(25)
         fps = float(rate)
         with av.open(str(out), mode="w") as outc:
-            enc = None
+            enc: av.VideoStream | None = None
             for i, frame in enumerate(inp.decode(vs)):
                 if max_frames and i >= max_frames:
                     break
@@ -230,10 +230,13 @@ def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_
                 if enc is None:
                     codec = OUTPUT_CODECS[out.suffix.lower()]
                     try:
-                        enc = outc.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
+                        stream = outc.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
                     except (ValueError, av.error.FFmpegError) as exc:  # encoder missing from this FFmpeg build
                         raise UsageError(f"--out {out}: cannot write {out.suffix} here ({codec}: {exc}); "
                                          "use .mp4 or .mkv") from None
+                    if not isinstance(stream, av.VideoStream):
+                        raise UsageError(f"--out {out}: {codec} is not a video encoder; use .mp4 or .mkv")
+                    enc = stream
                     enc.width, enc.height = res.shape[1] // 2 * 2, res.shape[0] // 2 * 2
                     enc.pix_fmt = "yuv420p"
                 res = np.ascontiguousarray(res[:enc.height, :enc.width])

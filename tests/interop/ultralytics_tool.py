@@ -47,7 +47,7 @@ VARIANTS = [
 ]
 
 
-def randomise(model: object, seed: int, calib: "object") -> None:
+def randomise(model: object, seed: int, calib: object) -> None:
     """Random weights with some spread. Ultralytics' initialisation makes every anchor score the same
     (a class prior in the head's bias, small weights), which would make any comparison trivial;
     He-normal convolutions, normalised on `calib` (a [N, 3, H, W] batch like the test frames), give
@@ -105,7 +105,7 @@ def randomise(model: object, seed: int, calib: "object") -> None:
             m.bias.copy_(-mean * scale / std + (1.5 if box else 0.0))
 
 
-def _calibration_batch(image: Path) -> "object":
+def _calibration_batch(image: Path) -> object:
     """The image (and its mirror images) as a float RGB batch at 256 x 256."""
     import cv2
     import numpy as np
