@@ -60,7 +60,7 @@ class Viewer:
             self.bytes += len(chunk)
         conn.close()
 
-    def __enter__(self) -> "Viewer":
+    def __enter__(self) -> Viewer:
         for t in self.threads:
             t.start()
         return self
@@ -114,7 +114,7 @@ class Hostile:
             except OSError:
                 time.sleep(0.01)
 
-    def __enter__(self) -> "Hostile":
+    def __enter__(self) -> Hostile:
         for t in self.threads:
             t.start()
         return self
@@ -134,7 +134,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.pop("VAP_API_TOKEN", None)
     streams = [{"name": f"cam{i + 1}", "live": False,
-                "url": f"synthetic://?seed={i + 1}&fps=25&width=1280&height=720&objects=6"} for i in range(args.streams)]
+                "url": f"synthetic://?seed={i + 1}&fps=25&width=1280&height=720&objects=6"}
+               for i in range(args.streams)]
     settings = parse_settings({"streams": streams, "model": {"path": str(SHIPPED_MODEL)},
                                "batch": {"max_batch": 4, "max_delay_ms": 10},
                                "sinks": [{"path": "/dev/null", "fsync": "never"}], "server": {"port": 0}})

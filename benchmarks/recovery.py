@@ -55,8 +55,8 @@ def mqtt_outages(outages: int, outage_s: float) -> list[float]:
                                      "client_id": "vap-recovery", "spool": {"dir": str(tmp / "spool")}}]}).sinks[0]
     m = Metrics()
     runner = SinkRunner(build_sink(cfg), cfg.filter, m)  # production retry: 1 s doubling to 30 s
-    delivered = lambda: m.registry.get_sample_value("vap_sink_events_total", {"sink": "mqtt"}) or 0  # noqa: E731
-    event = lambda: make_event("stream.up", "cam", time.time(), state="streaming")  # noqa: E731
+    delivered = lambda: m.registry.get_sample_value("vap_sink_events_total", {"sink": "mqtt"}) or 0
+    event = lambda: make_event("stream.up", "cam", time.time(), state="streaming")
     samples = []
     try:
         runner.offer([event()], 1.0)
@@ -68,7 +68,7 @@ def mqtt_outages(outages: int, outage_s: float) -> list[float]:
             time.sleep(outage_s)
             broker.start()  # returns once the broker accepts connections
             back = time.monotonic()
-            _wait(lambda: delivered() > before, 120, "the spooled event")
+            _wait(lambda before=before: delivered() > before, 120, "the spooled event")
             samples.append(time.monotonic() - back)
             print(f"mqtt outage {i + 1}: first spooled event {samples[-1]:.2f}s after the broker was back", flush=True)
     finally:
@@ -125,7 +125,7 @@ def rtsp_outages(outages: int, outage_s: float) -> list[float]:
             killed = time.monotonic()
             time.sleep(outage_s)
             back = server.start()
-            _wait(lambda: frames[-1] > back, 120, "a frame after the restart")
+            _wait(lambda back=back: frames[-1] > back, 120, "a frame after the restart")
             with lock:
                 first = next(t for t in frames if t > back)
             samples.append(first - back)

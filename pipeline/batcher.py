@@ -99,6 +99,7 @@ class DeadlineBatcher:
                 if ready >= self.max_batch:
                     break
                 now = time.monotonic()
+                wait: float | None
                 if ready:
                     oldest = min(q.items[0][0] for q in self._queues.values() if q.items)
                     wait = oldest + self.max_delay_s - now

@@ -5,8 +5,8 @@
 - `config` prints the Ray Serve config file (for `serve deploy`, or KubeRay's `serveConfigV2`).
 - `up` PUTs that config to a running Ray cluster's dashboard (the Serve REST API, what `serve
   deploy` does). That PUT replaces the cluster's whole Serve config, so `up` refuses when other
-  Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in place, so adding a camera or a shard
-  reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
+  Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in
+  place, so adding a camera or a shard reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
 - `status` prints one row per replica from their heartbeats in Ray's GCS (`status.py`) and exits
   non-zero when coverage is not exact.
 
@@ -303,7 +303,7 @@ def deploy(config: dict[str, Any], address: str, timeout_s: float = 30.0) -> Non
     req = urllib.request.Request(url, data=json.dumps(config).encode(), method="PUT",
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (operator's address)
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")[:2000]
@@ -317,7 +317,7 @@ def other_applications(address: str, app: str, timeout_s: float = 30.0) -> list[
     """Serve applications other than `app` running on the cluster (GET /api/serve/applications/)."""
     url = address.rstrip("/") + "/api/serve/applications/"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (operator's address)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             details = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         raise DeployError(f"{url}: cannot list the running Serve applications (HTTP {exc.code})") from None

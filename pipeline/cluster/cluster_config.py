@@ -48,7 +48,7 @@ class ClusterConfig(Strict):
                                    "or waits for registry_version before keeping the last good registry")
 
     @classmethod
-    def parse(cls, data: Any, source: str = "user_config") -> "ClusterConfig":
+    def parse(cls, data: Any, source: str = "user_config") -> ClusterConfig:
         """Validate; every problem is a ConfigError naming the key."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: must be a mapping with num_shards and registry, got {type(data).__name__}")

@@ -85,7 +85,7 @@ class GcsKV:
     @classmethod
     def connect(cls, address: str, timeout_s: float = 5.0) -> GcsKV:
         """A client for the GCS at `host:port` (the head's Ray port, 6379 by default)."""
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's compiled module has no stubs
         return cls(GcsClient(address=address), timeout_s=timeout_s)
 
     def get(self, key: str) -> bytes | None:

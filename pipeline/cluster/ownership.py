@@ -59,7 +59,7 @@ class Ownership:
                 if self.slot is not None:
                     log.info("replica %s holds slot %d", self.replica, self.slot)
             self.members = self.ledger.members()
-        except Exception as exc:  # noqa: BLE001 (GCS down or slow: keep running what runs)
+        except Exception as exc:
             self.kv_error = f"GCS: {type(exc).__name__}: {exc}"
             return False
         self.kv_error = None
@@ -89,7 +89,7 @@ class Ownership:
         give one (the camera is reported failed rather than run with ids that could repeat)."""
         try:
             n = self.ledger.claim_incarnation(stream, self.replica)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"cannot draw an owner incarnation from the GCS ({type(exc).__name__}: {exc}); "
                              "the camera starts when the GCS answers again") from None
         self.incarnations[stream] = n
@@ -103,7 +103,7 @@ class Ownership:
             return
         try:
             self.ledger.release(stream, n, last)
-        except Exception as exc:  # noqa: BLE001 (the next owner then sees a live or dead owner instead)
+        except Exception as exc:
             log.warning("could not mark the handover of %s: %s", stream, exc)
 
     def first_up(self, stream: str, incarnation: int) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
@@ -112,7 +112,7 @@ class Ownership:
             now = time.time()
             try:
                 how = resume(self.ledger.previous(stream, incarnation), now)
-            except Exception as exc:  # noqa: BLE001 (no report beats no stream.up)
+            except Exception as exc:
                 log.warning("stream %s: cannot read its previous owner: %s", stream, exc)
                 return [event]
             if how is None:
@@ -137,7 +137,7 @@ class Ownership:
             self.ledger.beat(self.replica, {**record, "slot": self.slot, "node": self.node,
                                             "leaving": self.leaving,
                                             "last_frame_ts": dict(self.last_frame)})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.kv_error = f"GCS: {type(exc).__name__}: {exc}"
 
     def leave(self, record: dict[str, Any]) -> None:
@@ -146,14 +146,14 @@ class Ownership:
         self.beat(record)
         try:
             self.ledger.release_slot(self.replica)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("could not release slot %s: %s", self.slot, exc)
 
     def gone(self) -> None:
         """Clean shutdown, last step: the heartbeat record goes."""
         try:
             self.ledger.forget(self.replica)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("could not remove the heartbeat of %s: %s", self.replica, exc)
 
 

@@ -27,7 +27,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -156,7 +157,7 @@ class ShardWorker:
             while not self._stop.wait(self.retry_s) and generation == self._generation:
                 try:
                     self._reconfigure(user_config, rank, generation, schedule=False)
-                except Exception:  # noqa: BLE001 (a retry must never kill the replica's thread)
+                except Exception:
                     log.exception("retrying the config failed")
                 if self.config_error is None or not self._retryable:
                     return
@@ -296,12 +297,12 @@ class ShardWorker:
             self.pipeline = self._start_pipeline(settings)
             self._settings = settings
             return
-        except Exception as exc:  # noqa: BLE001 (model file, engine, sink: any failure to start)
+        except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
         if old_settings is not None:
             try:
                 self.pipeline = self._start_pipeline(old_settings)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 problem += f"; the previous settings do not start either ({exc})"
             else:
                 for cfg in old_streams.values():
@@ -396,7 +397,7 @@ class ShardWorker:
                     with self._lock:
                         if not self._stop.is_set() and self.cfg is cfg and self.registry is not None:
                             self._apply(cfg, self.rank if self.rank is not None else 0, self.registry)
-            except Exception:  # noqa: BLE001 (the heartbeat must never die)
+            except Exception:
                 log.exception("heartbeat failed")
 
     def record(self) -> dict[str, Any]:

@@ -56,7 +56,8 @@ class ShardCollector:
         yield gauge("vap_shard_config_error", "1 when the last config was not applied (the shard keeps its "
                     "previous cameras and settings; see /cluster config_error and the log)",
                     1.0 if w.config_error else 0.0)
-        yield gauge("vap_shard_active", "1 when this replica's shard takes part in the assignment", 1.0 if active else 0.0)
+        yield gauge("vap_shard_active", "1 when this replica's shard takes part in the assignment",
+                    1.0 if active else 0.0)
         moves = CounterMetricFamily("vap_shard_camera_changes", "Cameras added to or removed from this shard",
                                     labels=["shard", "change"])
         moves.add_metric([shard, "added"], w._added_total)

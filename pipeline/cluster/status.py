@@ -31,7 +31,7 @@ def find_address(address: str | None) -> str:
     try:
         from ray._private.services import get_ray_address_from_environment
         found = get_ray_address_from_environment("auto", None)
-    except Exception:  # noqa: BLE001 (Ray says "could not find any running Ray instance")
+    except Exception:
         found = None
     if not found:
         raise Unreachable("no Ray cluster found on this machine; pass --address HEAD:6379 (the head's Ray "
@@ -50,7 +50,7 @@ def connect(address: str, timeout_s: float = 5.0) -> GcsKV:
                           "running and is this its Ray port (6379 by default)?") from None
     try:
         return GcsKV.connect(address, timeout_s=timeout_s)
-    except Exception as exc:  # noqa: BLE001 (RpcError: something answers, but not a GCS)
+    except Exception as exc:
         raise Unreachable(f"{address} answers but is not a Ray GCS ({type(exc).__name__}: {exc})") from None
 
 
@@ -126,7 +126,7 @@ def cmd_status(address: str | None, app: str, as_json: bool, timeout_s: float = 
     except Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except Exception as exc:  # noqa: BLE001 (GCS RPC errors mid-read)
+    except Exception as exc:
         print(f"error: reading the cluster state from the GCS failed ({type(exc).__name__}: {exc})", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not report["replicas"] and not report["stale"]:
