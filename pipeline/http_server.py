@@ -18,7 +18,6 @@ from pipeline.config import redact_url
 
 log = logging.getLogger("vap.api")
 
-MAX_BODY = 64 * 1024          # default of server.max_body_bytes (the shard worker's handler uses it too)
 MAX_JSON_DEPTH = 32
 
 

@@ -64,7 +64,8 @@ FirstUpHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 @dataclass
 class _StreamEntry:
-    """One stream's bookkeeping across threads (decoder, API, post), guarded by `Pipeline._lock`.
+    """One stream's bookkeeping across threads (decoder, API, post), guarded by `Pipeline._lock`
+    (except `latency`, which only the post thread appends to and readers copy under the lock).
 
     Its life: added (`add_stream`), finished (the decoder reached the end or failed), finalised
     (the post thread processed every emitted frame and closed its tracks); or removing (the name

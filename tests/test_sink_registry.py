@@ -30,7 +30,7 @@ def test_every_sink_module_is_registered_and_nothing_else() -> None:
 
 
 def test_tags_come_from_each_config_type_field() -> None:
-    assert list(KINDS) == ["jsonl", "mqtt", "kafka", "webhook", "redis"]
+    assert len(KINDS) == len(SINK_MODULES) and {"jsonl", "mqtt", "kafka", "webhook", "redis"} <= set(KINDS)
     for tag, kind in KINDS.items():
         assert kind.config.model_fields["type"].default == tag
 
@@ -79,7 +79,8 @@ def test_readme_sink_recipe_is_a_working_sink(monkeypatch: pytest.MonkeyPatch) -
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(5)
-    cfg = kind.config(port=receiver.getsockname()[1], spool={"enabled": False})
+    cfg = kind.config(port=receiver.getsockname()[1])
+    assert not cfg.spool.enabled
     sink = kind.sink(cfg)
     runner = SinkRunner(sink, EventFilter(), Metrics())
     events = [make_event("track.start", "cam", 1.0 + i, track_id=i) for i in range(3)]
@@ -90,3 +91,37 @@ def test_readme_sink_recipe_is_a_working_sink(monkeypatch: pytest.MonkeyPatch) -
         runner.close(5.0)
         receiver.close()
     assert [json.loads(g)["id"] for g in got] == [e["id"] for e in events]
+
+
+def test_registering_the_recipe_is_one_module_and_one_line(tmp_path: Path) -> None:
+    """Follow the README literally on a copy of the package: save the recipe as a module, add its
+    name to SINK_MODULES, and `sinks: [{type: udp}]` validates, builds and is documented."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "engines", tmp_path / "engines",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pt"))
+    (tmp_path / "pipeline" / "sinks" / "udp.py").write_text(_readme_recipe())
+    registry = tmp_path / "pipeline" / "sinks" / "registry.py"
+    text = registry.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("SINK_MODULES"))
+    registry.write_text(text.replace(line, line.replace('"redis")', '"redis", "udp")')))
+    child = (
+        "from pipeline.settings import parse_settings\n"
+        "from pipeline.sinks import build_sink\n"
+        "from pipeline.tools.docs import config_reference\n"
+        "s = parse_settings({'streams': [{'name': 'a', 'url': 'a.mp4'}], 'sinks': [{'type': 'udp', 'port': 9}]})\n"
+        "sink = build_sink(s.sinks[0]); print(type(sink).__name__); sink.close()\n"
+        "print('udp' in config_reference())\n"
+        "try:\n"
+        "    parse_settings({'streams': [{'name': 'a', 'url': 'a.mp4'}], 'sinks': [{'type': 'nope'}]})\n"
+        "except Exception as e:\n"
+        "    print('udp' in str(e))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)}, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["UdpSink", "True", "True"], proc.stdout

@@ -265,6 +265,7 @@ def write_video(
     top-left/width/height boxes in pixels and our 0-based class ids.
     """
     import av
+    from av.video.stream import VideoStream  # also in PyAV 12 (av.VideoStream is newer)
 
     path = Path(path)
     if frames <= 0:
@@ -288,7 +289,7 @@ def write_video(
                          "suffix") from None
     try:
         stream = container.add_stream(codec_name, rate=rate)
-        if not isinstance(stream, av.VideoStream):
+        if not isinstance(stream, VideoStream):
             raise ValueError(f"codec {codec!r} is not a video codec; use h264, hevc or mpeg4")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if stream.codec_context.name in ("libx264", "libx265"):

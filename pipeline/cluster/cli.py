@@ -6,7 +6,8 @@
 - `up` PUTs that config to a running Ray cluster's dashboard (the Serve REST API, what `serve
   deploy` does). That PUT replaces the cluster's whole Serve config, so `up` refuses when other
   Serve applications run there (unless `--replace-all`). A config-file deploy updates `user_config` in
-  place, so adding a camera or a shard reconfigures running replicas; Python's `serve.run` would restart every replica on any change.
+  place, so adding a camera or a shard reconfigures running replicas; Python's `serve.run` would restart
+  every replica on any change.
 - `status` prints one row per replica from their heartbeats in Ray's GCS (`status.py`) and exits
   non-zero when coverage is not exact.
 

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pipeline.api import JsonHandler, read_token
+from pipeline.api_guard import read_token
 from pipeline.config import ConfigError
+from pipeline.http_server import JsonHandler
 from pipeline.settings import ServerConfig
 
 if TYPE_CHECKING:

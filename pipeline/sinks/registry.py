@@ -21,7 +21,9 @@ SINK_MODULES: tuple[str, ...] = ("jsonl", "mqtt", "kafka", "webhook", "redis")
 def _load_kinds() -> dict[str, SinkKind]:
     kinds: dict[str, SinkKind] = {}
     for module in SINK_MODULES:
-        kind: SinkKind = importlib.import_module(f"pipeline.sinks.{module}").KIND
+        kind = getattr(importlib.import_module(f"pipeline.sinks.{module}"), "KIND", None)
+        if not isinstance(kind, SinkKind):
+            raise TypeError(f"pipeline.sinks.{module} is listed in SINK_MODULES but defines no KIND = SinkKind(...)")
         if kind.type in kinds:
             raise TypeError(f"sink type {kind.type!r} is registered twice ({module})")
         kinds[kind.type] = kind
@@ -58,7 +60,8 @@ else:
     SinkConfig = Annotated[
         Union[tuple(Annotated[k.config, Tag(t)] for t, k in KINDS.items())],  # noqa: UP007 - built at runtime
         Discriminator(_SinkType(), custom_error_type="sink_type",
-                      custom_error_message=f"unknown sink type; use one of {_NAMES}"),
+                      custom_error_message=f"unknown sink type, or an entry that is not a mapping; write "
+                                           f"each entry as `- type: KIND` with KIND one of {_NAMES}"),
     ]
 """One entry of `sinks:`; `type` picks the kind (one of the registered KINDS)."""
 

@@ -207,6 +207,7 @@ def run_images(paths: list[Path], out: Path, cfg: DehazeConfig, out_is_dir: bool
 def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_side: bool, quiet: bool) -> int:
     """One stream: the gate and smoothed A carry from frame to frame, as in the runtime."""
     import av
+    from av.video.stream import VideoStream  # also in PyAV 12 (av.VideoStream is newer)
 
     try:
         inp = av.open(str(src))
@@ -221,7 +222,7 @@ def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_
         rate = vs.average_rate or Fraction(25)
         fps = float(rate)
         with av.open(str(out), mode="w") as outc:
-            enc: av.VideoStream | None = None
+            enc: VideoStream | None = None
             for i, frame in enumerate(inp.decode(vs)):
                 if max_frames and i >= max_frames:
                     break
@@ -234,7 +235,7 @@ def run_video(src: Path, out: Path, cfg: DehazeConfig, max_frames: int, side_by_
                     except (ValueError, av.error.FFmpegError) as exc:  # encoder missing from this FFmpeg build
                         raise UsageError(f"--out {out}: cannot write {out.suffix} here ({codec}: {exc}); "
                                          "use .mp4 or .mkv") from None
-                    if not isinstance(stream, av.VideoStream):
+                    if not isinstance(stream, VideoStream):
                         raise UsageError(f"--out {out}: {codec} is not a video encoder; use .mp4 or .mkv")
                     enc = stream
                     enc.width, enc.height = res.shape[1] // 2 * 2, res.shape[0] // 2 * 2
