@@ -338,13 +338,26 @@ def pr_curve(preds: list[np.ndarray], gts: list[np.ndarray], iou_thr: float = 0.
     return s, precision, recall
 
 
+def _area_scales(samples: list, imgsz: int) -> list[float]:
+    """Per image, the factor from letterboxed to source-pixel areas (1 / scale^2), for COCO's size ranges."""
+    from engines.dataset import load_image
+
+    out = []
+    for path, _ in samples:
+        h, w = load_image(path).shape[:2]
+        out.append(1.0 / min(imgsz / h, imgsz / w) ** 2)
+    return out
+
+
 def validate(model, samples: list, imgsz: int, batch: int, names: list[str], conf: float = 0.25,
-             heads: tuple[str, ...] = ("o2o",), nms_iou: float = 0.7, device=None) -> dict[str, Any]:
+             heads: tuple[str, ...] = ("o2o",), nms_iou: float = 0.7, device=None,
+             area_ranges: bool = False) -> dict[str, Any]:
     """Evaluate a detector on letterboxed validation images.
 
     ``o2o``: the NMS-free inference path (top-K, the deployed behaviour). ``o2m``: the
     one-to-many head with class-aware NMS, as the reference the NMS-free head should approach.
-    Returns per head: EvalResult, P/R at ``conf``, the PR curve; plus ms per image.
+    Returns per head: EvalResult, P/R at ``conf``, the PR curve; plus ms per image. With
+    ``area_ranges`` also COCO's small/medium/large APs (objects sized in source pixels).
     """
     import torch
     from engines.detector import topk_end2end
@@ -382,8 +395,10 @@ def validate(model, samples: list, imgsz: int, batch: int, names: list[str], con
                         preds[h].append(p[p[:, 4] > 0.001])
     model.train(was_training)
     result: dict[str, Any] = {"ms_per_image": 1000 * t_inf / max(n_img, 1), "images": n_img}
+    scales = _area_scales(samples, imgsz) if area_ranges else None
     for h in heads:
-        ev = evaluate_detections(preds[h], gts, len(names), names, conf=conf)
+        ev = evaluate_detections(preds[h], gts, len(names), names, conf=conf, area_ranges=area_ranges,
+                                 area_scale=scales)
         result[h] = {"eval": ev, "precision": ev.precision, "recall": ev.recall, "curve": pr_curve(preds[h], gts)}
     return result
 
@@ -716,63 +731,10 @@ def cli(argv: list[str]) -> int:
 
 
 def val_cli(argv: list[str]) -> int:
-    """``vap val CKPT.pt [--data data.yaml] [--imgsz N] [--batch N] [--conf 0.25] [--device cpu] [--json OUT]``.
+    """``vap val MODEL ...`` (checkpoints and engines): see engines.val_cli."""
+    from engines.val_cli import cli as _val
 
-    Reports both heads on the same checkpoint: one-to-one (NMS-free top-K, what is deployed) and
-    one-to-many with class-aware NMS (the reference).
-    """
-    try:
-        if not argv or argv[0] in ("-h", "--help"):
-            print(val_cli.__doc__)
-            return 0 if argv else 2
-        ckpt = argv[0]
-        ov = parse_overrides(argv[1:])
-        allowed = {"data", "imgsz", "batch", "conf", "device", "json", "iou", "threads", "weights"}
-        bad = set(ov) - allowed
-        if bad:
-            raise ConfigFileError(f"unknown option(s) {', '.join('--' + b for b in sorted(bad))}; "
-                                  f"valid: {', '.join('--' + a for a in sorted(allowed))}")
-        import torch
-        from engines import dataset as ds
-
-        if ov.get("threads"):
-            torch.set_num_threads(int(ov["threads"]))
-        ck = load_checkpoint(ckpt)
-        tcfg = ck["train_cfg"]
-        data = str(ov.get("data", tcfg["data"]))
-        imgsz = int(ov.get("imgsz", tcfg["imgsz"]))
-        device = select_device(str(ov.get("device", "auto")))
-        if not Path(data).is_file():
-            raise ConfigFileError(f"data: {data} not found (pass --data data.yaml)")
-        spec = ds.load_data_yaml(data)
-        rep = ds.validate_dataset(spec, "val")
-        print(f"val data: {rep.summary()}")
-        if not rep.usable:
-            raise ConfigFileError(f"no usable validation images in {data}")
-        model = model_from_checkpoint(ck, str(ov.get("weights", "ema"))).to(device)
-        names = list(spec.names)
-        res = validate(model, list(rep.usable), imgsz, int(ov.get("batch", 16)), names, float(ov.get("conf", 0.25)),
-                       heads=("o2o", "o2m"), nms_iou=float(ov.get("iou", 0.7)), device=device)
-        summary: dict[str, Any] = {"checkpoint": str(ckpt), "images": res["images"],
-                                   "ms_per_image": res["ms_per_image"], "heads": {}}
-        for h, title in (("o2o", "one-to-one head (NMS-free, top-K)"),
-                         ("o2m", "one-to-many head + class-aware NMS (reference)")):
-            ev = res[h]["eval"]
-            print(f"\n== {title} ==")
-            print(ev.table())
-            print(f"mAP50 {ev.map50:.4f}  mAP50-95 {ev.map50_95:.4f}  "
-                  f"P {res[h]['precision']:.3f} R {res[h]['recall']:.3f} at score >= {ov.get('conf', 0.25)}")
-            summary["heads"][h] = {"map50": ev.map50, "map50_95": ev.map50_95, "precision": res[h]["precision"],
-                                   "recall": res[h]["recall"],
-                                   "per_class_ap": {n: float(a) for n, a in ev.per_class_ap.items()}}
-        print(f"\ninference: {res['ms_per_image']:.2f} ms/image (both heads decoded, device {device}, "
-              f"imgsz {imgsz})")
-        if ov.get("json"):
-            Path(str(ov["json"])).write_text(json.dumps(summary, indent=2))
-        return 0
-    except ConfigFileError as exc:
-        print(f"vap val: {exc}", file=sys.stderr)
-        return 2
+    return _val(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,8 +60,8 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     assert cli([str(rec), "--epochs", "1"]) == 2
     assert "missing/data.yaml not found" in capsys.readouterr().err
     assert cli(["--resume", str(tmp_path / "norun")]) == 2
-    assert val_cli([str(tmp_path / "x.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert val_cli([str(tmp_path / "x.pt")]) == 3  # a model problem (vap's exit code 3)
+    assert "x.pt does not exist" in capsys.readouterr().err
 
 
 def _ema(run: Path) -> dict[str, torch.Tensor]:
