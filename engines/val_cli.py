@@ -39,11 +39,13 @@ class ValError(Exception):
 def cli(argv: list[str]) -> int:
     """Entry point of ``vap val``; every user error is one line on stderr and a non-zero exit."""
     from engines.contract import ModelContractError
-    from engines.train import ConfigFileError
+    from engines.train_config import ConfigFileError
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return EXIT_OK if argv else EXIT_USAGE
+    if argv[0].lower().endswith(".pt"):
+        import torch  # noqa: F401  (a checkpoint needs torch: missing, `vap` names the extra first)
     try:
         model, opts = _parse(argv)
         if model.suffix.lower() == ".pt":
@@ -58,7 +60,7 @@ def cli(argv: list[str]) -> int:
 
 
 def _parse(argv: list[str]) -> tuple[Path, dict[str, Any]]:
-    from engines.train import parse_overrides
+    from engines.train_config import parse_overrides
 
     model = Path(argv[0])
     if argv[0].startswith("--"):
@@ -96,10 +98,12 @@ def _set_threads(opts: dict[str, Any]) -> None:
 def _val_checkpoint(path: Path, opts: dict[str, Any]) -> int:
     """Both heads of a checkpoint, in PyTorch (the training-time evaluation)."""
     from engines.evaluate_engine import val_samples
-    from engines.train import load_checkpoint, model_from_checkpoint, select_device, validate
+    from engines.train_checkpoint import load_checkpoint, model_from_checkpoint
+    from engines.train_runtime import select_device
+    from engines.train_validate import validate
 
     from engines.contract import ModelContractError
-    from engines.train import ConfigFileError
+    from engines.train_config import ConfigFileError
 
     _set_threads(opts)
     try:

@@ -172,6 +172,7 @@ def test_ultralytics_exports(data, tmp_path):
     exports = _ultralytics_exports(tmp_path)
     spec = yaml.safe_load(data.read_text())
     spec["names"] = [*spec["names"], *(f"c{i}" for i in range(4, 80))]
+    spec["nc"] = 80
     data80 = data.parent / "data80.yaml"
     data80.write_text(yaml.safe_dump(spec))
     for name, layout in (("yolo26n-e2e-static-320", "end2end"), ("yolo26n-o2m-static-320", "one-to-many+nms"),
