@@ -55,25 +55,21 @@ class TrainProgress:
         self._epoch, self._iters, self._t0 = epoch, iters, time.perf_counter()
         if not self.live:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), console=self.console,
-                             transient=False, refresh_per_second=4)
+        self._bar = _bar(self.console)
         self._bar.start()
-        self._task = self._bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=iters, stats="")
+        self._task = self._bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=iters, speed="", losses="")
 
     def update(self, i: int, losses: dict[str, float], images: int) -> None:
         """After iteration i (0-based): running mean losses of this epoch and images seen so far."""
         elapsed = time.perf_counter() - self._t0
         rate = images / elapsed if elapsed > 0 else 0.0
         eta = elapsed / (i + 1) * (self._iters - i - 1)
-        stats = (" ".join(f"{k} {v:.3f}" for k, v in losses.items() if k.endswith(LOSS_SUFFIXES))
-                 + f" | {rate:.1f} img/s | ETA epoch {format_duration(eta)}, run {format_duration(self.run_eta(eta))}")
+        loss_text = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k.endswith(LOSS_SUFFIXES))
+        speed = f"{rate:.1f} img/s  ETA {format_duration(eta)} (run {format_duration(self.run_eta(eta))})"
         if self._bar is not None:
-            self._bar.update(self._task, completed=i + 1, stats=stats)
+            self._bar.update(self._task, completed=i + 1, speed=speed, losses=loss_text)
         elif self.log_every and (i + 1) % self.log_every == 0:
-            self._print(f"  epoch {self._epoch + 1} iter {i + 1}/{self._iters} {stats}")
+            self._print(f"  epoch {self._epoch + 1} iter {i + 1}/{self._iters} {loss_text} | {speed}")
 
     def run_eta(self, epoch_left_s: float) -> float:
         """Seconds left in the run: this epoch's rest plus the later epochs at the mean epoch time so far
@@ -102,6 +98,23 @@ class TrainProgress:
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+def _bar(console: Any) -> Any:
+    """A two-line rich progress display: the bar with speed and ETAs, then the running losses
+    (folded onto more lines on a narrow terminal rather than cut)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class TwoLine(Progress):
+        def get_renderables(self):  # type: ignore[no-untyped-def]
+            yield self.make_tasks_table(self.tasks)
+            for task in self.tasks:
+                yield Text("  " + str(task.fields.get("losses", "")), overflow="fold")
+
+    return TwoLine(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[speed]}"), console=console, transient=False,
+                   refresh_per_second=4)
 
 
 def _isatty(stream: TextIO) -> bool:
