@@ -137,28 +137,38 @@ def _val_checkpoint(path: Path, opts: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _val_engine(path: Path, opts: dict[str, Any]) -> int:
-    """A deployed model file through the pipeline's backend."""
+def val_engine(path: str | Path, data: str | Path, batch: int = 8, conf: float = 0.25, coco: bool = False,
+               limit: int = 0, iou: float = 0.7, **backend_options: Any) -> tuple[Any, Any, str]:
+    """Score a model file on `data`'s val split: (EngineEval, its EngineInfo, the backend's name).
+
+    `backend_options` go to ``load_backend`` as a deployment's ``model.*`` options would (e.g. a
+    TensorRT ``contexts``); `iou` is the NMS IoU of legacy one-to-many exports.
+    """
     from engines.backends import load_backend
     from engines.evaluate_engine import evaluate_backend, val_samples
 
-    if "data" not in opts:
-        raise ValError(f"--data is required for {path.suffix or 'engine'} models (vap val {path} --data data.yaml)")
-    samples, names = val_samples(str(opts["data"]), limit=int(opts.get("limit", 0)))
-    _set_threads(opts)
-    backend = load_backend(path, nms_iou=float(opts.get("iou", 0.7)))
+    samples, names = val_samples(str(data), limit=limit)
+    backend = load_backend(Path(path), nms_iou=iou, **backend_options)
     try:
-        info = backend.info
-        conf = float(opts.get("conf", 0.25))
-        result = evaluate_backend(backend, samples, names, batch=int(opts.get("batch", 8)), conf=conf,
-                                  area_ranges=bool(opts.get("coco")))
+        result = evaluate_backend(backend, samples, names, batch=batch, conf=conf, area_ranges=coco)
     finally:
         backend.close()
+    return result, backend.info, backend.name
+
+
+def _val_engine(path: Path, opts: dict[str, Any]) -> int:
+    """A deployed model file through the pipeline's backend."""
+    if "data" not in opts:
+        raise ValError(f"--data is required for {path.suffix or 'engine'} models (vap val {path} --data data.yaml)")
+    _set_threads(opts)
+    conf, batch = float(opts.get("conf", 0.25)), int(opts.get("batch", 8))
+    result, info, backend = val_engine(path, str(opts["data"]), batch=batch, conf=conf, coco=bool(opts.get("coco")),
+                                       limit=int(opts.get("limit", 0)), iou=float(opts.get("iou", 0.7)))
     h, w = info.input_hw
-    print(f"== {path} ({backend.name}, {info.layout}, {info.precision}, input {h}x{w}) ==")
+    print(f"== {path} ({backend}, {info.layout}, {info.precision}, input {h}x{w}) ==")
     _print_result(result.result, conf)
-    print(f"\ninference: {result.ms_per_image:.2f} ms/image (batch {int(opts.get('batch', 8))}, {backend.name})")
-    _write_json(opts, {"model": str(path), "kind": "engine", "backend": backend.name, "layout": info.layout,
+    print(f"\ninference: {result.ms_per_image:.2f} ms/image (batch {batch}, {backend})")
+    _write_json(opts, {"model": str(path), "kind": "engine", "backend": backend, "layout": info.layout,
                        "precision": info.precision, "images": result.images, "ms_per_image": result.ms_per_image,
                        **_result_json(result.result)})
     return EXIT_OK

@@ -186,3 +186,75 @@ def test_ultralytics_exports(data, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
     assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "80" in proc.stderr and "4 classes" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ TensorRT
+
+
+def _fake_trt_plan(tmp_path: Path, onnx_model: Path, monkeypatch) -> tuple[Path, dict]:
+    """A TensorRT plan for the fake runtime of test_tensorrt_runtime whose 'kernel' is the ONNX model
+    (run by ONNX Runtime on the bytes the backend copied to the fake device), with the sidecar a
+    `vap build-engine` writes: what `vap val` must get right is the TensorRT backend's side (sidecar
+    metadata, profiles, batch splitting, host <-> device copies), not TensorRT's arithmetic."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    import test_tensorrt_runtime as fake
+    from engines.metadata import read_onnx_metadata
+    from engines.tensorrt.cache import BuildOptions, sidecar_metadata
+    from engines.tensorrt.cuda_ops import HostOps
+    from engines.tensorrt.plan_file import write_sidecar
+
+    meta = read_onnx_metadata(onnx_model)
+    names = list(meta["names"].values())
+    monkeypatch.setattr(fake, "K", int(meta["max_det"]))
+    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+
+    def kernel(self, profile, shape, addresses):  # noqa: ANN001 - the fake context's kernel signature
+        x = self.trt.ops.view(addresses["images"], shape, np.float32)
+        out = session.run(None, {"images": np.ascontiguousarray(x)})[0]
+        self.trt.ops.view(addresses["output0"], out.shape, np.float32)[:] = out
+
+    monkeypatch.setattr(fake.FakeContext, "_kernel", kernel)
+    hw = meta["imgsz"]
+    profiles = [[[1, 3, *hw], [4, 3, *hw], [5, 3, *hw]]]  # max batch 5: batches of 8 are split
+    blob = json.dumps({"fake_plan": True, "profiles": profiles, "dtype": "float32", "hw": hw}).encode()
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(blob)
+    write_sidecar(plan, sidecar_metadata(
+        {}, names=names, imgsz=tuple(hw), stride=32, max_det=fake.K, dynamic_hw=False, source_model=str(onnx_model),
+        source_sha256=meta.get("source_sha256", "0" * 64), env=fake.ENV,
+        options=BuildOptions(batch_profiles=((1, 4, 5),), contexts=1), engine_sha256=hashlib.sha256(blob).hexdigest(),
+        engine_bytes=len(blob), key="k" * 64, input_name="images", output_name="output0", built_precision="fp16"))
+    ops = HostOps()
+    return plan, {"trt_module": fake.FakeTrt(ops), "cuda": ops, "env": fake.ENV, "contexts": 1}
+
+
+def test_tensorrt_engine_through_the_fake_runtime(data, shipped_onnx, tmp_path, monkeypatch):
+    from engines.val_cli import val_engine
+
+    plan, options = _fake_trt_plan(tmp_path, shipped_onnx, monkeypatch)
+    got, info, backend = val_engine(plan, data, batch=8, coco=True, **options)
+    ref, ref_info, _ = val_engine(shipped_onnx, data, batch=8, coco=True)
+    assert backend == "tensorrt" and info.names == ref_info.names and info.input_hw == ref_info.input_hw
+    assert got.images == ref.images == 12
+    assert got.result.map50_95 == pytest.approx(ref.result.map50_95, abs=1e-9)
+    assert got.result.area_ap == pytest.approx(ref.result.area_ap, abs=1e-9)
+    assert got.result.map50_95 > 0.2
+
+
+def test_tensorrt_engine_on_a_gpu(data, shipped_onnx, tmp_path):
+    """`vap val` of a real fp16 TensorRT engine of the shipped model: within 0.01 mAP50-95 of ONNX Runtime."""
+    pytest.importorskip("tensorrt", reason="TensorRT not installed (GPU machines only)")
+    from test_tensorrt_runtime import _real_trt_or_skip
+
+    _real_trt_or_skip()
+    from engines.tensorrt.build import build_engine
+    from engines.tensorrt.cache import BuildOptions
+
+    plan = build_engine(shipped_onnx, tmp_path / "n.engine", BuildOptions(precision="fp16", batch_profiles=((1, 4, 8),)),
+                        cache_dir=tmp_path)  # type: ignore[arg-type]
+    got = _val(tmp_path, str(plan), "--data", str(data))
+    ref = _val(tmp_path, str(shipped_onnx), "--data", str(data))
+    assert got["backend"] == "tensorrt" and abs(got["map50_95"] - ref["map50_95"]) < 0.01
