@@ -17,6 +17,7 @@ Usage::
     vap train configs/train-n.yaml --epochs 5 --device cpu
     vap train --resume runs/train/exp                 # continues the same schedule
     vap train --resume runs/train/exp --epochs 30     # trains on past it at the final lr, mosaic off
+    vap train --resume runs/train/exp --epochs 30 --stretch_schedule   # or stretch the cosine to 30
     vap val runs/train/exp/best.pt --data data.yaml
     python -m engines.train ...          # same as `vap train ...`
     python -m engines.train val ...      # same as `vap val ...`
@@ -49,11 +50,14 @@ def cli(argv: list[str]) -> int:
         rest = argv[1:] if recipe else argv
         ov = parse_overrides(rest)
         resume = ov.pop("resume", None)
+        stretch = bool(ov.pop("stretch_schedule", False))
+        if stretch and resume is None:
+            raise ConfigFileError("--stretch_schedule only applies with --resume RUN --epochs N")
         if resume is not None:
             if not Path(str(resume)).exists():
                 raise ConfigFileError(f"--resume {resume}: no such run directory or checkpoint")
             rp = Path(str(resume))
-            run = train(resume_config(rp, ov), resume=rp)
+            run = train(resume_config(rp, ov), resume=rp, stretch_schedule=stretch)
             print(f"done: {run}")
             return 0
         cfg = load_config(recipe, ov)

@@ -65,12 +65,16 @@ class _State:
         return self.world > 1
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, on_epoch: EpochCallback | None = None) -> Path:
+def train(cfg: TrainConfig, resume: str | Path | None = None, on_epoch: EpochCallback | None = None,
+          stretch_schedule: bool = False) -> Path:
     """Train per ``cfg``; returns the run directory (``last.pt``, ``best.pt``, ``results.csv``, plots).
 
     With ``resume`` (a run directory or its ``last.pt``) training continues from the saved epoch
     with the saved optimiser, EMA, scaler, RNG states and schedule; pass the run's own config (see
-    :func:`engines.train_checkpoint.resume_config`). ``on_epoch(epoch, row, run)`` is called on rank 0
+    :func:`engines.train_checkpoint.resume_config`). ``stretch_schedule`` (resume only) instead
+    stretches the schedule to ``cfg.epochs`` from the resumed epoch on (the learning rate jumps to
+    that longer cosine's value and mosaic turns back on where it would be on): how the shipped
+    model's 12 -> 20 epoch extension was trained. ``on_epoch(epoch, row, run)`` is called on rank 0
     after each epoch's checkpoint, results.csv row and plots are on disk.
     """
     import torch.distributed as dist
@@ -79,7 +83,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, on_epoch: EpochCal
     if resume is not None:
         rp = Path(resume)
         ck = load_checkpoint(rp / "last.pt" if rp.is_dir() else rp)
-    st = _setup(cfg, ck, Path(resume) if resume is not None else None)
+    st = _setup(cfg, ck, Path(resume) if resume is not None else None, stretch_schedule)
     if st.start_epoch >= cfg.epochs:
         if st.rank == 0:
             print(f"{st.run} already finished {cfg.epochs} epochs; nothing to do (raise --epochs to train longer)")
@@ -105,7 +109,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, on_epoch: EpochCal
 # ------------------------------------------------------------------------------------------ setup
 
 
-def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None) -> _State:
+def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None, stretch: bool = False) -> _State:
     """Process group, seeds, run folder, data, model, optimiser, EMA, loss and schedule (restored on resume)."""
     import torch
 
@@ -126,7 +130,8 @@ def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None) -> _State:
         from torch.utils.data import DistributedSampler
         sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed)
     nb = math.ceil((len(sampler) if sampler is not None else len(train_ds)) / per_rank_batch)  # iters/epoch
-    length = int((ck.get("schedule") or {}).get("epochs", ck["train_cfg"]["epochs"])) if ck else cfg.epochs
+    length = cfg.epochs if ck is None or stretch else int((ck.get("schedule") or {}).get(
+        "epochs", ck["train_cfg"]["epochs"]))  # a resume keeps the schedule it started (checkpoints before 2026-12: its recipe's)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"

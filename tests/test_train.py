@@ -110,6 +110,14 @@ def test_train_writes_artifacts_and_resume_is_exact(data_yaml, tmp_path, capsys)
     cfg = tiny_cfg(data_yaml, tmp_path)
     assert float(last["lr"]) == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-4)
     assert "past its 2-epoch schedule" in capsys.readouterr().out
+    # the old behaviour, asked for explicitly: the cosine stretched to 3 epochs, mosaic back on for epoch 2
+    stretch = train(tiny_cfg(data_yaml, tmp_path, name="stretch", stop_after=1))
+    assert cli(["--resume", str(stretch), "--epochs", "3", "--stretch-schedule", "--stop_after", "1"]) == 0
+    rows3 = list(csv.DictReader(open(stretch / "results.csv")))
+    assert rows3[1]["mosaic"] == "1" and float(rows3[1]["lr"]) > float(rows[1]["lr"])
+    assert torch.load(stretch / "last.pt", map_location="cpu", weights_only=False)["schedule"] == {"epochs": 3}
+    assert cli([str(tmp_path / "r.yaml"), "--stretch-schedule"]) == 2
+    assert "only applies with --resume" in capsys.readouterr().err
 
 
 @pytest.mark.slow
