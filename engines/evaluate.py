@@ -117,16 +117,16 @@ def _match_image_class(
     if d_n == 0 or g_n == 0:
         return matched, on_ignored
     ignore = np.zeros(g_n, bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
+    # counted ground truth first, ignored ones only as a fallback (masks of what each pass may not take)
+    passes = [np.zeros((1, g_n), bool)] if not ignore.any() else [ignore[None, :], ~ignore[None, :]]
     ious = box_iou(boxes, gt)
     thr = np.minimum(iou_thrs, 1 - 1e-10)[:, None]
     taken = np.zeros((t_n, g_n), bool)
     rows = np.arange(t_n)
     for d in np.flatnonzero(ious.max(1) >= thr.min()):
-        free = ~matched[:, d]
-        for block in (~ignore, ignore):  # counted ground truth first, ignored ones only as a fallback
-            if not block.any():
-                continue
-            cand = np.where(taken | ~block[None, :], -1.0, ious[d][None, :])  # [T, G]
+        free = np.ones(t_n, bool)
+        for barred in passes:
+            cand = np.where(taken | barred, -1.0, ious[d][None, :])  # [T, G]
             # COCOeval keeps the last ground truth among equal best IoUs: argmax on the reversed row
             g = g_n - 1 - np.argmax(cand[:, ::-1], axis=1)
             ok = free & (cand[rows, g] >= thr[:, 0])
