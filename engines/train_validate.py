@@ -106,13 +106,15 @@ def _area_scales(samples: list, imgsz: int) -> list[float]:
 
 def validate(model, samples: list, imgsz: int, batch: int, names: list[str], conf: float = 0.25,
              heads: tuple[str, ...] = ("o2o",), nms_iou: float = 0.7, device=None,
-             area_ranges: bool = False) -> dict[str, Any]:
+             area_ranges: bool = False, keep_preds: bool = False) -> dict[str, Any]:
     """Evaluate a detector on letterboxed validation images.
 
     ``o2o``: the NMS-free inference path (top-K, the deployed behaviour). ``o2m``: the
     one-to-many head with class-aware NMS, as the reference the NMS-free head should approach.
     Returns per head: EvalResult, P/R at ``conf``, the PR curve; plus ms per image. With
-    ``area_ranges`` also COCO's small/medium/large APs (objects sized in source pixels).
+    ``area_ranges`` also COCO's small/medium/large APs (objects sized in source pixels). With
+    ``keep_preds`` also the rows themselves (``result[head]["preds"]``, ``result["gts"]``, letterboxed
+    pixels) and ``result["area_scale"]``, for error analyses (benchmarks/head_gap.py).
     """
     import torch
     from engines.detector import topk_end2end
@@ -155,4 +157,8 @@ def validate(model, samples: list, imgsz: int, batch: int, names: list[str], con
         ev = evaluate_detections(preds[h], gts, len(names), names, conf=conf, area_ranges=area_ranges,
                                  area_scale=scales)
         result[h] = {"eval": ev, "precision": ev.precision, "recall": ev.recall, "curve": pr_curve(preds[h], gts)}
+        if keep_preds:
+            result[h]["preds"] = preds[h]
+    if keep_preds:
+        result["gts"], result["area_scale"] = gts, scales
     return result

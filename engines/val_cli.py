@@ -78,6 +78,10 @@ def _parse(argv: list[str]) -> tuple[Path, dict[str, Any]]:
     for key in ("batch", "limit", "threads"):
         if key in opts and (not isinstance(opts[key], int) or opts[key] < (0 if key == "limit" else 1)):
             raise ValError(f"--{key} must be a positive integer, got {opts[key]!r}")
+    if "weights" in opts and opts["weights"] not in ("ema", "model"):
+        raise ValError(f"--weights must be ema or model, got {opts['weights']!r}")
+    if "imgsz" in opts and (not isinstance(opts["imgsz"], int) or opts["imgsz"] < 32 or opts["imgsz"] % 32):
+        raise ValError(f"--imgsz must be a positive multiple of 32, got {opts['imgsz']!r}")
     for key in ("conf", "iou"):
         if key in opts and not (isinstance(opts[key], (int, float)) and 0 <= opts[key] <= 1):
             raise ValError(f"--{key} must be a number in 0..1, got {opts[key]!r}")
@@ -89,6 +93,17 @@ def _parse(argv: list[str]) -> tuple[Path, dict[str, Any]]:
     return model, opts
 
 
+def _samples(data: str, limit: int) -> tuple[list, list[str]]:
+    """The val split's usable samples and class names; a dataset problem is a usage error (exit 2)."""
+    from engines.contract import ModelContractError
+    from engines.evaluate_engine import val_samples
+
+    try:
+        return val_samples(data, limit=limit)
+    except ModelContractError as exc:  # YAML parser messages span lines: keep the error on one
+        raise ValError(" ".join(str(exc).split())) from None
+
+
 def _set_threads(opts: dict[str, Any]) -> None:
     if opts.get("threads"):
         import torch
@@ -97,7 +112,6 @@ def _set_threads(opts: dict[str, Any]) -> None:
 
 def _val_checkpoint(path: Path, opts: dict[str, Any]) -> int:
     """Both heads of a checkpoint, in PyTorch (the training-time evaluation)."""
-    from engines.evaluate_engine import val_samples
     from engines.train_checkpoint import load_checkpoint, model_from_checkpoint
     from engines.train_runtime import select_device
     from engines.train_validate import validate
@@ -113,7 +127,7 @@ def _val_checkpoint(path: Path, opts: dict[str, Any]) -> int:
     data = str(opts.get("data", ck["train_cfg"]["data"]))
     if not Path(data).is_file():
         raise ValError(f"data: {data} (from the checkpoint) not found; pass --data data.yaml")
-    samples, names = val_samples(data, limit=int(opts.get("limit", 0)))
+    samples, names = _samples(data, int(opts.get("limit", 0)))
     nc = int(ck["model_cfg"].get("nc", len(names)))
     if nc != len(names):
         raise ValError(f"{data} has {len(names)} classes but {path} was trained for {nc}; "
@@ -145,9 +159,9 @@ def val_engine(path: str | Path, data: str | Path, batch: int = 8, conf: float =
     TensorRT ``contexts``); `iou` is the NMS IoU of legacy one-to-many exports.
     """
     from engines.backends import load_backend
-    from engines.evaluate_engine import evaluate_backend, val_samples
+    from engines.evaluate_engine import evaluate_backend
 
-    samples, names = val_samples(str(data), limit=limit)
+    samples, names = _samples(str(data), limit)
     backend = load_backend(Path(path), nms_iou=iou, **backend_options)
     try:
         result = evaluate_backend(backend, samples, names, batch=batch, conf=conf, area_ranges=coco)

@@ -96,6 +96,12 @@ def test_user_errors_are_one_line(data, shipped_onnx, tmp_path, capsys):
     assert code == 2 and "missing.yaml not found" in msg
     code, msg = err(str(shipped_onnx))
     assert code == 2 and "--data is required" in msg
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("names: [a\n")
+    code, msg = err(str(shipped_onnx), "--data", str(broken))
+    assert code == 2 and "not valid YAML" in msg
+    code, msg = err(str(SHIPPED_PT), "--data", str(data), "--weights", "best")
+    assert code == 2 and "--weights must be ema or model" in msg
     code, msg = err(str(shipped_onnx), "--data", str(data), "--imgsz", "640")
     assert code == 2 and "only apply to .pt" in msg
     code, msg = err(str(shipped_onnx), "--data", str(data), "--bogus", "1")
