@@ -29,6 +29,7 @@ one-to-many with the NMS fallback, or nms=True), .engine/.plan (TensorRT).
 --data is required for engines (a checkpoint remembers its training data).
 --coco also prints AP50-95 for COCO's small / medium / large objects (areas in source pixels).
 --iou: IoU of the NMS for the one-to-many head / legacy exports (default 0.7). --limit N: first N images.
+--threads N: CPU threads (torch for a checkpoint, ONNX Runtime for an .onnx).
 """
 
 
@@ -76,7 +77,8 @@ def _parse(argv: list[str]) -> tuple[Path, dict[str, Any]]:
         raise ValError(f"unknown option(s) {', '.join('--' + b for b in sorted(bad))}; "
                        f"valid: {', '.join('--' + a for a in sorted(allowed))}")
     for key in ("batch", "limit", "threads"):
-        if key in opts and (not isinstance(opts[key], int) or opts[key] < (0 if key == "limit" else 1)):
+        value = opts.get(key)
+        if key in opts and (isinstance(value, bool) or not isinstance(value, int) or value < (key != "limit")):
             raise ValError(f"--{key} must be a positive integer, got {opts[key]!r}")
     if "weights" in opts and opts["weights"] not in ("ema", "model"):
         raise ValError(f"--weights must be ema or model, got {opts['weights']!r}")
@@ -105,6 +107,7 @@ def _samples(data: str, limit: int) -> tuple[list, list[str]]:
 
 
 def _set_threads(opts: dict[str, Any]) -> None:
+    """--threads for a checkpoint: torch's CPU threads (an engine gets them as a backend option)."""
     if opts.get("threads"):
         import torch
         torch.set_num_threads(int(opts["threads"]))
@@ -112,12 +115,11 @@ def _set_threads(opts: dict[str, Any]) -> None:
 
 def _val_checkpoint(path: Path, opts: dict[str, Any]) -> int:
     """Both heads of a checkpoint, in PyTorch (the training-time evaluation)."""
+    from engines.contract import ModelContractError
     from engines.train_checkpoint import load_checkpoint, model_from_checkpoint
+    from engines.train_config import ConfigFileError
     from engines.train_runtime import select_device
     from engines.train_validate import validate
-
-    from engines.contract import ModelContractError
-    from engines.train_config import ConfigFileError
 
     _set_threads(opts)
     try:
@@ -174,10 +176,15 @@ def _val_engine(path: Path, opts: dict[str, Any]) -> int:
     """A deployed model file through the pipeline's backend."""
     if "data" not in opts:
         raise ValError(f"--data is required for {path.suffix or 'engine'} models (vap val {path} --data data.yaml)")
-    _set_threads(opts)
+    from engines.backends import backend_kind
+
+    backend_options: dict[str, Any] = {}
+    if opts.get("threads") and backend_kind(path) == "onnxruntime":  # no torch needed for an ONNX model
+        backend_options["intra_op_threads"] = int(opts["threads"])
     conf, batch = float(opts.get("conf", 0.25)), int(opts.get("batch", 8))
     result, info, backend = val_engine(path, str(opts["data"]), batch=batch, conf=conf, coco=bool(opts.get("coco")),
-                                       limit=int(opts.get("limit", 0)), iou=float(opts.get("iou", 0.7)))
+                                       limit=int(opts.get("limit", 0)), iou=float(opts.get("iou", 0.7)),
+                                       **backend_options)
     h, w = info.input_hw
     print(f"== {path} ({backend}, {info.layout}, {info.precision}, input {h}x{w}) ==")
     _print_result(result.result, conf)

@@ -166,7 +166,8 @@ def _ultralytics_exports(tmp_path: Path) -> Path:
     out = tmp_path / "exports"
     done = subprocess.run([str(VENV_PYTHON), str(ROOT / "tests" / "interop" / "ultralytics_tool.py"), "export",
                            str(out), str(frame), "320", "--variants", "e2e-static,o2m-static,nms-static"],
-                          capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL,
+                          cwd=tmp_path)  # Ultralytics writes its export next to the cwd first
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     return out
 
