@@ -42,6 +42,7 @@ def prepare(run: Path, extra: int, haze: float) -> Path:
     cfg["project"] = str(run.parent)
     cfg["plots"] = False
     ck["train_cfg"] = cfg
+    ck["schedule"] = {"epochs": cfg["epochs"]}  # stretch the schedule itself (a resume keeps a checkpoint's schedule)
     torch.save(ck, last)
     shutil.copy(SHIPPED_RUN / "args.yaml", run / "shipped-args.yaml")
     return last

@@ -10,7 +10,9 @@ bbox semantics exactly (checked against pycocotools in tests/test_evaluate_*.py)
   ground truth with the highest IoU >= threshold (ties go to the later ground truth, as in COCOeval);
 - per class, detections of all images are ranked by score (stable, images in order), precision is
   made monotone and sampled at 101 recall points; classes without ground truth are left out of
-  the mean; area range "all", no crowd boxes.
+  the mean; area range "all" (with ``area_ranges``, also COCO's small/medium/large: ground truth
+  outside the range is ignored, a detection matched to it or unmatched and outside the range drops
+  out of the ranking); no crowd boxes (YOLO labels have none).
 
 Also :func:`nms` / :func:`batched_nms`, used ONLY to evaluate the one-to-many reference head. The
 runtime is NMS-free and never calls them.
@@ -18,14 +20,17 @@ runtime is NMS-free and never calls them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EvalResult", "evaluate_detections", "box_iou", "nms", "batched_nms", "IOU_THRESHOLDS"]
+__all__ = ["EvalResult", "evaluate_detections", "box_iou", "nms", "batched_nms", "IOU_THRESHOLDS", "AREA_RANGES"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+#: COCO's object size ranges (box area in source-image pixels), bounds inclusive as in COCOeval.
+AREA_RANGES = {"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, 1e10)}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -66,6 +71,7 @@ class EvalResult:
     n_pred: int = 0
     gt_per_class: dict[str, int] = field(default_factory=dict)
     pred_per_class: dict[str, int] = field(default_factory=dict)
+    area_ap: dict[str, float] = field(default_factory=dict)  # AP50-95 per COCO size range, when asked
 
     def table(self) -> str:
         """A fixed-width text table: one row per class, then 'all'."""
@@ -87,42 +93,60 @@ class EvalResult:
             f"{'all':<16}{self.n_gt:>7}{self.n_pred:>8}{fmt(self.precision):>9}{fmt(self.recall):>8}"
             f"{fmt(self.map50):>8}{fmt(self.map50_95):>9}"
         )
+        if self.area_ap:
+            lines.append("AP50-95 by object size (COCO areas, source pixels): " + "  ".join(
+                f"{k} {fmt(v).strip()}" for k, v in self.area_ap.items()))
         lines.append(f"{self.n_images} images")
         return "\n".join(lines)
 
 
 def _match_image_class(
-    boxes: np.ndarray, gt: np.ndarray, iou_thrs: np.ndarray
-) -> np.ndarray:
-    """Greedy COCO matching for one image and class. boxes: dets sorted by score. Returns [T, D] bool.
+    boxes: np.ndarray, gt: np.ndarray, iou_thrs: np.ndarray, gt_ignore: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy COCO matching for one image and class. boxes: dets sorted by score.
 
-    Loops over detections once, all thresholds at a time; detections that overlap no ground truth
-    by the lowest threshold can never match and are skipped (most of a top-K output).
+    Returns (matched [T, D], matched_ignored [T, D]). As in COCOeval, a detection takes the best
+    unmatched *counted* ground truth (ties go to the later one); only when none reaches the
+    threshold may it take an ignored one (outside the area range), which removes it from the
+    ranking instead of making it a false positive. Loops over detections once, all thresholds at a
+    time; detections that overlap no ground truth by the lowest threshold are skipped.
     """
     t_n, d_n, g_n = len(iou_thrs), len(boxes), len(gt)
     matched = np.zeros((t_n, d_n), bool)
+    on_ignored = np.zeros((t_n, d_n), bool)
     if d_n == 0 or g_n == 0:
-        return matched
+        return matched, on_ignored
+    ignore = np.zeros(g_n, bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
+    # counted ground truth first, ignored ones only as a fallback (masks of what each pass may not take)
+    passes = [np.zeros((1, g_n), bool)] if not ignore.any() else [ignore[None, :], ~ignore[None, :]]
     ious = box_iou(boxes, gt)
     thr = np.minimum(iou_thrs, 1 - 1e-10)[:, None]
     taken = np.zeros((t_n, g_n), bool)
     rows = np.arange(t_n)
     for d in np.flatnonzero(ious.max(1) >= thr.min()):
-        cand = np.where(taken, -1.0, ious[d][None, :])  # [T, G]
-        # COCOeval keeps the last ground truth among equal best IoUs: argmax on the reversed row
-        g = g_n - 1 - np.argmax(cand[:, ::-1], axis=1)
-        ok = cand[rows, g] >= thr[:, 0]
-        taken[rows[ok], g[ok]] = True
-        matched[ok, d] = True
-    return matched
+        free = np.ones(t_n, bool)
+        for barred in passes:
+            cand = np.where(taken | barred, -1.0, ious[d][None, :])  # [T, G]
+            # COCOeval keeps the last ground truth among equal best IoUs: argmax on the reversed row
+            g = g_n - 1 - np.argmax(cand[:, ::-1], axis=1)
+            ok = free & (cand[rows, g] >= thr[:, 0])
+            taken[rows[ok], g[ok]] = True
+            matched[ok, d] = True
+            on_ignored[ok, d] = ignore[g[ok]]
+            free &= ~ok
+    return matched, on_ignored
 
 
-def _average_precision(tp: np.ndarray, n_gt: int) -> float:
-    """101-point interpolated AP from ranked true-positive flags (COCOeval.accumulate)."""
+def _average_precision(tp: np.ndarray, n_gt: int, fp: np.ndarray | None = None) -> float:
+    """101-point interpolated AP from ranked true/false-positive flags (COCOeval.accumulate).
+
+    `fp` defaults to ``~tp``; detections that are neither (matched to an ignored ground truth, or
+    outside the area range) add to neither count, as in COCOeval.
+    """
     if len(tp) == 0:
         return 0.0
     tps = np.cumsum(tp, dtype=np.float64)
-    fps = np.cumsum(~tp, dtype=np.float64)
+    fps = np.cumsum(~tp if fp is None else fp, dtype=np.float64)
     rc = tps / n_gt
     pr = tps / (fps + tps + np.spacing(1))
     pr = np.maximum.accumulate(pr[::-1])[::-1]
@@ -133,6 +157,82 @@ def _average_precision(tp: np.ndarray, n_gt: int) -> float:
     return float(q.mean())
 
 
+@dataclass
+class _Group:
+    """One image's detections (sorted by score, cut to max_dets) and ground truth of one class."""
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    gt: np.ndarray
+    area_factor: float  # multiplies box areas into the area ranges' pixels (source image pixels)
+
+
+def _areas(boxes: np.ndarray, factor: float) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * factor
+
+
+def _class_ap(groups: list[_Group], area_rng: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """AP per IoU threshold [T] of one class (NaN without counted ground truth), and the
+    all-range match flags at IoU 0.5 in score order of the groups (for P/R at a threshold)."""
+    T = len(IOU_THRESHOLDS)
+    scores, tps, fps, m50 = [], [], [], []
+    n_gt = 0
+    for g in groups:
+        ignore = None
+        if area_rng is not None:
+            a = _areas(g.gt, g.area_factor)
+            ignore = (a < area_rng[0]) | (a > area_rng[1])
+            n_gt += int((~ignore).sum())
+        else:
+            n_gt += len(g.gt)
+        if len(g.scores) == 0:
+            continue
+        m, on_ig = _match_image_class(g.boxes, g.gt, IOU_THRESHOLDS, ignore)
+        ig = on_ig
+        if area_rng is not None:
+            a = _areas(g.boxes, g.area_factor)
+            outside = (a < area_rng[0]) | (a > area_rng[1])
+            ig = on_ig | (~m & outside[None, :])
+        scores.append(g.scores)
+        tps.append(m & ~ig)
+        fps.append(~m & ~ig)
+        m50.append(m[0])
+    ap = np.full(T, np.nan)
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    if n_gt:
+        order = np.argsort(-s, kind="mergesort")
+        tp = np.concatenate(tps, 1)[:, order] if tps else np.zeros((T, 0), bool)
+        fp = np.concatenate(fps, 1)[:, order] if fps else np.zeros((T, 0), bool)
+        ap = np.array([_average_precision(tp[t], n_gt, fp[t]) for t in range(T)])
+    return ap, (np.concatenate(m50) if m50 else np.zeros(0, bool))
+
+
+def _check_inputs(i: int, p: np.ndarray, g: np.ndarray, num_classes: int) -> None:
+    for arr, what, col in ((p, "prediction", 5), (g, "ground truth", 0)):
+        if len(arr) and not np.isfinite(arr).all():
+            raise ValueError(f"image {i}: {what} has NaN or inf values")
+        if len(arr) and ((arr[:, col] < 0).any() or (arr[:, col] >= num_classes).any()):
+            raise ValueError(f"image {i}: {what} class id outside 0..{num_classes - 1}")
+
+
+def _group(preds: list[np.ndarray], gts: list[np.ndarray], num_classes: int, max_dets: int,
+           area_scale: Sequence[float] | None) -> list[list[_Group]]:
+    """Per class, the (image, class) groups COCOeval matches: detections cut to max_dets per image *and* class."""
+    groups: list[list[_Group]] = [[] for _ in range(num_classes)]
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        p = np.asarray(p, np.float64).reshape(-1, 6)
+        g = np.asarray(g, np.float64).reshape(-1, 5)
+        _check_inputs(i, p, g, num_classes)
+        factor = 1.0 if area_scale is None else float(area_scale[i])
+        p_cls = p[:, 5].round().astype(np.int64)
+        g_cls = g[:, 0].round().astype(np.int64)
+        for c in np.union1d(p_cls, g_cls):
+            pc = p[p_cls == c]
+            pc = pc[np.argsort(-pc[:, 4], kind="mergesort")[:max_dets]]
+            groups[c].append(_Group(pc[:, 4], pc[:, :4], g[g_cls == c, 1:5], factor))
+    return groups
+
+
 def evaluate_detections(
     preds: list[np.ndarray],
     gts: list[np.ndarray],
@@ -140,74 +240,57 @@ def evaluate_detections(
     names: list[str] | None = None,
     conf: float = 0.25,
     max_dets: int = 100,
+    area_ranges: bool = False,
+    area_scale: Sequence[float] | None = None,
 ) -> EvalResult:
     """COCO bbox metrics for per-image predictions and ground truth.
 
     preds[i]: [n, 6] x1, y1, x2, y2, score, cls for image i (any order; class may be float).
     gts[i]:   [m, 5] cls, x1, y1, x2, y2 for image i (same pixel space as the predictions).
+    area_ranges: also AP50-95 for COCO's small (< 32^2 px), medium and large (> 96^2 px) objects.
+    area_scale[i]: multiplies image i's box areas into the pixels those ranges are defined in
+    (1 / scale^2 for boxes in a letterboxed input scaled by `scale`, so objects are sized in the
+    source image, as COCO does); default 1.
     """
     if len(preds) != len(gts):
         raise ValueError(f"preds has {len(preds)} images but gts has {len(gts)}; they must pair up")
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if area_scale is not None and len(area_scale) != len(preds):
+        raise ValueError(f"area_scale has {len(area_scale)} values for {len(preds)} images")
     names = list(names) if names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} names for {num_classes} classes")
-    T = len(IOU_THRESHOLDS)
-    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-    matches: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-    n_gt = np.zeros(num_classes, np.int64)
-    n_pred = np.zeros(num_classes, np.int64)
-    for i, (p, g) in enumerate(zip(preds, gts)):
-        p = np.asarray(p, np.float64).reshape(-1, 6)
-        g = np.asarray(g, np.float64).reshape(-1, 5)
-        for arr, what, col in ((p, "prediction", 5), (g, "ground truth", 0)):
-            if len(arr) and not np.isfinite(arr).all():
-                raise ValueError(f"image {i}: {what} has NaN or inf values")
-            if len(arr) and ((arr[:, col] < 0).any() or (arr[:, col] >= num_classes).any()):
-                raise ValueError(f"image {i}: {what} class id outside 0..{num_classes - 1}")
-        p_cls = p[:, 5].round().astype(np.int64)
-        g_cls = g[:, 0].round().astype(np.int64)
-        for c in np.union1d(p_cls, g_cls):
-            pc = p[p_cls == c]
-            gc = g[g_cls == c, 1:5]
-            n_gt[c] += len(gc)
-            if len(pc) == 0:
-                continue
-            order = np.argsort(-pc[:, 4], kind="mergesort")[:max_dets]
-            pc = pc[order]
-            n_pred[c] += len(pc)
-            scores[c].append(pc[:, 4])
-            matches[c].append(_match_image_class(pc[:, :4], gc, IOU_THRESHOLDS))
-    ap = np.full((num_classes, T), np.nan)
+    groups = _group(preds, gts, num_classes, max_dets, area_scale)
+    ap = np.full((num_classes, len(IOU_THRESHOLDS)), np.nan)
     prec_c = np.full(num_classes, np.nan)
     rec_c = np.full(num_classes, np.nan)
-    tp_conf_total = 0
-    det_conf_total = 0
+    n_gt = np.array([sum(len(g.gt) for g in groups[c]) for c in range(num_classes)], np.int64)
+    n_pred = np.array([sum(len(g.scores) for g in groups[c]) for c in range(num_classes)], np.int64)
+    tp_conf_total = det_conf_total = 0
     for c in range(num_classes):
-        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
-        m = np.concatenate(matches[c], 1) if matches[c] else np.zeros((T, 0), bool)
+        ap[c], m50 = _class_ap(groups[c], None)
+        s = np.concatenate([g.scores for g in groups[c]]) if groups[c] else np.zeros(0)
         above = s >= conf
-        tp_c, det_c = int(m[0, above].sum()), int(above.sum())
+        tp_c, det_c = int(m50[above].sum()), int(above.sum())
         tp_conf_total += tp_c
         det_conf_total += det_c
-        if n_gt[c] == 0:
-            if det_c:
-                prec_c[c] = 0.0
-            continue
-        order = np.argsort(-s, kind="mergesort")
-        m = m[:, order]
-        for t in range(T):
-            ap[c, t] = _average_precision(m[t], int(n_gt[c]))
-        prec_c[c] = tp_c / det_c if det_c else 0.0
-        rec_c[c] = tp_c / n_gt[c]
+        if n_gt[c]:
+            prec_c[c] = tp_c / det_c if det_c else 0.0
+            rec_c[c] = tp_c / n_gt[c]
+        elif det_c:
+            prec_c[c] = 0.0
     has_gt = n_gt > 0
-    map50 = float(np.mean(ap[has_gt, 0])) if has_gt.any() else float("nan")
-    map50_95 = float(np.mean(ap[has_gt])) if has_gt.any() else float("nan")
+    area_ap: dict[str, float] = {}
+    if area_ranges:
+        for label, rng in AREA_RANGES.items():
+            a = np.array([_class_ap(groups[c], rng)[0] for c in range(num_classes)])
+            counted = ~np.isnan(a[:, 0])
+            area_ap[label] = float(np.mean(a[counted])) if counted.any() else float("nan")
     total_gt = int(n_gt.sum())
     return EvalResult(
-        map50=map50,
-        map50_95=map50_95,
+        map50=float(np.mean(ap[has_gt, 0])) if has_gt.any() else float("nan"),
+        map50_95=float(np.mean(ap[has_gt])) if has_gt.any() else float("nan"),
         per_class_ap={names[c]: float(np.mean(ap[c])) for c in range(num_classes)},
         per_class_ap50={names[c]: float(ap[c, 0]) for c in range(num_classes)},
         precision=tp_conf_total / det_conf_total if det_conf_total else 0.0,
@@ -220,6 +303,7 @@ def evaluate_detections(
         n_pred=int(n_pred.sum()),
         gt_per_class={names[c]: int(n_gt[c]) for c in range(num_classes)},
         pred_per_class={names[c]: int(n_pred[c]) for c in range(num_classes)},
+        area_ap=area_ap,
     )
 
 

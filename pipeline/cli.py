@@ -79,7 +79,7 @@ def _log_level(value: str) -> str:
 
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("engines.train", "cli", "train the detector on a YOLO-format dataset"),
-    "val": ("engines.train", "val_cli", "evaluate a checkpoint (COCO mAP, both heads)"),
+    "val": ("engines.val_cli", "cli", "COCO mAP of a checkpoint (both heads) or an engine (.onnx, INT8, TensorRT)"),
     "export": ("engines.export", "cli", "export a checkpoint to ONNX under the engine contract"),
     "data": ("engines.synth", "cli", "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
     "track": ("pipeline.tools.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),

@@ -48,7 +48,9 @@ def _realistic(seed: int, n_images: int = 24, nc: int = 4) -> tuple[list[np.ndar
     return preds, gts
 
 
-def _pycocotools(preds: list[np.ndarray], gts: list[np.ndarray], nc: int) -> tuple[float, float]:
+def _cocoeval(preds: list[np.ndarray], gts: list[np.ndarray], nc: int, default_params: bool = False) -> COCOeval:
+    """pycocotools on the same boxes: 'all' range and maxDets 100 only, or its default parameters
+    (the four area ranges and maxDets 1/10/100, as `summarize()` reports them)."""
     images = [{"id": i + 1, "width": 640, "height": 640} for i in range(len(gts))]
     anns, dets = [], []
     for i, g in enumerate(gts):
@@ -66,13 +68,26 @@ def _pycocotools(preds: list[np.ndarray], gts: list[np.ndarray], nc: int) -> tup
         coco.createIndex()
         res = coco.loadRes(dets)
         ev = COCOeval(coco, res, "bbox")
-        ev.params.areaRng = [[0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.params.maxDets = [100]
+        if not default_params:
+            ev.params.areaRng = [[0, 1e10]]
+            ev.params.areaRngLbl = ["all"]
+            ev.params.maxDets = [100]
         ev.evaluate()
         ev.accumulate()
-    prec = ev.eval["precision"][:, :, :, 0, 0]  # [T, R, K]
+    return ev
+
+
+def _pycocotools(preds: list[np.ndarray], gts: list[np.ndarray], nc: int) -> tuple[float, float]:
+    prec = _cocoeval(preds, gts, nc).eval["precision"][:, :, :, 0, 0]  # [T, R, K]
     return float(np.mean(prec[0][prec[0] > -1])), float(np.mean(prec[prec > -1]))
+
+
+def _pycocotools_summary(preds: list[np.ndarray], gts: list[np.ndarray], nc: int) -> dict[str, float]:
+    """COCOeval.summarize()'s AP lines with its default parameters (area ranges, maxDets=100)."""
+    ev = _cocoeval(preds, gts, nc, default_params=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.summarize()
+    return dict(zip(("map50_95", "map50", "map75", "small", "medium", "large"), map(float, ev.stats[:6])))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -83,6 +98,39 @@ def test_matches_pycocotools(seed: int) -> None:
     assert 0.2 < res.map50_95 < 0.95  # a realistic, non-degenerate case
     assert res.map50 == pytest.approx(ref50, abs=1e-4)
     assert res.map50_95 == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_area_ranges_match_pycocotools_summary(seed: int) -> None:
+    """`vap val --coco`'s small/medium/large APs equal pycocotools' summarize() with its default
+    parameters: ground truth outside a range is ignored, a detection matched to it drops out, an
+    unmatched detection outside the range drops out; cut at maxDets=100 per image and class."""
+    preds, gts = _realistic(seed, n_images=30)
+    res = evaluate_detections(preds, gts, num_classes=4, area_ranges=True)
+    ref = _pycocotools_summary(preds, gts, 4)
+    assert res.map50_95 == pytest.approx(ref["map50_95"], abs=1e-4)
+    assert res.map50 == pytest.approx(ref["map50"], abs=1e-4)
+    sizes = np.concatenate([(g[:, 3] - g[:, 1]) * (g[:, 4] - g[:, 2]) for g in gts])
+    assert (sizes < 32 ** 2).sum() >= 5 and (sizes > 96 ** 2).sum() >= 5  # every range has objects
+    for k in ("small", "medium", "large"):
+        assert res.area_ap[k] == pytest.approx(ref[k], abs=1e-4), k
+    assert "small" in res.table() and "large" in res.table()
+
+
+def test_area_scale_sizes_objects_in_source_pixels() -> None:
+    """Boxes in a letterboxed input at scale 0.5: with area_scale 1/0.5^2 the size ranges see the
+    source image's areas, so the APs equal pycocotools on the boxes at source scale."""
+    preds, gts = _realistic(6, n_images=20)
+    half_p = [np.concatenate([p[:, :4] * 0.5, p[:, 4:]], 1) for p in preds]
+    half_g = [np.concatenate([g[:, :1], g[:, 1:] * 0.5], 1) for g in gts]
+    res = evaluate_detections(half_p, half_g, 4, area_ranges=True, area_scale=[4.0] * len(gts))
+    ref = _pycocotools_summary(preds, gts, 4)
+    for k in ("small", "medium", "large"):
+        assert res.area_ap[k] == pytest.approx(ref[k], abs=1e-4), k
+    unscaled = evaluate_detections(half_p, half_g, 4, area_ranges=True)
+    assert unscaled.area_ap["small"] != pytest.approx(ref["small"], abs=1e-3)  # the factor matters
+    with pytest.raises(ValueError, match="area_scale"):
+        evaluate_detections(half_p, half_g, 4, area_scale=[1.0])
 
 
 def test_matches_pycocotools_past_max_dets() -> None:

@@ -39,8 +39,9 @@ def _tool(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     if _CONFIG_DIR:
         env["YOLO_CONFIG_DIR"] = str(_CONFIG_DIR[0])
     env.pop("PYTHONPATH", None)  # the venv sees neither vap nor this interpreter's packages
+    # cwd: Ultralytics writes each export beside the working directory before the tool moves it; never the repo
     return subprocess.run([str(VENV_PYTHON), str(TOOL), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, stdin=subprocess.DEVNULL)
+                          env=env, stdin=subprocess.DEVNULL, cwd=_CONFIG_DIR[0].parent if _CONFIG_DIR else None)
 
 
 @pytest.fixture(scope="module")

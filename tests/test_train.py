@@ -60,8 +60,8 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     assert cli([str(rec), "--epochs", "1"]) == 2
     assert "missing/data.yaml not found" in capsys.readouterr().err
     assert cli(["--resume", str(tmp_path / "norun")]) == 2
-    assert val_cli([str(tmp_path / "x.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert val_cli([str(tmp_path / "x.pt")]) == 3  # a model problem (vap's exit code 3)
+    assert "x.pt does not exist" in capsys.readouterr().err
 
 
 def _ema(run: Path) -> dict[str, torch.Tensor]:
@@ -70,26 +70,54 @@ def _ema(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_train_writes_artifacts_and_resume_is_exact(data_yaml, tmp_path, capsys):
-    full = train(tiny_cfg(data_yaml, tmp_path, name="full"))
+    seen: list[tuple[int, set[str], int]] = []
+
+    def on_epoch(epoch, row, run):  # what is on disk when each epoch ends
+        rows = list(csv.DictReader(open(run / "results.csv")))
+        seen.append((epoch, {f for f in ("last.pt", "results.png", "pr_curve.png") if (run / f).is_file()}, len(rows)))
+
+    full = train(tiny_cfg(data_yaml, tmp_path, name="full"), on_epoch=on_epoch)
     for f in ("last.pt", "best.pt", "results.csv", "args.yaml", "results.png", "pr_curve.png"):
         assert (full / f).is_file(), f
+    # results.csv and the plots are refreshed every epoch, not only at the end
+    assert seen == [(0, {"last.pt", "results.png", "pr_curve.png"}, 1), (1, {"last.pt", "results.png", "pr_curve.png"}, 2)]
     rows = list(csv.DictReader(open(full / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert {"map50", "map50_95", "data_wait_frac", "img_per_s", "o2o_cls", "o2m_cls"} <= set(rows[0])
+    assert {"map50", "map50_95", "data_wait_frac", "img_per_s", "o2o_cls", "o2m_cls", "mosaic"} <= set(rows[0])
+    assert [r["mosaic"] for r in rows] == ["1", "0"]  # close_mosaic=1: the last epoch without
     assert 0 <= float(rows[0]["data_wait_frac"]) <= 1
     out = capsys.readouterr().out
     assert "train: 8 images, 8 usable" in out and "epoch 2/2" in out
+    assert "\x1b[" not in out, "no terminal: no live bar, plain lines only"
+    assert sum(line.startswith("epoch ") for line in out.splitlines()) == 2  # one summary line per epoch
 
     # interrupted after epoch 1 of 2, then resumed
     part = train(tiny_cfg(data_yaml, tmp_path, name="part", stop_after=1))
     ck = torch.load(part / "last.pt", map_location="cpu", weights_only=False)
-    assert ck["epoch"] == 0
+    assert ck["epoch"] == 0 and ck["schedule"] == {"epochs": 2}
     assert cli(["--resume", str(part), "--lr0", "0.5"]) == 2, "changing the recipe on resume is refused"
     assert "cannot change lr0" in capsys.readouterr().err
-    assert cli(["--resume", str(part)]) == 0
+    # resumed with a longer run: epoch 2 must still be the last epoch of the original 2-epoch schedule
+    assert cli(["--resume", str(part), "--epochs", "3", "--stop_after", "1"]) == 0
     a, b = _ema(full), _ema(part)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run must equal the uninterrupted one"
-    assert len(list(csv.DictReader(open(part / "results.csv")))) == 2
+    resumed = list(csv.DictReader(open(part / "results.csv")))
+    assert [(r["lr"], r["mosaic"]) for r in resumed] == [(r["lr"], r["mosaic"]) for r in rows]
+    # past the schedule's end: final learning rate, mosaic stays off
+    assert cli(["--resume", str(part), "--epochs", "3"]) == 0
+    last = list(csv.DictReader(open(part / "results.csv")))[-1]
+    assert last["epoch"] == "3" and last["mosaic"] == "0"
+    cfg = tiny_cfg(data_yaml, tmp_path)
+    assert float(last["lr"]) == pytest.approx(cfg.lr0 * cfg.lrf, rel=1e-4)
+    assert "past its 2-epoch schedule" in capsys.readouterr().out
+    # the old behaviour, asked for explicitly: the cosine stretched to 3 epochs, mosaic back on for epoch 2
+    stretch = train(tiny_cfg(data_yaml, tmp_path, name="stretch", stop_after=1))
+    assert cli(["--resume", str(stretch), "--epochs", "3", "--stretch-schedule", "--stop_after", "1"]) == 0
+    rows3 = list(csv.DictReader(open(stretch / "results.csv")))
+    assert rows3[1]["mosaic"] == "1" and float(rows3[1]["lr"]) > float(rows[1]["lr"])
+    assert torch.load(stretch / "last.pt", map_location="cpu", weights_only=False)["schedule"] == {"epochs": 3}
+    assert cli([str(tmp_path / "r.yaml"), "--stretch-schedule"]) == 2
+    assert "only applies with --resume" in capsys.readouterr().err
 
 
 @pytest.mark.slow

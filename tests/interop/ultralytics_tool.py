@@ -6,7 +6,7 @@ exporter, and (2) run Ultralytics' predictor on a frame, so vap's results can be
 theirs. Nothing may be downloaded: every network connection attempt is refused and reported, and
 the script fails if there was one (a weights or font download would show up here).
 
-    python ultralytics_tool.py export OUT_DIR IMAGE IMGSZ [IMGSZ ...] -> OUT_DIR/manifest.json
+    python ultralytics_tool.py export OUT_DIR IMAGE IMGSZ [IMGSZ ...] [--variants a,b] -> OUT_DIR/manifest.json
     python ultralytics_tool.py predict MODEL IMAGE IMGSZ CONF IOU   -> JSON rows on stdout
 """
 
@@ -117,7 +117,7 @@ def _calibration_batch(image: Path) -> object:
     return torch.from_numpy(np.stack(views).transpose(0, 3, 1, 2).copy())
 
 
-def export(out: Path, image: Path, sizes: list[int]) -> None:
+def export(out: Path, image: Path, sizes: list[int], only: set[str] | None = None) -> None:
     from ultralytics import YOLO
 
     calib = _calibration_batch(image)
@@ -126,6 +126,8 @@ def export(out: Path, image: Path, sizes: list[int]) -> None:
     manifest = []
     for imgsz in sizes:
         for arch, variant, kwargs in VARIANTS:
+            if only is not None and variant not in only:
+                continue
             model = YOLO(arch)
             randomise(model, seed=imgsz, calib=calib)
             produced = Path(model.export(format="onnx", imgsz=imgsz, **kwargs))
@@ -148,7 +150,11 @@ def predict(model: str, image: str, imgsz: int, conf: float, iou: float) -> None
 def main() -> int:
     cmd, *args = sys.argv[1:]
     if cmd == "export":
-        export(Path(args[0]), Path(args[1]), [int(a) for a in args[2:]])
+        only = None
+        if "--variants" in args:  # a subset of VARIANTS by name (e.g. e2e-static,o2m-static)
+            i = args.index("--variants")
+            only, args = set(args[i + 1].split(",")), args[:i] + args[i + 2:]
+        export(Path(args[0]), Path(args[1]), [int(a) for a in args[2:]], only)
     elif cmd == "predict":
         predict(args[0], args[1], int(args[2]), float(args[3]), float(args[4]))
     else:
