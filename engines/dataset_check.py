@@ -100,6 +100,74 @@ def _decodes(path: Path) -> bool:
     return cv2.imdecode(buf, cv2.IMREAD_REDUCED_COLOR_8) is not None
 
 
+def _parse_row(fields: list[str], nc: int, where: str, line: str) -> tuple[list[float], tuple[str, str] | None, bool]:
+    """One label row as (cls, cx, cy, w, h), the problem that makes it unusable (kind, detail), and
+    whether it was a polygon."""
+    malformed = ("malformed_row", f"{where}: {line.strip()!r}")
+    try:
+        vals = [float(f) for f in fields]
+    except ValueError:
+        return [], malformed, False
+    box = _row_box(vals) if all(math.isfinite(v) for v in vals) else None
+    if box is None:
+        return [], malformed, False
+    if box[1]:
+        points = vals[1:]
+        if min(points) < -1e-3 or max(points) > 1 + 1e-3:
+            hint = " (pixel coordinates? YOLO wants 0..1)" if max(points) > 1.5 else ""
+            return [], ("out_of_range", f"{where}: polygon outside 0..1{hint}"), True
+    vals = box[0]
+    c = vals[0]
+    if c != int(c) or not 0 <= c < nc:
+        return [], ("bad_class", f"{where}: class {fields[0]} (nc={nc})"), box[1]
+    cx, cy, w, h = vals[1:]
+    tol = 1e-3
+    if (
+        w <= 0 or h <= 0
+        or min(cx, cy, w, h) < -tol or max(cx, cy, w, h) > 1 + tol
+        or cx - w / 2 < -tol or cx + w / 2 > 1 + tol
+        or cy - h / 2 < -tol or cy + h / 2 > 1 + tol
+    ):
+        hint = " (pixel coordinates? YOLO wants 0..1)" if max(cx, cy, w, h) > 1.5 else ""
+        return [], ("out_of_range", f"{where}: {line.strip()!r}{hint}"), box[1]
+    return vals, None, box[1]
+
+
+def _read_label(lab: Path, nc: int) -> tuple[list[list[float]], int, tuple[str, str] | None]:
+    """The rows of one label file (none when it is missing), how many were polygons, and the first
+    problem: one bad row makes the whole file unusable (a partly wrong file teaches wrong boxes)."""
+    rows: list[list[float]] = []
+    segments = 0
+    text = lab.read_text() if lab.is_file() else ""
+    for ln, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        row, problem, segment = _parse_row(fields, nc, f"{lab.name} line {ln}", line)
+        if problem:
+            return rows, segments, problem
+        segments += segment
+        rows.append(row)
+    return rows, segments, None
+
+
+def _clean_rows(rows: list[list[float]]) -> tuple[np.ndarray, int]:
+    """Rows as [n, 5] with exact duplicates removed (first kept, order kept) and the tolerated
+    rounding slack clamped, so downstream code sees strictly 0..1 boxes; and the duplicate count."""
+    arr = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+    if not len(arr):
+        return arr, 0
+    uniq, first = np.unique(arr, axis=0, return_index=True)
+    duplicates = len(arr) - len(uniq)
+    if duplicates:
+        arr = arr[np.sort(first)]
+    xyxy = np.stack([arr[:, 1] - arr[:, 3] / 2, arr[:, 2] - arr[:, 4] / 2,
+                     arr[:, 1] + arr[:, 3] / 2, arr[:, 2] + arr[:, 4] / 2], 1).clip(0, 1)
+    arr[:, 1:] = np.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                           xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1)
+    return arr, duplicates
+
+
 def validate_dataset(
     spec: DataSpec, split: str, max_examples: int = 5, check_images: bool = True
 ) -> ValidationReport:
@@ -129,66 +197,18 @@ def validate_dataset(
         lab = label_path_for(img)
         if not lab.is_file():
             rep._add("no_label", img, f"no {lab}")
-        rows: list[list[float]] = []
-        problem: tuple[str, str] | None = None
-        segments = 0
-        text = lab.read_text() if lab.is_file() else ""
-        for ln, line in enumerate(text.splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                vals = [float(f) for f in fields]
-            except ValueError:
-                problem = ("malformed_row", f"{lab.name} line {ln}: {line.strip()!r}")
-                break
-            box = _row_box(vals) if all(math.isfinite(v) for v in vals) else None
-            if box is None:
-                problem = ("malformed_row", f"{lab.name} line {ln}: {line.strip()!r}")
-                break
-            if box[1]:
-                points = vals[1:]
-                if min(points) < -1e-3 or max(points) > 1 + 1e-3:
-                    hint = " (pixel coordinates? YOLO wants 0..1)" if max(points) > 1.5 else ""
-                    problem = ("out_of_range", f"{lab.name} line {ln}: polygon outside 0..1{hint}")
-                    break
-                segments += 1
-            vals = box[0]
-            c = vals[0]
-            if c != int(c) or not 0 <= c < nc:
-                problem = ("bad_class", f"{lab.name} line {ln}: class {fields[0]} (nc={nc})")
-                break
-            cx, cy, w, h = vals[1:]
-            tol = 1e-3
-            if (
-                w <= 0 or h <= 0
-                or min(cx, cy, w, h) < -tol or max(cx, cy, w, h) > 1 + tol
-                or cx - w / 2 < -tol or cx + w / 2 > 1 + tol
-                or cy - h / 2 < -tol or cy + h / 2 > 1 + tol
-            ):
-                hint = " (pixel coordinates? YOLO wants 0..1)" if max(cx, cy, w, h) > 1.5 else ""
-                problem = ("out_of_range", f"{lab.name} line {ln}: {line.strip()!r}{hint}")
-                break
-            rows.append(vals)
+        rows, segments, problem = _read_label(lab, nc)
         if problem:
             rep._add(problem[0], img, problem[1])
             continue
         for _ in range(segments):
             rep._add("segment_row", img, lab.name)
-        arr = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
-        if len(arr):
-            uniq, first = np.unique(arr, axis=0, return_index=True)
-            if len(uniq) < len(arr):
-                rep._add("duplicate_row", img, f"{len(arr) - len(uniq)} duplicate(s)")
-                arr = arr[np.sort(first)]
-            # clamp the tolerated rounding slack so downstream code sees strictly 0..1 boxes
-            xyxy = np.stack([arr[:, 1] - arr[:, 3] / 2, arr[:, 2] - arr[:, 4] / 2,
-                             arr[:, 1] + arr[:, 3] / 2, arr[:, 2] + arr[:, 4] / 2], 1).clip(0, 1)
-            arr[:, 1:] = np.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                                   xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1)
-            for c in arr[:, 0].astype(int):
-                rep.instances_per_class[c] += 1
-        else:
+        arr, duplicates = _clean_rows(rows)
+        if duplicates:
+            rep._add("duplicate_row", img, f"{duplicates} duplicate(s)")
+        for c in arr[:, 0].astype(int):
+            rep.instances_per_class[c] += 1
+        if not len(arr):
             rep.n_background += 1
         rep.usable.append((img, arr))
     if not rep.usable:
