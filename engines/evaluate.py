@@ -233,6 +233,45 @@ def _group(preds: list[np.ndarray], gts: list[np.ndarray], num_classes: int, max
     return groups
 
 
+def _checked_names(preds: list[np.ndarray], gts: list[np.ndarray], num_classes: int, names: list[str] | None,
+                   area_scale: Sequence[float] | None) -> list[str]:
+    """The class names, after checking that the inputs pair up (ValueError naming the mismatch)."""
+    if len(preds) != len(gts):
+        raise ValueError(f"preds has {len(preds)} images but gts has {len(gts)}; they must pair up")
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if area_scale is not None and len(area_scale) != len(preds):
+        raise ValueError(f"area_scale has {len(area_scale)} values for {len(preds)} images")
+    names = list(names) if names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} names for {num_classes} classes")
+    return names
+
+
+def _per_class(groups: list[list[_Group]], n_gt: np.ndarray, conf: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """AP per class and IoU threshold, precision and recall per class at `conf` (IoU 0.5), and the
+    true positives and detections at `conf` over all classes."""
+    num_classes = len(groups)
+    ap = np.full((num_classes, len(IOU_THRESHOLDS)), np.nan)
+    prec_c = np.full(num_classes, np.nan)
+    rec_c = np.full(num_classes, np.nan)
+    tp_total = det_total = 0
+    for c in range(num_classes):
+        ap[c], m50 = _class_ap(groups[c], None)
+        s = np.concatenate([g.scores for g in groups[c]]) if groups[c] else np.zeros(0)
+        above = s >= conf
+        tp_c, det_c = int(m50[above].sum()), int(above.sum())
+        tp_total += tp_c
+        det_total += det_c
+        if n_gt[c]:
+            prec_c[c] = tp_c / det_c if det_c else 0.0
+            rec_c[c] = tp_c / n_gt[c]
+        elif det_c:
+            prec_c[c] = 0.0
+    return ap, prec_c, rec_c, tp_total, det_total
+
+
 def evaluate_detections(
     preds: list[np.ndarray],
     gts: list[np.ndarray],
@@ -252,34 +291,11 @@ def evaluate_detections(
     (1 / scale^2 for boxes in a letterboxed input scaled by `scale`, so objects are sized in the
     source image, as COCO does); default 1.
     """
-    if len(preds) != len(gts):
-        raise ValueError(f"preds has {len(preds)} images but gts has {len(gts)}; they must pair up")
-    if num_classes <= 0:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    if area_scale is not None and len(area_scale) != len(preds):
-        raise ValueError(f"area_scale has {len(area_scale)} values for {len(preds)} images")
-    names = list(names) if names is not None else [str(c) for c in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"{len(names)} names for {num_classes} classes")
+    names = _checked_names(preds, gts, num_classes, names, area_scale)
     groups = _group(preds, gts, num_classes, max_dets, area_scale)
-    ap = np.full((num_classes, len(IOU_THRESHOLDS)), np.nan)
-    prec_c = np.full(num_classes, np.nan)
-    rec_c = np.full(num_classes, np.nan)
     n_gt = np.array([sum(len(g.gt) for g in groups[c]) for c in range(num_classes)], np.int64)
     n_pred = np.array([sum(len(g.scores) for g in groups[c]) for c in range(num_classes)], np.int64)
-    tp_conf_total = det_conf_total = 0
-    for c in range(num_classes):
-        ap[c], m50 = _class_ap(groups[c], None)
-        s = np.concatenate([g.scores for g in groups[c]]) if groups[c] else np.zeros(0)
-        above = s >= conf
-        tp_c, det_c = int(m50[above].sum()), int(above.sum())
-        tp_conf_total += tp_c
-        det_conf_total += det_c
-        if n_gt[c]:
-            prec_c[c] = tp_c / det_c if det_c else 0.0
-            rec_c[c] = tp_c / n_gt[c]
-        elif det_c:
-            prec_c[c] = 0.0
+    ap, prec_c, rec_c, tp_conf_total, det_conf_total = _per_class(groups, n_gt, conf)
     has_gt = n_gt > 0
     area_ap: dict[str, float] = {}
     if area_ranges:
