@@ -378,7 +378,36 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
     source_sha = sha256_file(onnx_path)
     key = cache_key(source_sha, env, options)
     notes: list[str] = []
-    source = onnx_path
+    source = _source_for(trt, major, onnx_path, out, options, notes, log)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, input_name = _parse_network(trt, builder, logger, major, source)
+    tc_path = Path(options.timing_cache).expanduser() if options.timing_cache else timing_cache_path(
+        Path(cache_dir).expanduser() if cache_dir else out.parent, env)
+    config = _builder_config(trt, builder, major, options, shapes, input_name, tc_path)
+    calib_ops: Any = None
+    calibrator: Any = None
+    try:
+        if major < 11 and options.precision == "int8":
+            from engines.tensorrt.cuda_ops import cuda_ops
+
+            calib_ops = cuda_ops()
+            calibrator = _attach_calibrator(trt, builder, config, calib_ops, options, shapes, input_name,
+                                            out.with_suffix(f".{key[:12]}.calib"), log)
+        return _build_and_write(trt, logger, builder, network, config, summary, options, shapes, env, key,
+                                source, onnx_path, out, source_sha, tc_path, input_name, notes, log, cancel)
+    finally:
+        # The calibrator's device buffer, pinned batch, stream and CUDA context: the build is over.
+        if calibrator is not None:
+            calibrator.close()
+        if calib_ops is not None:
+            calib_ops.release()
+
+
+def _source_for(trt: Any, major: int, onnx_path: Path, out: Path, options: BuildOptions, notes: list[str],
+                log: Callable[[str], None]) -> Path:
+    """The ONNX TensorRT parses: the model itself, or on TensorRT 11 (strongly typed networks only)
+    a Q/DQ INT8 or a mixed-precision FP16 rewrite of it."""
     if major >= 11 and options.precision == "int8":
         from engines.quantize import quantize_qdq
 
@@ -388,12 +417,15 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         log(msg)
         notes.append(msg)
         quantize_qdq(onnx_path, source, options.calibration or "", limit=options.calib_limit, target="tensorrt")
-    elif major >= 11 and options.precision == "fp16":
-        source = _fp16_onnx_for_trt11(onnx_path, out, log)
+        return source
+    if major >= 11 and options.precision == "fp16":
         notes.append(f"TensorRT {trt.__version__}: FP16 from a ModelOpt AutoCast mixed-precision ONNX")
+        return _fp16_onnx_for_trt11(onnx_path, out, log)
+    return onnx_path
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+
+def _parse_network(trt: Any, builder: Any, logger: Any, major: int, source: Path) -> tuple[Any, str]:
+    """The parsed network and its one input's name; ModelContractError with the parser's errors."""
     # Explicit batch is the only mode since TensorRT 10 (flag 0); 11 is always strongly typed.
     network = builder.create_network(0) if major < 11 else builder.create_network()
     parser = trt.OnnxParser(network, logger)
@@ -402,8 +434,12 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         raise ModelContractError(f"{source}: TensorRT's ONNX parser refused the model:\n  " + "\n  ".join(errors))
     if network.num_inputs != 1:
         raise ModelContractError(f"{source}: TensorRT sees {network.num_inputs} inputs; a vap engine has one")
-    input_name = network.get_input(0).name
+    return network, network.get_input(0).name
 
+
+def _builder_config(trt: Any, builder: Any, major: int, options: BuildOptions,
+                    shapes: list[tuple[Shape4, Shape4, Shape4]], input_name: str, tc_path: Path) -> Any:
+    """Workspace, precision flags, one optimisation profile per shape range, and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     if major < 11 and options.precision in ("fp16", "int8"):
@@ -412,41 +448,32 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: BuildOptions, 
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, lo, opt, hi)
         config.add_optimization_profile(profile)
-
-    tc_path = Path(options.timing_cache).expanduser() if options.timing_cache else timing_cache_path(
-        Path(cache_dir).expanduser() if cache_dir else out.parent, env)
     timing = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
+    return config
 
-    calib_ops: Any = None
-    calibrator: Any = None
-    try:
-        if major < 11 and options.precision == "int8":
-            from engines.calibration import calibration_batches
-            from engines.tensorrt.cuda_ops import cuda_ops
 
-            config.set_flag(trt.BuilderFlag.INT8)
-            calib_hw = (shapes[0][1][2], shapes[0][1][3])
-            calib_shape = (options.calib_batch, 3, *calib_hw)
-            calib_profile = builder.create_optimization_profile()
-            calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
-            config.set_calibration_profile(calib_profile)
-            calib_ops = cuda_ops()
-            log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
-                f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
-            calibrator = int8_calibrator(
-                trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
-                                                    options.calib_limit),
-                calib_shape, out.with_suffix(f".{key[:12]}.calib"), log)
-            config.int8_calibrator = calibrator  # referenced until the build returns, as TensorRT requires
-        return _build_and_write(trt, logger, builder, network, config, summary, options, shapes, env, key,
-                                source, onnx_path, out, source_sha, tc_path, input_name, notes, log, cancel)
-    finally:
-        # The calibrator's device buffer, pinned batch, stream and CUDA context: the build is over.
-        if calibrator is not None:
-            calibrator.close()
-        if calib_ops is not None:
-            calib_ops.release()
+def _attach_calibrator(trt: Any, builder: Any, config: Any, calib_ops: Any, options: BuildOptions,
+                       shapes: list[tuple[Shape4, Shape4, Shape4]], input_name: str, cache: Path,
+                       log: Callable[[str], None]) -> Any:
+    """TensorRT 10 INT8: entropy calibration on letterboxed images; the calibrator must stay
+    referenced until the build returns, so it is returned to the caller, which closes it."""
+    from engines.calibration import calibration_batches
+
+    config.set_flag(trt.BuilderFlag.INT8)
+    calib_hw = (shapes[0][1][2], shapes[0][1][3])
+    calib_shape = (options.calib_batch, 3, *calib_hw)
+    calib_profile = builder.create_optimization_profile()
+    calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
+    config.set_calibration_profile(calib_profile)
+    log(f"INT8: entropy calibration on up to {options.calib_limit} images from {options.calibration} "
+        f"({options.calib_batch} per batch, letterboxed to {calib_hw[0]}x{calib_hw[1]})")
+    calibrator = int8_calibrator(
+        trt, calib_ops, calibration_batches(options.calibration or "", calib_hw, options.calib_batch,
+                                            options.calib_limit),
+        calib_shape, cache, log)
+    config.int8_calibrator = calibrator
+    return calibrator
 
 
 def _build_and_write(trt: Any, logger: Any, builder: Any, network: Any, config: Any, summary: OnnxSummary,
