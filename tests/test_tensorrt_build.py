@@ -24,6 +24,9 @@ import pytest
 
 from engines.contract import ModelContractError
 from engines.tensorrt import build as B
+from engines.tensorrt import calibrator as C
+from engines.tensorrt import profiles as P
+from engines.tensorrt import progress as G
 from engines.tensorrt.cache import BuildOptions, TrtEnvironment
 from engines.tensorrt.cuda_ops import HostOps
 from engines.tensorrt.plan_file import read_sidecar_raw
@@ -52,26 +55,26 @@ def tensorrt_installed() -> bool:
 # --- profiles ---------------------------------------------------------------------------------------
 
 def test_profile_shapes_fixed_model_repeats_profiles_per_context(model: Path):
-    s = B.inspect_onnx(model)
+    s = P.inspect_onnx(model)
     assert (s.input_name, s.output_name, s.input_shape) == ("images", "output0", [None, 3, 64, 64])
-    shapes = B.profile_shapes(s, BuildOptions(batch_profiles=((1, 1, 1), (2, 8, 16)), contexts=2))
+    shapes = P.profile_shapes(s, BuildOptions(batch_profiles=((1, 1, 1), (2, 8, 16)), contexts=2))
     assert shapes == [((1, 3, 64, 64),) * 3,
                       ((2, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64)),
                       ((1, 3, 64, 64),) * 3,
                       ((2, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64))]
     with pytest.raises(ValueError, match="fixed input size 64x64: remove model.tensorrt.hw_profile / drop --hw"):
-        B.profile_shapes(s, BuildOptions(hw_profile=((32, 32), (64, 64), (64, 64))))
+        P.profile_shapes(s, BuildOptions(hw_profile=((32, 32), (64, 64), (64, 64))))
 
 
 def test_profile_shapes_dynamic_model(dyn_model: Path):
-    s = B.inspect_onnx(dyn_model)
-    assert B.profile_shapes(s, BuildOptions(batch_profiles=((1, 2, 4),), contexts=1)) == [
+    s = P.inspect_onnx(dyn_model)
+    assert P.profile_shapes(s, BuildOptions(batch_profiles=((1, 2, 4),), contexts=1)) == [
         ((1, 3, 128, 128), (2, 3, 128, 128), (4, 3, 128, 128))]
     hw = ((64, 96), (128, 128), (128, 160))
-    assert B.profile_shapes(s, BuildOptions(batch_profiles=((1, 2, 4),), contexts=1, hw_profile=hw)) == [
+    assert P.profile_shapes(s, BuildOptions(batch_profiles=((1, 2, 4),), contexts=1, hw_profile=hw)) == [
         ((1, 3, 64, 96), (2, 3, 128, 128), (4, 3, 128, 160))]
     with pytest.raises(ValueError, match="not multiples of the model stride 32"):
-        B.profile_shapes(s, BuildOptions(hw_profile=((48, 64), (128, 128), (128, 128))))
+        P.profile_shapes(s, BuildOptions(hw_profile=((48, 64), (128, 128), (128, 128))))
 
 
 def test_fixed_batch_model_needs_matching_profile(tmp_path: Path, model: Path):
@@ -81,17 +84,17 @@ def test_fixed_batch_model_needs_matching_profile(tmp_path: Path, model: Path):
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     fixed = tmp_path / "fixed4.onnx"
     onnx.save(m, str(fixed))
-    s = B.inspect_onnx(fixed)
+    s = P.inspect_onnx(fixed)
     with pytest.raises(ValueError) as exc:
-        B.profile_shapes(s, BuildOptions(batch_profiles=((1, 8, 16),)))
+        P.profile_shapes(s, BuildOptions(batch_profiles=((1, 8, 16),)))
     # Names the YAML key (vap run) as well as the CLI flag (vap build-engine).
     assert "fixed batch size of 4" in str(exc.value)
     assert "model.tensorrt.batch_profiles: [[4, 4, 4]]" in str(exc.value) and "--batch 4" in str(exc.value)
-    assert B.profile_shapes(s, BuildOptions(batch_profiles=((4, 4, 4),), contexts=1)) == [((4, 3, 64, 64),) * 3]
+    assert P.profile_shapes(s, BuildOptions(batch_profiles=((4, 4, 4),), contexts=1)) == [((4, 3, 64, 64),) * 3]
     # The default profiles follow the model's fixed batch; explicit ones that contradict it are refused.
-    assert B.checked_options(fixed, BuildOptions()).batch_profiles == ((4, 4, 4),)
+    assert P.checked_options(fixed, BuildOptions()).batch_profiles == ((4, 4, 4),)
     with pytest.raises(ValueError, match="fixed batch size of 4"):
-        B.checked_options(fixed, BuildOptions(batch_profiles=((1, 4, 8),)))
+        P.checked_options(fixed, BuildOptions(batch_profiles=((1, 4, 8),)))
 
 
 def test_cli_builds_a_fixed_batch_model_with_default_profiles(tmp_path: Path, model: Path, monkeypatch: Any,
@@ -114,17 +117,17 @@ def test_cli_builds_a_fixed_batch_model_with_default_profiles(tmp_path: Path, mo
 
 def test_fit_batch_repeats_own_images():
     b = np.arange(3 * 2, dtype=np.float32).reshape(3, 2, 1, 1)
-    out = B.fit_batch(b, 8)
+    out = C.fit_batch(b, 8)
     assert out.shape[0] == 8
     np.testing.assert_array_equal(out[3:, 0, 0, 0], b[[0, 1, 2, 0, 1], 0, 0, 0])
-    assert B.fit_batch(b, 2).shape[0] == 2 and B.fit_batch(b, 3) is b
+    assert C.fit_batch(b, 2).shape[0] == 2 and C.fit_batch(b, 3) is b
 
 
 # --- progress and Ctrl-C ---------------------------------------------------------------------------
 
 def test_progress_logs_phases_and_cancels():
     lines: list[str] = []
-    p = B.BuildProgress(lines.append, interval_s=0.0)
+    p = G.BuildProgress(lines.append, interval_s=0.0)
     p.phase_start("Building engine", None, 3)
     p.phase_start("Tactic selection", "Building engine", 100)
     p.phase_start("Layer 17", "Tactic selection", 5)       # depth 2: too detailed to print
@@ -166,19 +169,19 @@ def test_run_cancellable_ctrl_c_stops_the_build(ctrl_c):
         return b"plan"
 
     ctrl_c(0.1)
-    with pytest.raises(B.BuildCancelled, match="nothing was written"):
-        B.run_cancellable(slow_build, cancel, log=seen.append, poll_s=0.02)
+    with pytest.raises(G.BuildCancelled, match="nothing was written"):
+        G.run_cancellable(slow_build, cancel, log=seen.append, poll_s=0.02)
     assert "cancelled" in seen and any("Ctrl-C" in s for s in seen)
 
 
 def test_run_cancellable_passes_result_and_errors():
-    assert B.run_cancellable(lambda: 42, threading.Event()) == 42
+    assert G.run_cancellable(lambda: 42, threading.Event()) == 42
 
     def boom() -> None:
         raise RuntimeError("parser exploded")
 
     with pytest.raises(RuntimeError, match="parser exploded"):
-        B.run_cancellable(boom, threading.Event())
+        G.run_cancellable(boom, threading.Event())
 
 
 # --- CLI without TensorRT ---------------------------------------------------------------------------
@@ -477,7 +480,7 @@ def test_parser_errors_are_reported(tmp_path: Path, model: Path, monkeypatch):
 def test_cancelled_build_writes_nothing(tmp_path: Path, model: Path, monkeypatch, ctrl_c):
     fake_trt(monkeypatch, steps=200, step_delay=0.01)
     ctrl_c(0.15)
-    with pytest.raises(B.BuildCancelled):
+    with pytest.raises(G.BuildCancelled):
         B.build_engine(model, tmp_path / "det.engine", BuildOptions(), env=ENV, log=lambda s: None)
     assert not (tmp_path / "det.engine").exists() and not (tmp_path / "det.engine.json").exists()
     assert not list(tmp_path.glob("*.part"))

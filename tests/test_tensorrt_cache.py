@@ -264,7 +264,8 @@ def test_bad_options_are_refused_before_announcing_a_build(tmp_path: Path, model
 
 @pytest.mark.parametrize("error", ["failed", "cancelled", "value"])
 def test_build_errors_become_model_errors_not_tracebacks(tmp_path: Path, model: Path, error: str):
-    from engines.tensorrt.build import BuildCancelled, BuildFailed
+    from engines.tensorrt.build import BuildFailed
+    from engines.tensorrt.progress import BuildCancelled
 
     def build(src: Path, out: Path, opts: BuildOptions) -> Path:
         raise {"failed": BuildFailed("TensorRT could not build det.onnx"),

@@ -27,19 +27,16 @@ see docs/tensorrt.md for what was verified where.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from engines.contract import EngineInfo, ModelContractError, resolve_info
-from engines.metadata import decode_metadata, sha256_file
+from engines.contract import ModelContractError
+from engines.metadata import sha256_file
 from engines.tensorrt.cache import (
     DEFAULT_BATCH_PROFILES,
     BuildOptions,
@@ -54,288 +51,17 @@ from engines.tensorrt.cache import (
     sidecar_metadata,
     timing_cache_path,
 )
+from engines.tensorrt.calibrator import int8_calibrator
 from engines.tensorrt.plan_file import atomic_write, sidecar_path, write_sidecar
+from engines.tensorrt.profiles import OnnxSummary, fit_options, inspect_onnx, profile_shapes
+from engines.tensorrt.progress import BuildCancelled, BuildProgress, progress_monitor, run_cancellable
 
 Shape4 = tuple[int, int, int, int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
-class BuildCancelled(Exception):
-    """The user stopped the build (Ctrl-C); nothing was written."""
-
-
 class BuildFailed(Exception):
     """TensorRT could not build the network; its messages were logged above this error."""
-
-
-@dataclass(frozen=True)
-class OnnxSummary:
-    """The ONNX model as the builder needs it: IO names and shapes, metadata, contract info."""
-
-    path: Path
-    input_name: str
-    output_name: str
-    input_shape: list[int | None]
-    output_shape: list[int | None]
-    meta: dict[str, Any]
-    info: EngineInfo
-
-
-def inspect_onnx(path: str | Path, class_names: list[str] | None = None) -> OnnxSummary:
-    """Read IO and metadata with `onnx` (no TensorRT) and check the engine contract."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelContractError(f"ONNX model {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have no common base class
-        raise ModelContractError(f"{path} is not a readable ONNX model ({exc})") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1 or not model.graph.output:
-        raise ModelContractError(f"{path}: has inputs {[i.name for i in inputs]}; a vap engine has exactly one, "
-                                 "images [B, 3, H, W]")
-
-    def dims(value_info: Any) -> list[int | None]:
-        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in value_info.type.tensor_type.shape.dim]
-
-    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelContractError(f"{path}: input {inputs[0].name} is not float32; the engine contract takes float32")
-    raw = {p.key: p.value for p in model.metadata_props}
-    info = resolve_info(raw, dims(inputs[0]), dims(model.graph.output[0]), str(path), class_names)
-    return OnnxSummary(path, inputs[0].name, model.graph.output[0].name, dims(inputs[0]),
-                       dims(model.graph.output[0]), decode_metadata(raw), info)
-
-
-def fit_options(summary: OnnxSummary, options: BuildOptions) -> BuildOptions:
-    """`options` adapted to the model: the default batch profiles become the model's own batch size
-    when its graph has a fixed batch (Ultralytics exports batch 1 by default), so such a model
-    builds without flags. Profiles given explicitly are left alone (profile_shapes checks them)."""
-    b_fixed = summary.input_shape[0]
-    if b_fixed is not None and options.batch_profiles == DEFAULT_BATCH_PROFILES:
-        return dataclasses.replace(options, batch_profiles=((b_fixed,) * 3,))
-    return options
-
-
-def profile_shapes(summary: OnnxSummary, options: BuildOptions) -> list[tuple[Shape4, Shape4, Shape4]]:
-    """The (min, opt, max) input shapes of every optimisation profile, in engine order.
-
-    Profiles repeat `options.contexts` times: copy c of batch range i has index
-    c * len(batch_profiles) + i, and execution context c owns copy c (see runtime.py).
-    Raises ValueError when the options contradict the model (fixed batch or size); the message
-    names both the config key (`model.tensorrt.*`, for `vap run`) and the `vap build-engine` flag.
-    """
-    b_fixed = summary.input_shape[0]
-    for b in options.batch_profiles:
-        if b_fixed is not None and tuple(b) != (b_fixed,) * 3:
-            raise ValueError(
-                f"{summary.path.name} has a fixed batch size of {b_fixed}, but batch profile "
-                f"{','.join(map(str, b))} was asked for: set model.tensorrt.batch_profiles: "
-                f"[[{b_fixed}, {b_fixed}, {b_fixed}]] (or leave it at its default) / "
-                f"vap build-engine --batch {b_fixed}, "
-                "or export the model with a dynamic batch (vap export does by default)")
-    h_fixed, w_fixed = summary.input_shape[2], summary.input_shape[3]
-    if h_fixed is not None and w_fixed is not None:
-        fixed = (h_fixed, w_fixed)
-        if options.hw_profile and any(tuple(hw) != fixed for hw in options.hw_profile):
-            raise ValueError(f"{summary.path.name} has a fixed input size {h_fixed}x{w_fixed}: remove "
-                             "model.tensorrt.hw_profile / drop --hw, or export with --dynamic-hw")
-        hw = (fixed, fixed, fixed)
-    elif h_fixed is not None or w_fixed is not None:
-        raise ValueError(f"{summary.path.name}: input shape {summary.input_shape} has only one of H/W dynamic; "
-                         "vap engines have both fixed or both dynamic")
-    else:
-        hw = options.hw_profile or (summary.info.input_hw,) * 3
-        stride = summary.info.stride
-        bad = [f"{h}x{w}" for h, w in hw if h % stride or w % stride]
-        if bad:
-            raise ValueError(f"input sizes {', '.join(bad)} (model.tensorrt.hw_profile / --hw) are not multiples "
-                             f"of the model stride {stride}")
-    out = []
-    for _ in range(options.contexts):
-        for lo, opt, hi in options.batch_profiles:
-            out.append(((lo, 3, *hw[0]), (opt, 3, *hw[1]), (hi, 3, *hw[2])))
-    return out
-
-
-def checked_options(onnx_path: str | Path, options: BuildOptions,
-                    class_names: list[str] | None = None) -> BuildOptions:
-    """Validate `options` against the ONNX model before anything slow happens, adapted to it
-    (`fit_options`). ModelContractError: the model is unusable; ValueError: the options are wrong."""
-    options.validate()
-    summary = inspect_onnx(onnx_path, class_names)
-    options = fit_options(summary, options)
-    profile_shapes(summary, options)
-    return options
-
-
-class BuildProgress:
-    """Prints the builder's phases and steps, at most about once a second per phase, and answers
-    TensorRT's "continue?" with False once `cancel` is set (Ctrl-C).
-
-    Plain Python so it is tested without TensorRT; `progress_monitor` wraps it in the TensorRT
-    interface. TensorRT calls it from its own threads, hence the lock.
-    """
-
-    def __init__(self, log: Callable[[str], None] = print, cancel: threading.Event | None = None,
-                 interval_s: float = 1.0, max_depth: int = 2) -> None:
-        self.log = log
-        self.cancel = cancel or threading.Event()
-        self.interval_s = interval_s
-        self.max_depth = max_depth
-        self._phases: dict[str, tuple[int, int, float]] = {}  # name -> (depth, steps, start time)
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._t0 = time.monotonic()
-
-    def _stamp(self) -> str:
-        s = int(time.monotonic() - self._t0)
-        return f"[{s // 60:02d}:{s % 60:02d}]"
-
-    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-        with self._lock:
-            depth = self._phases[parent_phase][0] + 1 if parent_phase in self._phases else 0
-            self._phases[phase_name] = (depth, int(num_steps), time.monotonic())
-            if depth < self.max_depth:
-                self.log(f"{self._stamp()} {'  ' * depth}{phase_name} ({num_steps} steps)")
-
-    def step_complete(self, phase_name: str, step: int) -> bool:
-        with self._lock:
-            depth, steps, _ = self._phases.get(phase_name, (0, 0, 0.0))
-            now = time.monotonic()
-            if depth < self.max_depth and steps > 1 and now - self._last.get(phase_name, 0.0) >= self.interval_s:
-                self._last[phase_name] = now
-                self.log(f"{self._stamp()} {'  ' * depth}{phase_name}: {step + 1}/{steps}")
-        return not self.cancel.is_set()
-
-    def phase_finish(self, phase_name: str) -> None:
-        with self._lock:
-            depth, _, start = self._phases.pop(phase_name, (0, 0, time.monotonic()))
-            self._last.pop(phase_name, None)
-            if depth == 0:
-                self.log(f"{self._stamp()} {phase_name} done in {time.monotonic() - start:.1f} s")
-
-
-def progress_monitor(trt: Any, progress: BuildProgress) -> Any:
-    """A `trt.IProgressMonitor` forwarding to `progress` (TensorRT >= 10)."""
-
-    class _Monitor(trt.IProgressMonitor):
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            progress.phase_start(phase_name, parent_phase, num_steps)
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            return progress.step_complete(phase_name, step)
-
-        def phase_finish(self, phase_name: str) -> None:
-            progress.phase_finish(phase_name)
-
-    return _Monitor()
-
-
-def run_cancellable(fn: Callable[[], Any], cancel: threading.Event, log: Callable[[str], None] = print,
-                    poll_s: float = 0.2) -> Any:
-    """Run the blocking `fn` (TensorRT's build) in a worker thread so Ctrl-C reaches Python.
-
-    The first Ctrl-C sets `cancel` (the progress monitor then tells TensorRT to stop at its next
-    step) and waits for `fn` to return; a second Ctrl-C gives up waiting. Raises BuildCancelled
-    after a cancel, re-raises an exception from `fn`.
-    """
-    box: dict[str, Any] = {}
-    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended
-
-    def work() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="trt-build", daemon=True).start()
-    while not done.is_set():
-        try:
-            done.wait(poll_s)
-        except KeyboardInterrupt:
-            if cancel.is_set():
-                raise BuildCancelled("build abandoned (second Ctrl-C)") from None
-            cancel.set()
-            log("Ctrl-C: stopping the build at TensorRT's next step (Ctrl-C again to abandon it)")
-    if "error" in box:
-        raise box["error"]
-    if cancel.is_set():
-        raise BuildCancelled("build cancelled; nothing was written")
-    return box.get("result")
-
-
-def fit_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """A calibration batch of exactly `size` rows (TensorRT's calibrator has a fixed batch size):
-    a short last batch repeats its own images rather than adding blank ones."""
-    if len(batch) == size:
-        return batch
-    if len(batch) > size:
-        return batch[:size]
-    return np.concatenate([batch, batch[np.arange(size - len(batch)) % len(batch)]])
-
-
-def int8_calibrator(trt: Any, ops: Any, batches: Any, batch_shape: Shape4, cache_file: Path,
-                    log: Callable[[str], None] = print) -> Any:
-    """A `trt.IInt8EntropyCalibrator2` (TensorRT 10) fed from `batches` ([B, 3, H, W] float32)."""
-    size = batch_shape[0]
-
-    class _Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.iterator = iter(batches)
-            with ops.activate():  # pycuda allocates (pinned memory too) in the current context
-                self.stream = ops.new_stream()
-                self.device = ops.malloc(int(np.prod(batch_shape)) * 4)
-                self.host = ops.pinned(batch_shape, np.float32)
-            self.seen = 0
-
-        def get_batch_size(self) -> int:
-            return size
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            batch = next(self.iterator, None)
-            if batch is None:
-                log(f"calibration: {self.seen} images")
-                return None
-            np.copyto(self.host, fit_batch(np.asarray(batch, dtype=np.float32), size))
-            with ops.activate():
-                ops.htod_async(self.device, self.host, self.stream)
-                ops.synchronize(self.stream)
-            self.seen += min(len(batch), size)
-            if self.seen % (size * 8) < size:
-                log(f"calibration: {self.seen} images")
-            return [self.device]
-
-        def read_calibration_cache(self) -> bytes | None:
-            if cache_file.is_file():
-                log(f"calibration: reusing {cache_file}")
-                return cache_file.read_bytes()
-            return None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            atomic_write(cache_file, bytes(memoryview(cache)))
-
-        def close(self) -> None:
-            """Free the device buffer, pinned batch and stream (after the build; idempotent)."""
-            if self.device is None:
-                return
-            with ops.activate():
-                ops.synchronize(self.stream)
-                ops.free(self.device)
-                ops.free_pinned(self.host)
-                ops.destroy_stream(self.stream)
-            self.device = self.host = self.stream = None
-
-    return _Calibrator()
 
 
 def trt_major(trt: Any) -> int:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from engines.contract import ModelContractError
 from engines.metadata import sha256_file
-from engines.tensorrt.build import BuildCancelled, BuildFailed, build_engine, checked_options
+from engines.tensorrt.build import BuildFailed, build_engine
+from engines.tensorrt.profiles import checked_options
+from engines.tensorrt.progress import BuildCancelled
 from engines.tensorrt.cache import (
     BuildOptions,
     TrtEnvironment,
