@@ -20,6 +20,10 @@ precedence:
 
 Times: `t` is stream time (pts seconds) and drives dwell, loiter, stationary and update periods;
 `capture_ts` is wall clock and becomes the event's `ts`.
+
+Why one module of ~480 lines: the rules share one per-track state and one precedence order
+(the gate before zones and lines, exits before `track.end`); the zone and line configs sit with
+the rules that read them.
 """
 
 from __future__ import annotations

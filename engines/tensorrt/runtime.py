@@ -12,6 +12,10 @@ The plan's metadata comes from the JSON sidecar written by `vap build-engine` (c
 this machine's TensorRT version and GPU) or from the 4-byte-length + JSON header of Ultralytics
 `.engine` exports. TensorRT and the CUDA bindings are imported when a backend is created, never
 at import time, so `import engines.tensorrt.runtime` works on machines without them.
+
+Why one module of ~530 lines: the context pool, its buffers and the per-batch copy/execute/wait
+sequence share one locking rule (a context and its buffers belong to one batch at a time);
+split apart, that rule would have to be re-read across files.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ logic here is testable in a plain process. A `ShardWorker`:
   `vap_shard_config_error{shard}` = 1 and retries transient problems itself.
 
 Frames never leave this process: only the config comes in, only events (sinks) and metrics go out.
+
+Why one module of ~500 lines: ownership, the diff against running streams and the handover and
+takeover reports happen in one order under one lock; the HTTP side, the ledger and the config
+rendering live in their own modules.
 """
 
 from __future__ import annotations
