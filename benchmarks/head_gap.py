@@ -128,7 +128,7 @@ def counts_by_size(preds: list[np.ndarray], gts: list[np.ndarray], scales: list[
             table[size_of(float((b[2] - b[0]) * (b[3] - b[1]) * k))]["tp_iou"].append(
                 float(box_iou(p[d:d + 1, :4], b[None])[0, 0]))
         pointed = set(target[(kind != TYPES.index("background")) & (target >= 0)].tolist())
-        area = lambda b: float((b[2] - b[0]) * (b[3] - b[1]) * k)  # noqa: E731
+        area = lambda b, k=k: float((b[2] - b[0]) * (b[3] - b[1]) * k)
         for d in np.flatnonzero(p[:, 4] >= conf):
             box = g[target[d], 1:5] if target[d] >= 0 else p[d, :4]
             table[size_of(area(box))][TYPES[kind[d]]] += 1

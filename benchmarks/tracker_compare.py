@@ -86,7 +86,7 @@ class _UltraBoxes:
     def __len__(self) -> int:
         return len(self.conf)
 
-    def __getitem__(self, idx):  # noqa: ANN001 - boolean or index array, as Boxes takes
+    def __getitem__(self, idx):
         return _UltraBoxes(self.xyxy[idx], self.conf[idx])
 
 

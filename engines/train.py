@@ -30,8 +30,8 @@ from pathlib import Path
 
 from engines.train_checkpoint import (RESUME_OVERRIDABLE, load_checkpoint, model_from_checkpoint,  # noqa: F401
                                       resume_config, save_checkpoint)
-from engines.train_config import ConfigFileError, TrainConfig, load_config, parse_overrides  # noqa: F401
-from engines.train_loop import train  # noqa: F401
+from engines.train_config import ConfigFileError, TrainConfig, load_config, parse_overrides
+from engines.train_loop import train
 from engines.train_runtime import rng_state, seed_everything, select_device, set_rng_state  # noqa: F401
 from engines.train_validate import pr_curve, validate  # noqa: F401
 

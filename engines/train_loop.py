@@ -15,7 +15,8 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import yaml
 
@@ -125,13 +126,14 @@ def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None, stretch: bool
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     per_rank_batch = max(1, cfg.batch // world)
-    sampler = None
+    sampler: Any = None
     if world > 1:
         from torch.utils.data import DistributedSampler
         sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed)
     nb = math.ceil((len(sampler) if sampler is not None else len(train_ds)) / per_rank_batch)  # iters/epoch
+    # a resume keeps the schedule it started (checkpoints before 2026-12: its recipe's)
     length = cfg.epochs if ck is None or stretch else int((ck.get("schedule") or {}).get(
-        "epochs", ck["train_cfg"]["epochs"]))  # a resume keeps the schedule it started (checkpoints before 2026-12: its recipe's)
+        "epochs", ck["train_cfg"]["epochs"]))
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"

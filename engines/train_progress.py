@@ -107,7 +107,7 @@ def _bar(console: Any) -> Any:
     from rich.text import Text
 
     class TwoLine(Progress):
-        def get_renderables(self):  # type: ignore[no-untyped-def]
+        def get_renderables(self):
             yield self.make_tasks_table(self.tasks)
             for task in self.tasks:
                 yield Text("  " + str(task.fields.get("losses", "")), overflow="fold")

@@ -32,7 +32,7 @@ class Schedule:
     warmup_bias_lr: float
 
     @classmethod
-    def of(cls, cfg: Any, epochs: int, iters_per_epoch: int) -> "Schedule":
+    def of(cls, cfg: Any, epochs: int, iters_per_epoch: int) -> Schedule:
         """The schedule of a TrainConfig over `epochs` (the saved length when resuming)."""
         warmup = max(round(cfg.warmup_epochs * iters_per_epoch), 100) if cfg.warmup_epochs > 0 else 0
         return cls(epochs=int(epochs), iters_per_epoch=int(iters_per_epoch), warmup_iters=warmup,

@@ -80,7 +80,8 @@ def test_train_writes_artifacts_and_resume_is_exact(data_yaml, tmp_path, capsys)
     for f in ("last.pt", "best.pt", "results.csv", "args.yaml", "results.png", "pr_curve.png"):
         assert (full / f).is_file(), f
     # results.csv and the plots are refreshed every epoch, not only at the end
-    assert seen == [(0, {"last.pt", "results.png", "pr_curve.png"}, 1), (1, {"last.pt", "results.png", "pr_curve.png"}, 2)]
+    files = {"last.pt", "results.png", "pr_curve.png"}
+    assert seen == [(0, files, 1), (1, files, 2)]
     rows = list(csv.DictReader(open(full / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"map50", "map50_95", "data_wait_frac", "img_per_s", "o2o_cls", "o2m_cls", "mosaic"} <= set(rows[0])

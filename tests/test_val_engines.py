@@ -218,7 +218,7 @@ def _fake_trt_plan(tmp_path: Path, onnx_model: Path, monkeypatch) -> tuple[Path,
     monkeypatch.setattr(fake, "K", int(meta["max_det"]))
     session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
 
-    def kernel(self, profile, shape, addresses):  # noqa: ANN001 - the fake context's kernel signature
+    def kernel(self, profile, shape, addresses):
         x = self.trt.ops.view(addresses["images"], shape, np.float32)
         out = session.run(None, {"images": np.ascontiguousarray(x)})[0]
         self.trt.ops.view(addresses["output0"], out.shape, np.float32)[:] = out
@@ -260,7 +260,8 @@ def test_tensorrt_engine_on_a_gpu(data, shipped_onnx, tmp_path):
     from engines.tensorrt.build import build_engine
     from engines.tensorrt.cache import BuildOptions
 
-    plan = build_engine(shipped_onnx, tmp_path / "n.engine", BuildOptions(precision="fp16", batch_profiles=((1, 4, 8),)),
+    plan = build_engine(shipped_onnx, tmp_path / "n.engine",
+                        BuildOptions(precision="fp16", batch_profiles=((1, 4, 8),)),
                         cache_dir=tmp_path)  # type: ignore[arg-type]
     got = _val(tmp_path, str(plan), "--data", str(data))
     ref = _val(tmp_path, str(shipped_onnx), "--data", str(data))
