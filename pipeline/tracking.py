@@ -32,11 +32,12 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.optimize import linear_sum_assignment
-
 from pipeline.config import Strict
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
+from pipeline.tracking_match import assign, buffered_iou, covered_by, dedup_detections
+
+__all__ = ["ByteTracker", "TrackerConfig", "Tracks", "dedup_detections", "map_ultralytics_tracker"]
 
 _log = logging.getLogger(__name__)
 
@@ -87,9 +88,6 @@ def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
     return out, notes
 
 
-_INFEASIBLE = 1e6  # cost of a gated-out pair; far above any real cost (which lies in [0, 1])
-
-
 class TrackerConfig(Strict):
     """ByteTrack settings: the paper's MOT17 values in seconds, except the association and lifetime rules
     that `benchmarks/tracker.md` measured better (lost tracks in stage 2, earned lost lifetime)."""
@@ -100,8 +98,17 @@ class TrackerConfig(Strict):
         0.1, ge=0, le=1, description="Detections in [low_thresh, high_thresh) are used only in the second stage "
         "(to keep occluded tracks alive); below low_thresh they are ignored.")
     new_track_thresh: float = Field(
-        0.6, ge=0, le=1, description="An unmatched high-score detection starts a new (tentative) track only at or "
-        "above this score; above high_thresh so that borderline boxes extend tracks but do not create them.")
+        0.6, ge=0, le=1, description="An unmatched high-score detection starts a new track only at or above this "
+        "score; above high_thresh so that borderline boxes extend tracks but do not create them. This is the "
+        "threshold for a box that a confirmed track partly covers (see new_track_open_thresh).")
+    new_track_open_thresh: float = Field(
+        0.8, ge=0, le=1, description="Score a detection needs to start a track where no confirmed track covers "
+        "new_track_cover of it. Objects appear by entering or by coming out from behind another, and then "
+        "score low because they are partly hidden; a mid-score box alone in open space is more often clutter. "
+        "Set it to new_track_thresh for one threshold everywhere (values below new_track_thresh act as it).")
+    new_track_cover: float = Field(
+        0.1, ge=0, le=1, description="Fraction of a detection's area that one confirmed track's box must cover for "
+        "the detection to start a track at new_track_thresh instead of new_track_open_thresh.")
     match_iou_high: float = Field(
         0.2, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
         "similarity) between a predicted track box and a high-score detection.")
@@ -114,8 +121,10 @@ class TrackerConfig(Strict):
     fuse_score: bool = Field(
         True, description="Stage 1 similarity is IoU x score (paper); false uses plain IoU.")
     min_hits: int = Field(
-        2, ge=1, description="Consecutive matched frames before a tentative track is confirmed and reported; a "
-        "tentative track that misses one frame is removed.")
+        1, ge=1, description="Consecutive matched frames before a tentative track is confirmed and reported; a "
+        "tentative track that misses one frame is removed. 1 (default) reports a track from its first box: the "
+        "birth thresholds (new_track_thresh, new_track_open_thresh) are what keep clutter out, and a new object "
+        "missed in its second frame keeps its track instead of restarting.")
     lost_ttl_s: float = Field(
         1.0, gt=0, description="Seconds a confirmed track survives without a match (coasting on its Kalman "
         "prediction) before it is ended and reported in Tracks.ended; the least a lost track lives (see "
@@ -126,8 +135,16 @@ class TrackerConfig(Strict):
         "lost_ttl_s or lost_ttl_ratio x the time it has been tracked, whichever is longer, at most this "
         "(or lost_ttl_s, if that is longer).")
     lost_ttl_ratio: float = Field(
-        1.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
+        2.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
         "the fixed lost_ttl_s of the ByteTrack paper.")
+    lost_buffer_rate: float = Field(
+        0.5, ge=0, description="Stage 1b, lost tracks still unmatched after stage 2 vs the high-score detections "
+        "left: boxes enlarged on every side by this fraction of their size per second lost (buffered IoU), so a "
+        "prediction that drifted during an occlusion still finds its object; 0 turns the stage off.")
+    lost_buffer_max: float = Field(
+        0.5, ge=0, description="Largest enlargement of stage 1b (fraction of the box size on every side).")
+    match_biou_lost: float = Field(
+        0.4, ge=0, le=1, description="Stage 1b gate: minimum buffered IoU between a lost track and a detection.")
     tentative_low: bool = Field(
         True, description="Tentative tracks left unmatched also try the low-score detections nobody took (stage-2 "
         "gate), so a new object that is partly hidden in its second frame is confirmed instead of restarting.")
@@ -299,58 +316,6 @@ class _Kalman:
         mean = mean + (gain @ innov[:, :, None])[:, :, 0]
         cov = cov - gain @ pht.transpose(0, 2, 1)
         return mean, cov
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _assign(cost: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal assignment on `cost` (rows x cols) among the pairs where `valid` holds.
-
-    Gated pairs get a huge cost before solving, so the solver never trades a good match for a
-    forbidden one, and any forbidden pair it is forced into is dropped afterwards.
-    """
-    if cost.size == 0:
-        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    # rows/cols with no feasible pair at all cannot match: leave them out of the solve
-    rows_ok = np.flatnonzero(valid.any(axis=1))
-    cols_ok = np.flatnonzero(valid.any(axis=0))
-    if len(rows_ok) == 0:
-        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    if len(rows_ok) == cost.shape[0] and len(cols_ok) == cost.shape[1]:
-        sub = np.where(valid, cost, _INFEASIBLE)  # nothing to leave out: skip the fancy indexing
-    else:
-        block = (rows_ok[:, None], cols_ok[None, :])
-        sub = np.where(valid[block], cost[block], _INFEASIBLE)
-    r, c = linear_sum_assignment(sub)
-    keep = sub[r, c] < _INFEASIBLE
-    return rows_ok[r[keep]], cols_ok[c[keep]]
-
-
-def dedup_detections(dets: Detections, iou_thresh: float) -> Detections:
-    """Drop the lower-scoring of two different-class detections that overlap above `iou_thresh`.
-
-    Greedy from the highest score, so a suppressed row cannot suppress another. Same-class overlaps
-    are left alone: the detector is NMS-free by design and two same-class boxes are two objects.
-    """
-    n = len(dets)
-    if n < 2:
-        return dets
-    if np.all(dets.class_ids == dets.class_ids[0]):
-        return dets  # one class only: nothing to deduplicate (the common case, and cheap to test)
-    order = np.argsort(-dets.scores, kind="stable")
-    boxes = dets.boxes[order]
-    cls = dets.class_ids[order]
-    iou = iou_matrix(boxes, boxes)
-    conflict = (iou > iou_thresh) & (cls[:, None] != cls[None, :])
-    conflict = np.triu(conflict, k=1)  # i < j: i has the higher (or equal) score
-    if not conflict.any():
-        return dets
-    keep = np.ones(n, dtype=bool)
-    for i in np.flatnonzero(conflict.any(axis=1)):
-        if keep[i]:
-            keep[conflict[i]] = False
-    return dets.select(np.sort(order[keep]))
 
 
 class ByteTracker:
@@ -548,7 +513,7 @@ class ByteTracker:
             cost, valid = cost_for(tr, dr, fuse, gate)
             if momentum and cfg.oc_direction_weight > 0:
                 cost = cost - cfg.oc_direction_weight * self._direction_bonus(tr, meas_all[dr], d.scores[dr])
-            r, c = _assign(cost, valid)
+            r, c = assign(cost, valid, 1.0 - gate)
             track_det[tr[r]] = dr[c]
             det_free[dr[c]] = False
 
@@ -561,6 +526,17 @@ class ByteTracker:
         # from behind another is half hidden and scores low for a while, and waiting for a high
         # score until the ttl runs out is where the paper's variant loses identities in crowds.
         match(confirmed, ~is_high, False, cfg.match_iou_low)
+        # stage 1b: lost tracks still unmatched vs the high-score detections left, buffered IoU that
+        # widens with the time lost: the prediction of an object hidden for a while has drifted
+        if cfg.lost_buffer_rate > 0:
+            lost = np.flatnonzero(self._confirmed & self._lost & (track_det < 0))
+            dr = np.flatnonzero(is_high & det_free)
+            if len(lost) and len(dr):
+                buf = np.minimum(cfg.lost_buffer_rate * (now - self._last_seen[lost]), cfg.lost_buffer_max)
+                sim = buffered_iou(pred_boxes[lost], d.boxes[dr], buf)
+                r, c = assign(1.0 - sim, sim >= cfg.match_biou_lost, 1.0 - cfg.match_biou_lost)
+                track_det[lost[r]] = dr[c]
+                det_free[dr[c]] = False
         # stage 3: tentative tracks vs high-score detections nobody took
         match(tentative, is_high, False, cfg.match_iou_tentative)
         # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (the strict
@@ -619,6 +595,13 @@ class ByteTracker:
 
         # -- new tentative tracks from unclaimed confident detections ----------------------------
         new = np.flatnonzero(det_free & (d.scores >= cfg.new_track_thresh))
+        open_thresh = max(cfg.new_track_open_thresh, cfg.new_track_thresh)
+        weak = new[d.scores[new] < open_thresh]
+        if len(weak):
+            # a mid-score box starts a track only where a confirmed track covers part of it (an object
+            # coming out from behind another); alone in open space it must score open_thresh
+            cover = covered_by(d.boxes[weak], _to_boxes(self._mean[self._confirmed], cfg.motion))
+            new = np.setdiff1d(new, weak[cover <= cfg.new_track_cover])
         if len(new):
             self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
             if cfg.min_hits <= 1:
