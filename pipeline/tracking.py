@@ -110,8 +110,10 @@ class TrackerConfig(Strict):
         0.1, ge=0, le=1, description="Fraction of a detection's area that one confirmed track's box must cover for "
         "the detection to start a track at new_track_thresh instead of new_track_open_thresh.")
     match_iou_high: float = Field(
-        0.2, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
-        "similarity) between a predicted track box and a high-score detection.")
+        0.3, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
+        "similarity) between a predicted track box and a high-score detection. Also the zero of a pair's worth "
+        "in the assignment (a pair is worth its similarity minus the gate), so it decides when leaving a track "
+        "unmatched beats a poor pair; the paper's 0.2 measured worse once lost tracks have stage 1b.")
     match_iou_low: float = Field(
         0.5, ge=0, le=1, description="Stage 2 gate: minimum plain IoU between a still-unmatched confirmed track (tracked "
         "or lost) and a low-score detection (strict, because low-score boxes are unreliable).")
@@ -134,6 +136,10 @@ class TrackerConfig(Strict):
         "is a real object and worth waiting for, a short one is more likely clutter: a lost track lives "
         "lost_ttl_s or lost_ttl_ratio x the time it has been tracked, whichever is longer, at most this "
         "(or lost_ttl_s, if that is longer).")
+    lost_ttl_once_s: float = Field(
+        0.2, ge=0, description="Lost lifetime of a track seen in one frame only (confirmed at birth, never "
+        "matched again): such a track is most often a spurious box, and while it coasts it can take another "
+        "object's detection and it costs update time.")
     lost_ttl_ratio: float = Field(
         2.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
         "the fixed lost_ttl_s of the ByteTrack paper.")
@@ -451,6 +457,7 @@ class ByteTracker:
         cfg = self.cfg
         now = self._clock(t)
         dt = 0.0 if self._t_last is None else now - self._t_last
+        cadence = self._last_dt if self._last_dt > 0 else dt  # the usual interval between updates
         if dt > 0:
             self._last_dt = dt
         self._t_last = now
@@ -478,11 +485,15 @@ class ByteTracker:
             if cfg.motion == "xywh":
                 self._mean[self._lost, 6] = 0.0
         size_before = self._mean[:, 2:4].copy()
+        size_step = self._mean[:, 6:8] * min(dt, cadence)
         self._mean, self._cov = self._kf.predict(self._mean, self._cov, dt)
         if len(self._mean):
-            # a long prediction (dropped frames, a stall) extrapolates the size linearly, which can
-            # shrink a box to nothing or turn it inside out: one prediction may at most halve or
-            # double the size (the aspect, in xyah)
+            # a long prediction (dropped frames, a stall) would extrapolate the size linearly, which
+            # can shrink a box to nothing or turn it inside out: the size moves by at most one usual
+            # interval's worth of its velocity (a size change does not persist like motion does),
+            # and one prediction may at most halve or double it (the aspect, in xyah)
+            if dt > cadence:
+                self._mean[:, 2:4] = size_before + size_step
             np.clip(self._mean[:, 2:4], 0.5 * size_before, 2.0 * size_before, out=self._mean[:, 2:4])
         pred_boxes = _to_boxes(self._mean, cfg.motion)
 
@@ -580,6 +591,8 @@ class ByteTracker:
             np.zeros((0,), np.int32)
         ttl = np.clip(cfg.lost_ttl_ratio * (self._last_seen - self._born), cfg.lost_ttl_s,
                       max(cfg.lost_ttl_s, cfg.lost_ttl_max_s))
+        # a track seen in one frame only (confirmed at birth, never matched again) earned nothing
+        ttl = np.where(self._last_seen > self._born, ttl, cfg.lost_ttl_once_s)
         expired = self._confirmed & self._lost & (now - self._last_seen > ttl)
         ended = self._ids[expired].copy()
         drop = expired | (~self._confirmed & missed)
