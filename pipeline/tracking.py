@@ -9,10 +9,16 @@ Written from the paper, not from any implementation. The ideas that matter:
   noise.
 
   Where we depart from the paper, each measured on `benchmarks/tracker_compare.py`'s camera-like
-  set (see `benchmarks/tracker.md`): lost tracks take part in the low-score stage too (an object
-  coming out from behind another scores low for a while); a lost track's lifetime grows with the
-  time it was tracked (`lost_ttl_ratio`, between `lost_ttl_s` and `lost_ttl_max_s`: real objects
-  are waited for, clutter is not); and tentative tracks may be confirmed by a low-score box.
+  set (see `benchmarks/tracker.md`): every stage's assignment makes a pair only if it is worth
+  more than leaving both sides unmatched (`tracking_match.assign`), never two poor pairs instead
+  of one good one; lost tracks take part in the low-score stage too (an object coming out from
+  behind another scores low for a while) and then get a buffered-IoU stage of their own (a
+  prediction drifts during an occlusion); a lost track's lifetime grows with the time it was
+  tracked (`lost_ttl_ratio`, between `lost_ttl_s` and `lost_ttl_max_s`: real objects are waited
+  for, clutter is not, and a box seen once waits only `lost_ttl_once_s`); a new track needs a
+  higher score in open space than where a tracked object covers part of it (objects appear by
+  entering or by coming out from behind another); and tracks are reported from their first box
+  (`min_hits` 1), with tentative tracks, when `min_hits` is raised, confirmable by a low-score box.
 * **Time, not frames.** The Kalman filter predicts with the real time between updates (stream
   pts), velocities are in pixels per second, and lost-track lifetimes are in seconds. Dropped
   frames and variable frame rates therefore change nothing but the prediction horizon.
@@ -32,9 +38,11 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
+
 from pipeline.config import Strict
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
+from pipeline.tracking_kalman import Kalman, to_boxes, to_measurement
 from pipeline.tracking_match import assign, buffered_iou, covered_by, dedup_detections
 
 __all__ = ["ByteTracker", "TrackerConfig", "Tracks", "dedup_detections", "map_ultralytics_tracker"]
@@ -89,8 +97,9 @@ def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
 
 
 class TrackerConfig(Strict):
-    """ByteTrack settings: the paper's MOT17 values in seconds, except the association and lifetime rules
-    that `benchmarks/tracker.md` measured better (lost tracks in stage 2, earned lost lifetime)."""
+    """ByteTrack settings: the paper's MOT17 values in seconds, except the association, birth and lifetime
+    rules that `benchmarks/tracker.md` measured better (cost-limited assignment, lost tracks in stage 2 and
+    a buffered stage 1b, births by context, reporting from the first box, earned lost lifetime)."""
 
     high_thresh: float = Field(
         0.5, ge=0, le=1, description="Detections at or above this score take part in the first association stage.")
@@ -231,99 +240,6 @@ class Tracks:
         return int(self.ids.shape[0])
 
 
-# ---------------------------------------------------------------------------------------------
-# Box <-> Kalman measurement conversions (vectorised)
-
-
-def _to_measurement(boxes: np.ndarray, motion: str) -> np.ndarray:
-    """x1,y1,x2,y2 -> (cx, cy, a, h) or (cx, cy, w, h), float64."""
-    b = boxes.astype(np.float64, copy=False)
-    w = b[:, 2] - b[:, 0]
-    h = b[:, 3] - b[:, 1]
-    cx = b[:, 0] + 0.5 * w
-    cy = b[:, 1] + 0.5 * h
-    third = w / h if motion == "xyah" else w
-    return np.stack([cx, cy, third, h], axis=1)
-
-
-def _to_boxes(mean: np.ndarray, motion: str) -> np.ndarray:
-    """Kalman means (N, 8) -> x1,y1,x2,y2 (N, 4) float64."""
-    cx, cy, third, h = mean[:, 0], mean[:, 1], mean[:, 2], mean[:, 3]
-    w = third * h if motion == "xyah" else third
-    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=1)
-
-
-class _Kalman:
-    """Constant-velocity Kalman filter over many tracks at once; velocities in units per second."""
-
-    def __init__(self, cfg: TrackerConfig) -> None:
-        self.motion = cfg.motion
-        self.sp = cfg.std_weight_position
-        # velocity noise is per reference frame in the paper; our velocities are per second
-        self.sv = cfg.std_weight_velocity * cfg.noise_ref_fps
-        self.ref_fps = cfg.noise_ref_fps
-
-    def _scales(self, mean_or_meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-track size scales for the 4 measured components: (x, y, third, h)."""
-        h = np.maximum(mean_or_meas[:, 3], 1e-3)
-        if self.motion == "xyah":
-            return h, h  # the aspect component gets fixed small noise, see callers
-        return h, np.maximum(mean_or_meas[:, 2], 1e-3)
-
-    def _std(self, mean: np.ndarray, w_pos: float, w_vel: float, aspect_pos: float, aspect_vel: float) -> np.ndarray:
-        """(N, 8) standard deviations: position-like columns scaled by box size."""
-        h, w = self._scales(mean)
-        pos = np.stack([w_pos * h, w_pos * h, w_pos * w, w_pos * h], axis=1)
-        vel = np.stack([w_vel * h, w_vel * h, w_vel * w, w_vel * h], axis=1)
-        if self.motion == "xyah":
-            pos[:, 2] = aspect_pos
-            vel[:, 2] = aspect_vel
-        return np.concatenate([pos, vel], axis=1)
-
-    def initiate(self, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """New tracks from (N, 4) measurements: zero velocity, wide velocity uncertainty."""
-        n = len(meas)
-        mean = np.concatenate([meas, np.zeros((n, 4))], axis=1)
-        std = self._std(mean, 2 * self.sp, 10 * self.sv, 1e-2, 1e-5 * self.ref_fps)
-        cov = np.zeros((n, 8, 8))
-        idx = np.arange(8)
-        cov[:, idx, idx] = std ** 2
-        return mean, cov
-
-    def predict(self, mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        """Advance every track by `dt` seconds (one shared transition matrix)."""
-        if len(mean) == 0 or dt <= 0:
-            return mean, cov
-        f = np.eye(8)
-        f[0:4, 4:8] = dt * np.eye(4)
-        k = dt * self.ref_fps  # process noise accumulates per (reference) frame elapsed
-        std = self._std(mean, self.sp, self.sv, 1e-2, 1e-5 * self.ref_fps)
-        mean = mean @ f.T
-        cov = f @ cov @ f.T  # batched over tracks by matmul broadcasting
-        idx = np.arange(8)
-        cov[:, idx, idx] += (std ** 2) * k
-        return mean, cov
-
-    def update(self, mean: np.ndarray, cov: np.ndarray, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Correct tracks (rows of mean/cov) with their matched measurements (same rows)."""
-        if len(mean) == 0:
-            return mean, cov
-        h, w = self._scales(mean)
-        r = np.stack([self.sp * h, self.sp * h, self.sp * w, self.sp * h], axis=1) ** 2
-        if self.motion == "xyah":
-            r[:, 2] = 1e-1 ** 2
-        s = cov[:, :4, :4].copy()
-        idx = np.arange(4)
-        s[:, idx, idx] += r
-        pht = cov[:, :, :4]  # P H^T, (N, 8, 4)
-        # K = P H^T S^-1  ->  solve S K^T = (P H^T)^T (S symmetric)
-        gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)
-        innov = meas - mean[:, :4]
-        mean = mean + (gain @ innov[:, :, None])[:, :, 0]
-        cov = cov - gain @ pht.transpose(0, 2, 1)
-        return mean, cov
-
-
 class ByteTracker:
     """One stream's tracker. Not thread-safe: the runtime owns one per stream and calls it in order.
 
@@ -334,7 +250,7 @@ class ByteTracker:
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self.cfg = cfg
-        self._kf = _Kalman(cfg)
+        self._kf = Kalman(cfg.motion, cfg.std_weight_position, cfg.std_weight_velocity, cfg.noise_ref_fps)
         self._next_id = 1
         self._t_last: float | None = None
         self._t_offset = 0.0  # added to t after a backwards jump so internal time stays monotonic
@@ -476,7 +392,7 @@ class ByteTracker:
             d = dedup_detections(d, cfg.dedup_iou)
         if len(d):
             self._grow_classes(int(d.class_ids.max()))
-        meas_all = _to_measurement(d.boxes, cfg.motion)
+        meas_all = to_measurement(d.boxes, cfg.motion)
 
         # -- predict every track to now ---------------------------------------------------------
         if self._lost.any():
@@ -495,7 +411,7 @@ class ByteTracker:
             if dt > cadence:
                 self._mean[:, 2:4] = size_before + size_step
             np.clip(self._mean[:, 2:4], 0.5 * size_before, 2.0 * size_before, out=self._mean[:, 2:4])
-        pred_boxes = _to_boxes(self._mean, cfg.motion)
+        pred_boxes = to_boxes(self._mean, cfg.motion)
 
         n = len(self._ids)
         track_det = np.full((n,), -1, np.intp)  # matched detection row per track
@@ -613,7 +529,7 @@ class ByteTracker:
         if len(weak):
             # a mid-score box starts a track only where a confirmed track covers part of it (an object
             # coming out from behind another); alone in open space it must score open_thresh
-            cover = covered_by(d.boxes[weak], _to_boxes(self._mean[self._confirmed], cfg.motion))
+            cover = covered_by(d.boxes[weak], to_boxes(self._mean[self._confirmed], cfg.motion))
             new = np.setdiff1d(new, weak[cover <= cfg.new_track_cover])
         if len(new):
             self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
