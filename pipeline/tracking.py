@@ -525,12 +525,14 @@ class ByteTracker:
         # -- new tentative tracks from unclaimed confident detections ----------------------------
         new = np.flatnonzero(det_free & (d.scores >= cfg.new_track_thresh))
         open_thresh = max(cfg.new_track_open_thresh, cfg.new_track_thresh)
-        weak = new[d.scores[new] < open_thresh]
-        if len(weak):
+        weak = d.scores[new] < open_thresh
+        if weak.any():
             # a mid-score box starts a track only where a confirmed track covers part of it (an object
             # coming out from behind another); alone in open space it must score open_thresh
-            cover = covered_by(d.boxes[weak], to_boxes(self._mean[self._confirmed], cfg.motion))
-            new = np.setdiff1d(new, weak[cover <= cfg.new_track_cover])
+            cover = covered_by(d.boxes[new[weak]], to_boxes(self._mean[self._confirmed], cfg.motion))
+            keep = np.ones(len(new), bool)
+            keep[np.flatnonzero(weak)] = cover > cfg.new_track_cover
+            new = new[keep]
         if len(new):
             self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
             if cfg.min_hits <= 1:

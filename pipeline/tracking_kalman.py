@@ -41,6 +41,8 @@ class Kalman:
         # velocity noise is per reference frame in the paper; our velocities are per second
         self.sv = std_weight_velocity * noise_ref_fps
         self.ref_fps = noise_ref_fps
+        self._f_dt = -1.0
+        self._f = np.eye(8)
 
     def _scales(self, mean_or_meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-track size scales for the 4 measured components: (x, y, third, h)."""
@@ -73,8 +75,11 @@ class Kalman:
         """Advance every track by `dt` seconds (one shared transition matrix)."""
         if len(mean) == 0 or dt <= 0:
             return mean, cov
-        f = np.eye(8)
-        f[0:4, 4:8] = dt * np.eye(4)
+        if dt != self._f_dt:  # the same interval every frame at a steady rate: build F once
+            self._f = np.eye(8)
+            self._f[0:4, 4:8] = dt * np.eye(4)
+            self._f_dt = dt
+        f = self._f
         k = dt * self.ref_fps  # process noise accumulates per (reference) frame elapsed
         std = self._std(mean, self.sp, self.sv, 1e-2, 1e-5 * self.ref_fps)
         mean = mean @ f.T
