@@ -244,8 +244,8 @@ class ByteTracker:
     """One stream's tracker. Not thread-safe: the runtime owns one per stream and calls it in order.
 
     Track states: *tentative* (new, not yet `min_hits` consecutive hits, never reported), *tracked*
-    (confirmed and matched in the last update), *lost* (confirmed, missed, coasting for up to
-    `lost_ttl_s`). Tentative tracks that miss once and lost tracks past their ttl are removed.
+    (confirmed and matched in the last update), *lost* (confirmed, missed, coasting for the lifetime
+    it earned, see `lost_ttl_ratio`). Tentative tracks that miss once and lost tracks past their ttl are removed.
     """
 
     def __init__(self, cfg: TrackerConfig) -> None:

@@ -51,7 +51,7 @@ def assign(cost: np.ndarray, valid: np.ndarray, limit: float) -> tuple[np.ndarra
     # minimise -(worth); invalid pairs are worth nothing, so the solver gains nothing by using them
     sub = np.where(ok, np.minimum(cst - limit - _TIE, 0.0), 0.0)
     r, c = linear_sum_assignment(sub)
-    keep = ok[r, c]
+    keep = ok[r, c] & (sub[r, c] < 0.0)  # a valid pair pushed past the limit (a bonus < 0) is worth nothing
     return rows_ok[r[keep]], cols_ok[c[keep]]
 
 

@@ -42,6 +42,9 @@ def test_assign_leaves_a_poor_pair_unmatched_rather_than_making_two() -> None:
     # a pair exactly at the gate still counts
     r, c = assign(np.array([[0.7]]), np.array([[True]]), limit=0.7)
     assert r.tolist() == [0]
+    # a valid pair whose cost a negative bonus pushed past the limit is worth nothing
+    r, c = assign(np.array([[0.75]]), np.array([[True]]), limit=0.7)
+    assert r.tolist() == []
 
 
 def test_person_walking_past_a_stale_track_and_a_clutter_box_keeps_its_id() -> None:
