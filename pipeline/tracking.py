@@ -87,8 +87,12 @@ def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
             notes.append(f"match_thresh {value} (a cost) -> match_iou_high {out['match_iou_high']:g} (a similarity)")
         elif key in _ULTRALYTICS_DROPPED:
             notes.append(f"{key} dropped: vap's tracker uses no appearance features or camera-motion compensation")
+        elif key == "new_track_thresh":
+            out[key] = value
+            notes.append(f"new_track_thresh {value} -> new_track_thresh {value} for a box that a tracked object "
+                         "partly covers; alone in open space a box needs new_track_open_thresh (default 0.8)")
         else:
-            out[key] = value  # vap's own keys (new_track_thresh and fuse_score have the same meaning)
+            out[key] = value  # vap's own keys (fuse_score has the same meaning)
     if "high_thresh" in out and "new_track_thresh" in out and out["new_track_thresh"] < out["high_thresh"]:
         notes.append(f"new_track_thresh {out['new_track_thresh']} raised to high_thresh {out['high_thresh']} "
                      "(vap starts tracks only from first-stage detections)")

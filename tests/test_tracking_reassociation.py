@@ -103,6 +103,7 @@ def test_ultralytics_tracker_yaml_is_mapped_with_notes(caplog: pytest.LogCapture
     text = caplog.text
     assert "track_buffer 60 (frames at 30 fps) -> lost_ttl_s 2" in text
     assert "match_thresh 0.8 (a cost) -> match_iou_high 0.2" in text
+    assert "alone in open space a box needs new_track_open_thresh" in text
 
 
 def test_ultralytics_botsort_yaml_drops_appearance_keys_and_new_track_thresh_is_raised() -> None:
