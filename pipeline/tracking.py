@@ -9,10 +9,16 @@ Written from the paper, not from any implementation. The ideas that matter:
   noise.
 
   Where we depart from the paper, each measured on `benchmarks/tracker_compare.py`'s camera-like
-  set (see `benchmarks/tracker.md`): lost tracks take part in the low-score stage too (an object
-  coming out from behind another scores low for a while); a lost track's lifetime grows with the
-  time it was tracked (`lost_ttl_ratio`, between `lost_ttl_s` and `lost_ttl_max_s`: real objects
-  are waited for, clutter is not); and tentative tracks may be confirmed by a low-score box.
+  set (see `benchmarks/tracker.md`): every stage's assignment makes a pair only if it is worth
+  more than leaving both sides unmatched (`tracking_match.assign`), never two poor pairs instead
+  of one good one; lost tracks take part in the low-score stage too (an object coming out from
+  behind another scores low for a while) and then get a buffered-IoU stage of their own (a
+  prediction drifts during an occlusion); a lost track's lifetime grows with the time it was
+  tracked (`lost_ttl_ratio`, between `lost_ttl_s` and `lost_ttl_max_s`: real objects are waited
+  for, clutter is not, and a box seen once waits only `lost_ttl_once_s`); a new track needs a
+  higher score in open space than where a tracked object covers part of it (objects appear by
+  entering or by coming out from behind another); and tracks are reported from their first box
+  (`min_hits` 1), with tentative tracks, when `min_hits` is raised, confirmable by a low-score box.
 * **Time, not frames.** The Kalman filter predicts with the real time between updates (stream
   pts), velocities are in pixels per second, and lost-track lifetimes are in seconds. Dropped
   frames and variable frame rates therefore change nothing but the prediction horizon.
@@ -32,11 +38,14 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import Strict
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
+from pipeline.tracking_kalman import Kalman, to_boxes, to_measurement
+from pipeline.tracking_match import assign, buffered_iou, covered_by, dedup_detections
+
+__all__ = ["ByteTracker", "TrackerConfig", "Tracks", "dedup_detections", "map_ultralytics_tracker"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,8 +87,12 @@ def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
             notes.append(f"match_thresh {value} (a cost) -> match_iou_high {out['match_iou_high']:g} (a similarity)")
         elif key in _ULTRALYTICS_DROPPED:
             notes.append(f"{key} dropped: vap's tracker uses no appearance features or camera-motion compensation")
+        elif key == "new_track_thresh":
+            out[key] = value
+            notes.append(f"new_track_thresh {value} -> new_track_thresh {value} for a box that a tracked object "
+                         "partly covers; alone in open space a box needs new_track_open_thresh (default 0.8)")
         else:
-            out[key] = value  # vap's own keys (new_track_thresh and fuse_score have the same meaning)
+            out[key] = value  # vap's own keys (fuse_score has the same meaning)
     if "high_thresh" in out and "new_track_thresh" in out and out["new_track_thresh"] < out["high_thresh"]:
         notes.append(f"new_track_thresh {out['new_track_thresh']} raised to high_thresh {out['high_thresh']} "
                      "(vap starts tracks only from first-stage detections)")
@@ -87,12 +100,10 @@ def map_ultralytics_tracker(data: dict) -> tuple[dict, list[str]]:
     return out, notes
 
 
-_INFEASIBLE = 1e6  # cost of a gated-out pair; far above any real cost (which lies in [0, 1])
-
-
 class TrackerConfig(Strict):
-    """ByteTrack settings: the paper's MOT17 values in seconds, except the association and lifetime rules
-    that `benchmarks/tracker.md` measured better (lost tracks in stage 2, earned lost lifetime)."""
+    """ByteTrack settings: the paper's MOT17 values in seconds, except the association, birth and lifetime
+    rules that `benchmarks/tracker.md` measured better (cost-limited assignment, lost tracks in stage 2 and
+    a buffered stage 1b, births by context, reporting from the first box, earned lost lifetime)."""
 
     high_thresh: float = Field(
         0.5, ge=0, le=1, description="Detections at or above this score take part in the first association stage.")
@@ -100,11 +111,22 @@ class TrackerConfig(Strict):
         0.1, ge=0, le=1, description="Detections in [low_thresh, high_thresh) are used only in the second stage "
         "(to keep occluded tracks alive); below low_thresh they are ignored.")
     new_track_thresh: float = Field(
-        0.6, ge=0, le=1, description="An unmatched high-score detection starts a new (tentative) track only at or "
-        "above this score; above high_thresh so that borderline boxes extend tracks but do not create them.")
+        0.6, ge=0, le=1, description="An unmatched high-score detection starts a new track only at or above this "
+        "score; above high_thresh so that borderline boxes extend tracks but do not create them. This is the "
+        "threshold for a box that a confirmed track partly covers (see new_track_open_thresh).")
+    new_track_open_thresh: float = Field(
+        0.8, ge=0, le=1, description="Score a detection needs to start a track where no confirmed track covers "
+        "new_track_cover of it. Objects appear by entering or by coming out from behind another, and then "
+        "score low because they are partly hidden; a mid-score box alone in open space is more often clutter. "
+        "Set it to new_track_thresh for one threshold everywhere (values below new_track_thresh act as it).")
+    new_track_cover: float = Field(
+        0.1, ge=0, le=1, description="Fraction of a detection's area that one confirmed track's box must cover for "
+        "the detection to start a track at new_track_thresh instead of new_track_open_thresh.")
     match_iou_high: float = Field(
-        0.2, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
-        "similarity) between a predicted track box and a high-score detection.")
+        0.3, ge=0, le=1, description="Stage 1 gate: minimum IoU x detection score (the paper's score-fused "
+        "similarity) between a predicted track box and a high-score detection. Also the zero of a pair's worth "
+        "in the assignment (a pair is worth its similarity minus the gate), so it decides when leaving a track "
+        "unmatched beats a poor pair; the paper's 0.2 measured worse once lost tracks have stage 1b.")
     match_iou_low: float = Field(
         0.5, ge=0, le=1, description="Stage 2 gate: minimum plain IoU between a still-unmatched confirmed track (tracked "
         "or lost) and a low-score detection (strict, because low-score boxes are unreliable).")
@@ -114,8 +136,10 @@ class TrackerConfig(Strict):
     fuse_score: bool = Field(
         True, description="Stage 1 similarity is IoU x score (paper); false uses plain IoU.")
     min_hits: int = Field(
-        2, ge=1, description="Consecutive matched frames before a tentative track is confirmed and reported; a "
-        "tentative track that misses one frame is removed.")
+        1, ge=1, description="Consecutive matched frames before a tentative track is confirmed and reported; a "
+        "tentative track that misses one frame is removed. 1 (default) reports a track from its first box: the "
+        "birth thresholds (new_track_thresh, new_track_open_thresh) are what keep clutter out, and a new object "
+        "missed in its second frame keeps its track instead of restarting.")
     lost_ttl_s: float = Field(
         1.0, gt=0, description="Seconds a confirmed track survives without a match (coasting on its Kalman "
         "prediction) before it is ended and reported in Tracks.ended; the least a lost track lives (see "
@@ -125,9 +149,21 @@ class TrackerConfig(Strict):
         "is a real object and worth waiting for, a short one is more likely clutter: a lost track lives "
         "lost_ttl_s or lost_ttl_ratio x the time it has been tracked, whichever is longer, at most this "
         "(or lost_ttl_s, if that is longer).")
+    lost_ttl_once_s: float = Field(
+        0.2, ge=0, description="Lost lifetime of a track seen in one frame only (confirmed at birth, never "
+        "matched again): such a track is most often a spurious box, and while it coasts it can take another "
+        "object's detection and it costs update time.")
     lost_ttl_ratio: float = Field(
-        1.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
+        2.0, ge=0, description="Seconds of lost lifetime earned per second tracked (see lost_ttl_max_s); 0 gives "
         "the fixed lost_ttl_s of the ByteTrack paper.")
+    lost_buffer_rate: float = Field(
+        0.5, ge=0, description="Stage 1b, lost tracks still unmatched after stage 2 vs the high-score detections "
+        "left: boxes enlarged on every side by this fraction of their size per second lost (buffered IoU), so a "
+        "prediction that drifted during an occlusion still finds its object; 0 turns the stage off.")
+    lost_buffer_max: float = Field(
+        0.5, ge=0, description="Largest enlargement of stage 1b (fraction of the box size on every side).")
+    match_biou_lost: float = Field(
+        0.4, ge=0, le=1, description="Stage 1b gate: minimum buffered IoU between a lost track and a detection.")
     tentative_low: bool = Field(
         True, description="Tentative tracks left unmatched also try the low-score detections nobody took (stage-2 "
         "gate), so a new object that is partly hidden in its second frame is confirmed instead of restarting.")
@@ -208,162 +244,17 @@ class Tracks:
         return int(self.ids.shape[0])
 
 
-# ---------------------------------------------------------------------------------------------
-# Box <-> Kalman measurement conversions (vectorised)
-
-
-def _to_measurement(boxes: np.ndarray, motion: str) -> np.ndarray:
-    """x1,y1,x2,y2 -> (cx, cy, a, h) or (cx, cy, w, h), float64."""
-    b = boxes.astype(np.float64, copy=False)
-    w = b[:, 2] - b[:, 0]
-    h = b[:, 3] - b[:, 1]
-    cx = b[:, 0] + 0.5 * w
-    cy = b[:, 1] + 0.5 * h
-    third = w / h if motion == "xyah" else w
-    return np.stack([cx, cy, third, h], axis=1)
-
-
-def _to_boxes(mean: np.ndarray, motion: str) -> np.ndarray:
-    """Kalman means (N, 8) -> x1,y1,x2,y2 (N, 4) float64."""
-    cx, cy, third, h = mean[:, 0], mean[:, 1], mean[:, 2], mean[:, 3]
-    w = third * h if motion == "xyah" else third
-    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=1)
-
-
-class _Kalman:
-    """Constant-velocity Kalman filter over many tracks at once; velocities in units per second."""
-
-    def __init__(self, cfg: TrackerConfig) -> None:
-        self.motion = cfg.motion
-        self.sp = cfg.std_weight_position
-        # velocity noise is per reference frame in the paper; our velocities are per second
-        self.sv = cfg.std_weight_velocity * cfg.noise_ref_fps
-        self.ref_fps = cfg.noise_ref_fps
-
-    def _scales(self, mean_or_meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-track size scales for the 4 measured components: (x, y, third, h)."""
-        h = np.maximum(mean_or_meas[:, 3], 1e-3)
-        if self.motion == "xyah":
-            return h, h  # the aspect component gets fixed small noise, see callers
-        return h, np.maximum(mean_or_meas[:, 2], 1e-3)
-
-    def _std(self, mean: np.ndarray, w_pos: float, w_vel: float, aspect_pos: float, aspect_vel: float) -> np.ndarray:
-        """(N, 8) standard deviations: position-like columns scaled by box size."""
-        h, w = self._scales(mean)
-        pos = np.stack([w_pos * h, w_pos * h, w_pos * w, w_pos * h], axis=1)
-        vel = np.stack([w_vel * h, w_vel * h, w_vel * w, w_vel * h], axis=1)
-        if self.motion == "xyah":
-            pos[:, 2] = aspect_pos
-            vel[:, 2] = aspect_vel
-        return np.concatenate([pos, vel], axis=1)
-
-    def initiate(self, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """New tracks from (N, 4) measurements: zero velocity, wide velocity uncertainty."""
-        n = len(meas)
-        mean = np.concatenate([meas, np.zeros((n, 4))], axis=1)
-        std = self._std(mean, 2 * self.sp, 10 * self.sv, 1e-2, 1e-5 * self.ref_fps)
-        cov = np.zeros((n, 8, 8))
-        idx = np.arange(8)
-        cov[:, idx, idx] = std ** 2
-        return mean, cov
-
-    def predict(self, mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        """Advance every track by `dt` seconds (one shared transition matrix)."""
-        if len(mean) == 0 or dt <= 0:
-            return mean, cov
-        f = np.eye(8)
-        f[0:4, 4:8] = dt * np.eye(4)
-        k = dt * self.ref_fps  # process noise accumulates per (reference) frame elapsed
-        std = self._std(mean, self.sp, self.sv, 1e-2, 1e-5 * self.ref_fps)
-        mean = mean @ f.T
-        cov = f @ cov @ f.T  # batched over tracks by matmul broadcasting
-        idx = np.arange(8)
-        cov[:, idx, idx] += (std ** 2) * k
-        return mean, cov
-
-    def update(self, mean: np.ndarray, cov: np.ndarray, meas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Correct tracks (rows of mean/cov) with their matched measurements (same rows)."""
-        if len(mean) == 0:
-            return mean, cov
-        h, w = self._scales(mean)
-        r = np.stack([self.sp * h, self.sp * h, self.sp * w, self.sp * h], axis=1) ** 2
-        if self.motion == "xyah":
-            r[:, 2] = 1e-1 ** 2
-        s = cov[:, :4, :4].copy()
-        idx = np.arange(4)
-        s[:, idx, idx] += r
-        pht = cov[:, :, :4]  # P H^T, (N, 8, 4)
-        # K = P H^T S^-1  ->  solve S K^T = (P H^T)^T (S symmetric)
-        gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)
-        innov = meas - mean[:, :4]
-        mean = mean + (gain @ innov[:, :, None])[:, :, 0]
-        cov = cov - gain @ pht.transpose(0, 2, 1)
-        return mean, cov
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _assign(cost: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal assignment on `cost` (rows x cols) among the pairs where `valid` holds.
-
-    Gated pairs get a huge cost before solving, so the solver never trades a good match for a
-    forbidden one, and any forbidden pair it is forced into is dropped afterwards.
-    """
-    if cost.size == 0:
-        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    # rows/cols with no feasible pair at all cannot match: leave them out of the solve
-    rows_ok = np.flatnonzero(valid.any(axis=1))
-    cols_ok = np.flatnonzero(valid.any(axis=0))
-    if len(rows_ok) == 0:
-        return np.zeros((0,), np.intp), np.zeros((0,), np.intp)
-    if len(rows_ok) == cost.shape[0] and len(cols_ok) == cost.shape[1]:
-        sub = np.where(valid, cost, _INFEASIBLE)  # nothing to leave out: skip the fancy indexing
-    else:
-        block = (rows_ok[:, None], cols_ok[None, :])
-        sub = np.where(valid[block], cost[block], _INFEASIBLE)
-    r, c = linear_sum_assignment(sub)
-    keep = sub[r, c] < _INFEASIBLE
-    return rows_ok[r[keep]], cols_ok[c[keep]]
-
-
-def dedup_detections(dets: Detections, iou_thresh: float) -> Detections:
-    """Drop the lower-scoring of two different-class detections that overlap above `iou_thresh`.
-
-    Greedy from the highest score, so a suppressed row cannot suppress another. Same-class overlaps
-    are left alone: the detector is NMS-free by design and two same-class boxes are two objects.
-    """
-    n = len(dets)
-    if n < 2:
-        return dets
-    if np.all(dets.class_ids == dets.class_ids[0]):
-        return dets  # one class only: nothing to deduplicate (the common case, and cheap to test)
-    order = np.argsort(-dets.scores, kind="stable")
-    boxes = dets.boxes[order]
-    cls = dets.class_ids[order]
-    iou = iou_matrix(boxes, boxes)
-    conflict = (iou > iou_thresh) & (cls[:, None] != cls[None, :])
-    conflict = np.triu(conflict, k=1)  # i < j: i has the higher (or equal) score
-    if not conflict.any():
-        return dets
-    keep = np.ones(n, dtype=bool)
-    for i in np.flatnonzero(conflict.any(axis=1)):
-        if keep[i]:
-            keep[conflict[i]] = False
-    return dets.select(np.sort(order[keep]))
-
-
 class ByteTracker:
     """One stream's tracker. Not thread-safe: the runtime owns one per stream and calls it in order.
 
     Track states: *tentative* (new, not yet `min_hits` consecutive hits, never reported), *tracked*
-    (confirmed and matched in the last update), *lost* (confirmed, missed, coasting for up to
-    `lost_ttl_s`). Tentative tracks that miss once and lost tracks past their ttl are removed.
+    (confirmed and matched in the last update), *lost* (confirmed, missed, coasting for the lifetime
+    it earned, see `lost_ttl_ratio`). Tentative tracks that miss once and lost tracks past their ttl are removed.
     """
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self.cfg = cfg
-        self._kf = _Kalman(cfg)
+        self._kf = Kalman(cfg.motion, cfg.std_weight_position, cfg.std_weight_velocity, cfg.noise_ref_fps)
         self._next_id = 1
         self._t_last: float | None = None
         self._t_offset = 0.0  # added to t after a backwards jump so internal time stays monotonic
@@ -486,6 +377,7 @@ class ByteTracker:
         cfg = self.cfg
         now = self._clock(t)
         dt = 0.0 if self._t_last is None else now - self._t_last
+        cadence = self._last_dt if self._last_dt > 0 else dt  # the usual interval between updates
         if dt > 0:
             self._last_dt = dt
         self._t_last = now
@@ -504,7 +396,7 @@ class ByteTracker:
             d = dedup_detections(d, cfg.dedup_iou)
         if len(d):
             self._grow_classes(int(d.class_ids.max()))
-        meas_all = _to_measurement(d.boxes, cfg.motion)
+        meas_all = to_measurement(d.boxes, cfg.motion)
 
         # -- predict every track to now ---------------------------------------------------------
         if self._lost.any():
@@ -513,13 +405,17 @@ class ByteTracker:
             if cfg.motion == "xywh":
                 self._mean[self._lost, 6] = 0.0
         size_before = self._mean[:, 2:4].copy()
+        size_step = self._mean[:, 6:8] * min(dt, cadence)
         self._mean, self._cov = self._kf.predict(self._mean, self._cov, dt)
         if len(self._mean):
-            # a long prediction (dropped frames, a stall) extrapolates the size linearly, which can
-            # shrink a box to nothing or turn it inside out: one prediction may at most halve or
-            # double the size (the aspect, in xyah)
+            # a long prediction (dropped frames, a stall) would extrapolate the size linearly, which
+            # can shrink a box to nothing or turn it inside out: the size moves by at most one usual
+            # interval's worth of its velocity (a size change does not persist like motion does),
+            # and one prediction may at most halve or double it (the aspect, in xyah)
+            if dt > cadence:
+                self._mean[:, 2:4] = size_before + size_step
             np.clip(self._mean[:, 2:4], 0.5 * size_before, 2.0 * size_before, out=self._mean[:, 2:4])
-        pred_boxes = _to_boxes(self._mean, cfg.motion)
+        pred_boxes = to_boxes(self._mean, cfg.motion)
 
         n = len(self._ids)
         track_det = np.full((n,), -1, np.intp)  # matched detection row per track
@@ -548,7 +444,7 @@ class ByteTracker:
             cost, valid = cost_for(tr, dr, fuse, gate)
             if momentum and cfg.oc_direction_weight > 0:
                 cost = cost - cfg.oc_direction_weight * self._direction_bonus(tr, meas_all[dr], d.scores[dr])
-            r, c = _assign(cost, valid)
+            r, c = assign(cost, valid, 1.0 - gate)
             track_det[tr[r]] = dr[c]
             det_free[dr[c]] = False
 
@@ -561,6 +457,17 @@ class ByteTracker:
         # from behind another is half hidden and scores low for a while, and waiting for a high
         # score until the ttl runs out is where the paper's variant loses identities in crowds.
         match(confirmed, ~is_high, False, cfg.match_iou_low)
+        # stage 1b: lost tracks still unmatched vs the high-score detections left, buffered IoU that
+        # widens with the time lost: the prediction of an object hidden for a while has drifted
+        if cfg.lost_buffer_rate > 0:
+            lost = np.flatnonzero(self._confirmed & self._lost & (track_det < 0))
+            dr = np.flatnonzero(is_high & det_free)
+            if len(lost) and len(dr):
+                buf = np.minimum(cfg.lost_buffer_rate * (now - self._last_seen[lost]), cfg.lost_buffer_max)
+                sim = buffered_iou(pred_boxes[lost], d.boxes[dr], buf)
+                r, c = assign(1.0 - sim, sim >= cfg.match_biou_lost, 1.0 - cfg.match_biou_lost)
+                track_det[lost[r]] = dr[c]
+                det_free[dr[c]] = False
         # stage 3: tentative tracks vs high-score detections nobody took
         match(tentative, is_high, False, cfg.match_iou_tentative)
         # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (the strict
@@ -604,6 +511,8 @@ class ByteTracker:
             np.zeros((0,), np.int32)
         ttl = np.clip(cfg.lost_ttl_ratio * (self._last_seen - self._born), cfg.lost_ttl_s,
                       max(cfg.lost_ttl_s, cfg.lost_ttl_max_s))
+        # a track seen in one frame only (confirmed at birth, never matched again) earned nothing
+        ttl = np.where(self._last_seen > self._born, ttl, cfg.lost_ttl_once_s)
         expired = self._confirmed & self._lost & (now - self._last_seen > ttl)
         ended = self._ids[expired].copy()
         drop = expired | (~self._confirmed & missed)
@@ -619,6 +528,15 @@ class ByteTracker:
 
         # -- new tentative tracks from unclaimed confident detections ----------------------------
         new = np.flatnonzero(det_free & (d.scores >= cfg.new_track_thresh))
+        open_thresh = max(cfg.new_track_open_thresh, cfg.new_track_thresh)
+        weak = d.scores[new] < open_thresh
+        if weak.any():
+            # a mid-score box starts a track only where a confirmed track covers part of it (an object
+            # coming out from behind another); alone in open space it must score open_thresh
+            cover = covered_by(d.boxes[new[weak]], to_boxes(self._mean[self._confirmed], cfg.motion))
+            keep = np.ones(len(new), bool)
+            keep[np.flatnonzero(weak)] = cover > cfg.new_track_cover
+            new = new[keep]
         if len(new):
             self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
             if cfg.min_hits <= 1:

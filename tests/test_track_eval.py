@@ -57,6 +57,19 @@ def test_one_identity_switch(tmp_path: Path) -> None:
     assert m["hota"] == pytest.approx(np.sqrt(0.5))
 
 
+def test_switch_after_a_missed_frame_follows_the_devkit(tmp_path: Path) -> None:
+    """Object 1 is matched to hypothesis 7, missed in frame 2 (7 is elsewhere), and in frame 3
+    both 7 and 8 overlap it, 8 better. The MOTChallenge devkit (and TrackEval) keeps a pair only
+    from the previous frame, so frame 3 matches 8 by IoU: one switch. motmetrics' rule (keep the
+    last pair ever if it still overlaps) counted none."""
+    gt = [(f, 1, 100, 100, 40, 80) for f in (1, 2, 3)]
+    pr = [(1, 7, 100, 100, 40, 80), (2, 7, 400, 100, 40, 80), (3, 7, 110, 100, 40, 80),
+          (3, 8, 102, 100, 40, 80)]
+    m = evaluate_mot(*write_pair(tmp_path, gt, pr))
+    assert (m["id_switches"], m["tp"], m["fp"], m["fn"]) == (1, 2, 2, 1)
+    assert m["mota"] == pytest.approx(1 - (1 + 2 + 1) / 3)
+
+
 def test_false_positives_misses_and_iou_threshold(tmp_path: Path) -> None:
     gt = [(f, 1, 100, 100, 50, 50) for f in range(1, 11)]
     pr = [(f, 3, 110, 100, 50, 50) for f in range(1, 9)]  # IoU 40/60 = 0.667, last 2 frames missed

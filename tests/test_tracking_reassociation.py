@@ -82,8 +82,9 @@ def test_crossing_pair_keeps_identities_when_the_hidden_one_comes_back_with_low_
 
 def test_partly_hidden_new_object_is_confirmed_by_a_low_score_box() -> None:
     """A new object scores 0.8 once, then 0.4 for a while (partly hidden): its tentative track is
-    confirmed by the low-score box and reported, instead of dying and never starting."""
-    tr = ByteTracker(TrackerConfig())
+    confirmed by the low-score box and reported, instead of dying and never starting (min_hits=2:
+    with the default 1 the track is confirmed by its first box)."""
+    tr = ByteTracker(TrackerConfig(min_hits=2))
     reported = []
     for f in range(30):
         t = f / 25
@@ -102,6 +103,7 @@ def test_ultralytics_tracker_yaml_is_mapped_with_notes(caplog: pytest.LogCapture
     text = caplog.text
     assert "track_buffer 60 (frames at 30 fps) -> lost_ttl_s 2" in text
     assert "match_thresh 0.8 (a cost) -> match_iou_high 0.2" in text
+    assert "alone in open space a box needs new_track_open_thresh" in text
 
 
 def test_ultralytics_botsort_yaml_drops_appearance_keys_and_new_track_thresh_is_raised() -> None:
@@ -139,7 +141,7 @@ def test_vap_track_reads_the_frame_rate_from_seqinfo(tmp_path: Path, capsys: pyt
     assert "frame rate 25 fps (--fps)" in capsys.readouterr().err
     # the rate matters: at 10 fps the box moves 40 px/s and the track is kept; the outputs agree on ids
     a = read_mot(tmp_path / "a.txt")
-    assert len(a) == 19 and len(np.unique(a.ids)) == 1
+    assert len(a) == 20 and len(np.unique(a.ids)) == 1
 
 
 def test_a_broken_seqinfo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,10 +2,11 @@
 
 Clean-room implementations from the papers:
 
-* CLEAR MOT (Bernardin & Stiefelhagen, 2008): per frame, ground-truth objects keep the hypothesis
-  they were matched to before if it still overlaps enough; the rest are matched optimally
-  (Hungarian on 1 - IoU). A match that differs from the object's previous one is an identity
-  switch. MOTA = 1 - (FN + FP + IDSW) / GT.
+* CLEAR MOT (Bernardin & Stiefelhagen, 2008), with the MOTChallenge devkit's matching (as in
+  TrackEval): per frame one optimal matching at IoU >= threshold in which keeping the previous
+  frame's pair outweighs any IoU difference; a match to another hypothesis than the object was
+  last matched to (any number of frames before) is an identity switch.
+  MOTA = 1 - (FN + FP + IDSW) / GT.
 * Identity metrics (Ristani et al., ECCV 2016 workshops): one global one-to-one assignment of
   ground-truth trajectories to predicted trajectories that maximises the frames where the pair
   overlaps enough (IDTP); IDF1 = 2 IDTP / (GT + predictions).
@@ -59,30 +60,26 @@ def _clear(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thr: float) 
     iou_sum = 0.0
     per_gt_frames: dict[int, int] = {}
     per_gt_matched: dict[int, list[bool]] = {}
+    prev_step: dict[int, int] = {}  # gt id -> hypothesis matched in the previous frame with any boxes
     for g_ids, p_ids, iou in frames:
         ng, npr = len(g_ids), len(p_ids)
-        valid = iou >= thr - 1e-12
         g_done = np.zeros(ng, bool)
         p_done = np.zeros(npr, bool)
         pairs: list[tuple[int, int]] = []
-        p_index = {int(h): j for j, h in enumerate(p_ids)}
-        for i, g in enumerate(g_ids.tolist()):  # 1. continue previous correspondences
-            j = p_index.get(last.get(g, -10**18))
-            if j is not None and not p_done[j] and valid[i, j]:
-                g_done[i] = p_done[j] = True
-                pairs.append((i, j))
-        rest_g, rest_p = np.flatnonzero(~g_done), np.flatnonzero(~p_done)
-        if len(rest_g) and len(rest_p):  # 2. optimal matching of the rest
-            sub = np.where(valid[np.ix_(rest_g, rest_p)], 1.0 - iou[np.ix_(rest_g, rest_p)], 1e6)
-            r, c = linear_sum_assignment(sub)
-            for i, j in zip(rest_g[r], rest_p[c]):
-                if not valid[i, j]:
-                    continue
+        if ng and npr:
+            # one optimal matching in which continuing last frame's pair outweighs any IoU, so a
+            # correspondence is kept while it still overlaps enough (the MOTChallenge devkit's rule)
+            cont = np.array([[prev_step.get(g, None) == h for h in p_ids.tolist()] for g in g_ids.tolist()])
+            score = np.where(iou >= thr - 1e-12, 1000.0 * cont + iou, 0.0)
+            r, c = linear_sum_assignment(-score)
+            ok = score[r, c] > 1e-12
+            for i, j in zip(r[ok].tolist(), c[ok].tolist()):
                 g, h = int(g_ids[i]), int(p_ids[j])
-                if g in last and last[g] != h:
+                if g in last and last[g] != h:  # a switch: not the hypothesis it was last matched to
                     idsw += 1
                 g_done[i] = p_done[j] = True
                 pairs.append((i, j))
+            prev_step = {int(g_ids[i]): int(p_ids[j]) for i, j in pairs}
         for i, j in pairs:
             last[int(g_ids[i])] = int(p_ids[j])
             iou_sum += float(iou[i, j])
