@@ -38,7 +38,7 @@ from pipeline.frames import Detections  # noqa: E402
 from pipeline.tools.mot import MotSequence  # noqa: E402
 from pipeline.tools.track_benchset import BenchSequence, benchmark_set, write_mot_dir  # noqa: E402
 from pipeline.tools.track_eval import evaluate_sequences, speed_scene  # noqa: E402
-from pipeline.tracking import ByteTracker, TrackerConfig  # noqa: E402
+from pipeline.tracking import TrackerConfig, make_tracker  # noqa: E402
 
 # A tracker under test: built fresh per sequence from the frame rate, then fed frame by frame.
 # step(boxes xyxy float32 (N,4), scores (N,), t seconds) -> (ids (M,), boxes xyxy (M,4), scores (M,))
@@ -47,7 +47,7 @@ Step = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, n
 
 def make_vap(cfg: TrackerConfig) -> Callable[[float], Step]:
     def build(fps: float) -> Step:
-        tr = ByteTracker(cfg)
+        tr = make_tracker(cfg)
 
         def step(boxes: np.ndarray, scores: np.ndarray, t: float):
             out = tr.update(Detections(boxes, scores, np.zeros(len(boxes), np.int32)), t)

@@ -46,7 +46,7 @@ from pipeline.settings import Settings, StreamSettings
 from pipeline.sinks import EventBus, SinkRunner, build_sink
 from pipeline.snapshots import Snapshotter
 from pipeline.supervisor import Supervisor
-from pipeline.tracking import ByteTracker, Tracks
+from pipeline.tracking import Tracker, Tracks, make_tracker
 
 if TYPE_CHECKING:
     from pipeline.annotate import AnnotatedVideos
@@ -91,7 +91,7 @@ class _StreamState:
     """Per-stream state owned by the post thread."""
 
     cfg: StreamSettings
-    tracker: ByteTracker
+    tracker: Tracker
     analytics: StreamAnalytics
     processed: int = 0
     last_t: float | None = None
@@ -589,7 +589,7 @@ class Pipeline:
             if cfg is None:
                 return None
             entry = self._streams.get(name)
-            state = _StreamState(cfg, ByteTracker(self.settings.stream_tracker(cfg)),
+            state = _StreamState(cfg, make_tracker(self.settings.stream_tracker(cfg)),
                                  StreamAnalytics(name, self.settings.stream_analytics(cfg), self.names,
                                                  entry.incarnation if entry is not None else None))
             self._states[name] = state

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.frames import Detections
-from pipeline.tracking import ByteTracker, TrackerConfig
+from pipeline.tracking import TrackerConfig, make_tracker
 
 
 class MotFormatError(ValueError):
@@ -43,7 +43,7 @@ class MotSequence:
         b = self.boxes
         return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
-    def select(self, mask: np.ndarray) -> "MotSequence":
+    def select(self, mask: np.ndarray) -> MotSequence:
         return MotSequence(self.frames[mask], self.ids[mask], self.boxes[mask], self.scores[mask],
                            self.classes[mask])
 
@@ -165,10 +165,10 @@ def find_seqinfo(det_path: str | Path) -> SeqInfo | None:
 
 
 def track_sequence(dets: MotSequence, cfg: TrackerConfig, fps: float, length: int | None = None) -> MotSequence:
-    """Run a fresh ByteTracker over every frame from 1 to the last one (`length` when known, else
+    """Run a fresh tracker over every frame from 1 to the last one (`length` when known, else
     the last frame with a detection; empty frames included, so lost tracks age correctly) with
     stream time t = (frame - 1) / fps."""
-    tracker = ByteTracker(cfg)
+    tracker = make_tracker(cfg)
     slices = dets.frame_slices()
     last = int(dets.frames.max()) if len(dets) else 0
     if length is not None:

@@ -141,7 +141,7 @@ def apply_camera_noise(gt: MotSequence, visibility: np.ndarray, fps: float, size
         span = 1
         if rng.random() < noise.fp_persist:
             span = max(1, int(round(rng.uniform(*noise.fp_persist_s) * fps)))
-        fr = np.arange(f0, min(last, f0 + span - 1) + 1)
+        fr = np.arange(f0, min(last, int(f0) + span - 1) + 1)
         jit = rng.normal(0.0, noise.jitter, (len(fr), 2)) * wh
         det_boxes.append(np.concatenate([xy + jit, np.tile(wh, (len(fr), 1))], axis=1))
         det_frames.append(fr)

@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from pipeline.frames import Detections
 from pipeline.geometry import iou_matrix
 from pipeline.tools.mot import MotFormatError, MotSequence, cli_track, read_mot
-from pipeline.tracking import ByteTracker, TrackerConfig
+from pipeline.tracking import TrackerConfig, make_tracker
 
 __all__ = ["evaluate_mot", "evaluate_sequences", "synthetic_mot", "format_metrics", "cli_eval", "cli_track",
            "bench_tracker", "speed_scene", "bench_analytics", "compare_trackers", "HOTA_ALPHAS"]
@@ -91,7 +91,7 @@ def _clear(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thr: float) 
             per_gt_matched.setdefault(g, []).append(bool(g_done[i]))
     n_gt = tp + fn
     mt = pt = ml = frag = 0
-    for g, flags in per_gt_matched.items():
+    for flags in per_gt_matched.values():
         ratio = sum(flags) / len(flags)
         if ratio >= 0.8:
             mt += 1
@@ -297,7 +297,7 @@ def speed_scene(n: int, frames: int = 600, fps: float = 30.0, seed: int = 0) -> 
 
 def bench_tracker(counts: tuple[int, ...] = (10, 50, 200), frames: int = 600, fps: float = 30.0,
                   seed: int = 0, cfg: TrackerConfig | None = None) -> list[dict]:
-    """Time `ByteTracker.update` on synthetic crowds of `counts` objects.
+    """Time the tracker's `update` on synthetic crowds of `counts` objects.
 
     The scene is built to exercise every path, not just easy matches: objects move at constant
     velocity (30-150 px/s) and bounce off the 1920x1080 frame, 10 % of detections are missed,
@@ -312,7 +312,7 @@ def bench_tracker(counts: tuple[int, ...] = (10, 50, 200), frames: int = 600, fp
     results = []
     for n in counts:
         scenes = speed_scene(n, frames, fps, seed)
-        tracker = ByteTracker(cfg or TrackerConfig())
+        tracker = make_tracker(cfg or TrackerConfig())
         times = np.zeros(frames)
         last_id: dict[int, int] = {}
         switches = 0
