@@ -76,7 +76,7 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.cluster.cli import cli
+    from vap_video.pipeline.cluster.cli import cli
 
     tmp = Path(tempfile.mkdtemp(prefix="vap-footprint-"))
     reg = tmp / "registry.yaml"

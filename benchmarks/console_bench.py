@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.api import ApiServer  # noqa: E402
-from pipeline.model_config import SHIPPED_MODEL  # noqa: E402
-from pipeline.runtime import Pipeline  # noqa: E402
-from pipeline.settings import parse_settings  # noqa: E402
+from vap_video.pipeline.api import ApiServer  # noqa: E402
+from vap_video.pipeline.model_config import SHIPPED_MODEL  # noqa: E402
+from vap_video.pipeline.runtime import Pipeline  # noqa: E402
+from vap_video.pipeline.settings import parse_settings  # noqa: E402
 
 
 def processed(p: Pipeline) -> float:

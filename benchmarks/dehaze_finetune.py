@@ -3,11 +3,11 @@
 Why two runs: a haze-augmented fine-tune is only evidence for haze augmentation if a fine-tune of
 the same length *without* it is the control (more epochs alone could raise hazy-set mAP). Both runs
 start from the shipped checkpoint (``runs/train/synth-ext/last.pt``, epoch 20 of its recipe; its
-``best.pt`` is the same epoch and has the sha256 recorded in ``engines/models/vap-synth-n.json``),
+``best.pt`` is the same epoch and has the sha256 recorded in ``vap_video/engines/models/vap-synth-n.json``),
 keep its optimiser/EMA state and continue its cosine schedule stretched to 20 + EXTRA epochs, so
 the learning rate is the small tail of the original schedule (about 1e-3 down to 5e-4).
 
-The only difference between the runs is ``augment: {haze: P}`` (``engines.dataset.AugmentConfig``,
+The only difference between the runs is ``augment: {haze: P}`` (``vap_video.engines.dataset.AugmentConfig``,
 already in the training code; off by default).
 
 Usage (resumable: re-running continues each run from its own last.pt)::
@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--haze", type=float, default=0.5, help="haze augmentation probability of the haze run")
     ap.add_argument("--only", choices=("haze", "plain"), default=None)
     args = ap.parse_args()
-    from engines.train import resume_config, train
+    from vap_video.engines.train import resume_config, train
 
     if not (SHIPPED_RUN / "last.pt").exists():
         raise SystemExit(f"{SHIPPED_RUN}/last.pt not found: the shipped checkpoint is needed to fine-tune")

@@ -18,7 +18,7 @@ Each type's cost is the mAP gained by an oracle that fixes only that type (dupli
 removed; a classification/localisation error relabelled/snapped onto its box when that box is still
 free, else removed), scored by vap's COCO evaluator. Box tightness is the mean IoU of the TPs.
 
-    PYTHONPATH=. nice python benchmarks/head_gap.py [--data data.yaml] [--ckpt engines/models/vap-synth-n.pt]
+    PYTHONPATH=. nice python benchmarks/head_gap.py [--data data.yaml] [--ckpt vap_video/engines/models/vap-synth-n.pt]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.evaluate import AREA_RANGES, batched_nms, box_iou, evaluate_detections
+from vap_video.engines.evaluate import AREA_RANGES, batched_nms, box_iou, evaluate_detections
 
 T_F, T_B = 0.5, 0.1
 TYPES = ("tp", "duplicate", "classification", "localisation", "both", "background")
@@ -140,20 +140,20 @@ def counts_by_size(preds: list[np.ndarray], gts: list[np.ndarray], scales: list[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", type=Path, default=Path("engines/models/vap-synth-n.pt"))
+    ap.add_argument("--ckpt", type=Path, default=Path("vap_video/engines/models/vap-synth-n.pt"))
     ap.add_argument("--data", type=Path, default=None, help="default: the synthetic val set (seed 0, 300 images)")
     ap.add_argument("--conf", type=float, default=0.25, help="operating threshold for the error counts")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     import torch
 
-    from engines.evaluate_engine import val_samples
-    from engines.train import load_checkpoint, model_from_checkpoint, validate
+    from vap_video.engines.evaluate_engine import val_samples
+    from vap_video.engines.train import load_checkpoint, model_from_checkpoint, validate
 
     torch.set_num_threads(args.threads)
     data = args.data
     if data is None:
-        from engines.synth import write_yolo_dataset
+        from vap_video.engines.synth import write_yolo_dataset
         data = write_yolo_dataset(Path("runs/data/headgap"), 1, 300, imgsz=320, seed=0, haze_fraction=0.25)
     ck = load_checkpoint(args.ckpt)
     samples, names = val_samples(data)

@@ -43,10 +43,10 @@ def _wait(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-d
 
 
 def mqtt_outages(outages: int, outage_s: float) -> list[float]:
-    from pipeline.events import make_event
-    from pipeline.metrics import Metrics
-    from pipeline.settings import parse_settings
-    from pipeline.sinks import SinkRunner, build_sink
+    from vap_video.pipeline.events import make_event
+    from vap_video.pipeline.metrics import Metrics
+    from vap_video.pipeline.settings import parse_settings
+    from vap_video.pipeline.sinks import SinkRunner, build_sink
     from tests.real_servers import mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix="vap-recovery-mqtt-"))
@@ -99,9 +99,9 @@ class _Rtsp:
 
 
 def rtsp_outages(outages: int, outage_s: float) -> list[float]:
-    from pipeline.config import StreamConfig
-    from pipeline.metrics import Metrics
-    from pipeline.supervisor import Supervisor
+    from vap_video.pipeline.config import StreamConfig
+    from vap_video.pipeline.metrics import Metrics
+    from vap_video.pipeline.supervisor import Supervisor
     from tests.real_servers import free_port
 
     port = free_port()

@@ -2,17 +2,17 @@
 
 Runs in one process, on identical input, every tracker with its defaults:
 
-* ``vap``: ``pipeline.tracking.ByteTracker`` with ``TrackerConfig()`` (or ``--config``),
+* ``vap``: ``vap_video.pipeline.tracking.ByteTracker`` with ``TrackerConfig()`` (or ``--config``),
 * ``roboflow``: roboflow ``trackers`` ``ByteTrackTracker`` (``frame_rate`` = the sequence's),
 * ``ultralytics``: Ultralytics' ``BYTETracker`` with its shipped ``bytetrack.yaml``.
 
 The peers are benchmark dependencies only: ``benchmarks/tracker_compare.sh`` installs them into
 their own virtual environment; vap's code never imports them. The set is
-``pipeline.tools.track_benchset.benchmark_set`` (real TUD trajectories and synthetic crowds through a
+``vap_video.pipeline.tools.track_benchset.benchmark_set`` (real TUD trajectories and synthetic crowds through a
 camera-like detector-noise model). HOTA, DetA, AssA, MOTA, IDF1 and IDSW come from TrackEval, per
 sequence, per family and combined; vap's own evaluator is cross-checked against TrackEval's HOTA on
 every sequence. Update time: median and p99 over every frame of the set, and on the speed scenes
-of ``pipeline.tools.track_eval.speed_scene`` at 10, 50 and 200 objects.
+of ``vap_video.pipeline.tools.track_eval.speed_scene`` at 10, 50 and 200 objects.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.frames import Detections  # noqa: E402
-from pipeline.tools.mot import MotSequence  # noqa: E402
-from pipeline.tools.track_benchset import BenchSequence, benchmark_set, write_mot_dir  # noqa: E402
-from pipeline.tools.track_eval import evaluate_sequences, speed_scene  # noqa: E402
-from pipeline.tracking import TrackerConfig, make_tracker  # noqa: E402
+from vap_video.pipeline.frames import Detections  # noqa: E402
+from vap_video.pipeline.tools.mot import MotSequence  # noqa: E402
+from vap_video.pipeline.tools.track_benchset import BenchSequence, benchmark_set, write_mot_dir  # noqa: E402
+from vap_video.pipeline.tools.track_eval import evaluate_sequences, speed_scene  # noqa: E402
+from vap_video.pipeline.tracking import TrackerConfig, make_tracker  # noqa: E402
 
 # A tracker under test: built fresh per sequence from the frame rate, then fed frame by frame.
 # step(boxes xyxy float32 (N,4), scores (N,), t seconds) -> (ids (M,), boxes xyxy (M,4), scores (M,))

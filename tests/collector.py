@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.frames import Frame
+from vap_video.pipeline.frames import Frame
 
 
 class Collector:

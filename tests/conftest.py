@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.metrics import Metrics
-from pipeline.supervisor import Supervisor
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.supervisor import Supervisor
 from tests.collector import Collector
 
 

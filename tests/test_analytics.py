@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.analytics import AnalyticsConfig, LineConfig, StreamAnalytics, ZoneConfig
-from pipeline.config import ConfigError
-from pipeline.events import load_schema
-from pipeline.frames import Detections
-from pipeline.tracking import ByteTracker, TrackerConfig, Tracks
+from vap_video.pipeline.analytics import AnalyticsConfig, LineConfig, StreamAnalytics, ZoneConfig
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.events import load_schema
+from vap_video.pipeline.frames import Detections
+from vap_video.pipeline.tracking import ByteTracker, TrackerConfig, Tracks
 
 CLASSES = ["person", "car", "bicycle"]
 FRAME = (720, 1280)  # (height, width)

@@ -5,10 +5,10 @@ import time
 import av
 import numpy as np
 
-from pipeline.analytics import AnalyticsConfig
-from pipeline.annotate import AnnotatedWriter, draw_tracks
-from pipeline.frames import Detections, Frame
-from pipeline.tracking import Tracks
+from vap_video.pipeline.analytics import AnalyticsConfig
+from vap_video.pipeline.annotate import AnnotatedWriter, draw_tracks
+from vap_video.pipeline.frames import Detections, Frame
+from vap_video.pipeline.tracking import Tracks
 
 
 def _tracks() -> Tracks:

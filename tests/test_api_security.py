@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.api import ApiServer
-from pipeline.config import ConfigError
-from pipeline.runtime import Pipeline
-from pipeline.settings import parse_settings
+from vap_video.pipeline.api import ApiServer
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.runtime import Pipeline
+from vap_video.pipeline.settings import parse_settings
 from tests.onnx_models import constant_detector
 from tests.videos import write_video
 
@@ -138,7 +138,7 @@ def test_non_loopback_bind_without_token_refused(tmp_path, model, monkeypatch):
     cfg.write_text(f"model: {{path: '{model}'}}\nsinks: [{{path: '{tmp_path / 'e.jsonl'}'}}]\n"
                    "server: {host: 0.0.0.0, port: 0}\n")
     env = {k: v for k, v in os.environ.items() if k != "VAP_API_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--quiet", "--duration", "5"],
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "run", str(cfg), "--quiet", "--duration", "5"],
                           capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT)},
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr

@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.backends import load_backend
-from engines.contract import END2END, LEGACY, ModelContractError, resolve_info
-from engines.evaluate import box_iou
-from engines.nms_fallback import decode_one_to_many
+from vap_video.engines.backends import load_backend
+from vap_video.engines.contract import END2END, LEGACY, ModelContractError, resolve_info
+from vap_video.engines.evaluate import box_iou
+from vap_video.engines.nms_fallback import decode_one_to_many
 from tests.onnx_models import one_to_many_variant
 
-SHIPPED = Path(__file__).resolve().parent.parent / "engines" / "models" / "vap-synth-n.onnx"
+SHIPPED = Path(__file__).resolve().parent.parent / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
 SHIPPED_PT = SHIPPED.with_suffix(".pt")   # its training checkpoint (EMA weights, both heads)
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from engines.synth import write_yolo_dataset
+    from vap_video.engines.synth import write_yolo_dataset
 
     root = tmp_path_factory.mktemp("synth")
     return write_yolo_dataset(root, 24, 40, imgsz=320, seed=0, haze_fraction=0.25)
@@ -33,7 +33,7 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint_and_onnx(tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("torch")
-    from engines.export import export_onnx
+    from vap_video.engines.export import export_onnx
     from tests.test_export import _checkpoint
 
     tmp = tmp_path_factory.mktemp("ck")
@@ -87,7 +87,7 @@ def test_unknown_backend_is_a_clear_error():
 
 
 def test_shipped_checkpoint_on_torch_matches_the_shipped_onnx(synth_data):
-    from engines.calibration import calibration_batches
+    from vap_video.engines.calibration import calibration_batches
 
     torch_be, ort_be = load_backend(SHIPPED_PT), load_backend(SHIPPED)
     assert torch_be.info.names == ort_be.info.names and torch_be.info.input_hw == ort_be.info.input_hw
@@ -154,7 +154,7 @@ def test_nms_fallback_suppresses_within_a_class_only():
 def test_legacy_export_agrees_with_end_to_end(tmp_path, synth_data):
     """The shipped model's trained head, exported both ways: top-K end-to-end and the legacy
     `[B, 4+nc, A]` layout decoded by the NMS fallback, must find the same objects."""
-    from engines.evaluate_engine import evaluate_backend, val_samples
+    from vap_video.engines.evaluate_engine import evaluate_backend, val_samples
 
     legacy_path = one_to_many_variant(SHIPPED, tmp_path / "legacy.onnx")
     e2e, legacy = load_backend(SHIPPED), load_backend(legacy_path)
@@ -163,7 +163,7 @@ def test_legacy_export_agrees_with_end_to_end(tmp_path, synth_data):
     a, b = evaluate_backend(e2e, samples, names), evaluate_backend(legacy, samples, names)
     assert abs(a.result.map50_95 - b.result.map50_95) < 0.03, (a.summary(), b.summary())
     assert a.result.map50_95 > 0.2
-    from engines.calibration import calibration_batches
+    from vap_video.engines.calibration import calibration_batches
     x = next(calibration_batches(synth_data, (320, 320), batch_size=8, limit=8))
     direct = total = 0
     for p, q in zip(e2e.infer(x), legacy.infer(x)):
@@ -188,7 +188,7 @@ def _export_one_to_many_head(ckpt: Path, out: Path) -> Path:
     import onnx
     import torch
 
-    from engines.train import load_checkpoint, model_from_checkpoint
+    from vap_video.engines.train import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(ckpt)
     model = model_from_checkpoint(ck).eval()
@@ -221,7 +221,7 @@ def _export_one_to_many_head(ckpt: Path, out: Path) -> Path:
 def test_one_to_many_head_with_nms_agrees_with_the_one_to_one_head(tmp_path, synth_data):
     """A model with both heads: its legacy head through the NMS fallback and its NMS-free head
     score alike (the training logs had 0.433 vs 0.403 mAP50-95 on the full synthetic val set)."""
-    from engines.evaluate_engine import evaluate_backend, val_samples
+    from vap_video.engines.evaluate_engine import evaluate_backend, val_samples
 
     legacy = load_backend(_export_one_to_many_head(SHIPPED_PT, tmp_path / "o2m.onnx"))
     assert legacy.info.layout == LEGACY
@@ -235,7 +235,7 @@ def test_one_to_many_head_with_nms_agrees_with_the_one_to_one_head(tmp_path, syn
 
 
 def test_cpu_int8_model_carries_its_accuracy_report(tmp_path, synth_data, caplog):
-    from engines.quantize import cli
+    from vap_video.engines.quantize import cli
 
     out = tmp_path / "m.int8.onnx"
     assert cli([str(SHIPPED), "--data", str(synth_data), "--out", str(out), "--limit", "16"]) == 0
@@ -243,19 +243,19 @@ def test_cpu_int8_model_carries_its_accuracy_report(tmp_path, synth_data, caplog
         be = load_backend(out)
     assert be.info.precision == "int8"
     assert "INT8 mAP50-95" in caplog.text and "vs fp32" in caplog.text
-    from engines.metadata import read_onnx_metadata
+    from vap_video.engines.metadata import read_onnx_metadata
     report = read_onnx_metadata(out)["quantization"]
     assert report["images"] == 40 and set(report["map50_95"]) == {"fp32", "int8"}
     assert abs(report["map50_95_change"]) < 0.1          # calibrated INT8 stays close to fp32
     import onnx
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    x = next(iter(__import__("engines.calibration", fromlist=["x"]).calibration_batches(synth_data, (320, 320), 4, 4)))
+    x = next(iter(__import__("vap_video.engines.calibration", fromlist=["x"]).calibration_batches(synth_data, (320, 320), 4, 4)))
     assert be.infer(x).shape == (4, 300, 6)
 
 
 def test_quantize_needs_validation_data(capsys, tmp_path):
-    from engines.quantize import cli
+    from vap_video.engines.quantize import cli
 
     with pytest.raises(SystemExit):
         cli([str(SHIPPED)])                       # --data is required: INT8 is never silent
@@ -267,8 +267,8 @@ def test_quantize_needs_validation_data(capsys, tmp_path):
 
 
 def test_model_config_routes_options_to_the_chosen_backend():
-    from pipeline.config import ConfigError
-    from pipeline.settings import parse_settings
+    from vap_video.pipeline.config import ConfigError
+    from vap_video.pipeline.settings import parse_settings
 
     s = parse_settings({"model": {"conf": 0.4, "class_conf": {"car": 0.3},
                                   "onnxruntime": {"intra_op_threads": 1, "io_binding": True}}})
@@ -285,7 +285,7 @@ def test_model_config_routes_options_to_the_chosen_backend():
 def test_engine_bench_measures_every_variant_it_can_and_says_why_not(tmp_path, capsys):
     import json
 
-    from pipeline.cli import main
+    from vap_video.pipeline.cli import main
 
     assert main(["bench", "--engine-only", "--quick", "--batches", "1,2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "engines-vap-synth-n.json").read_text())
@@ -306,7 +306,7 @@ def test_run_with_tensorrt_where_it_is_missing_is_a_clear_model_error(tmp_path, 
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here; this checks the message where it is not")
-    from pipeline.cli import main
+    from vap_video.pipeline.cli import main
 
     cfg = tmp_path / "trt.yaml"
     cfg.write_text("streams: [{name: a, url: 'synthetic://?frames=2'}]\nmodel: {backend: tensorrt}\n"
@@ -317,9 +317,9 @@ def test_run_with_tensorrt_where_it_is_missing_is_a_clear_model_error(tmp_path, 
 
 
 def test_gpu_preprocess_refuses_backends_and_machines_it_cannot_use():
-    from pipeline.config import ConfigError
-    from pipeline.runtime import Pipeline
-    from pipeline.settings import parse_settings
+    from vap_video.pipeline.config import ConfigError
+    from vap_video.pipeline.runtime import Pipeline
+    from vap_video.pipeline.settings import parse_settings
 
     s = parse_settings({"model": {"gpu_preprocess": True}, "server": {"enabled": False}, "sinks": []})
     with pytest.raises(ConfigError, match="tensorrt or torch backend"):
@@ -342,10 +342,10 @@ def _cuda_available() -> bool:
 def test_cuda_fp16_and_gpu_preprocessing_match_onnxruntime_cpu(synth_data):
     """fp16 parity on the GPU: uint8 frames letterboxed on the GPU, the shipped weights in fp16
     (with and without CUDA graphs), against ONNX Runtime fp32 on the CPU path."""
-    from engines.calibration import calibration_images
-    from engines.dataset import load_image
-    from engines.gpu_preprocess import GpuPreprocessor
-    from pipeline.preprocess import BatchPreprocessor
+    from vap_video.engines.calibration import calibration_images
+    from vap_video.engines.dataset import load_image
+    from vap_video.engines.gpu_preprocess import GpuPreprocessor
+    from vap_video.pipeline.preprocess import BatchPreprocessor
 
     frames = [load_image(p) for p in calibration_images(synth_data, limit=8)]
     ref_in, _ = BatchPreprocessor((320, 320))(frames)
@@ -368,10 +368,10 @@ def test_cuda_graphs_are_kept_per_batch_size_and_input_size(synth_data):
     """A captured graph is reused only for its (padded batch, H, W): a new input size captures its
     own graph (a graph keyed by batch alone would replay a wrong-size input), at most MAX_GRAPHS
     of them, and every shape gives the eager model's detections."""
-    from engines.backends.torch_backend import MAX_GRAPHS
-    from engines.calibration import calibration_images
-    from engines.dataset import load_image
-    from pipeline.preprocess import BatchPreprocessor
+    from vap_video.engines.backends.torch_backend import MAX_GRAPHS
+    from vap_video.engines.calibration import calibration_images
+    from vap_video.engines.dataset import load_image
+    from vap_video.pipeline.preprocess import BatchPreprocessor
 
     frames = [load_image(p) for p in calibration_images(synth_data, limit=4)]
     eager = load_backend(SHIPPED_PT, "torch", device="cuda")
@@ -393,7 +393,7 @@ def test_tensorrt_qdq_is_symmetric_int8(tmp_path, synth_data):
     import onnx
     from onnx import numpy_helper
 
-    from engines.quantize import quantize_qdq
+    from vap_video.engines.quantize import quantize_qdq
 
     out = quantize_qdq(SHIPPED, tmp_path / "trt.qdq.onnx", synth_data, limit=8, target="tensorrt")
     model = onnx.load(str(out))
@@ -416,7 +416,7 @@ def test_nms_fallback_is_announced_and_unknown_options_are_named(tmp_path, caplo
 
 
 def test_interrupted_or_failed_quantize_leaves_no_int8_file(tmp_path, synth_data, monkeypatch):
-    import engines.quantize as q
+    import vap_video.engines.quantize as q
 
     def boom(*_a, **_k):
         raise ModelContractError("report failed")

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
-from pipeline.batcher import DeadlineBatcher
-from pipeline.frames import Frame
-from pipeline.metrics import Metrics
+from vap_video.pipeline.batcher import DeadlineBatcher
+from vap_video.pipeline.frames import Frame
+from vap_video.pipeline.metrics import Metrics
 
 
 def _frame(stream: str, i: int) -> Frame:

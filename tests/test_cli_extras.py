@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "engines" / "models" / "vap-synth-n.onnx"
+MODEL = ROOT / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
 
 
 def vap_without(blocked: list[str], *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run `vap ARGS` in a fresh interpreter where importing each of `blocked` fails as if not installed."""
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
-            + "from pipeline.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+            + "from vap_video.pipeline.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
@@ -38,7 +38,7 @@ def test_missing_optional_package_names_the_extra(tmp_path, blocked, args, extra
 
 
 def test_version():
-    from pipeline import __version__
+    from vap_video.pipeline import __version__
 
     code, out = vap_without([], "--version")
     assert code == 0 and out.strip() == f"vap {__version__}"
@@ -54,7 +54,7 @@ def test_unknown_log_level_is_a_usage_error():
 
 
 def test_train_help_describes_every_option():
-    from engines.train import TrainConfig
+    from vap_video.engines.train import TrainConfig
 
     code, out = vap_without([], "train", "--help")
     assert code == 0 and "PydanticUndefined" not in out
@@ -66,7 +66,7 @@ def test_train_help_describes_every_option():
 
 
 def test_schema_event_markdown_lists_every_field():
-    from pipeline.events import load_schema
+    from vap_video.pipeline.events import load_schema
 
     code, out = vap_without([], "schema", "event", "--markdown")
     assert code == 0, out

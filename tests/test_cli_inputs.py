@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def vap(*args: str, timeout: float = 60) -> tuple[int, str, float]:
-    """Run `python -m pipeline.cli ARGS`; (exit code, stdout+stderr, seconds)."""
+    """Run `python -m vap_video.pipeline.cli ARGS`; (exit code, stdout+stderr, seconds)."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     return proc.returncode, proc.stdout, time.monotonic() - t0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from vap_video.pipeline import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def _run_into_closed_pipe(args: list[str]) -> subprocess.CompletedProcess[bytes]
     r, w = os.pipe()
     os.close(r)
     try:
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], stdout=w, stderr=subprocess.PIPE,
+        return subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", *args], stdout=w, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                               timeout=120)
     finally:

@@ -52,7 +52,7 @@ model: {{path: "{model}"}}
 sinks: [{{path: "{tmp_path / 'events.jsonl'}"}}]
 server: {{port: {port}}}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "vap_video.pipeline.cli", "run", str(cfg), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     try:
@@ -110,7 +110,7 @@ server: {{port: {port}}}
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "vap_video.pipeline.cli", "run", str(cfg), "--quiet"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     os.close(w)

@@ -12,14 +12,14 @@ import av
 import numpy as np
 import pytest
 
-from engines.synth import write_video as write_scene
+from vap_video.engines.synth import write_video as write_scene
 from tests.videos import count_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def vap(*args: str, cwd: Path | None = None, timeout: float = 120) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     return proc.returncode, proc.stdout
@@ -64,7 +64,7 @@ def test_run_a_clip_saves_events_and_an_annotated_video(scenes: Path, tmp_path: 
 
 def test_folder_and_glob_sources_with_model_options(scenes: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    model = ROOT / "engines" / "models" / "vap-synth-n.onnx"
+    model = ROOT / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
     names = json.loads(model.with_suffix(".json").read_text())["names"]
     first = json.loads(names)["0"] if isinstance(names, str) else names["0"]
     code, log = vap("run", str(scenes), str(scenes / "*.mp4"), "--model", str(model), "--save", str(out),
@@ -124,7 +124,7 @@ def test_input_inside_the_save_folder_is_never_overwritten(scenes: Path, tmp_pat
 
 def test_source_names_and_kinds(tmp_path: Path) -> None:
     """URLs, devices and same-named files become distinct, valid stream names; credentials never in a name."""
-    from pipeline.quickrun import source_settings
+    from vap_video.pipeline.quickrun import source_settings
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from vap_video.pipeline.cli import main
 from tests.onnx_models import constant_detector
 from tests.videos import write_video
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cluster.registry import parse_registry
-from pipeline.cluster.shard import ClusterConfig
+from vap_video.pipeline.cluster.registry import parse_registry
+from vap_video.pipeline.cluster.shard import ClusterConfig
 
 helm = pytest.importorskip("helm_python", reason="renders the chart: pip install helm-python-sdk")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -129,7 +129,7 @@ def test_rayservice_structure_and_serve_config(docs, monkeypatch):
     ServeDeploySchema.model_validate(serve_cfg)
     assert serve_cfg["proxy_location"] == "Disabled"   # no HTTP proxy actor per node unless asked
     (app,) = serve_cfg["applications"]
-    assert app["import_path"] == "pipeline.cluster.worker:app"
+    assert app["import_path"] == "vap_video.pipeline.cluster.worker:app"
     (dep,) = app["deployments"]
     assert dep["name"] == "StreamWorker" and dep["num_replicas"] == 3
     assert dep["ray_actor_options"]["num_gpus"] == 1
@@ -246,7 +246,7 @@ def test_default_worker_settings_do_not_change_with_the_rank():
     before it holds its slot must not restart its pipeline when it gets the slot."""
     docs = render({"registry": {"version": "1", "cameras": CAMERAS}})
     dep = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]
-    from pipeline.cluster.shard import render_settings
+    from vap_video.pipeline.cluster.shard import render_settings
     uc = ClusterConfig.parse(dep["user_config"])
     assert render_settings(uc, 0, "r1") == render_settings(uc, 1, "r1")
     assert render_settings(uc, 0, "r1") != render_settings(uc, 0, "r2")  # one event file per replica

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cluster.ledger import Ledger, MemoryKV, Previous, resume
-from pipeline.cluster.shard import ClusterConfig, ShardWorker
-from pipeline.events import load_schema
+from vap_video.pipeline.cluster.ledger import Ledger, MemoryKV, Previous, resume
+from vap_video.pipeline.cluster.shard import ClusterConfig, ShardWorker
+from vap_video.pipeline.events import load_schema
 from tests.onnx_models import constant_detector
 
 
@@ -191,7 +191,7 @@ def test_handover_and_takeover_events_and_unique_track_ids(tmp_path):
 
 # ---------------------------------------------------------------- vap cluster status
 def test_status_table_exact_then_not(tmp_path, monkeypatch, capsys):
-    from pipeline.cluster import status
+    from vap_video.pipeline.cluster import status
     from tests.test_cluster_worker import FakePipeline
 
     reg = tmp_path / "registry.yaml"
@@ -230,7 +230,7 @@ def test_status_table_exact_then_not(tmp_path, monkeypatch, capsys):
 
 
 def test_status_without_a_cluster_is_one_clear_line(capsys):
-    from pipeline.cluster.cli import cli
+    from vap_video.pipeline.cluster.cli import cli
     assert cli(["status", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no Ray cluster at 127.0.0.1:1") and "\n" not in err

@@ -25,9 +25,9 @@ import yaml
 
 ray = pytest.importorskip("ray", reason="needs the cluster extra: pip install 'vap[cluster]'")
 
-from pipeline.cluster.cli import cli  # noqa: E402
-from pipeline.cluster.ledger import GcsKV, Ledger  # noqa: E402
-from pipeline.cluster.status import gather  # noqa: E402
+from vap_video.pipeline.cluster.cli import cli  # noqa: E402
+from vap_video.pipeline.cluster.ledger import GcsKV, Ledger  # noqa: E402
+from vap_video.pipeline.cluster.status import gather  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -279,7 +279,7 @@ def test_failed_reconfigure_keeps_the_shards_under_serve(rig):
     """A registry version that never appears used to make reconfigure raise, and Ray Serve 2.60
     then stopped the replicas for good (DEPLOY_FAILED). Now each keeps its cameras, reports
     config_error, Serve keeps them RUNNING with the same PIDs, and a good config applies again."""
-    from pipeline.cluster.cli import _parser, deploy, serve_config_from_args
+    from vap_video.pipeline.cluster.cli import _parser, deploy, serve_config_from_args
     cams = _write_registry(rig.registry, 13, "v2")
     before = {w["shard"]: w for w in rig.wait_coverage(cams, 2, "v2")}
     args = _parser().parse_args(["up", "--cameras", str(rig.registry), "--shards", "2", "--spares", "1",

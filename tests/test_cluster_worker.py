@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cluster.assign import assign, owned
-from pipeline.cluster.cli import cli
-from pipeline.cluster.registry import RegistryError, load_registry, parse_registry
-from pipeline.cluster.shard import ClusterConfig, ShardWorker
-from pipeline.config import ConfigError
-from pipeline.metrics import Metrics
+from vap_video.pipeline.cluster.assign import assign, owned
+from vap_video.pipeline.cluster.cli import cli
+from vap_video.pipeline.cluster.registry import RegistryError, load_registry, parse_registry
+from vap_video.pipeline.cluster.shard import ClusterConfig, ShardWorker
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.metrics import Metrics
 
 
 def write_registry(path: Path, n: int, version: str, fps: int = 2) -> list[str]:
@@ -540,8 +540,8 @@ def test_cluster_commands_and_pipeline_import_without_ray(tmp_path):
     reg = tmp_path / "r.yaml"
     write_registry(reg, 6, "v1")
     code = ("import sys; sys.modules['ray'] = None\n"  # any `import ray` now fails
-            "import pipeline, pipeline.runtime, pipeline.cluster.shard\n"
-            "from pipeline.cli import main\n"
+            "import pipeline, vap_video.pipeline.runtime, vap_video.pipeline.cluster.shard\n"
+            "from vap_video.pipeline.cli import main\n"
             f"rc = main(['cluster', 'plan', '--cameras', {str(reg)!r}, '--per-gpu', '4'])\n"
             "assert 'ray' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
             "sys.exit(rc)")
@@ -645,7 +645,7 @@ def _busy_port_block(n: int) -> tuple[int, list]:
 
 
 def test_busy_metrics_port_is_a_config_error_not_a_crash(tmp_path):
-    from pipeline.cluster.shard import PORT_TRIES
+    from vap_video.pipeline.cluster.shard import PORT_TRIES
     reg = tmp_path / "r.yaml"
     write_registry(reg, 6, "v1")
     base, socks = _busy_port_block(PORT_TRIES)

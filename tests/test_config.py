@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, redact_url
-from pipeline.settings import load_settings, parse_settings
+from vap_video.pipeline.cli import main
+from vap_video.pipeline.config import ConfigError, redact_url
+from vap_video.pipeline.settings import load_settings, parse_settings
 
 
 def _write(tmp_path, text):
@@ -110,8 +110,8 @@ def test_busy_port_and_unwritable_sink_are_config_errors(tmp_path, capsys):
 
 
 def test_unknown_key_in_a_typed_sink_lists_that_sink_type_keys():
-    from pipeline.config import ConfigError
-    from pipeline.settings import parse_settings
+    from vap_video.pipeline.config import ConfigError
+    from vap_video.pipeline.settings import parse_settings
 
     with pytest.raises(ConfigError) as err:
         parse_settings({"sinks": [{"type": "mqtt", "hots": "broker"}]})

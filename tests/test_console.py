@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.api import ApiServer
-from pipeline.runtime import Pipeline
-from pipeline.settings import parse_settings
+from vap_video.pipeline.api import ApiServer
+from vap_video.pipeline.runtime import Pipeline
+from vap_video.pipeline.settings import parse_settings
 from tests.onnx_models import constant_detector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def test_console_in_a_real_browser(tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VAP_API_TOKEN", None)
-    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(tmp_path / "demo"),
+    demo = subprocess.Popen([sys.executable, "-m", "vap_video.pipeline.cli", "demo", "--out", str(tmp_path / "demo"),
                              "--duration", "90", "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
     shot = os.environ.get("VAP_CONSOLE_SCREENSHOT")

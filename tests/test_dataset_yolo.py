@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="YoloDataset is the training side (torch)")
 
-from engines.dataset import (  # noqa: E402 (after the torch skip above: these modules need torch)
+from vap_video.engines.dataset import (  # noqa: E402 (after the torch skip above: these modules need torch)
     AugmentConfig,
     DatasetError,
     YoloDataset,
@@ -23,7 +23,7 @@ from engines.dataset import (  # noqa: E402 (after the torch skip above: these m
     load_data_yaml,
     validate_dataset,
 )
-from engines.synth import CLASS_NAMES, write_yolo_dataset  # noqa: E402
+from vap_video.engines.synth import CLASS_NAMES, write_yolo_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_letterbox_centres_and_maps_back() -> None:
 @pytest.mark.parametrize("shape", [(720, 1280), (101, 37), (240, 320), (64, 64), (300, 500)])
 def test_letterbox_matches_the_runtime_preprocessing(shape: tuple[int, int]) -> None:
     """Training and inference must place and resample pixels identically."""
-    from pipeline.preprocess import letterbox_into
+    from vap_video.pipeline.preprocess import letterbox_into
 
     img = np.random.default_rng(0).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     ours, scale, (px, py) = letterbox(img, 128)
@@ -237,9 +237,9 @@ def test_collate_adds_batch_index(tmp_path: Path) -> None:
 def test_dataset_and_engines_import_without_torch(synth_yaml: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import engines.dataset, engines.synth, engines.evaluate, engines.haze\n"
-        f"spec = engines.dataset.load_data_yaml({str(synth_yaml)!r})\n"
-        "rep = engines.dataset.validate_dataset(spec, 'val')\n"
+        "import vap_video.engines.dataset, vap_video.engines.synth, vap_video.engines.evaluate, vap_video.engines.haze\n"
+        f"spec = vap_video.engines.dataset.load_data_yaml({str(synth_yaml)!r})\n"
+        "rep = vap_video.engines.dataset.validate_dataset(spec, 'val')\n"
         "print(len(rep.usable))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -269,7 +269,7 @@ def test_haze_augmentation_and_loader_workers(tmp_path: Path) -> None:
 
 
 def test_evaluation_only_dataset_with_an_empty_train_split_loads(tmp_path: Path) -> None:
-    from engines.synth import write_yolo_dataset
+    from vap_video.engines.synth import write_yolo_dataset
 
     spec = load_data_yaml(write_yolo_dataset(tmp_path / "valonly", 0, 3, imgsz=96, seed=1))
     assert spec.train == [] and len(spec.val) == 3
@@ -296,7 +296,7 @@ def test_ultralytics_parity_background_images_and_polygon_rows(tmp_path: Path) -
     assert "000003.jpg" not in usable and "000004.jpg" not in usable
     assert rep.n_background >= 2
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "data", "check", str(yaml_path)],
+    out = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "data", "check", str(yaml_path)],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     text = out.stdout + out.stderr
     assert "note: 2 x images without a label file, used as background images" in text, text

@@ -1,4 +1,4 @@
-"""The CPU dehazing stage (pipeline.dehaze): correctness on known haze, edge cases, gate, A smoothing,
+"""The CPU dehazing stage (vap_video.pipeline.dehaze): correctness on known haze, edge cases, gate, A smoothing,
 config, and the stage inside the running pipeline."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engines.haze import add_haze
-from engines.synth import render_image
-from pipeline.config import ConfigError
-from pipeline.dehaze import (
+from vap_video.engines.haze import add_haze
+from vap_video.engines.synth import render_image
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.dehaze import (
     DehazeConfig,
     Dehazer,
     DehazeState,
@@ -22,8 +22,8 @@ from pipeline.dehaze import (
     source_transform,
     work_shape,
 )
-from pipeline.metrics import Metrics
-from pipeline.settings import parse_settings
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import parse_settings
 
 FORCED = DehazeConfig(enabled=True, gate=False)
 
@@ -261,7 +261,7 @@ def test_settings_global_default_and_stream_override():
 # ---------------------------------------------------------------------------- runtime
 
 def test_fit_to_and_source_transform_match_letterboxing_the_source():
-    from pipeline.preprocess import BatchPreprocessor, unletterbox
+    from vap_video.pipeline.preprocess import BatchPreprocessor, unletterbox
 
     frame = scene(6, 1280, 720)
     prep = BatchPreprocessor((320, 320))
@@ -299,8 +299,8 @@ def test_stream_dehazers_metrics_passthrough_and_prune():
 
 
 def test_pipeline_feeds_the_engine_dehazed_frames(tmp_path):
-    from engines.backends import load_backend
-    from pipeline.runtime import Pipeline
+    from vap_video.engines.backends import load_backend
+    from vap_video.pipeline.runtime import Pipeline
     from tests.onnx_models import constant_detector
 
     model = constant_detector(tmp_path / "m.onnx", np.array([[10, 10, 30, 40, 0.9, 0]], np.float32), ["person"])
@@ -484,9 +484,9 @@ def test_a_stream_removed_and_added_again_starts_with_a_fresh_dehaze_state():
 def test_prep_loop_maps_every_dehazed_frame_back_even_if_the_stream_goes_mid_batch(tmp_path):
     """A batch holds a dehazed (shrunk) frame of a stream, then that stream is removed before its
     next frame in the same batch: the first frame's boxes must still map to source pixels."""
-    from engines.backends import load_backend
-    from pipeline.frames import Frame
-    from pipeline.runtime import Pipeline
+    from vap_video.engines.backends import load_backend
+    from vap_video.pipeline.frames import Frame
+    from vap_video.pipeline.runtime import Pipeline
     from tests.onnx_models import constant_detector
 
     model = constant_detector(tmp_path / "m.onnx", np.array([[10, 10, 30, 40, 0.9, 0]], np.float32), ["person"])
@@ -514,7 +514,7 @@ def test_prep_loop_maps_every_dehazed_frame_back_even_if_the_stream_goes_mid_bat
 def test_plan_shape_never_builds_an_empty_canvas_for_extreme_aspect_ratios():
     """(Review finding 11; in this file because tests/test_preprocess.py belongs to the lead.) A 2x3000
     strip letterboxed at 640 with rect on got a zero-height canvas and NaN boxes."""
-    from pipeline.preprocess import BatchPreprocessor, plan_shape, unletterbox
+    from vap_video.pipeline.preprocess import BatchPreprocessor, plan_shape, unletterbox
 
     assert plan_shape([(2, 3000)], (640, 640), 32, True) == (32, 640)
     assert plan_shape([(3000, 2)], (640, 640), 32, True) == (640, 32)

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.haze import add_haze
-from engines.synth import render_image, write_video
-from pipeline.cli import main as vap_main
-from pipeline.dehaze import DehazeConfig, Dehazer
-from pipeline.tools.dehaze_preview import cli
+from vap_video.engines.haze import add_haze
+from vap_video.engines.synth import render_image, write_video
+from vap_video.pipeline.cli import main as vap_main
+from vap_video.pipeline.dehaze import DehazeConfig, Dehazer
+from vap_video.pipeline.tools.dehaze_preview import cli
 
 
 def _hazy_jpg(path: Path, i: int = 0, w: int = 320, h: int = 180) -> np.ndarray:

@@ -1,16 +1,16 @@
-"""The torch dehazing path matches the CPU path (pipeline.dehaze.torch_dehazer vs pipeline.dehaze)."""
+"""The torch dehazing path matches the CPU path (vap_video.pipeline.dehaze.torch_dehazer vs vap_video.pipeline.dehaze)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engines.haze import add_haze
-from engines.synth import render_image
-from pipeline.dehaze import DehazeConfig, Dehazer, DehazeState
+from vap_video.engines.haze import add_haze
+from vap_video.engines.synth import render_image
+from vap_video.pipeline.dehaze import DehazeConfig, Dehazer, DehazeState
 
 torch = pytest.importorskip("torch", reason="the torch dehazing path needs torch")
-from pipeline.dehaze.torch_dehazer import TorchDehazer  # noqa: E402
+from vap_video.pipeline.dehaze.torch_dehazer import TorchDehazer  # noqa: E402
 
 # The tolerance the module docstring promises when the working size divides the frame size.
 MEAN_TOL, P999_TOL = 0.5, 3.0  # in 0..255 levels

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import interpolate_env
-from pipeline.metrics import Metrics
-from pipeline.settings import load_settings, parse_settings
+from vap_video.pipeline.config import interpolate_env
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

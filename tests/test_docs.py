@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from pipeline.tools.docs import config_reference, readme_section
+from vap_video.pipeline.tools.docs import config_reference, readme_section
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_config_reference_is_current():
     assert readme_section(README) == config_reference(), (
-        "README config reference is stale: regenerate with `python -m pipeline.tools.docs README.md`")
+        "README config reference is stale: regenerate with `python -m vap_video.pipeline.tools.docs README.md`")

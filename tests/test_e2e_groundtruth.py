@@ -20,11 +20,11 @@ import jsonschema
 import numpy as np
 import pytest
 
-from engines.synth import CLASS_NAMES, write_video
-from pipeline.events import load_schema
-from pipeline.model_config import SHIPPED_MODEL
-from pipeline.runtime import Pipeline
-from pipeline.settings import parse_settings
+from vap_video.engines.synth import CLASS_NAMES, write_video
+from vap_video.pipeline.events import load_schema
+from vap_video.pipeline.model_config import SHIPPED_MODEL
+from vap_video.pipeline.runtime import Pipeline
+from vap_video.pipeline.settings import parse_settings
 
 W, H, FPS, FRAMES = 640, 360, 10, 150
 SEEDS = (3, 5, 7, 9)
@@ -62,7 +62,7 @@ def visible_tracks(gt: np.ndarray) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="the shipped model engines/models/vap-synth-n.onnx is missing")
+@pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="the shipped model vap_video/engines/models/vap-synth-n.onnx is missing")
 def test_line_crossings_and_tracks_match_ground_truth(tmp_path: Path):
     line = {"name": "middle", "relative": True, "points": [[0.5, 1.0], [0.5, 0.0]]}
     streams, truth, visible = [], collections.Counter(), 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.backends import load_backend
-from engines.contract import ModelContractError, parse_names, resolve_info
+from vap_video.engines.backends import load_backend
+from vap_video.engines.contract import ModelContractError, parse_names, resolve_info
 from tests.onnx_models import bad_output_model, constant_detector
 
 ROWS = np.array([[10, 10, 30, 40, 0.9, 1], [5, 5, 9, 9, 0.1, 0]], dtype=np.float32)

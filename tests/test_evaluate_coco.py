@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from engines.evaluate import batched_nms, box_iou, evaluate_detections, nms
+from vap_video.engines.evaluate import batched_nms, box_iou, evaluate_detections, nms
 
 pytest.importorskip("pycocotools", reason="pycocotools is the reference implementation")
 from pycocotools.coco import COCO

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.detector import DetectorConfig, build_detector, count_params
-from engines.export import cli, export_model, export_onnx
-from engines.metadata import (
+from vap_video.engines.detector import DetectorConfig, build_detector, count_params
+from vap_video.engines.export import cli, export_model, export_onnx
+from vap_video.engines.metadata import (
     REQUIRED_KEYS,
     decode_metadata,
     read_onnx_metadata,
@@ -186,7 +186,7 @@ def test_cli_bad_inputs_give_clear_errors(tmp_path, capsys):
 
 
 def test_bench_onnx_reports_each_batch(exported):
-    from engines.export import bench_onnx
+    from vap_video.engines.export import bench_onnx
 
     rows = bench_onnx(exported, batches=(1, 2), runs=2, warmup=1)
     assert [r["batch"] for r in rows] == [1, 2]

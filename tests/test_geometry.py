@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.geometry import (
+from vap_video.pipeline.geometry import (
     box_anchor,
     iou_matrix,
     points_in_polygon,

@@ -58,10 +58,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_carries_model_assets_and_configs(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("engines/models/vap-synth-n.onnx", "engines/models/vap-synth-n.pt",
-                     "engines/models/vap-synth-n.json", "pipeline/static/console.html",
-                     "pipeline/schemas/event.schema.json", "pipeline/sinks/registry.py",
-                     "pipeline/tools/demo.py"):
+    for required in ("vap_video/engines/models/vap-synth-n.onnx", "vap_video/engines/models/vap-synth-n.pt",
+                     "vap_video/engines/models/vap-synth-n.json", "vap_video/pipeline/static/console.html",
+                     "vap_video/pipeline/schemas/event.schema.json", "vap_video/pipeline/sinks/registry.py",
+                     "vap_video/pipeline/tools/demo.py"):
         assert required in names, required
     assert any(n.endswith("share/vap/configs/demo.yaml") for n in names)
     assert not any(n.startswith("tests/") for n in names)
@@ -74,7 +74,7 @@ def test_installed_demo_runs_outside_the_checkout(wheel: Path, tmp_path: Path) -
     env = _clean_env()
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300,
                    env=env, stdin=subprocess.DEVNULL, capture_output=True)
-    show = "import pipeline, engines; print(pipeline.__file__); print(engines.__file__)"
+    show = "import pipeline, engines; print(vap_video.pipeline.__file__); print(vap_video.engines.__file__)"
     where = subprocess.run([str(py), "-c", show], capture_output=True, text=True, check=True, cwd=tmp_path,
                            env=env).stdout.split()
     assert all(Path(p).is_relative_to(env_dir) for p in where), where  # the installed copy, not the checkout

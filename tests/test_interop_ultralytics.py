@@ -55,7 +55,7 @@ def interop(tmp_path_factory) -> dict[str, Any]:
     if probe.returncode != 0:
         pytest.skip(f"the venv at {VENV_PYTHON} cannot import ultralytics/onnx/onnxslim/onnxruntime: "
                     f"{probe.stderr.strip().splitlines()[-1:]}; tests/run.sh installs them")
-    from engines.synth import SceneVideo
+    from vap_video.engines.synth import SceneVideo
 
     d = tmp_path_factory.mktemp("interop")
     _CONFIG_DIR[:] = [d / "ultralytics-config"]  # Ultralytics writes its settings here, not in ~
@@ -98,8 +98,8 @@ LAYOUT = {"e2e": "end2end", "nms": "end2end", "o2m": "one-to-many+nms"}
 def _threshold(model: Path, frame: Path) -> float:
     """A score threshold in the widest gap among the top 10..40 scores of vap's rows on the frame:
     a few dozen detections, and no score within reach of float noise of the threshold."""
-    from engines.backends import load_backend
-    from pipeline.preprocess import BatchPreprocessor
+    from vap_video.engines.backends import load_backend
+    from vap_video.pipeline.preprocess import BatchPreprocessor
 
     be = load_backend(model, nms_conf=0.01)
     rgb = cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)
@@ -115,8 +115,8 @@ def _threshold(model: Path, frame: Path) -> float:
 
 def _vap_rows(model: Path, clip: Path, conf: float) -> np.ndarray:
     """Detections of the clip's first frame in a real `vap run` (source-first settings, result hook)."""
-    from pipeline.cli import run_pipeline
-    from pipeline.quickrun import source_settings
+    from vap_video.pipeline.cli import run_pipeline
+    from vap_video.pipeline.quickrun import source_settings
 
     settings = source_settings([str(clip)], model=model, conf=conf)
     settings.sinks = []
@@ -132,7 +132,7 @@ def _vap_rows(model: Path, clip: Path, conf: float) -> np.ndarray:
 
 @pytest.mark.parametrize("arch,variant,size", VARIANTS, ids=[f"{a}-{v}-{s}" for a, v, s in VARIANTS])
 def test_ultralytics_export_runs_and_agrees_with_their_predictor(interop, arch, variant, size):
-    from engines.backends import load_backend
+    from vap_video.engines.backends import load_backend
 
     model = interop["exports"] / f"{arch}-{variant}-{size}.onnx"
     be = load_backend(model)
@@ -142,7 +142,7 @@ def test_ultralytics_export_runs_and_agrees_with_their_predictor(interop, arch, 
     assert len(be.info.names) == 80
     be.close()
 
-    bench = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "--engine-only", "--model", str(model),
+    bench = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "bench", "--engine-only", "--model", str(model),
                             "--quick", "--batches", "1,3", "--out", str(interop["dir"] / "bench")],
                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bench.returncode == 0 and "| onnxruntime-cpu | fp32 | 3 |" in bench.stdout, bench.stderr[-2000:]

@@ -13,17 +13,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _imports(path: Path) -> set[str]:
+    """The project packages a file imports: "pipeline" or "engines" (their names under vap_video)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        mods: list[str] = []
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for m in mods:
+            parts = m.split(".")
+            if parts[0] == "vap_video" and len(parts) > 1:
+                names.add(parts[1])
     return names
 
 
 def test_engines_never_import_pipeline() -> None:
-    offenders = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "engines").rglob("*.py")
+    offenders = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "vap_video" / "engines").rglob("*.py")
                        if "pipeline" in _imports(p))
     assert offenders == [], ("engines modules importing pipeline (the model side must not know the runtime): "
                              f"{offenders}")
@@ -31,22 +37,22 @@ def test_engines_never_import_pipeline() -> None:
 
 def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from pipeline.frames import Detections\n")
+    f.write_text("def f():\n    from vap_video.pipeline.frames import Detections\n")
     assert "pipeline" in _imports(f)
 
 
 def test_one_letterbox_rule() -> None:
-    """PAD_VALUE and the Letterbox transform are defined once (engines/letterbox.py); everything else
+    """PAD_VALUE and the Letterbox transform are defined once (vap_video/engines/letterbox.py); everything else
     imports them, so training, CPU and GPU preprocessing and dehazing cannot drift apart."""
     defining = []
-    for p in list((ROOT / "engines").rglob("*.py")) + list((ROOT / "pipeline").rglob("*.py")):
+    for p in list((ROOT / "vap_video" / "engines").rglob("*.py")) + list((ROOT / "vap_video" / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PAD_VALUE"
                                                     for t in node.targets):
                 defining.append(f"{p.relative_to(ROOT)}: PAD_VALUE")
             if isinstance(node, ast.ClassDef) and node.name in ("Letterbox", "LetterboxParams"):
                 defining.append(f"{p.relative_to(ROOT)}: class {node.name}")
-    assert sorted(defining) == ["engines/letterbox.py: PAD_VALUE", "engines/letterbox.py: class Letterbox"], defining
+    assert sorted(defining) == ["vap_video/engines/letterbox.py: PAD_VALUE", "vap_video/engines/letterbox.py: class Letterbox"], defining
 
 
 def _module_name(path: Path) -> str:
@@ -57,7 +63,7 @@ def _module_name(path: Path) -> str:
 def _module_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports at module level (what runs at import time: these
     are the imports that can form a circle; imports inside functions are deliberate deferrals)."""
-    files = [p for top in ("pipeline", "engines") for p in (ROOT / top).rglob("*.py")]
+    files = [p for top in ("pipeline", "engines") for p in (ROOT / "vap_video" / top).rglob("*.py")]
     known = {_module_name(p) for p in files}
     graph: dict[str, set[str]] = {}
     for p in files:
@@ -123,7 +129,7 @@ def test_the_circle_check_finds_a_circle() -> None:
 
 
 def test_the_data_path_never_imports_the_offline_tools() -> None:
-    tools = {m for m in _module_graph() if m.startswith("pipeline.tools")}
+    tools = {m for m in _module_graph() if m.startswith("vap_video.pipeline.tools")}
     offenders = sorted(m for m, targets in _module_graph().items()
-                       if not m.startswith(("pipeline.tools", "pipeline.cli", "pipeline.cluster")) and targets & tools)
+                       if not m.startswith(("vap_video.pipeline.tools", "vap_video.pipeline.cli", "vap_video.pipeline.cluster")) and targets & tools)
     assert offenders == [], offenders

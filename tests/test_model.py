@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from engines.assign import TaskAlignedAssigner, box_iou_pairwise
-from engines.detector import DetectorConfig, build_detector, count_params, make_anchors, model_info, topk_end2end
-from engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
-from engines.nn import Conv, RepConv, fuse_conv_bn
-from engines.optim import ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
+from vap_video.engines.assign import TaskAlignedAssigner, box_iou_pairwise
+from vap_video.engines.detector import DetectorConfig, build_detector, count_params, make_anchors, model_info, topk_end2end
+from vap_video.engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
+from vap_video.engines.nn import Conv, RepConv, fuse_conv_bn
+from vap_video.engines.optim import ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
 
 torch.set_num_threads(1)
 
@@ -345,8 +345,8 @@ def test_ema_tracks_weights():
 @pytest.mark.parametrize("one_to_one", [False, True])
 def test_tiny_objects_get_positive_anchors(one_to_one):
     """A 4 px object has IoU^6 ~ 1e-10 with every early prediction; it must still get positives."""
-    from engines.assign import TaskAlignedAssigner
-    from engines.detector import make_anchors
+    from vap_video.engines.assign import TaskAlignedAssigner
+    from vap_video.engines.detector import make_anchors
 
     anchors, strides = make_anchors([(40, 40), (20, 20), (10, 10)], (8, 16, 32), torch.device("cpu"), torch.float32)
     a = anchors.shape[0]

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from pipeline.frames import Detections
-from pipeline.postprocess import Postprocessor
-from pipeline.preprocess import BatchPreprocessor, plan_shape, unletterbox
+from vap_video.pipeline.frames import Detections
+from vap_video.pipeline.postprocess import Postprocessor
+from vap_video.pipeline.preprocess import BatchPreprocessor, plan_shape, unletterbox
 
 
 def test_letterbox_layout_pad_and_roundtrip():
@@ -54,6 +54,6 @@ def test_postprocess_thresholds_filter_and_clip():
 def test_postprocess_rejects_unknown_class_names():
     import pytest
 
-    from pipeline.config import ConfigError
+    from vap_video.pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="unknown classes"):
         Postprocessor(["a"], classes=["b"])

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.api import ApiServer
-from pipeline.runtime import Pipeline
-from pipeline.settings import parse_settings
+from vap_video.pipeline.api import ApiServer
+from vap_video.pipeline.runtime import Pipeline
+from vap_video.pipeline.settings import parse_settings
 from tests.onnx_models import constant_detector
 from tests.real_servers import Server, free_port, need
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import redact_url
+from vap_video.pipeline.config import redact_url
 from tests.onnx_models import constant_detector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ server: {{port: {port}}}
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VAP_API_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "debug", "run", str(cfg),
+    proc = subprocess.Popen([sys.executable, "-m", "vap_video.pipeline.cli", "--log-level", "debug", "run", str(cfg),
                              "--quiet", "--duration", "8"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, stdin=subprocess.DEVNULL)
     streams_body = ""
@@ -88,7 +88,7 @@ server: {{port: {port}}}
     assert "stream.down" in events
     spool = b"".join(p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file())
     assert b"stream.down" in spool                                               # the webhook spooled them
-    validate = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(cfg)], capture_output=True,
+    validate = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "validate", str(cfg)], capture_output=True,
                               text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert validate.returncode == 0 and "password=***" in validate.stdout
     for where, text in (("log", log), ("/streams", streams_body), ("events", events),

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.backends import load_backend
-from engines.backends.base import Backend
-from pipeline.api import ApiServer
-from pipeline.events import load_schema
-from pipeline.runtime import Pipeline
-from pipeline.settings import parse_settings
+from vap_video.engines.backends import load_backend
+from vap_video.engines.backends.base import Backend
+from vap_video.pipeline.api import ApiServer
+from vap_video.pipeline.events import load_schema
+from vap_video.pipeline.runtime import Pipeline
+from vap_video.pipeline.settings import parse_settings
 from tests.onnx_models import constant_detector
 from tests.videos import corrupted_copy, write_video
 

@@ -7,10 +7,10 @@ import json
 import os
 import time
 
-import pipeline.sinks.jsonl as sinks_mod
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.sinks import EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner
+import vap_video.pipeline.sinks.jsonl as sinks_mod
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.sinks import EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner
 
 
 def _events(n: int, tag: str) -> list[dict]:

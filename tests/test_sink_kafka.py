@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.settings import parse_settings
-from pipeline.sinks import EventBus, SinkRunner, build_sink
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import EventBus, SinkRunner, build_sink
 
 ck = pytest.importorskip("confluent_kafka")
 
@@ -102,7 +102,7 @@ def test_unreachable_cluster_fails_the_write_and_spools(tmp_path):
 
 
 def test_bad_librdkafka_option_is_a_config_error(tmp_path):
-    from pipeline.config import ConfigError
+    from vap_video.pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="bad Kafka settings"):
         build_sink(_cfg(tmp_path, options={"no.such.option": 1}))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.settings import parse_settings
-from pipeline.sinks import EventBus, SinkRunner, build_sink
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import EventBus, SinkRunner, build_sink
 from tests.real_servers import mosquitto
 
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -180,8 +180,8 @@ def test_delivery_resumes_within_3s_of_the_broker_coming_back(tmp_path):
 
 _CHILD = """
 import os, sys, time
-from pipeline.settings import parse_settings
-from pipeline.sinks import build_sink
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import build_sink
 cfg = parse_settings({"sinks": [{"type": "mqtt", "host": "127.0.0.1", "port": int(sys.argv[1]),
                                  "client_id": "vap-dies", "spool": {"enabled": False}}]}).sinks[0]
 sink = build_sink(cfg)
@@ -209,7 +209,7 @@ def test_availability_online_then_last_will_offline(tmp_path):
 
 
 def test_credentials_come_from_env_and_tls_files_are_checked(tmp_path, monkeypatch):
-    from pipeline.config import ConfigError
+    from vap_video.pipeline.config import ConfigError
     monkeypatch.setenv("VAP_MQTT_USERNAME", "alice")
     monkeypatch.setenv("VAP_MQTT_PASSWORD", "s3cret")
     cfg = _mqtt_cfg(1, tmp_path)
@@ -288,7 +288,7 @@ def test_unacknowledged_messages_do_not_pile_up_in_paho(tmp_path, monkeypatch):
     """Review finding 16: every timed-out batch stayed queued in paho and each replay queued another copy."""
     import socket
 
-    import pipeline.sinks.mqtt as sink_mqtt
+    import vap_video.pipeline.sinks.mqtt as sink_mqtt
 
     monkeypatch.setattr(sink_mqtt, "MAX_QUEUED", 30, raising=False)
     lsock = socket.socket()

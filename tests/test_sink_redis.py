@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.settings import parse_settings
-from pipeline.sinks import EventBus, SinkRunner, build_sink
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import EventBus, SinkRunner, build_sink
 from tests.real_servers import redis_server
 
 redis = pytest.importorskip("redis")

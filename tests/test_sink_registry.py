@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.settings import parse_settings
-from pipeline.sinks import KINDS, JsonlSink, JsonlSinkConfig, build_sink
-from pipeline.sinks.registry import SINK_MODULES
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import KINDS, JsonlSink, JsonlSinkConfig, build_sink
+from vap_video.pipeline.sinks.registry import SINK_MODULES
 
-SINKS_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "sinks"
+SINKS_DIR = Path(__file__).resolve().parents[1] / "vap_video" / "pipeline" / "sinks"
 
 
 def _modules_defining_kind() -> set[str]:
@@ -66,11 +66,11 @@ def test_readme_sink_recipe_is_a_working_sink(monkeypatch: pytest.MonkeyPatch) -
     import sys
     import types
 
-    from pipeline.events import make_event
-    from pipeline.metrics import Metrics
-    from pipeline.sinks import EventFilter, SinkKind, SinkRunner
+    from vap_video.pipeline.events import make_event
+    from vap_video.pipeline.metrics import Metrics
+    from vap_video.pipeline.sinks import EventFilter, SinkKind, SinkRunner
 
-    module = types.ModuleType("pipeline.sinks.udp_recipe")
+    module = types.ModuleType("vap_video.pipeline.sinks.udp_recipe")
     monkeypatch.setitem(sys.modules, module.__name__, module)  # pydantic resolves names there
     exec(compile(_readme_recipe(), "README.md#sink-recipe", "exec"), module.__dict__)
     kind = module.KIND
@@ -101,18 +101,17 @@ def test_registering_the_recipe_is_one_module_and_one_line(tmp_path: Path) -> No
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    shutil.copytree(root / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(root / "engines", tmp_path / "engines",
+    shutil.copytree(root / "vap_video", tmp_path / "vap_video",
                     ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pt"))
-    (tmp_path / "pipeline" / "sinks" / "udp.py").write_text(_readme_recipe())
-    registry = tmp_path / "pipeline" / "sinks" / "registry.py"
+    (tmp_path / "vap_video" / "pipeline" / "sinks" / "udp.py").write_text(_readme_recipe())
+    registry = tmp_path / "vap_video" / "pipeline" / "sinks" / "registry.py"
     text = registry.read_text()
     line = next(ln for ln in text.splitlines() if ln.startswith("SINK_MODULES"))
     registry.write_text(text.replace(line, line.replace('"redis")', '"redis", "udp")')))
     child = (
-        "from pipeline.settings import parse_settings\n"
-        "from pipeline.sinks import build_sink\n"
-        "from pipeline.tools.docs import config_reference\n"
+        "from vap_video.pipeline.settings import parse_settings\n"
+        "from vap_video.pipeline.sinks import build_sink\n"
+        "from vap_video.pipeline.tools.docs import config_reference\n"
         "s = parse_settings({'streams': [{'name': 'a', 'url': 'a.mp4'}], 'sinks': [{'type': 'udp', 'port': 9}]})\n"
         "sink = build_sink(s.sinks[0]); print(type(sink).__name__); sink.close()\n"
         "print('udp' in config_reference())\n"

@@ -10,10 +10,10 @@ import cv2
 import jsonschema
 import numpy as np
 
-from pipeline.events import load_schema, make_event
-from pipeline.frames import Detections, Frame
-from pipeline.metrics import Metrics
-from pipeline.snapshots import SnapshotConfig, Snapshotter
+from vap_video.pipeline.events import load_schema, make_event
+from vap_video.pipeline.frames import Detections, Frame
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.snapshots import SnapshotConfig, Snapshotter
 
 
 def _frame(stream: str = "cam", index: int = 0) -> Frame:
@@ -92,8 +92,8 @@ def test_a_degenerate_box_on_the_border_still_gets_its_crop(tmp_path):
 
 
 def test_pipeline_puts_snapshot_paths_into_published_events(tmp_path):
-    from pipeline.runtime import Pipeline
-    from pipeline.settings import parse_settings
+    from vap_video.pipeline.runtime import Pipeline
+    from vap_video.pipeline.settings import parse_settings
     from tests.onnx_models import constant_detector
     from tests.videos import write_video
 

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.settings import parse_settings
-from pipeline.sinks import EventBus, SinkRunner, build_sink
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.settings import parse_settings
+from vap_video.pipeline.sinks import EventBus, SinkRunner, build_sink
 
 SECRET = "hook-secret"
 
@@ -199,7 +199,7 @@ def test_a_broken_http_response_is_retried_not_fatal(tmp_path, monkeypatch):
 
 
 def test_auth_header_from_the_environment(tmp_path, monkeypatch):
-    from pipeline.config import ConfigError
+    from vap_video.pipeline.config import ConfigError
     monkeypatch.delenv("VAP_WEBHOOK_SECRET", raising=False)
     rx = Receiver(["200"])
     try:
@@ -233,7 +233,7 @@ def test_without_dead_letter_the_batch_spools_and_is_replayed(tmp_path, monkeypa
 
 
 def test_bad_url_is_a_config_error(tmp_path):
-    from pipeline.config import ConfigError
+    from vap_video.pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="http:// or https://"):
         build_sink(_cfg("ftp://example.org/x", tmp_path))
 
@@ -264,7 +264,7 @@ def test_outage_spools_the_whole_batch_and_replays_each_event_once_in_order(tmp_
 def test_vap_validate_masks_sink_credentials(tmp_path):
     """Review finding 8: resolved_yaml printed webhook tokens, Authorization headers, redis passwords
     and Kafka sasl.password."""
-    from pipeline.settings import resolved_yaml
+    from vap_video.pipeline.settings import resolved_yaml
     secrets = ["T0ABC1234", "tok3n-in-the-path-abcdefgh", "qs-secret", "Bearer hdr-secret", "redis-pw",
                "kafka-pw", "key-pw"]
     settings = parse_settings({"sinks": [

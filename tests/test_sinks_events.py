@@ -6,9 +6,9 @@ import time
 import jsonschema
 import pytest
 
-from pipeline.events import iso_utc, load_schema, make_event, new_event_id
-from pipeline.metrics import Metrics
-from pipeline.sinks import EventBus, EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner
+from vap_video.pipeline.events import iso_utc, load_schema, make_event, new_event_id
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.sinks import EventBus, EventFilter, JsonlSink, JsonlSinkConfig, SinkRunner
 
 
 def test_ids_are_uuid7_unique_and_sorted():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import StreamConfig
-from pipeline.sources import SourceError, open_source
+from vap_video.pipeline.config import StreamConfig
+from vap_video.pipeline.sources import SourceError, open_source
 from tests.videos import corrupted_copy, count_frames, moving_squares, resolution_change_ts, truncated_copy, write_video
 
 W, H, N = 160, 120, 30
@@ -288,7 +288,7 @@ def test_damage_in_a_file_resumes_at_the_next_keyframe(tmp_path: Path) -> None:
 def test_live_stream_with_undecodable_run_raises_decoder_error(http_dir, monkeypatch) -> None:
     """A live input whose packets keep failing (codec changed, broken encoder) is not limped
     along: after MAX_CONSECUTIVE_ERRORS the source gives up so the supervisor reconnects."""
-    import pipeline.sources as sources
+    import vap_video.pipeline.sources as sources
 
     monkeypatch.setattr(sources, "MAX_CONSECUTIVE_ERRORS", 5)
     root, base = http_dir

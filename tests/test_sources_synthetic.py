@@ -1,4 +1,4 @@
-"""The synthetic source: URL parameters, pacing, finite scenes and looping (engines.synth)."""
+"""The synthetic source: URL parameters, pacing, finite scenes and looping (vap_video.engines.synth)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.config import StreamConfig
-from pipeline.metrics import Metrics
-from pipeline.sources import SourceError, SyntheticSource, open_source
-from pipeline.supervisor import Supervisor
+from vap_video.pipeline.config import StreamConfig
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.sources import SourceError, SyntheticSource, open_source
+from vap_video.pipeline.supervisor import Supervisor
 
-synth = pytest.importorskip("engines.synth", reason="engines.synth (SceneVideo) is not in this checkout")
+synth = pytest.importorskip("vap_video.engines.synth", reason="vap_video.engines.synth (SceneVideo) is not in this checkout")
 
 
 def test_parameters_and_frames_match_the_scene() -> None:
@@ -67,8 +67,8 @@ def test_bad_parameters_are_clear(query: str, needle: str) -> None:
                                           ("fsp=10", "unknown synthetic parameter 'fsp'")])
 def test_impossible_scenes_are_refused_at_config_load(query: str, needle: str) -> None:
     """Caught when the config is read (`vap validate`, `vap run`), not by a stream that retries for ever."""
-    from pipeline.config import ConfigError
-    from pipeline.settings import parse_settings
+    from vap_video.pipeline.config import ConfigError
+    from vap_video.pipeline.settings import parse_settings
 
     with pytest.raises(ConfigError) as ce:
         parse_settings({"streams": [{"name": "syn", "url": f"synthetic://?{query}"}]})

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.events import make_event
-from pipeline.metrics import Metrics
-from pipeline.sinks import EventBus, EventFilter, SinkRunner
-from pipeline.sinks.spool import Spool
+from vap_video.pipeline.config import ConfigError
+from vap_video.pipeline.events import make_event
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.sinks import EventBus, EventFilter, SinkRunner
+from vap_video.pipeline.sinks.spool import Spool
 
 
 def _events(n: int, stream: str = "cam") -> list[dict]:
@@ -163,7 +163,7 @@ def test_full_spool_counts_drops(tmp_path):
 
 
 def test_partial_delivery_spools_only_the_undelivered_suffix(tmp_path):
-    from pipeline.sinks.base import PartialDelivery
+    from vap_video.pipeline.sinks.base import PartialDelivery
 
     class HalfWay:
         name = "half"
@@ -258,7 +258,7 @@ def test_disk_full_during_append_truncates_back_counts_the_loss_and_keeps_going(
     import errno
     import os
 
-    import pipeline.sinks.spool as spool_mod
+    import vap_video.pipeline.sinks.spool as spool_mod
 
     m = Metrics()
     sink = _Switchable()

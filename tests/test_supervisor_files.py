@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import supervisor as sup_mod
-from pipeline.config import StreamConfig
-from pipeline.frames import Frame
-from pipeline.metrics import Metrics
-from pipeline.sources import Source, SourceError
-from pipeline.supervisor import StreamWorker, Supervisor, backoff_delay
+from vap_video.pipeline import supervisor as sup_mod
+from vap_video.pipeline.config import StreamConfig
+from vap_video.pipeline.frames import Frame
+from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.sources import Source, SourceError
+from vap_video.pipeline.supervisor import StreamWorker, Supervisor, backoff_delay
 from tests.videos import corrupted_copy, resolution_change_ts, truncated_copy, write_video
 
 
@@ -430,7 +430,7 @@ from tests.test_sources_files import http_dir  # noqa: E402,F401 - shared fixtur
 
 
 def test_live_decoder_breakdown_reconnects_and_counts(http_dir, monkeypatch, rig) -> None:  # noqa: F811
-    import pipeline.sources as sources
+    import vap_video.pipeline.sources as sources
 
     col, metrics, sup = rig
     monkeypatch.setattr(sources, "MAX_CONSECUTIVE_ERRORS", 5)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.haze import add_haze, apply_scattering, remove_scattering, transmission_map
-from engines.synth import CLASS_NAMES, SceneVideo, cli, render_image, write_video, write_yolo_dataset
+from vap_video.engines.haze import add_haze, apply_scattering, remove_scattering, transmission_map
+from vap_video.engines.synth import CLASS_NAMES, SceneVideo, cli, render_image, write_video, write_yolo_dataset
 
 
 def _changed(img: np.ndarray, bg: np.ndarray, thr: int = 12) -> np.ndarray:

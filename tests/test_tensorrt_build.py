@@ -22,14 +22,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.contract import ModelContractError
-from engines.tensorrt import build as B
-from engines.tensorrt import calibrator as C
-from engines.tensorrt import profiles as P
-from engines.tensorrt import progress as G
-from engines.tensorrt.cache import BuildOptions, TrtEnvironment
-from engines.tensorrt.cuda_ops import HostOps
-from engines.tensorrt.plan_file import read_sidecar_raw
+from vap_video.engines.contract import ModelContractError
+from vap_video.engines.tensorrt import build as B
+from vap_video.engines.tensorrt import calibrator as C
+from vap_video.engines.tensorrt import profiles as P
+from vap_video.engines.tensorrt import progress as G
+from vap_video.engines.tensorrt.cache import BuildOptions, TrtEnvironment
+from vap_video.engines.tensorrt.cuda_ops import HostOps
+from vap_video.engines.tensorrt.plan_file import read_sidecar_raw
 from tests.onnx_models import bad_output_model, constant_detector
 
 ROWS = np.array([[1, 2, 30, 40, 0.9, 0]], dtype=np.float32)
@@ -385,7 +385,7 @@ class FakeTensorRT(types.ModuleType):
 def fake_trt(monkeypatch, **kw: Any) -> FakeTensorRT:
     fake = FakeTensorRT(**kw)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr("engines.tensorrt.cuda_ops.cuda_ops", lambda *a, **k: fake.ops)
+    monkeypatch.setattr("vap_video.engines.tensorrt.cuda_ops.cuda_ops", lambda *a, **k: fake.ops)
     return fake
 
 
@@ -447,7 +447,7 @@ def test_build_int8_trt11_builds_a_qdq_model_and_says_so(tmp_path: Path, model: 
         Path(out).write_bytes(Path(src).read_bytes())
         return Path(out)
 
-    monkeypatch.setattr("engines.quantize.quantize_qdq", fake_qdq)
+    monkeypatch.setattr("vap_video.engines.quantize.quantize_qdq", fake_qdq)
     logs: list[str] = []
     opts = BuildOptions(precision="int8", calibration=str(tmp_path), calib_limit=32, contexts=1)
     out = B.build_engine(model, tmp_path / "det.engine", opts, env=TrtEnvironment("11.3.0.5", "9.0"),

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.contract import ModelContractError
-from engines.tensorrt.cache import (
+from vap_video.engines.contract import ModelContractError
+from vap_video.engines.tensorrt.cache import (
     BuildOptions,
     TrtEnvironment,
     cache_key,
@@ -26,8 +26,8 @@ from engines.tensorrt.cache import (
     sidecar_metadata,
     timing_cache_path,
 )
-from engines.tensorrt.plan_file import read_sidecar_raw, sidecar_path, write_sidecar
-from engines.tensorrt.resolve import resolve_engine
+from vap_video.engines.tensorrt.plan_file import read_sidecar_raw, sidecar_path, write_sidecar
+from vap_video.engines.tensorrt.resolve import resolve_engine
 from tests.onnx_models import constant_detector
 
 ENV = TrtEnvironment("10.8.0.43", "8.9", "NVIDIA L4")
@@ -217,8 +217,8 @@ def test_resolve_engine_rejects_missing_and_unknown_files(tmp_path: Path):
 
 
 def test_import_needs_neither_tensorrt_nor_cuda_nor_torch():
-    code = ("import sys, engines, engines.tensorrt, engines.tensorrt.build, engines.tensorrt.runtime, "
-            "engines.tensorrt.cache, engines.gpu_preprocess;"
+    code = ("import sys, engines, vap_video.engines.tensorrt, vap_video.engines.tensorrt.build, vap_video.engines.tensorrt.runtime, "
+            "vap_video.engines.tensorrt.cache, vap_video.engines.gpu_preprocess;"
             "print(sorted(m for m in ('tensorrt', 'pycuda', 'cuda', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
@@ -264,8 +264,8 @@ def test_bad_options_are_refused_before_announcing_a_build(tmp_path: Path, model
 
 @pytest.mark.parametrize("error", ["failed", "cancelled", "value"])
 def test_build_errors_become_model_errors_not_tracebacks(tmp_path: Path, model: Path, error: str):
-    from engines.tensorrt.build import BuildFailed
-    from engines.tensorrt.progress import BuildCancelled
+    from vap_video.engines.tensorrt.build import BuildFailed
+    from vap_video.engines.tensorrt.progress import BuildCancelled
 
     def build(src: Path, out: Path, opts: BuildOptions) -> Path:
         raise {"failed": BuildFailed("TensorRT could not build det.onnx"),

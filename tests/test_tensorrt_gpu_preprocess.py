@@ -1,4 +1,4 @@
-"""GPU letterbox (engines/gpu_preprocess.py) against the CPU path (pipeline/preprocess.py), run on CPU torch.
+"""GPU letterbox (vap_video/engines/gpu_preprocess.py) against the CPU path (vap_video/pipeline/preprocess.py), run on CPU torch.
 
 Geometry must be identical (the inverse letterbox uses it); pixel values may differ by the rounding of
 OpenCV's fixed-point kernels vs torch's float ones, so they are compared with measured tolerances.
@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed (GPU preprocessing needs it)")
 
-from engines.gpu_preprocess import GpuPreprocessor  # noqa: E402
-from pipeline.preprocess import BatchPreprocessor, unletterbox  # noqa: E402
+from vap_video.engines.gpu_preprocess import GpuPreprocessor  # noqa: E402
+from vap_video.pipeline.preprocess import BatchPreprocessor, unletterbox  # noqa: E402
 
 
 def scene(h: int, w: int, seed: int) -> np.ndarray:
@@ -103,8 +103,8 @@ def test_on_cuda_matches_cpu_torch():
 
 def test_extreme_aspect_ratio_gets_a_canvas_of_at_least_one_stride():
     """One batch-shape rule for the CPU and GPU paths: a 2x3000 strip must not get a zero-height canvas."""
-    from engines.gpu_preprocess import batch_hw
-    from pipeline.preprocess import plan_shape
+    from vap_video.engines.gpu_preprocess import batch_hw
+    from vap_video.pipeline.preprocess import plan_shape
 
     assert batch_hw([(2, 3000)], (384, 640), 32, True) == (32, 640)
     assert plan_shape([(2, 3000)], (384, 640), 32, True) == (32, 640)

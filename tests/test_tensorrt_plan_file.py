@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.tensorrt.plan_file import (
+from vap_video.engines.tensorrt.plan_file import (
     atomic_write,
     find_sidecar,
     read_engine_file,
@@ -17,7 +17,7 @@ from engines.tensorrt.plan_file import (
     with_header,
     write_sidecar,
 )
-from engines.tensorrt.runtime import ultralytics_metadata
+from vap_video.engines.tensorrt.runtime import ultralytics_metadata
 
 PLAN = bytes(range(256)) * 64  # stands in for a serialized plan (binary)
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engines.contract import ModelContractError
-from engines.tensorrt.cache import BuildOptions, TrtEnvironment, sidecar_metadata
-from engines.tensorrt.cuda_ops import HostOps
-from engines.tensorrt.plan_file import with_header, write_sidecar
-from engines.tensorrt.runtime import ProfileRange, TrtBackend, group_profiles, select_profile
+from vap_video.engines.contract import ModelContractError
+from vap_video.engines.tensorrt.cache import BuildOptions, TrtEnvironment, sidecar_metadata
+from vap_video.engines.tensorrt.cuda_ops import HostOps
+from vap_video.engines.tensorrt.plan_file import with_header, write_sidecar
+from vap_video.engines.tensorrt.runtime import ProfileRange, TrtBackend, group_profiles, select_profile
 
 ENV = TrtEnvironment("10.8.0.43", "8.9", "NVIDIA L4")
 K = 5
@@ -294,7 +294,7 @@ def test_failed_start_releases_what_it_allocated(tmp_path: Path, monkeypatch: An
     buffers, pinned memory and stream, and releases the CUDA binding the backend opened."""
     path = write_engine(tmp_path / "det.engine", ((1, 4, 8),), contexts=2)
     ops = HostOps()
-    monkeypatch.setattr("engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops)
+    monkeypatch.setattr("vap_video.engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops)
     trt = FakeTrt(ops)
     real = FakeEngine.create_execution_context
     made: list[Any] = []
@@ -310,7 +310,7 @@ def test_failed_start_releases_what_it_allocated(tmp_path: Path, monkeypatch: An
     assert ops.memory == {} and ops.streams == {} and ops.pinned_live == {} and ops.released
     # Failing before any slot (a plan that does not deserialize) releases the binding too.
     ops2 = HostOps()
-    monkeypatch.setattr("engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops2)
+    monkeypatch.setattr("vap_video.engines.tensorrt.runtime.cuda_ops", lambda kind, device: ops2)
     junk = tmp_path / "junk.engine"
     junk.write_bytes(b"\x00not a plan" * 8)
     with pytest.raises(ModelContractError, match="cannot deserialize"):
@@ -548,9 +548,9 @@ def test_torch_tensor_input_matches_numpy(tmp_path: Path):
 
 
 def test_onnx_path_goes_through_the_engine_cache(tmp_path: Path):
-    from engines.metadata import sha256_file
-    from engines.tensorrt.cache import decide
-    from engines.tensorrt.runtime import build_options
+    from vap_video.engines.metadata import sha256_file
+    from vap_video.engines.tensorrt.cache import decide
+    from vap_video.engines.tensorrt.runtime import build_options
     from tests.onnx_models import constant_detector
 
     model = constant_detector(tmp_path / "det.onnx", np.zeros((1, 6), np.float32), ["person", "car"], imgsz=64)
@@ -567,9 +567,9 @@ def test_onnx_path_goes_through_the_engine_cache(tmp_path: Path):
 
 
 def test_user_paths_expand_tilde(tmp_path: Path, monkeypatch: Any):
-    from engines.metadata import sha256_file
-    from engines.tensorrt.cache import decide
-    from engines.tensorrt.runtime import build_options
+    from vap_video.engines.metadata import sha256_file
+    from vap_video.engines.tensorrt.cache import decide
+    from vap_video.engines.tensorrt.runtime import build_options
     from tests.onnx_models import constant_detector
 
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -593,7 +593,7 @@ def test_unknown_backend_options_name_the_key(tmp_path: Path):
 
 
 def test_build_options_from_config_values():
-    from engines.tensorrt.runtime import build_options
+    from vap_video.engines.tensorrt.runtime import build_options
 
     o = build_options("int8", [[1, 1, 1], "2,8,16"], [[320, 320], [640, 640], [640, 640]], contexts=3,
                       calibration="calib/")
@@ -602,13 +602,13 @@ def test_build_options_from_config_values():
     with pytest.raises(ValueError, match="--calib"):
         build_options("int8")
     with pytest.raises(ModelContractError, match="model.tensorrt options: batch profile"):
-        backend(Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx",
+        backend(Path(__file__).resolve().parents[1] / "vap_video" / "engines" / "models" / "vap-synth-n.onnx",
                 batch_profiles="8,1,16")
 
 
 def _cuda_available() -> bool:
     try:
-        from engines.tensorrt.cuda_ops import gpu_properties
+        from vap_video.engines.tensorrt.cuda_ops import gpu_properties
         gpu_properties(0)
         return True
     except Exception:
@@ -623,8 +623,8 @@ def _real_trt_or_skip() -> None:
 
 def _synth_batch(hw: tuple[int, int], n: int) -> np.ndarray:
     """n letterboxed synthetic scenes (objects the shipped model detects), [n, 3, H, W] float32."""
-    from engines.calibration import preprocess_image
-    from engines.synth import render_image
+    from vap_video.engines.calibration import preprocess_image
+    from vap_video.engines.synth import render_image
 
     return np.stack([preprocess_image(render_image(seed, 480, 360)[0], hw) for seed in range(n)])
 
@@ -657,10 +657,10 @@ def test_real_tensorrt_build_and_run(tmp_path: Path, precision: str, min_iou: fl
     """Build the shipped model with real TensorRT and compare boxes, classes and scores with ONNX
     Runtime on synthetic scenes (GPU machines only; skipped here with the reason)."""
     _real_trt_or_skip()
-    from engines.backends.onnxruntime import OrtBackend
-    from engines.tensorrt.build import build_engine
+    from vap_video.engines.backends.onnxruntime import OrtBackend
+    from vap_video.engines.tensorrt.build import build_engine
 
-    model = Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx"
+    model = Path(__file__).resolve().parents[1] / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
     out = build_engine(model, tmp_path / f"n.{precision}.engine",
                        BuildOptions(precision=precision, batch_profiles=((1, 4, 8),)), cache_dir=tmp_path)  # type: ignore[arg-type]
     trt_be = TrtBackend(out)
@@ -681,9 +681,9 @@ def test_real_tensorrt_submit_and_concurrent_contexts(tmp_path: Path):
     """Two execution contexts on real TensorRT: batches kept in flight with submit() and batches
     from several threads give the same detections as one at a time (GPU machines only)."""
     _real_trt_or_skip()
-    from engines.tensorrt.build import build_engine
+    from vap_video.engines.tensorrt.build import build_engine
 
-    model = Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx"
+    model = Path(__file__).resolve().parents[1] / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
     out = build_engine(model, tmp_path / "n.engine",
                        BuildOptions(precision="fp16", batch_profiles=((1, 4, 8),), contexts=2), cache_dir=tmp_path)
     be = TrtBackend(out, contexts=2)
@@ -712,7 +712,7 @@ def test_real_tensorrt_submit_and_concurrent_contexts(tmp_path: Path):
 def test_missing_cuda_bindings_and_gpu_are_clear_errors(monkeypatch):
     import importlib.util
 
-    from engines.tensorrt import cuda_ops as C
+    from vap_video.engines.tensorrt import cuda_ops as C
 
     if any(importlib.util.find_spec(m) for m in ("pycuda", "cuda")):
         pytest.skip("a CUDA binding is installed here; this checks the message without one")
@@ -726,9 +726,9 @@ def test_missing_cuda_bindings_and_gpu_are_clear_errors(monkeypatch):
 def test_detection_comparison_used_by_the_gpu_tests_can_fail():
     """The helper of the real-GPU tests, checked here on ONNX Runtime output: it matches identical
     detections and refuses moved boxes and changed classes."""
-    from engines.backends.onnxruntime import OrtBackend
+    from vap_video.engines.backends.onnxruntime import OrtBackend
 
-    ort_be = OrtBackend(Path(__file__).resolve().parents[1] / "engines" / "models" / "vap-synth-n.onnx")
+    ort_be = OrtBackend(Path(__file__).resolve().parents[1] / "vap_video" / "engines" / "models" / "vap-synth-n.onnx")
     ref = ort_be.infer(_synth_batch(ort_be.info.input_hw, 3))
     assert assert_same_detections(ref, ref.copy(), 0.99, 0.001) >= 1
     moved = ref.copy()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.tools.mot import MotSequence, read_mot
-from pipeline.tools.track_benchset import CameraNoise, apply_camera_noise, crowd_sequence, tud_sequences, write_mot_dir
+from vap_video.pipeline.tools.mot import MotSequence, read_mot
+from vap_video.pipeline.tools.track_benchset import CameraNoise, apply_camera_noise, crowd_sequence, tud_sequences, write_mot_dir
 
 
 def _line_gt(n_frames: int, n_tracks: int = 20, size: float = 60.0) -> MotSequence:
@@ -80,8 +80,8 @@ def test_vap_hota_matches_trackeval_on_the_benchmark_sequences(tmp_path: Path) -
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import tracker_compare as tc
 
-    from pipeline.tools.track_eval import evaluate_sequences
-    from pipeline.tracking import TrackerConfig
+    from vap_video.pipeline.tools.track_eval import evaluate_sequences
+    from vap_video.pipeline.tracking import TrackerConfig
 
     seqs = tud_sequences(1) + [crowd_sequence(30, 10.0, seconds=4.0, seed=2, family="dense")]
     build = tc.make_vap(TrackerConfig())
@@ -101,7 +101,7 @@ def test_vap_hota_matches_trackeval_on_the_benchmark_sequences(tmp_path: Path) -
 
 
 def test_scene_ground_truth_without_painting_matches_the_rendered_frames() -> None:
-    from engines.synth import SceneVideo
+    from vap_video.engines.synth import SceneVideo
 
     painted, labels_only = SceneVideo(5, 320, 192, 25.0, 12), SceneVideo(5, 320, 192, 25.0, 12)
     for i in (0, 7, 30, 61):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.tools.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
-from pipeline.tools.track_eval import bench_tracker, cli_eval, evaluate_mot
+from vap_video.pipeline.tools.mot import MotFormatError, MotSequence, cli_track, read_mot, write_mot
+from vap_video.pipeline.tools.track_eval import bench_tracker, cli_eval, evaluate_mot
 
 DATA = Path(__file__).parent / "data" / "mot"
 
@@ -143,7 +143,7 @@ def test_cli_track_then_eval_on_synthetic_sequence(tmp_path: Path, capsys: pytes
 
 def test_vap_cli_routes_track_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Through the real `vap` entry point: `vap track ...` and `vap eval track GT PRED`."""
-    from pipeline.cli import main
+    from vap_video.pipeline.cli import main
 
     rows = [(f, i, 10 + 5 * f + 100 * i, 50, 40, 80) for f in range(1, 31) for i in (1, 2)]
     write_mot(tmp_path / "gt.txt", seq(rows))
@@ -175,9 +175,9 @@ def test_bench_tracker_smoke() -> None:
 
 
 def test_synthetic_mot_sequence_is_trackable_and_has_occlusions() -> None:
-    from pipeline.tools.mot import track_sequence
-    from pipeline.tools.track_eval import evaluate_sequences, synthetic_mot
-    from pipeline.tracking import TrackerConfig
+    from vap_video.pipeline.tools.mot import track_sequence
+    from vap_video.pipeline.tools.track_eval import evaluate_sequences, synthetic_mot
+    from vap_video.pipeline.tracking import TrackerConfig
 
     gt, det = synthetic_mot(n_objects=6, frames=150, seed=1)
     assert len(gt) == 6 * 150 and set(gt.ids.tolist()) == set(range(1, 7))
@@ -190,7 +190,7 @@ def test_synthetic_mot_sequence_is_trackable_and_has_occlusions() -> None:
 
 def test_vap_track_treats_missing_scores_as_confident(tmp_path, capsys):
     """MOTChallenge's -1 'no score' must not make every box fall below the thresholds."""
-    from pipeline.cli import main
+    from vap_video.pipeline.cli import main
 
     rows = [f"{f},-1,{100 + 5 * f},50,40,80,-1,-1,-1,-1" for f in range(1, 21)]
     dets = tmp_path / "dets.txt"

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.synth import write_video
-from pipeline.tools.mot import MotSequence, read_mot, track_sequence
-from pipeline.tools.track_eval import evaluate_sequences
-from pipeline.tools.track_quality import (
+from vap_video.engines.synth import write_video
+from vap_video.pipeline.tools.mot import MotSequence, read_mot, track_sequence
+from vap_video.pipeline.tools.track_eval import evaluate_sequences
+from vap_video.pipeline.tools.track_quality import (
     JITTER_REF_PX,
     detect_video,
     evaluate_on_synthetic,
@@ -18,7 +18,7 @@ from pipeline.tools.track_quality import (
     main,
     perturb_gt,
 )
-from pipeline.tracking import TrackerConfig
+from vap_video.pipeline.tracking import TrackerConfig
 from tests.onnx_models import constant_detector
 
 

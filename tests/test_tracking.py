@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.frames import Detections
-from pipeline.tracking import ByteTracker, TrackerConfig, Tracks, dedup_detections
+from vap_video.pipeline.frames import Detections
+from vap_video.pipeline.tracking import ByteTracker, TrackerConfig, Tracks, dedup_detections
 
 
 def dets(boxes: list[list[float]], scores: list[float] | None = None, classes: list[int] | None = None) -> Detections:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.frames import Detections
-from pipeline.tracking import ByteTracker, TrackerConfig
-from pipeline.tracking_match import assign, buffered_iou, covered_by
+from vap_video.pipeline.frames import Detections
+from vap_video.pipeline.tracking import ByteTracker, TrackerConfig
+from vap_video.pipeline.tracking_match import assign, buffered_iou, covered_by
 
 FPS = 25.0
 

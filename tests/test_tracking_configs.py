@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.tracking import ByteTracker, TrackerConfig
+from vap_video.pipeline.tracking import ByteTracker, TrackerConfig
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs" / "trackers").glob("*.yaml"))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.frames import Detections
-from pipeline.tools.mot import find_seqinfo, read_mot
-from pipeline.tracking import ByteTracker, TrackerConfig
+from vap_video.pipeline.frames import Detections
+from vap_video.pipeline.tools.mot import find_seqinfo, read_mot
+from vap_video.pipeline.tracking import ByteTracker, TrackerConfig
 
 
 def _dets(rows: list[tuple[list[float], float]]) -> Detections:
@@ -96,7 +96,7 @@ def test_partly_hidden_new_object_is_confirmed_by_a_low_score_box() -> None:
 def test_ultralytics_tracker_yaml_is_mapped_with_notes(caplog: pytest.LogCaptureFixture) -> None:
     ultra = {"tracker_type": "bytetrack", "track_high_thresh": 0.25, "track_low_thresh": 0.1,
              "new_track_thresh": 0.25, "track_buffer": 60, "match_thresh": 0.8, "fuse_score": True}
-    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+    with caplog.at_level(logging.WARNING, logger="vap_video.pipeline.tracking"):
         cfg = TrackerConfig.model_validate(ultra)
     assert (cfg.high_thresh, cfg.low_thresh, cfg.new_track_thresh) == (0.25, 0.1, 0.25)
     assert cfg.lost_ttl_s == pytest.approx(2.0) and cfg.match_iou_high == pytest.approx(0.2) and cfg.fuse_score
@@ -113,7 +113,7 @@ def test_ultralytics_botsort_yaml_drops_appearance_keys_and_new_track_thresh_is_
 
 
 def test_deployment_config_accepts_an_ultralytics_tracker_section(tmp_path: Path) -> None:
-    from pipeline.settings import Settings
+    from vap_video.pipeline.settings import Settings
 
     raw = {"streams": [{"name": "cam", "url": "synthetic://"}],
            "tracker": {"tracker_type": "bytetrack", "track_high_thresh": 0.3, "track_buffer": 45}}
@@ -130,7 +130,7 @@ def _write_seq(root: Path, rate: int) -> Path:
 
 
 def test_vap_track_reads_the_frame_rate_from_seqinfo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from pipeline.tools.mot import cli_track
+    from vap_video.pipeline.tools.mot import cli_track
 
     det = _write_seq(tmp_path / "SEQ", 10)
     info = find_seqinfo(det)
@@ -145,7 +145,7 @@ def test_vap_track_reads_the_frame_rate_from_seqinfo(tmp_path: Path, capsys: pyt
 
 
 def test_a_broken_seqinfo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from pipeline.tools.mot import cli_track
+    from vap_video.pipeline.tools.mot import cli_track
 
     det = _write_seq(tmp_path / "SEQ", 10)
     (tmp_path / "SEQ" / "seqinfo.ini").write_text("[Sequence]\nframeRate=fast\n")

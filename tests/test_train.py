@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from engines.train import ConfigFileError, TrainConfig, cli, load_config, parse_overrides, train, val_cli
+from vap_video.engines.train import ConfigFileError, TrainConfig, cli, load_config, parse_overrides, train, val_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory) -> Path:
-    from engines.synth import write_yolo_dataset
+    from vap_video.engines.synth import write_yolo_dataset
 
     return write_yolo_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_val=4, imgsz=64, seed=3)
 
@@ -148,7 +148,7 @@ def test_ddp_two_processes_gloo(data_yaml, tmp_path):
     rec.write_text(yaml.safe_dump(cfg.model_dump()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "engines.train", str(rec)]
+           "-m", "vap_video.engines.train", str(rec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "world 2" in proc.stdout

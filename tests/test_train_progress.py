@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engines.train_progress import TrainProgress, format_duration
+from vap_video.engines.train_progress import TrainProgress, format_duration
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = {"o2o_box": 1.25, "o2o_cls": 0.5, "o2m_box": 2.0, "other": 9.0}
@@ -69,10 +69,10 @@ def test_run_eta_uses_finished_epochs():
 
 @pytest.mark.slow
 def test_real_run_on_a_terminal_draws_the_bar(tmp_path):
-    """`python -m engines.train` with its stdout on a pseudo-terminal draws the bar; the same run
+    """`python -m vap_video.engines.train` with its stdout on a pseudo-terminal draws the bar; the same run
     piped (a log) prints one line per epoch and no terminal codes."""
     pytest.importorskip("rich", reason="the live bar is drawn with rich (the train extra)")
-    from engines.synth import write_yolo_dataset
+    from vap_video.engines.synth import write_yolo_dataset
 
     data = write_yolo_dataset(tmp_path / "data", n_train=8, n_val=2, imgsz=64, seed=3)
     rec = tmp_path / "r.yaml"
@@ -81,7 +81,7 @@ def test_real_run_on_a_terminal_draws_the_bar(tmp_path):
                                        name="t", warmup_epochs=0.5, plots=False, max_det=50, exist_ok=True)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    cmd = [sys.executable, "-m", "engines.train", str(rec)]
+    cmd = [sys.executable, "-m", "vap_video.engines.train", str(rec)]
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
     os.close(slave)

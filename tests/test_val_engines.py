@@ -19,17 +19,17 @@ import pytest
 import yaml
 
 from onnx_models import bad_output_model, constant_detector, one_to_many_variant
-from pipeline.cli import main
+from vap_video.pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_ONNX = ROOT / "engines" / "models" / "vap-synth-n.onnx"
-SHIPPED_PT = ROOT / "engines" / "models" / "vap-synth-n.pt"
+SHIPPED_ONNX = ROOT / "vap_video" / "engines" / "models" / "vap-synth-n.onnx"
+SHIPPED_PT = ROOT / "vap_video" / "engines" / "models" / "vap-synth-n.pt"
 VENV_PYTHON = Path(os.environ.get("VAP_INTEROP_PYTHON", Path.home() / ".cache/vap-bench/venv/bin/python"))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from engines.synth import write_yolo_dataset
+    from vap_video.engines.synth import write_yolo_dataset
 
     return write_yolo_dataset(tmp_path_factory.mktemp("val"), n_train=1, n_val=12, imgsz=320, seed=11)
 
@@ -39,7 +39,7 @@ def shipped_onnx(tmp_path_factory) -> Path:
     """The shipped engine, or (where a checkout lacks it) one exported from the shipped checkpoint."""
     if SHIPPED_ONNX.is_file():
         return SHIPPED_ONNX
-    from engines.export import export_onnx
+    from vap_video.engines.export import export_onnx
 
     return export_onnx(SHIPPED_PT, tmp_path_factory.mktemp("export") / "vap-synth-n.onnx")
 
@@ -76,7 +76,7 @@ def test_legacy_one_to_many_layout_runs_through_the_nms_fallback(data, shipped_o
 
 def test_int8_onnx(data, shipped_onnx, tmp_path):
     pytest.importorskip("onnx", reason="quantisation needs the onnx package")
-    from engines.quantize import quantize_qdq
+    from vap_video.engines.quantize import quantize_qdq
 
     int8 = quantize_qdq(shipped_onnx, tmp_path / "m.int8.onnx", data, limit=8)
     got = _val(tmp_path, str(int8), "--data", str(data), "--limit", "8")
@@ -155,7 +155,7 @@ def _ultralytics_exports(tmp_path: Path) -> Path:
         pytest.skip(f"the venv at {VENV_PYTHON} cannot import ultralytics/onnx/onnxslim/onnxruntime")
     import cv2
 
-    from engines.synth import SceneVideo
+    from vap_video.engines.synth import SceneVideo
 
     rgb, _ = SceneVideo(7, 320, 320, 10.0, 5, 0.0).frame(4)
     frame = tmp_path / "frame.png"
@@ -188,7 +188,7 @@ def test_ultralytics_exports(data, tmp_path):
         assert got["layout"] == layout and got["images"] == 4, name
         assert 0 <= got["map50_95"] <= got["map50"] <= 1 and len(got["per_class_ap"]) == 80, name
     # the 4-class dataset does not fit an 80-class model: one line, exit 3
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "val", str(exports / "yolo26n-e2e-static-320.onnx"),
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "val", str(exports / "yolo26n-e2e-static-320.onnx"),
                            "--data", str(data)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
     assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -208,10 +208,10 @@ def _fake_trt_plan(tmp_path: Path, onnx_model: Path, monkeypatch) -> tuple[Path,
     import onnxruntime as ort
 
     import test_tensorrt_runtime as fake
-    from engines.metadata import read_onnx_metadata
-    from engines.tensorrt.cache import BuildOptions, sidecar_metadata
-    from engines.tensorrt.cuda_ops import HostOps
-    from engines.tensorrt.plan_file import write_sidecar
+    from vap_video.engines.metadata import read_onnx_metadata
+    from vap_video.engines.tensorrt.cache import BuildOptions, sidecar_metadata
+    from vap_video.engines.tensorrt.cuda_ops import HostOps
+    from vap_video.engines.tensorrt.plan_file import write_sidecar
 
     meta = read_onnx_metadata(onnx_model)
     names = list(meta["names"].values())
@@ -239,7 +239,7 @@ def _fake_trt_plan(tmp_path: Path, onnx_model: Path, monkeypatch) -> tuple[Path,
 
 
 def test_tensorrt_engine_through_the_fake_runtime(data, shipped_onnx, tmp_path, monkeypatch):
-    from engines.val_cli import val_engine
+    from vap_video.engines.val_cli import val_engine
 
     plan, options = _fake_trt_plan(tmp_path, shipped_onnx, monkeypatch)
     got, info, backend = val_engine(plan, data, batch=8, coco=True, **options)
@@ -257,8 +257,8 @@ def test_tensorrt_engine_on_a_gpu(data, shipped_onnx, tmp_path):
     from test_tensorrt_runtime import _real_trt_or_skip
 
     _real_trt_or_skip()
-    from engines.tensorrt.build import build_engine
-    from engines.tensorrt.cache import BuildOptions
+    from vap_video.engines.tensorrt.build import build_engine
+    from vap_video.engines.tensorrt.cache import BuildOptions
 
     plan = build_engine(shipped_onnx, tmp_path / "n.engine",
                         BuildOptions(precision="fp16", batch_profiles=((1, 4, 8),)),

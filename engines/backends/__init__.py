@@ -1,6 +1,0 @@
-"""Inference backends behind one interface (see `base.Backend`)."""
-
-from engines.backends.base import Backend
-from engines.backends.loader import backend_kind, load_backend
-
-__all__ = ["Backend", "backend_kind", "load_backend"]

@@ -1,0 +1,171 @@
+"""Detection loss for the dual-head detector.
+
+Per head: task-aligned assignment (:mod:`vap_video.engines.assign`), then
+
+* classification: BCE with logits against IoU-aware soft targets, summed over all anchors and
+  classes and divided by the sum of target scores (so the scale does not depend on how many
+  objects are in the batch);
+* box: CIoU (1 - CIoU) plus a regression term on the l, t, r, b distances in stride units —
+  L1 when ``reg_max == 1`` (no DFL), Distribution Focal Loss when ``reg_max > 1`` — both
+  weighted per positive anchor by its target score, so well-aligned anchors count more.
+
+Heads are combined as ``w_o2m(epoch) * L_o2m + w_o2o * L_o2o`` with ``w_o2m`` moving linearly
+from 0.8 to 0.1 over training and ``w_o2o = 1.0`` constant. Why not ``1 - w_o2m`` for the
+one-to-one head: it reads *detached* neck features, so its loss only ever reaches its own head
+parameters and cannot compete with the one-to-many signal for the trunk; scaling it by 0.2 early
+would just slow the inference head's learning (a 5x smaller learning rate for it), which short
+CPU runs cannot afford. Shrinking ``w_o2m`` still moves the trunk's emphasis late in training
+towards what the one-to-one head needs (its features change less, so the head can settle).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vap_video.engines.assign import TaskAlignedAssigner
+from vap_video.engines.detector import Detector, ltrb_from_raw, ltrb_to_xyxy
+
+
+def bbox_ciou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Complete IoU of matching rows (xyxy): IoU minus centre-distance and aspect penalties."""
+    w1, h1 = a[..., 2] - a[..., 0], (a[..., 3] - a[..., 1]).clamp(min=eps)
+    w2, h2 = b[..., 2] - b[..., 0], (b[..., 3] - b[..., 1]).clamp(min=eps)
+    inter = ((torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+             * (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0))
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])
+    ch = torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])
+    c2 = cw.pow(2) + ch.pow(2) + eps
+    rho2 = ((b[..., 0] + b[..., 2] - a[..., 0] - a[..., 2]).pow(2)
+            + (b[..., 1] + b[..., 3] - a[..., 1] - a[..., 3]).pow(2)) / 4
+    v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def dfl_loss(raw: torch.Tensor, target: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Distribution focal loss: cross-entropy to the two bins around the continuous target.
+
+    ``raw`` ``[N, 4 * reg_max]``, ``target`` ``[N, 4]`` in stride units; returns ``[N]``.
+    """
+    target = target.clamp(0, reg_max - 1 - 0.01)
+    tl = target.long()
+    tr = tl + 1
+    wl = tr.float() - target
+    wr = 1 - wl
+    logits = raw.view(-1, reg_max)
+    loss = (F.cross_entropy(logits, tl.view(-1), reduction="none").view(tl.shape) * wl
+            + F.cross_entropy(logits, tr.view(-1), reduction="none").view(tl.shape) * wr)
+    return loss.mean(-1)
+
+
+@dataclass
+class LossWeights:
+    """Gains of the loss terms (YOLOv8-style defaults: box 7.5, cls 0.5, L1/DFL 1.5)."""
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    o2m_start: float = 0.8
+    o2m_end: float = 0.1
+    o2o: float = 1.0
+
+
+def o2m_weight(epoch: int, epochs: int, w: LossWeights) -> float:
+    """One-to-many head weight for ``epoch`` (0-based): linear ``o2m_start -> o2m_end``."""
+    if epochs <= 1:
+        return w.o2m_start
+    t = min(max(epoch / (epochs - 1), 0.0), 1.0)
+    return w.o2m_start + (w.o2m_end - w.o2m_start) * t
+
+
+class DetectionLoss:
+    """Callable: ``loss(raw_outputs, targets, epoch, epochs) -> (total, parts)``.
+
+    ``targets`` is the collated ``[M, 6]`` tensor ``batch_idx, cls, x1, y1, x2, y2`` (pixels).
+    ``total`` is scaled by batch size (the sum over images, as the gradient of a per-image mean
+    loss would be too small with SGD's usual learning rates); ``parts`` are detached per-image
+    values for logging: box, cls, dfl (L1 or DFL) for each head, and the head weights.
+    """
+
+    def __init__(self, model: Detector, weights: LossWeights | None = None):
+        self.nc = model.cfg.nc
+        self.reg_max = model.cfg.reg_max
+        self.w = weights or LossWeights()
+        self.o2m_assigner = TaskAlignedAssigner(self.nc, topk=10, alpha=0.5, beta=6.0)
+        self.o2o_assigner = TaskAlignedAssigner(self.nc, topk=7, alpha=0.5, beta=6.0, one_to_one=True)
+
+    @staticmethod
+    def _pad_targets(targets: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[M, 6] -> labels [B, Mmax], boxes [B, Mmax, 4], mask [B, Mmax]."""
+        dev = targets.device
+        if targets.numel() == 0:
+            return (torch.zeros(batch, 0, dtype=torch.long, device=dev), torch.zeros(batch, 0, 4, device=dev),
+                    torch.zeros(batch, 0, dtype=torch.bool, device=dev))
+        bi = targets[:, 0].long()
+        counts = torch.bincount(bi, minlength=batch)
+        mmax = int(counts.max())
+        labels = torch.zeros(batch, mmax, dtype=torch.long, device=dev)
+        boxes = torch.zeros(batch, mmax, 4, device=dev)
+        mask = torch.zeros(batch, mmax, dtype=torch.bool, device=dev)
+        order = torch.argsort(bi, stable=True)
+        bi_sorted = bi[order]
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(bi), device=dev) - starts[bi_sorted]
+        labels[bi_sorted, slot] = targets[order, 1].long()
+        boxes[bi_sorted, slot] = targets[order, 2:6].float()
+        mask[bi_sorted, slot] = True
+        return labels, boxes, mask
+
+    def _head_loss(self, raw: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor, strides: torch.Tensor,
+                   labels: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                   assigner: TaskAlignedAssigner) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        box_raw, logits = raw
+        box_raw, logits = box_raw.float(), logits.float()
+        ltrb = ltrb_from_raw(box_raw, self.reg_max)
+        pd_boxes = ltrb_to_xyxy(ltrb, anchors, strides)
+        asg = assigner(logits.detach().sigmoid(), pd_boxes.detach(), anchors, strides, labels, boxes, mask)
+        ts_sum = max(float(asg.scores.sum()), 1.0)
+        l_cls = F.binary_cross_entropy_with_logits(logits, asg.scores, reduction="sum") / ts_sum
+        fg = asg.fg
+        if bool(fg.any()):
+            weight = asg.scores.sum(-1)[fg]
+            ciou = bbox_ciou(pd_boxes[fg], asg.boxes[fg])
+            l_box = ((1.0 - ciou) * weight).sum() / ts_sum
+            anc, st = anchors.unsqueeze(0).expand_as(pd_boxes[..., :2])[fg], strides.unsqueeze(0).expand(
+                fg.shape[0], -1, -1)[fg]
+            tb = asg.boxes[fg]
+            t_ltrb = torch.cat((anc - tb[:, :2], tb[:, 2:] - anc), -1) / st
+            if self.reg_max == 1:
+                l_reg = ((ltrb[fg] - t_ltrb.clamp(min=0)).abs().mean(-1) * weight).sum() / ts_sum
+            else:
+                l_reg = (dfl_loss(box_raw[fg], t_ltrb, self.reg_max) * weight).sum() / ts_sum
+        else:
+            l_box = box_raw.sum() * 0.0
+            l_reg = box_raw.sum() * 0.0
+        return l_box * self.w.box, l_cls * self.w.cls, l_reg * self.w.dfl
+
+    def __call__(self, out: dict, targets: torch.Tensor, epoch: int = 0,
+                 epochs: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
+        anchors, strides = out["anchors"], out["strides"]
+        batch = out["o2o"][0].shape[0]
+        labels, boxes, mask = self._pad_targets(targets.to(anchors.device), batch)
+        w_o2m = o2m_weight(epoch, epochs, self.w)
+        o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner)
+        total = self.w.o2o * sum(o2o)
+        parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
+                 "o2o_reg": float(o2o[2].detach())}
+        if "o2m" in out:
+            o2m = self._head_loss(out["o2m"], anchors, strides, labels, boxes, mask, self.o2m_assigner)
+            total = total + w_o2m * sum(o2m)
+            parts.update({"o2m_box": float(o2m[0].detach()), "o2m_cls": float(o2m[1].detach()),
+                          "o2m_reg": float(o2m[2].detach())})
+        parts["w_o2m"] = w_o2m
+        parts["w_o2o"] = self.w.o2o
+        return total * batch, parts

@@ -1,0 +1,122 @@
+"""The standard library's threading HTTP server, bounded, and the JSON handler every endpoint uses.
+
+Shared by the node's API (`vap_video.pipeline.api`) and the cluster's shard server: a cap on concurrent
+connections (one more is answered 503 without a thread), quiet access logs with URLs redacted,
+and every answer, the standard library's own refusals included, as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from vap_video.pipeline.config import redact_url
+
+log = logging.getLogger("vap.api")
+
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading server with a cap on concurrent connections.
+
+    Past the cap a connection is answered 503 on the accepting thread (one short write with a
+    1 s timeout) and closed, so no client can make the server start unbounded threads.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.max_connections = max_connections
+        self.active = 0
+        self.rejected = 0
+        self._count_lock = threading.Lock()
+        self.closing = threading.Event()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            full = self.active >= self.max_connections
+            if not full:
+                self.active += 1
+        if full:
+            self.rejected += 1
+            body = b'{"error": "too many connections; try again shortly"}'
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode()
+                                + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            with self._count_lock:
+                self.active -= 1
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a handler (the client vanished): a debug line, no traceback."""
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Quiet access logs and one way to answer: JSON, or bytes with their content type."""
+
+    server_version = "vap"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging, quietly
+        log.debug("%s %s", self.address_string(), redact_url(format % args))
+
+    def _send(self, status: int, body: Any, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self._responded = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, header too long) as JSON too."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        try:
+            self._send(code, {"error": message or explain or self.responses.get(code, ("error",))[0]})
+        except OSError:
+            pass

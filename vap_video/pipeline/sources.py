@@ -1,0 +1,476 @@
+"""Stream sources: one object per stream that opens it and yields decoded RGB frames.
+
+Every real input (RTSP cameras, HTTP/HLS, local files, V4L2 devices) goes through PyAV, so one
+class covers them; only the URL handling and FFmpeg options differ per kind. A generated scene
+(`synthetic://`) has its own small class. Sources do no supervision: they raise `SourceError`
+with a `kind` and an operator-facing, credential-free message, and the supervisor
+(`vap_video.pipeline.supervisor`) decides about state, backoff and reconnects.
+
+Design points, and why:
+- Opening happens in `open()`, not in the constructor, so the supervisor can create a source
+  cheaply and do the (possibly slow) network I/O in the stream's own thread: one dead camera
+  never delays another.
+- `av.open(..., timeout=(open, read))` bounds every blocking FFmpeg call. PyAV has no way to
+  interrupt a read from another thread, so `read_timeout_s` is also the upper bound on how long
+  a stopped stream may keep its decoder; the supervisor's watchdog covers reads that ignore it.
+- Corrupt packets are skipped and counted (`decode_errors`), not fatal: a camera that sends one
+  broken GOP should not be reconnected. Only a long run of consecutive errors is.
+- Frames are decoded straight to `rgb24` (the engine contract is RGB) with frame threading on.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from vap_video.pipeline.config import SYNTHETIC_DEFAULTS, SYNTHETIC_PARAMS, StreamConfig, parse_synthetic, redact_url
+from vap_video.pipeline.frames import Frame
+
+log = logging.getLogger(__name__)
+
+# After this many consecutive undecodable packets a live stream counts as broken and is
+# reconnected (a changed codec, a broken encoder). Files skip on to their next keyframe instead;
+# for files the limit only applies to container data the demuxer cannot get past.
+MAX_CONSECUTIVE_ERRORS = 50
+
+SOURCE_ERROR_KINDS = ("unreachable", "unauthorized", "forbidden", "not_found", "timeout", "corrupt",
+                      "unsupported", "eof", "decoder", "http", "io", "error")
+
+
+class SourceError(Exception):
+    """A stream could not be opened or read. `str(err)` is safe to show to operators.
+
+    `kind` is one of SOURCE_ERROR_KINDS, so callers can branch on the class of failure without
+    parsing text; the message already names the (redacted) URL, the problem and what to check.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# ----------------------------------------------------------------------------------------------
+# error classification
+
+
+def classify_error(exc: BaseException, url: str, phase: str = "read", timeout_s: float | None = None) -> SourceError:
+    """Turn a PyAV/OS exception into a SourceError with an operator-facing message.
+
+    FFmpeg's own messages embed the full URL (with `user:pass@`), so the text is rebuilt here from
+    the exception type and `strerror` and prefixed with the redacted URL; nothing from `str(exc)`
+    reaches the message unredacted.
+    """
+    import av
+
+    if isinstance(exc, SourceError):
+        return exc
+    where = redact_url(url)
+    strerror = getattr(exc, "strerror", None) or ""
+
+    def err(kind: str, text: str) -> SourceError:
+        return SourceError(kind, f"{where}: {text}")
+
+    if isinstance(exc, av.error.HTTPUnauthorizedError):
+        return err("unauthorized", "unauthorized (401): check the user and password")
+    if isinstance(exc, av.error.HTTPForbiddenError):
+        return err("forbidden", "forbidden (403): this user may not access this path")
+    if isinstance(exc, av.error.HTTPNotFoundError):
+        return err("not_found", "not found (404): check the path of the stream")
+    if isinstance(exc, (av.error.HTTPClientError, av.error.HTTPServerError, av.error.HTTPError)):
+        return err("http", f"server answered with an error ({strerror or type(exc).__name__})")
+    if isinstance(exc, ConnectionRefusedError):
+        return err("unreachable", "unreachable: connection refused (is the camera/server running, "
+                                  "is the port right?)")
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return err("unreachable", f"connection lost ({strerror or type(exc).__name__})")
+    if isinstance(exc, (av.error.ExitError, TimeoutError)):
+        limit = f" within {timeout_s:g}s" if timeout_s else ""
+        if phase == "open":
+            return err("timeout", f"timeout: could not open the stream{limit} (host down, firewalled, "
+                                  f"or the server is not answering)")
+        return err("timeout", f"timeout: no data{limit} (the stream stopped sending)")
+    if isinstance(exc, FileNotFoundError):
+        return err("not_found", "not found: no such file or device")
+    if isinstance(exc, PermissionError):
+        return err("forbidden", "permission denied: check the file/device permissions")
+    if isinstance(exc, IsADirectoryError):
+        return err("unsupported", "is a directory, not a video file")
+    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.DemuxerNotFoundError,
+                        av.error.ProtocolNotFoundError, av.error.PatchWelcomeError)):
+        if phase == "open" and isinstance(exc, av.error.DecoderNotFoundError):
+            return err("unsupported", "no decoder for this video (a codec this FFmpeg build lacks, "
+                                      "or a damaged header)")
+        return err("unsupported", f"unsupported by this FFmpeg build ({strerror or type(exc).__name__})")
+    if isinstance(exc, av.error.InvalidDataError):
+        if phase == "open":
+            return err("unsupported", "not a video FFmpeg can read (unknown format or damaged header)")
+        return err("corrupt", "corrupt data in the stream")
+    if isinstance(exc, (EOFError, av.error.EOFError)):
+        return err("eof", "stream ended")
+    if isinstance(exc, OSError):
+        code = getattr(exc, "errno", None)
+        if code in (errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH):
+            return err("unreachable", f"unreachable: {strerror or 'no route to host'}")
+        if code == errno_mod.ETIMEDOUT:
+            return err("timeout", "timeout: connection timed out")
+        return err("io", f"I/O error ({strerror or type(exc).__name__})")
+    text = str(exc).replace(url, where) if url else str(exc)
+    return err("error", f"{type(exc).__name__}: {text}")
+
+
+def _refine_network_error(e: SourceError, url: str) -> SourceError:
+    """FFmpeg reports an unknown host as a bare EIO; name the real cause when DNS fails."""
+    if e.kind != "io":
+        return e
+    host = urlsplit(url).hostname
+    if not host:
+        return e
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return SourceError("unreachable", f"{redact_url(url)}: unreachable: cannot resolve host {host!r} "
+                                          f"(check the name or DNS)")
+    return e
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+
+
+class Source(ABC):
+    """One stream: `open()`, iterate `frames()`, `close()` (idempotent).
+
+    Subclasses keep `decode_errors` (damaged packets/frames skipped so far) and `blocked_since`
+    (monotonic start of the blocking call now in progress, None otherwise) up to date: the
+    supervisor reads both, the first for metrics, the second to detect a read that hangs.
+    """
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self.decode_errors = 0
+        self.last_decode_error: str | None = None
+        # Set when a finite input ended early (its header promised more, or the rest was
+        # unreadable): the supervisor reports the file as truncated instead of "end of file".
+        self.truncated: str | None = None
+        self.blocked_since: float | None = None
+        self._interrupt = threading.Event()
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.cfg.url)
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect/open the input; raises SourceError with a clear, redacted reason."""
+
+    @abstractmethod
+    def frames(self) -> Iterator[Frame]:
+        """Decoded RGB frames; ends at the end of a finite input or raises SourceError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the decoder/container; idempotent."""
+
+    def interrupt(self) -> None:
+        """Ask `frames()` to end soon (between frames and during pacing sleeps); thread-safe."""
+        self._interrupt.set()
+
+    def _count_error(self, text: str) -> None:
+        self.decode_errors += 1
+        self.last_decode_error = text
+
+    def _pace(self, start_wall: float, offset_s: float) -> None:
+        """Sleep until `start_wall + offset_s` (realtime playback), waking early on interrupt."""
+        delay = start_wall + offset_s - time.monotonic()
+        if delay > 0:
+            self._interrupt.wait(delay)
+
+
+class AVSource(Source):
+    """RTSP, HTTP(S)/HLS, local files and V4L2 devices, all through PyAV/FFmpeg."""
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        super().__init__(cfg)
+        self.kind = cfg.kind
+        self._container: Any = None
+        self._stream: Any = None
+        self._decoded = 0
+        self._last_pts: float | None = None
+        self._pts_restarted = False
+        self._target, self._format, self._options = self._resolve()
+
+    @property
+    def _live_semantics(self) -> bool:
+        """True for inputs whose end or breakage means 'reconnect' (cameras, live HTTP/HLS);
+        false for local files and inputs configured live=False, which end instead."""
+        return self.kind != "file" and self.cfg.is_live
+
+    def _resolve(self) -> tuple[str, str | None, dict[str, str]]:
+        """URL, FFmpeg input format and options for this kind of source."""
+        url = self.cfg.url
+        if self.kind == "rtsp":
+            # TCP by default: UDP loses packets (smeared frames) on any busy network.
+            return url, None, {"rtsp_transport": self.cfg.transport}
+        if self.kind == "http":
+            return url, None, {}
+        if self.kind == "v4l2":
+            path = url[len("v4l2://"):] if url.lower().startswith("v4l2://") else url
+            return path, "v4l2", {}
+        if self.kind == "file":
+            path = unquote(urlsplit(url).path) if url.lower().startswith("file://") else url
+            return path, None, {}
+        raise SourceError("unsupported", f"{self.redacted_url}: not a PyAV source kind ({self.kind})")
+
+    def open(self) -> None:
+        """Open the container and pick the first video stream; SourceError on any failure."""
+        import av
+
+        if self.kind in ("file", "v4l2"):
+            p = Path(self._target)
+            if not p.exists():
+                what = "device" if self.kind == "v4l2" else "file"
+                raise SourceError("not_found", f"{self.redacted_url}: not found: no such {what}")
+            if p.is_dir():
+                raise SourceError("unsupported", f"{self.redacted_url}: is a directory, not a video file")
+        self.close()
+        self.blocked_since = time.monotonic()
+        try:
+            container = av.open(self._target, mode="r", format=self._format, options=self._options,
+                                timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified SourceError
+            waited = time.monotonic() - (self.blocked_since or time.monotonic())
+            if waited >= 0.95 * self.cfg.open_timeout_s and self.kind != "file":
+                # FFmpeg reports an interrupted RTSP/HTTP handshake as "invalid data"; the clock
+                # says what really happened.
+                exc = TimeoutError()
+            e = classify_error(exc, self.cfg.url, "open", self.cfg.open_timeout_s)
+            if self.kind in ("rtsp", "http"):
+                e = _refine_network_error(e, self.cfg.url)
+            raise e from None
+        finally:
+            self.blocked_since = None
+        if not container.streams.video:
+            container.close()
+            raise SourceError("unsupported", f"{self.redacted_url}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self._container, self._stream = container, stream
+
+    def close(self) -> None:
+        """Release the demuxer and decoder; safe to call twice or before open()."""
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception as exc:  # noqa: BLE001 - closing must never raise
+                log.debug("stream %s: error while closing: %s", self.cfg.name, type(exc).__name__)
+
+    def frames(self) -> Iterator[Frame]:
+        """Decoded RGB frames until EOF (files, non-live inputs) or a SourceError (live streams)."""
+        if self._container is None:
+            self.open()
+        count = 0
+        while True:
+            yield from self._decode_until_eof(count_start=count)
+            if self._interrupt.is_set():
+                return
+            self._check_truncation()
+            if self.cfg.loop and self._decoded == count and not self._live_semantics:
+                self.last_decode_error = self.last_decode_error or "no decodable frame in the file"
+                return  # looping a file without a single frame would spin forever
+            if self.cfg.loop:
+                self.open()  # reopening is the simplest exact way to restart demuxer and decoder
+                count = self._decoded
+                continue
+            if not self._live_semantics:
+                return
+            raise SourceError("eof", f"{self.redacted_url}: stream ended (the server closed the connection)")
+
+    def _decode_until_eof(self, count_start: int) -> Iterator[Frame]:
+        import av
+
+        container, stream = self._container, self._stream
+        name = self.cfg.name
+        self._decoded = count_start
+        self._last_pts = None
+        self._pts_restarted = False
+        consecutive = 0
+        realtime = self.cfg.realtime and self.kind == "file"
+        start_wall: float | None = None
+        first_pts: float | None = None
+        n0 = 0
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        while not self._interrupt.is_set():
+            packets = container.demux(stream)
+            try:
+                while True:
+                    self.blocked_since = time.monotonic()
+                    try:
+                        packet = next(packets)
+                    except StopIteration:
+                        return
+                    finally:
+                        self.blocked_since = None
+                    if packet.is_corrupt:
+                        self._count_error("corrupt packet")
+                    try:
+                        decoded = packet.decode()
+                    except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
+                        consecutive += 1
+                        self._count_error(f"undecodable packet ({type(exc).__name__})")
+                        # A file goes on to its next keyframe (every packet read is progress, and
+                        # reopening would replay it); a live stream is reconnected, which also
+                        # brings a fresh keyframe and renegotiates a changed codec.
+                        if consecutive >= MAX_CONSECUTIVE_ERRORS and self._live_semantics:
+                            raise SourceError("decoder", f"{self.redacted_url}: {consecutive} packets in a row "
+                                                         f"could not be decoded (codec changed or stream "
+                                                         f"broken)") from None
+                        continue
+                    for vf in decoded:
+                        consecutive = 0
+                        pts = vf.time
+                        if realtime:
+                            if start_wall is None:
+                                start_wall, first_pts, n0 = time.monotonic(), pts, self._decoded
+                            offset = (pts - first_pts) if (pts is not None and first_pts is not None) \
+                                else (self._decoded - n0) / fps
+                            if not 0.0 <= offset <= 3600.0:  # timestamps jumped: restart the clock
+                                start_wall, first_pts, n0, offset = time.monotonic(), pts, self._decoded, 0.0
+                            self._pace(start_wall, offset)
+                        image = vf.to_ndarray(format="rgb24")
+                        frame = Frame(name, self._decoded, pts, time.time(), image)
+                        self._decoded += 1
+                        if pts is not None and self._last_pts is not None and pts < self._last_pts:
+                            self._pts_restarted = True  # concatenated segments: durations are meaningless
+                        self._last_pts = pts
+                        yield frame
+                        if self._interrupt.is_set():
+                            return
+            except SourceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                e = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
+                if e.kind != "corrupt":
+                    raise e from None
+                # Damaged container data: skip it and go on reading from where the demuxer is.
+                consecutive += 1
+                self._count_error("corrupt container data")
+                if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                    if not self._live_semantics:
+                        self.last_decode_error = "the rest of the file is unreadable"
+                        self.truncated = self.last_decode_error
+                        return
+                    raise e from None
+            finally:
+                packets.close()
+
+    def _check_truncation(self) -> None:
+        """Count a damage when a file ends well before the duration its header declares.
+
+        Truncation is otherwise silent in several containers (Matroska just stops); a declared
+        duration is only trusted when the file has a video stream alone, so a longer audio track
+        can never look like damage.
+        """
+        container, stream = self._container, self._stream
+        if container is None or self.kind != "file" or self._last_pts is None or self._pts_restarted:
+            return
+        declared: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        elif container.duration is not None and len(container.streams) == 1:
+            declared = container.duration / 1_000_000
+            start = (container.start_time or 0) / 1_000_000
+        if declared is None or declared <= 0:
+            return
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        missing = (start + declared) - (self._last_pts + 1.0 / rate)
+        if missing > max(2.0 / rate, 0.1):
+            self._count_error(f"file ends {missing:.2f}s before its declared duration (truncated?)")
+            self.truncated = f"the file ends {missing:.2f}s before the {declared:.2f}s its header declares"
+
+
+class SyntheticSource(Source):
+    """A generated scene (`vap_video.engines.synth.SceneVideo`) for demos, tests and benchmarks.
+
+    Always paced at its fps when live (a camera cannot deliver faster than real time) or when
+    `realtime` is set; otherwise as fast as it can be rendered.
+    """
+
+    PARAMS = SYNTHETIC_PARAMS
+    DEFAULTS = SYNTHETIC_DEFAULTS
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        super().__init__(cfg)
+        self.params = self._parse(cfg.url)
+        self._scene: Any = None
+
+    @classmethod
+    def _parse(cls, url: str) -> dict[str, Any]:
+        try:
+            return parse_synthetic(url)
+        except ValueError as exc:
+            raise SourceError("unsupported", f"{url}: {exc}") from None
+
+    def open(self) -> None:
+        try:
+            from vap_video.engines.synth import SceneVideo
+        except ImportError as exc:
+            raise SourceError("unsupported", f"{self.cfg.url}: synthetic scenes need vap_video.engines.synth "
+                                             f"({exc})") from None
+        p = self.params
+        try:
+            self._scene = SceneVideo(p["seed"], p["width"], p["height"], p["fps"], p["objects"], p["haze"])
+        except ValueError as exc:
+            raise SourceError("unsupported", f"{self.cfg.url}: {exc}") from None
+
+    def close(self) -> None:
+        self._scene = None
+
+    def frames(self) -> Iterator[Frame]:
+        if self._scene is None:
+            self.open()
+        p = self.params
+        fps, total = float(p["fps"]), int(p["frames"])
+        paced = self.cfg.is_live or self.cfg.realtime
+        emitted = 0
+        while not self._interrupt.is_set():
+            start_wall = time.monotonic()
+            i = 0
+            while (total == 0 or i < total) and not self._interrupt.is_set():
+                if paced:
+                    self._pace(start_wall, i / fps)
+                rgb, _gt = self._scene.frame(i)
+                yield Frame(self.cfg.name, emitted, i / fps, time.time(), rgb)
+                emitted += 1
+                i += 1
+            if not self.cfg.loop:
+                return
+
+
+def open_source(cfg: StreamConfig) -> Source:
+    """The Source for `cfg` (chosen by the URL's kind). No I/O happens until `open()`.
+
+    Raises SourceError('unsupported') for a URL no source understands.
+    """
+    try:
+        kind = cfg.kind
+    except ValueError as exc:
+        raise SourceError("unsupported", str(exc)) from None
+    if kind == "synthetic":
+        return SyntheticSource(cfg)
+    if kind in ("rtsp", "http", "file", "v4l2"):
+        return AVSource(cfg)
+    raise SourceError("unsupported", f"{redact_url(cfg.url)}: no source for kind {kind!r}")
+
+
+__all__ = ["SOURCE_ERROR_KINDS", "AVSource", "Source", "SourceError", "SyntheticSource", "classify_error",
+           "open_source"]
