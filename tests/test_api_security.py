@@ -138,7 +138,8 @@ def test_non_loopback_bind_without_token_refused(tmp_path, model, monkeypatch):
     cfg.write_text(f"model: {{path: '{model}'}}\nsinks: [{{path: '{tmp_path / 'e.jsonl'}'}}]\n"
                    "server: {host: 0.0.0.0, port: 0}\n")
     env = {k: v for k, v in os.environ.items() if k != "VAP_API_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "run", str(cfg), "--quiet", "--duration", "5"],
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "run", str(cfg), "--quiet",
+                           "--duration", "5"],
                           capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT)},
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr

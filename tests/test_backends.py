@@ -250,7 +250,8 @@ def test_cpu_int8_model_carries_its_accuracy_report(tmp_path, synth_data, caplog
     import onnx
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    x = next(iter(__import__("vap_video.engines.calibration", fromlist=["x"]).calibration_batches(synth_data, (320, 320), 4, 4)))
+    from vap_video.engines.calibration import calibration_batches
+    x = next(iter(calibration_batches(synth_data, (320, 320), 4, 4)))
     assert be.infer(x).shape == (4, 300, 6)
 
 

@@ -25,10 +25,10 @@ def vap_without(blocked: list[str], *args: str, env: dict[str, str] | None = Non
 
 
 @pytest.mark.parametrize("blocked,args,extra", [
-    (["onnx"], ["quantize", str(MODEL), "--data", "data.yaml"], "vap[onnx]"),
-    (["onnx"], ["build-engine", str(MODEL)], "vap[onnx]"),
-    (["torch"], ["val", "best.pt", "--data", "data.yaml"], "vap[train]"),
-    (["torch"], ["export", "best.pt", "--out", "m.onnx"], "vap[train]"),
+    (["onnx"], ["quantize", str(MODEL), "--data", "data.yaml"], "vap-video[onnx]"),
+    (["onnx"], ["build-engine", str(MODEL)], "vap-video[onnx]"),
+    (["torch"], ["val", "best.pt", "--data", "data.yaml"], "vap-video[train]"),
+    (["torch"], ["export", "best.pt", "--out", "m.onnx"], "vap-video[train]"),
 ])
 def test_missing_optional_package_names_the_extra(tmp_path, blocked, args, extra):
     code, out = vap_without(blocked, *args)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ray = pytest.importorskip("ray", reason="needs the cluster extra: pip install 'vap[cluster]'")
+ray = pytest.importorskip("ray", reason="needs the cluster extra: pip install 'vap-video[cluster]'")
 
 from vap_video.pipeline.cluster.cli import cli  # noqa: E402
 from vap_video.pipeline.cluster.ledger import GcsKV, Ledger  # noqa: E402

@@ -540,7 +540,7 @@ def test_cluster_commands_and_pipeline_import_without_ray(tmp_path):
     reg = tmp_path / "r.yaml"
     write_registry(reg, 6, "v1")
     code = ("import sys; sys.modules['ray'] = None\n"  # any `import ray` now fails
-            "import pipeline, vap_video.pipeline.runtime, vap_video.pipeline.cluster.shard\n"
+            "import vap_video.pipeline, vap_video.pipeline.runtime, vap_video.pipeline.cluster.shard\n"
             "from vap_video.pipeline.cli import main\n"
             f"rc = main(['cluster', 'plan', '--cameras', {str(reg)!r}, '--per-gpu', '4'])\n"
             "assert 'ray' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"

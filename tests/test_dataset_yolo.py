@@ -237,7 +237,8 @@ def test_collate_adds_batch_index(tmp_path: Path) -> None:
 def test_dataset_and_engines_import_without_torch(synth_yaml: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import vap_video.engines.dataset, vap_video.engines.synth, vap_video.engines.evaluate, vap_video.engines.haze\n"
+        "import vap_video.engines.dataset, vap_video.engines.synth, vap_video.engines.evaluate\n"
+        "import vap_video.engines.haze\n"
         f"spec = vap_video.engines.dataset.load_data_yaml({str(synth_yaml)!r})\n"
         "rep = vap_video.engines.dataset.validate_dataset(spec, 'val')\n"
         "print(len(rep.usable))\n"

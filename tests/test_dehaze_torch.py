@@ -1,4 +1,4 @@
-"""The torch dehazing path matches the CPU path (vap_video.pipeline.dehaze.torch_dehazer vs vap_video.pipeline.dehaze)."""
+"""The torch dehazing path matches the CPU path (pipeline.dehaze.torch_dehazer vs pipeline.dehaze.stage)."""
 
 from __future__ import annotations
 

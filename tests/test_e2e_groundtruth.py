@@ -62,7 +62,8 @@ def visible_tracks(gt: np.ndarray) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="the shipped model vap_video/engines/models/vap-synth-n.onnx is missing")
+@pytest.mark.skipif(not SHIPPED_MODEL.exists(),
+                    reason="the shipped model vap_video/engines/models/vap-synth-n.onnx is missing")
 def test_line_crossings_and_tracks_match_ground_truth(tmp_path: Path):
     line = {"name": "middle", "relative": True, "points": [[0.5, 1.0], [0.5, 0.0]]}
     streams, truth, visible = [], collections.Counter(), 0

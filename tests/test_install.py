@@ -74,7 +74,8 @@ def test_installed_demo_runs_outside_the_checkout(wheel: Path, tmp_path: Path) -
     env = _clean_env()
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300,
                    env=env, stdin=subprocess.DEVNULL, capture_output=True)
-    show = "import pipeline, engines; print(vap_video.pipeline.__file__); print(vap_video.engines.__file__)"
+    show = ("import vap_video.pipeline, vap_video.engines; print(vap_video.pipeline.__file__); "
+            "print(vap_video.engines.__file__)")
     where = subprocess.run([str(py), "-c", show], capture_output=True, text=True, check=True, cwd=tmp_path,
                            env=env).stdout.split()
     assert all(Path(p).is_relative_to(env_dir) for p in where), where  # the installed copy, not the checkout

@@ -142,7 +142,8 @@ def test_ultralytics_export_runs_and_agrees_with_their_predictor(interop, arch, 
     assert len(be.info.names) == 80
     be.close()
 
-    bench = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "bench", "--engine-only", "--model", str(model),
+    bench = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "bench", "--engine-only",
+                            "--model", str(model),
                             "--quick", "--batches", "1,3", "--out", str(interop["dir"] / "bench")],
                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bench.returncode == 0 and "| onnxruntime-cpu | fp32 | 3 |" in bench.stdout, bench.stderr[-2000:]

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from vap_video.engines.assign import TaskAlignedAssigner, box_iou_pairwise
-from vap_video.engines.detector import DetectorConfig, build_detector, count_params, make_anchors, model_info, topk_end2end
+from vap_video.engines.detector import (DetectorConfig, build_detector, count_params, make_anchors, model_info,
+                                        topk_end2end)
 from vap_video.engines.loss import DetectionLoss, LossWeights, bbox_ciou, o2m_weight
 from vap_video.engines.nn import Conv, RepConv, fuse_conv_bn
-from vap_video.engines.optim import ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor, newton_schulz_orthogonalize
+from vap_video.engines.optim import (ModelEMA, MuSGD, apply_schedule, build_optimizer, lr_factor,
+                                     newton_schulz_orthogonalize)
 
 torch.set_num_threads(1)
 

@@ -88,7 +88,8 @@ server: {{port: {port}}}
     assert "stream.down" in events
     spool = b"".join(p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file())
     assert b"stream.down" in spool                                               # the webhook spooled them
-    validate = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "validate", str(cfg)], capture_output=True,
+    validate = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "validate", str(cfg)],
+                              capture_output=True,
                               text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
     assert validate.returncode == 0 and "password=***" in validate.stdout
     for where, text in (("log", log), ("/streams", streams_body), ("events", events),

@@ -221,7 +221,7 @@ def test_cli_bad_arguments_and_files(tmp_path: Path, capsys):
 def test_cli_without_tensorrt_says_how_to_install(model: Path, capsys):
     assert B.cli([str(model), "--fp16", "--batch", "1,4,8"]) == 2
     err = capsys.readouterr().err
-    assert "TensorRT not installed" in err and "pip install 'vap[tensorrt]'" in err and "Traceback" not in err
+    assert "TensorRT not installed" in err and "pip install 'vap-video[tensorrt]'" in err and "Traceback" not in err
 
 
 # --- the build sequence against a fake tensorrt ----------------------------------------------------

@@ -217,8 +217,8 @@ def test_resolve_engine_rejects_missing_and_unknown_files(tmp_path: Path):
 
 
 def test_import_needs_neither_tensorrt_nor_cuda_nor_torch():
-    code = ("import sys, engines, vap_video.engines.tensorrt, vap_video.engines.tensorrt.build, vap_video.engines.tensorrt.runtime, "
-            "vap_video.engines.tensorrt.cache, vap_video.engines.gpu_preprocess;"
+    code = ("import sys, vap_video.engines, vap_video.engines.tensorrt, vap_video.engines.tensorrt.build, "
+            "vap_video.engines.tensorrt.runtime, vap_video.engines.tensorrt.cache, vap_video.engines.gpu_preprocess;"
             "print(sorted(m for m in ('tensorrt', 'pycuda', 'cuda', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vap_video.pipeline.tools.mot import MotSequence, read_mot
-from vap_video.pipeline.tools.track_benchset import CameraNoise, apply_camera_noise, crowd_sequence, tud_sequences, write_mot_dir
+from vap_video.pipeline.tools.track_benchset import (CameraNoise, apply_camera_noise, crowd_sequence, tud_sequences,
+                                                     write_mot_dir)
 
 
 def _line_gt(n_frames: int, n_tracks: int = 20, size: float = 60.0) -> MotSequence:

@@ -188,7 +188,8 @@ def test_ultralytics_exports(data, tmp_path):
         assert got["layout"] == layout and got["images"] == 4, name
         assert 0 <= got["map50_95"] <= got["map50"] <= 1 and len(got["per_class_ap"]) == 80, name
     # the 4-class dataset does not fit an 80-class model: one line, exit 3
-    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "val", str(exports / "yolo26n-e2e-static-320.onnx"),
+    proc = subprocess.run([sys.executable, "-m", "vap_video.pipeline.cli", "val",
+                           str(exports / "yolo26n-e2e-static-320.onnx"),
                            "--data", str(data)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL)
     assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

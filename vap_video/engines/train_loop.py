@@ -24,7 +24,8 @@ from vap_video.engines.train_checkpoint import load_checkpoint, save_checkpoint
 from vap_video.engines.train_config import ConfigFileError, TrainConfig
 from vap_video.engines.train_progress import LOSS_SUFFIXES, TrainProgress
 from vap_video.engines.train_report import append_results, write_plots
-from vap_video.engines.train_runtime import dist_info, rng_state, seed_everything, select_device, set_rng_state, unique_dir
+from vap_video.engines.train_runtime import (dist_info, rng_state, seed_everything, select_device, set_rng_state,
+                                             unique_dir)
 from vap_video.engines.train_schedule import Schedule
 from vap_video.engines.train_validate import collate_fn, validate
 

@@ -60,13 +60,13 @@ def _delegate(module: str, func: str, command: str = "") -> Callable[[list[str]]
 
 
 INSTALL_HINTS: dict[str, str] = {
-    "torch": "pip install torch==2.13.0 'vap[train]'",
-    "onnx": "pip install 'vap[onnx]' (also part of 'vap[train]')",
-    "matplotlib": "pip install 'vap[train]'",
-    "ray": "pip install 'vap[cluster]'",
-    "tensorrt": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
-    "pycuda": "pip install 'vap[tensorrt]' on a machine with an NVIDIA GPU",
-    "pycocotools": "pip install pycocotools (or 'vap[dev]')",
+    "torch": "pip install torch==2.13.0 'vap-video[train]'",
+    "onnx": "pip install 'vap-video[onnx]' (also part of 'vap-video[train]')",
+    "matplotlib": "pip install 'vap-video[train]'",
+    "ray": "pip install 'vap-video[cluster]'",
+    "tensorrt": "pip install 'vap-video[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycuda": "pip install 'vap-video[tensorrt]' on a machine with an NVIDIA GPU",
+    "pycocotools": "pip install pycocotools (or 'vap-video[dev]')",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -38,7 +38,7 @@ class TorchBackend(Backend):
         try:
             import torch
         except ModuleNotFoundError:
-            raise ModelContractError("the torch backend needs PyTorch: pip install torch 'vap[train]'") from None
+            raise ModelContractError("the torch backend needs PyTorch: pip install torch 'vap-video[train]'") from None
         self.torch = torch
         if model is None:
             model, names, imgsz = self._load(Path(path) if path else None)

@@ -378,6 +378,6 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError as exc:
         raise TensorRTUnavailable(
-            f"TensorRT not installed ({exc}); it needs an NVIDIA GPU: pip install 'vap[tensorrt]' "
+            f"TensorRT not installed ({exc}); it needs an NVIDIA GPU: pip install 'vap-video[tensorrt]' "
             "(tensorrt>=10 and pycuda), or run the ONNX model with model.backend: onnxruntime") from None
     return tensorrt

@@ -1,7 +1,7 @@
 """The few CUDA calls the TensorRT runtime needs, behind one small interface.
 
 Streams, device buffers, pinned (page-locked) host arrays and asynchronous copies, from pycuda
-(the `vap[tensorrt]` extra) or NVIDIA's cuda-python (`cuda.bindings.runtime`), whichever is
+(the `vap-video[tensorrt]` extra) or NVIDIA's cuda-python (`cuda.bindings.runtime`), whichever is
 installed; torch is never needed. Keeping these calls in one place lets the runtime's buffer and
 stream logic be tested on a machine without a GPU, against `HostOps` below, which implements the
 same interface with NumPy arrays standing in for device memory.
@@ -352,8 +352,8 @@ def cuda_ops(kind: str = "auto", device: int = 0) -> CudaOps:
             raise ModelContractError(f"CUDA is not usable here ({name}: {exc}); TensorRT needs an NVIDIA GPU "
                                      "and driver; use model.backend: onnxruntime on CPU") from None
     raise ModelContractError(
-        "the TensorRT runtime needs pycuda or cuda-python (" + "; ".join(errors) + "): pip install 'vap[tensorrt]' "
-        "or pip install cuda-python")
+        "the TensorRT runtime needs pycuda or cuda-python (" + "; ".join(errors) + "): "
+        "pip install 'vap-video[tensorrt]' or pip install cuda-python")
 
 
 def gpu_properties(device: int = 0) -> tuple[int, int, str]:

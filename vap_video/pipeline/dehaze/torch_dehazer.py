@@ -32,8 +32,8 @@ try:
     import torch
     import torch.nn.functional as F
 except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError("vap_video.pipeline.dehaze.torch_dehazer needs torch (pip install 'vap[train]'); the CPU stage "
-                      "vap_video.pipeline.dehaze works without it") from exc
+    raise ImportError("vap_video.pipeline.dehaze.torch_dehazer needs torch (pip install 'vap-video[train]'); "
+                      "the CPU stage vap_video.pipeline.dehaze works without it") from exc
 
 __all__ = ["TorchDehazer"]
 
@@ -134,7 +134,8 @@ class TorchDehazer:
                 groups.append((st.cfg, [i]))
         for g_cfg, _ in groups:
             if g_cfg.mode != "dcp":
-                raise ValueError("TorchDehazer implements mode 'dcp' only; use vap_video.pipeline.dehaze.Dehazer for 'clahe'")
+                raise ValueError("TorchDehazer implements mode 'dcp' only; use vap_video.pipeline.dehaze.Dehazer "
+                                 "for 'clahe'")
         if len(groups) == 1:
             out, infos = self._process_group(x, states, groups[0][0])
         else:

@@ -116,7 +116,7 @@ def optional_client(module: str, sink_type: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"sinks: the {sink_type} sink needs the Python package {module.split('.')[0]!r}, "
-                          "which is not installed; run pip install 'vap[sinks]'") from None
+                          "which is not installed; run pip install 'vap-video[sinks]'") from None
 
 
 def env_secret(var: str | None) -> str | None:

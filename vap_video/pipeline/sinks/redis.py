@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from vap_video.pipeline.config import redact_url
-from vap_video.pipeline.sinks.base import PartialDelivery, Sink, SinkConfigBase, SinkKind, encode, env_secret, optional_client
+from vap_video.pipeline.sinks.base import (PartialDelivery, Sink, SinkConfigBase, SinkKind, encode, env_secret,
+                                           optional_client)
 
 log = logging.getLogger("vap.sinks.redis")
 

@@ -23,7 +23,8 @@ def _load_kinds() -> dict[str, SinkKind]:
     for module in SINK_MODULES:
         kind = getattr(importlib.import_module(f"vap_video.pipeline.sinks.{module}"), "KIND", None)
         if not isinstance(kind, SinkKind):
-            raise TypeError(f"vap_video.pipeline.sinks.{module} is listed in SINK_MODULES but defines no KIND = SinkKind(...)")
+            raise TypeError(f"vap_video.pipeline.sinks.{module} is listed in SINK_MODULES but defines no "
+                            "KIND = SinkKind(...)")
         if kind.type in kinds:
             raise TypeError(f"sink type {kind.type!r} is registered twice ({module})")
         kinds[kind.type] = kind

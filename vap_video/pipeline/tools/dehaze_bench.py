@@ -366,7 +366,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vap_video.pipeline.tools.dehaze_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m vap_video.pipeline.tools.dehaze_bench",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("quality", "map", "flicker", "speed", "pipeline"))
     ap.add_argument("--out", help="JSON result file (default benchmarks/dehaze-WHAT.json)")
     ap.add_argument("--data", help="map: YOLO data.yaml of the (hazy) validation set")

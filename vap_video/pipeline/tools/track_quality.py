@@ -324,7 +324,9 @@ def _load_tracker_yaml(path: Path) -> TrackerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m vap_video.pipeline.tools.track_quality`: the benchmark from the command line. Exit 0 ok, 2 user error."""
+    """`python -m vap_video.pipeline.tools.track_quality`: the benchmark from the command line.
+
+    Exit 0 ok, 2 user error."""
     ap = argparse.ArgumentParser(prog="python -m vap_video.pipeline.tools.track_quality",
                                  description="Tracker quality on generated videos: model detections vs "
                                              "perturbed ground truth.")
