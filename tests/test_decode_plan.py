@@ -1,0 +1,145 @@
+"""Decoding straight to the engine size, the max_fps cap before conversion, keyframe-only decoding."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import pipeline.sources as sources_mod
+from engines.letterbox import PAD_VALUE, Letterbox, placement
+from pipeline.config import StreamConfig
+from pipeline.decode_plan import DecodePlan, FrameStride
+from pipeline.frames import Frame
+from pipeline.preprocess import BatchPreprocessor
+from pipeline.sources import AVSource, SyntheticSource
+from tests.videos import write_video
+
+
+def _frames(cfg: StreamConfig, plan: DecodePlan | None = None, stride: FrameStride | None = None) -> list[Frame]:
+    src = AVSource(cfg)
+    src.plan, src.stride = plan, stride
+    src.open()
+    try:
+        return list(src.frames())
+    finally:
+        src.close()
+
+
+def _old_batch(images: list[np.ndarray], max_hw: tuple[int, int]) -> tuple[np.ndarray, list[Letterbox]]:
+    """The letterbox as it was done before batches were written in place: uint8 canvas, one multiply."""
+    h, w = max_hw
+    canvas = np.full((len(images), h, w, 3), PAD_VALUE, np.uint8)
+    lbs = []
+    for i, img in enumerate(images):
+        nh, nw, lb = placement(img.shape[0], img.shape[1], h, w)
+        small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if lb.scale < 1 else cv2.INTER_LINEAR)
+        canvas[i, int(lb.pad_y):int(lb.pad_y) + nh, int(lb.pad_x):int(lb.pad_x) + nw] = small
+        lbs.append(lb)
+    batch = np.empty((len(images), 3, h, w), np.float32)
+    np.multiply(canvas.transpose(0, 3, 1, 2), np.float32(1 / 255), out=batch)
+    return batch, lbs
+
+
+def test_in_place_batch_equals_the_canvas_letterbox_exactly() -> None:
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (120, 200, 3), np.uint8), rng.integers(0, 256, (90, 60, 3), np.uint8)]
+    new, new_lbs = BatchPreprocessor((64, 64))(images)
+    old, old_lbs = _old_batch(images, (64, 64))
+    assert np.array_equal(new, old) and new_lbs == old_lbs
+
+
+def test_uint8_batch_is_the_float_batch_times_255() -> None:
+    img = np.random.default_rng(4).integers(0, 256, (100, 160, 3), np.uint8)
+    f32, _ = BatchPreprocessor((64, 64))([img])
+    u8, _ = BatchPreprocessor((64, 64), dtype=np.uint8)([img])
+    assert u8.dtype == np.uint8 and np.array_equal(u8.astype(np.float32) * np.float32(1 / 255), f32)
+    with pytest.raises(ValueError, match="float32 or uint8"):
+        BatchPreprocessor((64, 64), dtype=np.float16)
+
+
+def test_one_pass_reformat_matches_full_rgb_then_resize(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "a.mp4", width=320, height=180, frames=6)
+    cfg = StreamConfig(name="a", url=str(path))
+    full = _frames(cfg)
+    scaled = _frames(cfg, DecodePlan((96, 96)))
+    assert len(full) == len(scaled) == 6
+    nh, nw, _ = placement(180, 320, 96, 96)
+    for f, s in zip(full, scaled):
+        assert f.src_hw is None and not f.scaled and f.shape == (180, 320)
+        assert s.image.shape == (nh, nw, 3) and s.src_hw == (180, 320) and s.shape == (180, 320) and s.scaled
+        ref = cv2.resize(f.image, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.int16)
+        diff = np.abs(s.image.astype(np.int16) - ref)
+        assert diff.mean() < 3.0 and np.percentile(diff, 99) < 40
+    # the batch assembler places the scaled frame without resizing and maps boxes to source pixels
+    b_scaled, (lb_s,) = BatchPreprocessor((96, 96))([scaled[3].image], [scaled[3].src_hw])
+    b_full, (lb_f,) = BatchPreprocessor((96, 96))([full[3].image])
+    assert lb_s == lb_f and (lb_s.src_h, lb_s.src_w) == (180, 320)
+    assert np.abs(b_scaled - b_full).mean() < 0.012
+
+
+def test_plan_keeps_full_frames_where_asked() -> None:
+    plan = DecodePlan((320, 320))
+    assert plan.target("a", 720, 1280) == (180, 320)
+    assert plan.target("a", 100, 100) is None           # enlarging is not the decoder's job
+    plan.keep_full("a", True)
+    assert plan.target("a", 720, 1280) is None and plan.target("b", 720, 1280) == (180, 320)
+    plan.keep_full("a", False)
+    plan.want_full("b", seconds=0.2)
+    assert plan.target("b", 720, 1280) is None
+    time.sleep(0.25)
+    assert plan.target("b", 720, 1280) == (180, 320)
+    assert DecodePlan((320, 320), full_res=True).target("x", 720, 1280) is None
+    assert DecodePlan(None).target("x", 720, 1280) is None
+
+
+def test_frames_dropped_by_max_fps_are_never_converted(tmp_path: Path, monkeypatch) -> None:
+    path = write_video(tmp_path / "a.mkv", frames=50, fps=25)
+    calls = []
+    real = sources_mod.convert
+    monkeypatch.setattr(sources_mod, "convert", lambda vf, target: calls.append(vf.time) or real(vf, target))
+    stride = FrameStride(10)
+    kept = _frames(StreamConfig(name="a", url=str(path)), stride=stride)
+    assert 19 <= len(kept) <= 21 and stride.dropped == 50 - len(kept)
+    assert len(calls) == len(kept)                       # only kept frames reached the RGB conversion
+    assert np.diff([f.pts for f in kept]).min() >= 0.08 - 1e-6
+
+
+def test_synthetic_frames_dropped_by_max_fps_are_never_rendered(monkeypatch) -> None:
+    src = SyntheticSource(StreamConfig(name="s", url="synthetic://?fps=20&frames=20&width=64&height=48"))
+    src.stride = FrameStride(5)
+    src.open()
+    rendered = []
+    real = src._scene.frame
+    src._scene.frame = lambda i: rendered.append(i) or real(i)
+    frames = list(src.frames())
+    assert len(frames) == len(rendered) == 5 and rendered == [0, 4, 8, 12, 16]
+
+
+def test_keyframes_only_yields_exactly_the_keyframes(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "k.mp4", frames=40, gop=8)
+    with av.open(str(path)) as c:
+        keys = [round(f.time, 4) for f in c.decode(video=0) if f.key_frame]
+    assert 4 <= len(keys) < 40
+    got = _frames(StreamConfig(name="k", url=str(path), keyframes_only=True))
+    assert [round(f.pts, 4) for f in got] == keys
+
+
+def test_keyframes_only_is_refused_for_synthetic_scenes() -> None:
+    with pytest.raises(ValueError, match="keyframes_only needs a video decoder"):
+        StreamConfig(name="s", url="synthetic://?fps=5", keyframes_only=True)
+
+
+def test_threading_per_source_kind(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "a.mp4", frames=5)
+    for live in (None, True, False):  # a local file always ends: throughput wins
+        src = AVSource(StreamConfig(name="a", url=str(path), live=live))
+        src.open()
+        assert src.thread_type == src._stream.thread_type.name == "AUTO"
+        src.close()
+    assert AVSource(StreamConfig(name="c", url="rtsp://cam/s")).thread_type == "SLICE"  # no frames held back
+    assert AVSource(StreamConfig(name="h", url="http://cam/s.m3u8", live=False)).thread_type == "AUTO"
