@@ -151,6 +151,8 @@ def engine_fps(model: Path, batch: int, threads: int, seconds: float) -> float:
     be = load_backend(model, intra_op_threads=threads)
     h, w = plan_shape([(HD[1], HD[0])], be.info.input_hw, be.info.stride, rect=be.info.dynamic_hw)
     x = np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)
+    if be.info.input_dtype == "uint8":
+        x = (x * 255).astype(np.uint8)
     be.infer(x)
     times = []
     end = time.perf_counter() + seconds

@@ -116,7 +116,8 @@ class Pipeline:
         rect = settings.model.rect and info.dynamic_hw
         self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
                                            rect) if settings.model.gpu_preprocess else \
-            BatchPreprocessor(info.input_hw, info.stride, rect=rect)
+            BatchPreprocessor(info.input_hw, info.stride, rect=rect,
+                              dtype=np.uint8 if info.input_dtype == "uint8" else np.float32)
         self._dehazers = StreamDehazers(self.metrics, info.input_hw)  # prep thread only
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)
