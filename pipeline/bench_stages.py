@@ -112,12 +112,14 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
 
 
 def pipeline_run(model: Path, clips: list[Path], streams: int, max_batch: int, threads: int, tmp: Path,
-                 full_frames: bool = False) -> dict[str, Any]:
+                 full_frames: bool = False, thread_type: str | None = None) -> dict[str, Any]:
     """One file run through the whole pipeline: frames/s, wall and CPU ms per frame, engine busy and idle.
 
     `full_frames` decodes to full-size RGB and resizes in the batch step (what happens when a
     consumer of the full picture is configured, and what every run did before one-pass decoding).
+    `thread_type` overrides the decoders' FFmpeg threading ("SLICE" or "AUTO") for this run.
     """
+    from pipeline import sources
     from pipeline.runtime import Pipeline
 
     cfg = {"streams": [{"name": f"f{i}", "url": str(clips[i % len(clips)])} for i in range(streams)],
@@ -127,17 +129,24 @@ def pipeline_run(model: Path, clips: list[Path], streams: int, max_batch: int, t
     p = Pipeline(parse_settings(cfg, "bench"))
     if full_frames:
         p.decode_plan = p.supervisor.plan = None
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    p.start()
-    ok = p.wait(1800)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    p.stop()
+    chosen = sources.AVSource.thread_type
+    if thread_type:
+        sources.AVSource.thread_type = property(lambda _self: thread_type)  # type: ignore[method-assign,assignment]
+    try:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        p.start()
+        ok = p.wait(1800)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        p.stop()
+    finally:
+        sources.AVSource.thread_type = chosen  # type: ignore[method-assign]
     if not ok:
         raise RuntimeError("benchmark run did not finish")
     reg = p.metrics.registry
     frames = sum(reg.get_sample_value("vap_frames_processed_total", {"stream": f"f{i}"}) or 0 for i in range(streams))
     busy = reg.get_sample_value("vap_stage_seconds_sum", {"stage": "inference"}) or 0.0
     return {"streams": streams, "max_batch": max_batch, "intra_op_threads": threads, "full_frames": full_frames,
+            "thread_type": thread_type or "AUTO",
             "frames": int(frames), "fps": round(frames / wall, 1), "wall_ms_per_frame": round(1000 * wall / frames, 3),
             "cpu_ms_per_frame": round(1000 * cpu / frames, 3), "engine_busy_ms_per_frame": round(1000 * busy / frames, 3),
             "engine_waiting_ms_per_frame": round(1000 * (wall - busy) / frames, 3)}
@@ -188,6 +197,8 @@ def run_stages(model: Path | None, out_dir: Path, quick: bool = False, rounds: i
                 for full in (True, False):
                     row = pipeline_run(model, clips, streams, 8, 1, tmp, full_frames=full)
                     runs.setdefault(f"{streams}-{'full' if full else 'one-pass'}", []).append(row)
+                row = pipeline_run(model, clips, streams, 8, 1, tmp, thread_type="SLICE")
+                runs.setdefault(f"{streams}-one-pass-slice-threads", []).append(row)
             for b, th in cells:
                 row = pipeline_run(model, clips, 1, b, th, tmp)
                 row["engine_fps"] = engine_fps(model, b, th, 0.5 if quick else 1.5)

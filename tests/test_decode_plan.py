@@ -143,3 +143,27 @@ def test_threading_per_source_kind(tmp_path: Path) -> None:
         src.close()
     assert AVSource(StreamConfig(name="c", url="rtsp://cam/s")).thread_type == "SLICE"  # no frames held back
     assert AVSource(StreamConfig(name="h", url="http://cam/s.m3u8", live=False)).thread_type == "AUTO"
+
+
+def test_console_draws_a_scaled_frame_in_source_coordinates_and_asks_for_full_frames() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.console import ConsoleFeed
+    from pipeline.tracking import Tracks
+
+    plan = DecodePlan((96, 96))
+    pipeline = SimpleNamespace(decode_plan=plan, names=["person"], stream_config=lambda name: object(),
+                               settings=SimpleNamespace(stream_analytics=lambda cfg: None), hooks=[], listeners=[])
+    feed = ConsoleFeed(pipeline)  # type: ignore[arg-type]
+    small = np.zeros((54, 96, 3), np.uint8)                       # 720p scaled to the engine size
+    tracks = Tracks(ids=np.array([1]), boxes=np.array([[640.0, 360.0, 1280.0, 720.0]], np.float32),
+                    scores=np.array([0.9], np.float32), class_ids=np.array([0]))
+    feed(Frame("cam", 0, 0.0, time.time(), small, (720, 1280)), None, tracks, [])  # type: ignore[arg-type]
+    assert feed.frame_size("cam") == (1280, 720)                  # the editor works in source pixels
+    assert plan.target("cam", 720, 1280) == (54, 96)
+    data, _ = feed.jpeg("cam")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape[:2] == (54, 96)
+    # the box (source 640..1280 x 360..720) is drawn at the image's scale: its edge near x = 48, not off-image
+    assert img[30:54, 46:50].max() > 100 and img[5:20, 10:40].max() < 40
+    assert plan.target("cam", 720, 1280) is None                  # a viewer looks: full frames for a while
