@@ -4,7 +4,9 @@
                                                      [--out benchmarks/vs-ultralytics.json]
 
 Without --model, a standard n-scale vap detector (random weights; the compute does not depend on
-them) is exported at a static 640x640, so both sides run the same graph at the same input size.
+them) is exported at 640 with dynamic batch and H/W, so both sides run the same graph at the same
+rectangular input size (384x640 for 720p: both letterbox to the smallest stride multiple).
+Ultralytics gets a copy whose metadata is rewritten in the form its loader parses.
 The clip is 720p H.264 from the scene generator. Each side runs as its own process, timed from
 start to exit (what a user waits for), and also reports its frame count: every frame must be
 processed by both. Pairs are interleaved (vap, Ultralytics, vap, ...) and medians compared,
@@ -46,7 +48,28 @@ def export_n640(out: Path) -> Path:
     from engines.export import export_model
     from engines.synth import CLASS_NAMES
 
-    return export_model(build_detector(DetectorConfig(scale="n", nc=len(CLASS_NAMES))), out, 640, list(CLASS_NAMES))
+    return export_model(build_detector(DetectorConfig(scale="n", nc=len(CLASS_NAMES))), out, 640, list(CLASS_NAMES),
+                        dynamic_hw=True)
+
+
+def ultralytics_copy(model: Path, out: Path) -> Path:
+    """The same graph with its metadata written as Python literals, the way Ultralytics' loader
+    reads it (`ast.literal_eval`; vap writes JSON, whose `true` it cannot parse)."""
+    import onnx
+
+    from engines.metadata import read_onnx_metadata
+
+    meta = read_onnx_metadata(model)
+    m = onnx.load(str(model))
+    del m.metadata_props[:]
+    names = meta["names"]
+    literal = {"names": repr({int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))),
+               "imgsz": repr(list(meta["imgsz"])), "stride": repr(int(meta["stride"])), "task": "detect",
+               "batch": "1", "end2end": "True", "dynamic": "True"}
+    for k, v in literal.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(out))
+    return out
 
 
 def run_ultralytics(model: Path, clip: Path) -> dict[str, float]:
@@ -92,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(td)
         model = args.model or export_n640(tmp / "vap-n640-static.onnx")
         clip = write_video(tmp / "clip.mp4", seed=10, frames=args.frames, width=1280, height=720, fps=25)
+        ul_model = ultralytics_copy(model, tmp / "ultralytics-copy.onnx")
         rows: dict[str, list[dict[str, float]]] = {"vap": [], "ultralytics": []}
         for i in range(args.pairs):
             rows["vap"].append(run_vap(model, clip, tmp / f"vap{i}"))
-            rows["ultralytics"].append(run_ultralytics(model, clip))
+            rows["ultralytics"].append(run_ultralytics(ul_model, clip))
             print(f"pair {i + 1}: vap {rows['vap'][-1]['wall_s']:.1f}s, ultralytics "
                   f"{rows['ultralytics'][-1]['wall_s']:.1f}s ({rows['ultralytics'][-1]['frames']} frames)",
                   file=sys.stderr)

@@ -25,6 +25,7 @@ from typing import Any
 
 import av
 import cv2
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from engines.hostinfo import machine
@@ -67,6 +68,7 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
             pass
     small: list[np.ndarray] = []
     src_hw: tuple[int, int] = (0, 0)
+    reformatter = VideoReformatter()  # as the sources do: one swscale context for the whole stream
     with av.open(str(clip)) as c:                       # decode, then both ways to the engine size
         s = c.streams.video[0]
         s.thread_type = "SLICE"  # one thread: CPU time of the stage itself, not of helper threads
@@ -76,8 +78,8 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
                 nh, nw, _ = placement(vf.height, vf.width, *info.input_hw)
                 rgb = timed("colour_conversion", lambda: vf.to_ndarray(format="rgb24"))
                 timed("resize_letterbox", lambda: cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA))
-                small.append(timed("one_pass_convert_scale", lambda: vf.reformat(
-                    width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()))
+                small.append(timed("one_pass_convert_scale", lambda: reformatter.reformat(
+                    vf, width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()))
     n = len(small)
     prep = BatchPreprocessor(info.input_hw, info.stride, rect=info.dynamic_hw)
     post = Postprocessor(info.names)

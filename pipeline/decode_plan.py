@@ -70,16 +70,24 @@ class DecodePlan:
         return nh, nw
 
 
-def convert(vf: Any, target: tuple[int, int] | None) -> np.ndarray:
+def convert(vf: Any, target: tuple[int, int] | None, reformatter: Any = None) -> np.ndarray:
     """RGB pixels of a decoded PyAV frame: full size, or converted and scaled down in one swscale pass.
 
     Area averaging like the letterbox rule uses for shrinking (no aliasing; within a couple of
-    grey levels of OpenCV's INTER_AREA, checked in tests/test_preprocess.py).
+    grey levels of OpenCV's INTER_AREA, checked in tests/test_decode_plan.py). Pass the source's
+    own `av.video.reformatter.VideoReformatter`: it keeps its swscale context (and the filter
+    coefficients computed for the sizes) between frames, where `VideoFrame.reformat` builds a new
+    one per call, which cost more than the scaling itself (measured 1.3-3.0 against 0.7-0.9 CPU-ms
+    per 720p frame; benchmarks/pipeline.md).
     """
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = VideoReformatter()
     if target is None:
-        return vf.to_ndarray(format="rgb24")
+        return reformatter.reformat(vf, format="rgb24").to_ndarray()
     h, w = target
-    return vf.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    return reformatter.reformat(vf, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
 class FrameStride:

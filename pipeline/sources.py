@@ -322,8 +322,10 @@ class AVSource(Source):
 
     def _decode_until_eof(self, count_start: int) -> Iterator[Frame]:
         import av
+        from av.video.reformatter import VideoReformatter
 
         container, stream = self._container, self._stream
+        reformatter = VideoReformatter()  # keeps its swscale context from frame to frame (see convert)
         name = self.cfg.name
         self._decoded = count_start
         self._last_pts = None
@@ -378,7 +380,7 @@ class AVSource(Source):
                             continue  # decoded (later frames need it), never converted
                         src_hw = (vf.height, vf.width)
                         target = self.plan.target(name, *src_hw) if self.plan is not None else None
-                        frame = Frame(name, self._decoded, pts, time.time(), convert(vf, target),
+                        frame = Frame(name, self._decoded, pts, time.time(), convert(vf, target, reformatter),
                                       src_hw if target is not None else None)
                         self._decoded += 1
                         yield frame

@@ -101,7 +101,7 @@ def test_frames_dropped_by_max_fps_are_never_converted(tmp_path: Path, monkeypat
     path = write_video(tmp_path / "a.mkv", frames=50, fps=25)
     calls = []
     real = sources_mod.convert
-    monkeypatch.setattr(sources_mod, "convert", lambda vf, target: calls.append(vf.time) or real(vf, target))
+    monkeypatch.setattr(sources_mod, "convert", lambda vf, target, r=None: calls.append(vf.time) or real(vf, target, r))
     stride = FrameStride(10)
     kept = _frames(StreamConfig(name="a", url=str(path)), stride=stride)
     assert 19 <= len(kept) <= 21 and stride.dropped == 50 - len(kept)
