@@ -167,3 +167,23 @@ def test_console_draws_a_scaled_frame_in_source_coordinates_and_asks_for_full_fr
     # the box (source 640..1280 x 360..720) is drawn at the image's scale: its edge near x = 48, not off-image
     assert img[30:54, 46:50].max() > 100 and img[5:20, 10:40].max() < 40
     assert plan.target("cam", 720, 1280) is None                  # a viewer looks: full frames for a while
+
+
+def test_stage_budget_and_pipeline_run_measure_every_stage(tmp_path: Path) -> None:
+    """`vap bench --stages` building blocks on a tiny clip: every stage timed, every frame processed
+    in both decoding modes (numbers are not checked: they are the benchmark's, not the test's)."""
+    from engines.synth import write_video as write_scene
+    from pipeline.bench_stages import pipeline_run, stage_budget
+    from pipeline.model_config import SHIPPED_MODEL
+
+    clip = write_scene(tmp_path / "c.mp4", seed=1, frames=12, width=320, height=192, fps=25, num_objects=2)
+    budget = stage_budget(SHIPPED_MODEL, clip, batch=4)
+    assert budget["frames"] == 12
+    for key in ("demux", "decode", "colour_conversion", "resize_letterbox", "one_pass_convert_scale",
+                "batch_normalise", "engine", "post", "tracker", "analytics", "sinks"):
+        assert budget[key] >= 0, key
+    assert budget["engine"] > 0 and budget["decode"] > 0
+    for full in (False, True):
+        row = pipeline_run(SHIPPED_MODEL, [clip], 2, 4, 1, tmp_path, full_frames=full, thread_type="SLICE")
+        assert row["frames"] == 24 and row["fps"] > 0 and row["thread_type"] == "SLICE"
+    assert AVSource(StreamConfig(name="x", url=str(clip))).thread_type == "AUTO"   # the override was undone
