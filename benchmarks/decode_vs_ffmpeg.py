@@ -1,6 +1,7 @@
 """vap's decode stage against `ffmpeg -i CLIP -f null -` on the same 720p H.264 clip.
 
-    PYTHONPATH=. python benchmarks/decode_vs_ffmpeg.py [--frames 300] [--rounds 5] [--out benchmarks/decode-vs-ffmpeg.json]
+    PYTHONPATH=. python benchmarks/decode_vs_ffmpeg.py [--frames 300] [--rounds 5]
+                                                       [--out benchmarks/decode-vs-ffmpeg.json]
 
 The ffmpeg command decodes every frame with its default (frame) threading and hands it to the
 null muxer without any pixel conversion, so it is the bare decoder's throughput. vap is measured
@@ -9,7 +10,8 @@ decode only (frames dropped before conversion: a max_fps cap that keeps nothing 
 and decode plus the one-pass conversion to the shipped model's letterbox size, which is what each
 frame costs the pipeline's decoder thread. Rounds alternate the three, and medians are reported,
 because the machine is shared. The ratios are taken against ffmpeg's throughput less its
-start-up (the same command stopped after the first frame), which a long clip would amortise. Needs the ffmpeg command line tool (apt-get install ffmpeg).
+start-up (the same command stopped after the first frame), which a long clip would amortise.
+Needs the ffmpeg command line tool (apt-get install ffmpeg).
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def ultralytics_copy(model: Path, out: Path) -> Path:
     m = onnx.load(str(model))
     del m.metadata_props[:]
     names = meta["names"]
-    literal = {"names": repr({int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))),
+    by_id = {int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
+    literal = {"names": repr(by_id),
                "imgsz": repr(list(meta["imgsz"])), "stride": repr(int(meta["stride"])), "task": "detect",
                "batch": "1", "end2end": "True", "dynamic": "True"}
     for k, v in literal.items():
@@ -77,7 +78,7 @@ def run_ultralytics(model: Path, clip: Path) -> dict[str, float]:
     env.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
     p = subprocess.run([str(VENV_PYTHON), "-c", ULTRALYTICS_LOOP, str(model), str(clip)], capture_output=True,
-                       text=True, env=env, stdin=subprocess.DEVNULL, timeout=1800)
+                       text=True, env=env, stdin=subprocess.DEVNULL, timeout=1800, check=False)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"ultralytics failed: {p.stderr[-2000:]}")
@@ -91,7 +92,7 @@ def run_vap(model: Path, clip: Path, out: Path) -> dict[str, float]:
     # exit 0 only when the file was processed to its end (every frame: files have backpressure)
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", "--log-level", "warning", "run", str(clip), "--model",
                         str(model), "--quiet"], capture_output=True, text=True, env=env, cwd=out,
-                       stdin=subprocess.DEVNULL, timeout=1800)
+                       stdin=subprocess.DEVNULL, timeout=1800, check=False)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"vap run failed ({p.returncode}): {p.stderr[-2000:]}")

@@ -25,8 +25,8 @@ from typing import Any
 
 import av
 import cv2
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from engines.hostinfo import machine
 from engines.letterbox import placement
@@ -38,6 +38,10 @@ HD = (1280, 720)
 
 def _per_frame_ms(seconds: list[float], frames: int) -> float:
     return round(1000 * sum(seconds) / max(1, frames), 3)
+
+
+def _one_pass(reformatter: Any, vf: Any, h: int, w: int) -> np.ndarray:
+    return reformatter.reformat(vf, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
 def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> dict[str, float]:
@@ -55,16 +59,16 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
                                                  "one_pass_convert_scale", "batch_normalise", "engine", "post",
                                                  "tracker", "analytics", "sinks")}
 
-    def timed(key: str, fn: Callable[[], Any]) -> Any:
+    def timed(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         t0 = time.process_time()
-        out = fn()
+        out = fn(*args, **kwargs)
         t[key].append(time.process_time() - t0)
         return out
 
     with av.open(str(clip)) as c:                       # demux alone
         s = c.streams.video[0]
         packets = c.demux(s)
-        while timed("demux", lambda: next(packets, None)) is not None:
+        while timed("demux", next, packets, None) is not None:
             pass
     small: list[np.ndarray] = []
     src_hw: tuple[int, int] = (0, 0)
@@ -76,10 +80,9 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
             for vf in timed("decode", packet.decode):
                 src_hw = (vf.height, vf.width)
                 nh, nw, _ = placement(vf.height, vf.width, *info.input_hw)
-                rgb = timed("colour_conversion", lambda: vf.to_ndarray(format="rgb24"))
-                timed("resize_letterbox", lambda: cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA))
-                small.append(timed("one_pass_convert_scale", lambda: reformatter.reformat(
-                    vf, width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()))
+                rgb = timed("colour_conversion", vf.to_ndarray, format="rgb24")
+                timed("resize_letterbox", cv2.resize, rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+                small.append(timed("one_pass_convert_scale", _one_pass, reformatter, vf, nh, nw))
     n = len(small)
     prep = BatchPreprocessor(info.input_hw, info.stride, rect=info.dynamic_hw)
     post = Postprocessor(info.names)
@@ -92,15 +95,15 @@ def stage_budget(model: Path, clip: Path, batch: int = 8, threads: int = 1) -> d
         be.infer(prep(small[:batch], [src_hw] * min(batch, n))[0])  # warm-up
         for i in range(0, n, batch):
             chunk = small[i:i + batch]
-            x, lbs = timed("batch_normalise", lambda: prep(chunk, [src_hw] * len(chunk)))
-            out = timed("engine", lambda: be.infer(x))
-            dets = timed("post", lambda: post(out, lbs))
+            x, lbs = timed("batch_normalise", prep, chunk, [src_hw] * len(chunk))
+            out = timed("engine", be.infer, x)
+            dets = timed("post", post, out, lbs)
             for j, d in enumerate(dets):
                 ts = (i + j) / 25
-                tracks = timed("tracker", lambda: tracker.update(d, ts))
-                events = timed("analytics", lambda: analytics.update(tracks, ts, time.time(), src_hw))
+                tracks = timed("tracker", tracker.update, d, ts)
+                events = timed("analytics", analytics.update, tracks, ts, time.time(), src_hw)
                 if events:  # the bus hands a sink only non-empty batches
-                    timed("sinks", lambda: sink.write(events))
+                    timed("sinks", sink.write, events)
         sink.close()
     be.close()
     out = {k: _per_frame_ms(v, n) for k, v in t.items()}
@@ -150,7 +153,8 @@ def pipeline_run(model: Path, clips: list[Path], streams: int, max_batch: int, t
     return {"streams": streams, "max_batch": max_batch, "intra_op_threads": threads, "full_frames": full_frames,
             "thread_type": thread_type or "AUTO",
             "frames": int(frames), "fps": round(frames / wall, 1), "wall_ms_per_frame": round(1000 * wall / frames, 3),
-            "cpu_ms_per_frame": round(1000 * cpu / frames, 3), "engine_busy_ms_per_frame": round(1000 * busy / frames, 3),
+            "cpu_ms_per_frame": round(1000 * cpu / frames, 3),
+            "engine_busy_ms_per_frame": round(1000 * busy / frames, 3),
             "engine_waiting_ms_per_frame": round(1000 * (wall - busy) / frames, 3)}
 
 
@@ -185,7 +189,8 @@ def run_stages(model: Path | None, out_dir: Path, quick: bool = False, rounds: i
         return 3
     frames = 40 if quick else 150
     rounds = 1 if quick else rounds
-    result: dict[str, Any] = {"machine": machine(), "model": model.name, "clip": f"{HD[0]}x{HD[1]} H.264, {frames} frames"}
+    result: dict[str, Any] = {"machine": machine(), "model": model.name,
+                              "clip": f"{HD[0]}x{HD[1]} H.264, {frames} frames"}
     with tempfile.TemporaryDirectory(prefix="vap-stages-") as td:
         tmp = Path(td)
         clips = [write_video(tmp / f"clip{i}.mp4", seed=10 + i, frames=frames, width=HD[0], height=HD[1], fps=25,
