@@ -12,7 +12,11 @@ format="rgb24")`): a fraction of the pixels to write, and no second pass over th
   time). The target size comes from the one letterbox rule (`engines.letterbox.placement`), so
   the batch assembler places such a frame without resizing it again.
 * `FrameStride` is the `max_fps` cap, decided from the frame's timestamp *before* conversion: a
-  frame the cap drops is decoded (later frames depend on it) but never converted to RGB.
+  frame the cap drops is decoded (later frames depend on it) but never converted to RGB. Not
+  decoding it at all (FFmpeg's `skip_frame`) is not used for the cap: that setting is the
+  decoder's, not a packet's, and only frames no other frame references could be skipped, which
+  with frame threading cannot be aimed at the frames the cap drops. `keyframes_only` uses it
+  decoder-wide (`skip_frame=NONKEY`), where that is exactly what is wanted.
 """
 
 from __future__ import annotations

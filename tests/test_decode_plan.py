@@ -187,3 +187,34 @@ def test_stage_budget_and_pipeline_run_measure_every_stage(tmp_path: Path) -> No
         row = pipeline_run(SHIPPED_MODEL, [clip], 2, 4, 1, tmp_path, full_frames=full, thread_type="SLICE")
         assert row["frames"] == 24 and row["fps"] > 0 and row["thread_type"] == "SLICE"
     assert AVSource(StreamConfig(name="x", url=str(clip))).thread_type == "AUTO"   # the override was undone
+
+
+@pytest.mark.parametrize("consumer", [None, "snapshots", "annotate", "dehaze"])
+def test_runtime_keeps_full_frames_only_for_consumers_of_the_pixels(tmp_path: Path, consumer: str | None) -> None:
+    from pipeline.runtime import Pipeline
+    from pipeline.settings import parse_settings
+    from tests.onnx_models import constant_detector
+
+    # one box fixed in the 64x64 input (16..48 both ways); the engine never sees the source size
+    model = constant_detector(tmp_path / "m.onnx", np.array([[16, 16, 48, 48, 0.9, 0]], np.float32), ["person"])
+    clip = write_video(tmp_path / "a.mp4", width=320, height=180, frames=8)
+    cfg: dict = {"streams": [{"name": "a", "url": str(clip)}], "model": {"path": str(model)},
+                 "sinks": [{"path": str(tmp_path / "ev.jsonl"), "fsync": "never"}], "server": {"enabled": False}}
+    if consumer == "snapshots":
+        cfg["snapshots"] = {"enabled": True, "dir": str(tmp_path / "snaps")}
+    elif consumer == "annotate":
+        cfg["annotate"] = {"enabled": True, "dir": str(tmp_path / "ann")}
+    elif consumer == "dehaze":
+        cfg["dehaze"] = {"enabled": True}
+    p = Pipeline(parse_settings(cfg, "test"))
+    seen: list[tuple[tuple[int, int], tuple[int, int], np.ndarray]] = []
+    p.hooks.append(lambda frame, dets, tracks, events: seen.append((frame.image.shape[:2], frame.shape, dets.boxes)))
+    p.start()
+    assert p.wait(60)
+    p.stop()
+    assert len(seen) == 8 and all(shape == (180, 320) for _, shape, _ in seen)
+    images = {img for img, _, _ in seen}
+    assert images == ({(36, 64)} if consumer is None else {(180, 320)})
+    # boxes in source pixels either way: net (16..48) at scale 0.2, pad_y 14 -> x 80..240, y 10..170
+    for _, _, boxes in seen:
+        np.testing.assert_allclose(boxes, [[80, 10, 240, 170]], atol=0.6)
