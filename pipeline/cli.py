@@ -195,6 +195,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks"))
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     p.add_argument("--soak-s", type=float, default=0.0, help="also run a multi-stream memory soak this long")
+    p.add_argument("--stages", action="store_true", help="per-frame CPU budget of every stage, full-frame vs "
+                   "one-pass decoding, and the batch size x intra-op threads grid (benchmarks/pipeline.md)")
     p.add_argument("--engine-only", action="store_true",
                    help="only the engine: every backend and precision this machine can run, per batch size")
     p.add_argument("--batches", default="1,8,32", help="batch sizes for --engine-only (comma-separated)")
@@ -223,6 +225,9 @@ def _main(argv: list[str] | None = None) -> int:
                             model=args.model)
         if args.cmd == "bench" and args.engine_only:
             return cmd_bench_engines(args)
+        if args.cmd == "bench" and args.stages:
+            from pipeline.bench_stages import run_stages
+            return run_stages(args.model, args.out, quick=args.quick)
         if args.cmd == "bench":
             from pipeline.tools.bench import run_bench
             return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)

@@ -45,6 +45,8 @@ def engine_only(model: Path, batch_sizes: list[int], seconds: float) -> dict[int
     out = {}
     for b in batch_sizes:
         x = np.random.default_rng(0).random((b, 3, h, w), dtype=np.float32)
+        if be.info.input_dtype == "uint8":
+            x = (x * 255).astype(np.uint8)
         be.infer(x)  # warm-up
         times = []
         t_end = time.perf_counter() + seconds
