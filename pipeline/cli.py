@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from pipeline.config import ConfigError
 
@@ -120,7 +121,7 @@ def _output_gone() -> bool:
     fds = []
     for stream in (sys.stdout, sys.stderr):
         try:
-            fds.append(stream.fileno())  # type: ignore[union-attr]
+            fds.append(stream.fileno())
         except (AttributeError, OSError, ValueError):
             continue
     for fd in fds:
@@ -133,7 +134,7 @@ def _silence_output() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     for stream in (sys.stdout, sys.stderr):
         try:
-            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
+            os.dup2(devnull, stream.fileno())
         except (AttributeError, OSError, ValueError):
             pass
     os.close(devnull)
@@ -226,7 +227,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.cmd == "bench" and args.engine_only:
             return cmd_bench_engines(args)
         if args.cmd == "bench" and args.stages:
-            from pipeline.bench_stages import run_stages
+            from pipeline.tools.bench_stages import run_stages
             return run_stages(args.model, args.out, quick=args.quick)
         if args.cmd == "bench":
             from pipeline.tools.bench import run_bench
@@ -256,8 +257,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = "command line"
         settings = source_settings(args.inputs, args.model, args.save, args.conf, classes, args.port)
         if args.save is None:
-            print(f"events go to {settings.sinks[0].path} (--save DIR writes events and annotated videos "
-                  f"to DIR)", file=sys.stderr)
+            events = getattr(settings.sinks[0], "path", "the configured sinks")
+            print(f"events go to {events} (--save DIR writes events and annotated videos to DIR)", file=sys.stderr)
     check_streams_present(settings, source)
     code = run_pipeline(settings, quiet=args.quiet, duration=args.duration)
     if args.save is not None and code in (EXIT_OK, EXIT_INPUTS):

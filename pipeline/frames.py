@@ -62,6 +62,6 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def select(self, mask: np.ndarray) -> "Detections":
+    def select(self, mask: np.ndarray) -> Detections:
         """Rows where `mask` (bool or index array) holds."""
         return Detections(self.boxes[mask], self.scores[mask], self.class_ids[mask])

@@ -41,7 +41,8 @@ class OnnxRuntimeOptions(Strict):
         description="Execution providers in order of preference: names, or {name: {option: value}} "
                     "(e.g. TensorrtExecutionProvider with trt_fp16_enable)")
     intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core but one, at least "
-                                  "1: the other core decodes; measured fastest for the pipeline, benchmarks/pipeline.md)")
+                                  "1: the other core decodes; measured fastest for the pipeline, "
+                                  "benchmarks/pipeline.md)")
     inter_op_threads: int = Field(1, ge=0, description="Threads across independent graph branches")
     io_binding: bool = Field(False, description="Bind inputs/outputs to the provider's device (pays on GPUs)")
 

@@ -440,11 +440,11 @@ class Pipeline:
             t0 = time.perf_counter()
             if self._dehazers.streams():  # drop the dehaze state of removed streams, once per batch
                 self._dehazers.prune(set(self._current()))
-            images = [self._dehazed(f) for f in frames]
+            pictures = [self._dehazed(f) for f in frames]
             if isinstance(self.preprocess, BatchPreprocessor):
-                images, transforms = self.preprocess(images, [f.src_hw for f in frames])
+                images, transforms = self.preprocess(pictures, [f.src_hw for f in frames])
             else:
-                images, transforms = self.preprocess(images)
+                images, transforms = self.preprocess(pictures)
             # dehazed frames were shrunk to the engine size first; a no-op for frames that were not
             # (and for frames the decoder scaled: their transform already maps to source pixels)
             info_hw = self.backend.info.input_hw

@@ -269,13 +269,14 @@ class AVSource(Source):
         try:
             container = av.open(self._target, mode="r", format=self._format, options=self._options,
                                 timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s))
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified SourceError
+        except Exception as exc:  # every failure becomes a classified SourceError
+            failure: BaseException = exc
             waited = time.monotonic() - (self.blocked_since or time.monotonic())
             if waited >= 0.95 * self.cfg.open_timeout_s and self.kind != "file":
                 # FFmpeg reports an interrupted RTSP/HTTP handshake as "invalid data"; the clock
                 # says what really happened.
-                exc = TimeoutError()
-            e = classify_error(exc, self.cfg.url, "open", self.cfg.open_timeout_s)
+                failure = TimeoutError()
+            e = classify_error(failure, self.cfg.url, "open", self.cfg.open_timeout_s)
             if self.kind in ("rtsp", "http"):
                 e = _refine_network_error(e, self.cfg.url)
             raise e from None
@@ -296,7 +297,7 @@ class AVSource(Source):
         if container is not None:
             try:
                 container.close()
-            except Exception as exc:  # noqa: BLE001 - closing must never raise
+            except Exception as exc:
                 log.debug("stream %s: error while closing: %s", self.cfg.name, type(exc).__name__)
 
     def frames(self) -> Iterator[Frame]:
@@ -388,7 +389,7 @@ class AVSource(Source):
                             return
             except SourceError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 e = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
                 if e.kind != "corrupt":
                     raise e from None

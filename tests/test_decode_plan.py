@@ -173,7 +173,7 @@ def test_stage_budget_and_pipeline_run_measure_every_stage(tmp_path: Path) -> No
     """`vap bench --stages` building blocks on a tiny clip: every stage timed, every frame processed
     in both decoding modes (numbers are not checked: they are the benchmark's, not the test's)."""
     from engines.synth import write_video as write_scene
-    from pipeline.bench_stages import pipeline_run, stage_budget
+    from pipeline.tools.bench_stages import pipeline_run, stage_budget
     from pipeline.model_config import SHIPPED_MODEL
 
     clip = write_scene(tmp_path / "c.mp4", seed=1, frames=12, width=320, height=192, fps=25, num_objects=2)

@@ -169,7 +169,7 @@ def engine_fps(model: Path, batch: int, threads: int, seconds: float) -> float:
     if be.info.input_dtype == "uint8":
         x = (x * 255).astype(np.uint8)
     be.infer(x)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < 5:
         t0 = time.perf_counter()
