@@ -58,4 +58,11 @@ if ! "$INTEROP_VENV/bin/python" -c "import ultralytics, onnx, onnxslim, onnxrunt
 fi
 export VAP_INTEROP_PYTHON="$INTEROP_VENV/bin/python"
 
+# Lint and types first (seconds, and the cheapest failures to read): ruff over the whole tree,
+# mypy over the package (settings in pyproject.toml; both come with the dev extra). VAP_SKIP_LINT=1 skips them for a quick rerun.
+if [ "${VAP_SKIP_LINT:-0}" != 1 ]; then
+  "$PY" -m ruff check .
+  "$PY" -m mypy
+fi
+
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"

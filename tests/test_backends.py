@@ -283,6 +283,18 @@ def test_model_config_routes_options_to_the_chosen_backend():
         parse_settings({"model": {"providers": ["CPUExecutionProvider"]}})
 
 
+def test_default_engine_threads_leave_one_core_to_decoding(monkeypatch):
+    import os
+
+    from vap_video.pipeline.settings import parse_settings
+
+    for cores, expect in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert parse_settings({}).model.backend_options("onnxruntime")["intra_op_threads"] == expect
+    assert parse_settings({"model": {"onnxruntime": {"intra_op_threads": 2}}}).model.backend_options(
+        "onnxruntime")["intra_op_threads"] == 2   # an explicit count is kept
+
+
 def test_engine_bench_measures_every_variant_it_can_and_says_why_not(tmp_path, capsys):
     import json
 

@@ -1,4 +1,4 @@
-"""The torch dehazing path matches the CPU path (pipeline.dehaze.torch_dehazer vs pipeline.dehaze.stage)."""
+"""The torch dehazing path matches the CPU path (`dehaze.torch_dehazer` against `dehaze.stage`)."""
 
 from __future__ import annotations
 

@@ -191,3 +191,24 @@ def test_bench_onnx_reports_each_batch(exported):
     rows = bench_onnx(exported, batches=(1, 2), runs=2, warmup=1)
     assert [r["batch"] for r in rows] == [1, 2]
     assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] for r in rows)
+
+
+def test_uint8_input_export_normalises_inside_the_graph(exported, tmp_path):
+    """--uint8-input: same detections from the letterboxed bytes as the float graph from bytes / 255,
+    and the ONNX Runtime backend and the batch assembler switch to uint8 by themselves."""
+    from vap_video.engines.backends import load_backend
+    from vap_video.pipeline.preprocess import BatchPreprocessor
+
+    u8_path = export_model(seeded_model(0), tmp_path / "u8.onnx", 64, NAMES, max_det=40, uint8_input=True)
+    inp = onnx.load(str(u8_path)).graph.input[0]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert read_sidecar(u8_path)["input_dtype"] == "uint8"
+    img = np.random.default_rng(5).integers(0, 256, (48, 80, 3), np.uint8)
+    f32, _ = BatchPreprocessor((64, 64))([img])
+    u8, _ = BatchPreprocessor((64, 64), dtype=np.uint8)([img])
+    np.testing.assert_allclose(run_ort(u8_path, u8), run_ort(exported, f32), rtol=1e-4, atol=1e-4)
+    be = load_backend(u8_path)
+    assert be.info.input_dtype == "uint8" and load_backend(exported).info.input_dtype == "float32"
+    np.testing.assert_allclose(be.infer(u8), run_ort(exported, f32), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="takes uint8 images, got float32"):
+        be.infer(f32)

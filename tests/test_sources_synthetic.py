@@ -12,7 +12,7 @@ from vap_video.pipeline.metrics import Metrics
 from vap_video.pipeline.sources import SourceError, SyntheticSource, open_source
 from vap_video.pipeline.supervisor import Supervisor
 
-synth = pytest.importorskip("vap_video.engines.synth", reason="engines.synth (SceneVideo) is not in this checkout")
+synth = pytest.importorskip("vap_video.engines.synth", reason="the scene generator is not in this checkout")
 
 
 def test_parameters_and_frames_match_the_scene() -> None:

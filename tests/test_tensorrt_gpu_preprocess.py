@@ -1,4 +1,4 @@
-"""GPU letterbox (engines/gpu_preprocess.py) against the CPU path (pipeline/preprocess.py), run on CPU torch.
+"""GPU letterbox (`engines/gpu_preprocess.py`) against the CPU path (`pipeline/preprocess.py`), on CPU torch.
 
 Geometry must be identical (the inverse letterbox uses it); pixel values may differ by the rounding of
 OpenCV's fixed-point kernels vs torch's float ones, so they are compared with measured tolerances.

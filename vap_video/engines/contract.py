@@ -38,6 +38,7 @@ class EngineInfo:
     precision: str = "fp32"
     source: str = ""                   # path or description, for messages
     layout: str = "end2end"            # END2END [B, K, 6], or LEGACY [B, 4+nc, N] decoded by the NMS fallback
+    input_dtype: str = "float32"       # "uint8": the graph takes 0..255 and divides by 255 itself
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from vap_video.pipeline.config import ConfigError
 
@@ -79,14 +80,18 @@ def _log_level(value: str) -> str:
 
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "train": ("vap_video.engines.train", "cli", "train the detector on a YOLO-format dataset"),
-    "val": ("vap_video.engines.val_cli", "cli", "COCO mAP of a checkpoint (both heads) or an engine (.onnx, INT8, TensorRT)"),
+    "val": ("vap_video.engines.val_cli", "cli",
+            "COCO mAP of a checkpoint (both heads) or an engine (.onnx, INT8, TensorRT)"),
     "export": ("vap_video.engines.export", "cli", "export a checkpoint to ONNX under the engine contract"),
-    "data": ("vap_video.engines.synth", "cli", "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
+    "data": ("vap_video.engines.synth", "cli",
+             "synthetic data and dataset checks: vap data synth ..., vap data check DATA.yaml"),
     "track": ("vap_video.pipeline.tools.track_eval", "cli_track", "run the tracker offline on MOTChallenge detections"),
     "eval": ("vap_video.pipeline.tools.track_eval", "cli_eval", "tracking metrics: vap eval track GT PRED"),
-    "build-engine": ("vap_video.engines.tensorrt.build", "cli", "build a TensorRT engine from an ONNX model (needs TensorRT)"),
+    "build-engine": ("vap_video.engines.tensorrt.build", "cli",
+                     "build a TensorRT engine from an ONNX model (needs TensorRT)"),
     "quantize": ("vap_video.engines.quantize", "cli", "CPU INT8: static Q/DQ quantisation with calibration images"),
-    "dehaze": ("vap_video.pipeline.tools.dehaze_preview", "cli", "preview the dehazing stage on an image, folder or video"),
+    "dehaze": ("vap_video.pipeline.tools.dehaze_preview", "cli",
+               "preview the dehazing stage on an image, folder or video"),
     "cluster": ("vap_video.pipeline.cluster.cli", "cli", "scale out on Ray: vap cluster plan | config | up | status"),
 }
 
@@ -120,7 +125,7 @@ def _output_gone() -> bool:
     fds = []
     for stream in (sys.stdout, sys.stderr):
         try:
-            fds.append(stream.fileno())  # type: ignore[union-attr]
+            fds.append(stream.fileno())
         except (AttributeError, OSError, ValueError):
             continue
     for fd in fds:
@@ -133,7 +138,7 @@ def _silence_output() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     for stream in (sys.stdout, sys.stderr):
         try:
-            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
+            os.dup2(devnull, stream.fileno())
         except (AttributeError, OSError, ValueError):
             pass
     os.close(devnull)
@@ -195,6 +200,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks"))
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     p.add_argument("--soak-s", type=float, default=0.0, help="also run a multi-stream memory soak this long")
+    p.add_argument("--stages", action="store_true", help="per-frame CPU budget of every stage, full-frame vs "
+                   "one-pass decoding, and the batch size x intra-op threads grid (benchmarks/pipeline.md)")
     p.add_argument("--engine-only", action="store_true",
                    help="only the engine: every backend and precision this machine can run, per batch size")
     p.add_argument("--batches", default="1,8,32", help="batch sizes for --engine-only (comma-separated)")
@@ -223,6 +230,9 @@ def _main(argv: list[str] | None = None) -> int:
                             model=args.model)
         if args.cmd == "bench" and args.engine_only:
             return cmd_bench_engines(args)
+        if args.cmd == "bench" and args.stages:
+            from vap_video.pipeline.tools.bench_stages import run_stages
+            return run_stages(args.model, args.out, quick=args.quick)
         if args.cmd == "bench":
             from vap_video.pipeline.tools.bench import run_bench
             return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
@@ -251,8 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = "command line"
         settings = source_settings(args.inputs, args.model, args.save, args.conf, classes, args.port)
         if args.save is None:
-            print(f"events go to {settings.sinks[0].path} (--save DIR writes events and annotated videos "
-                  f"to DIR)", file=sys.stderr)
+            events = getattr(settings.sinks[0], "path", "the configured sinks")
+            print(f"events go to {events} (--save DIR writes events and annotated videos to DIR)", file=sys.stderr)
     check_streams_present(settings, source)
     code = run_pipeline(settings, quiet=args.quiet, duration=args.duration)
     if args.save is not None and code in (EXIT_OK, EXIT_INPUTS):
@@ -312,7 +322,8 @@ def cmd_bench_engines(args: argparse.Namespace) -> int:
 def cmd_validate(path: Path) -> int:
     """Everything knowable before a run: the YAML, the model (it loads, its class names match the
     config's), and that every input file opens. A config this calls valid also starts."""
-    from vap_video.pipeline.preflight import check_class_names, check_input_files, check_streams_present, load_model_names
+    from vap_video.pipeline.preflight import (check_class_names, check_input_files, check_streams_present,
+                                              load_model_names)
     from vap_video.pipeline.settings import load_settings, resolved_yaml
     settings = load_settings(path)
     check_streams_present(settings, str(path))

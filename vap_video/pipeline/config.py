@@ -52,6 +52,9 @@ class StreamConfig(Strict):
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
     max_fps: float | None = Field(None, gt=0, le=1000,
                                   description="Cap on frames taken per second (others dropped as 'stride')")
+    keyframes_only: bool = Field(
+        False, description="Decode only keyframes (I-frames) and skip the rest unread: low-rate analytics at the "
+        "cost of one decode per GOP (e.g. one frame every 2 s from a camera with a 2 s GOP). Not for synthetic://")
     open_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S,
                                   description="Time allowed to open the stream (every time setting here: at most 3600)")
     read_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S,
@@ -83,6 +86,13 @@ class StreamConfig(Strict):
                              "starting with '.' (it becomes a folder name, a metric label, an MQTT topic "
                              "segment and part of track ids); rename it, e.g. 'gate-1'")
         return v
+
+    @model_validator(mode="after")
+    def _keyframes_need_a_decoder(self) -> StreamConfig:
+        if self.keyframes_only and self.url.lower().startswith("synthetic://"):
+            raise ValueError("keyframes_only needs a video decoder; a synthetic:// scene has no keyframes "
+                             "(use max_fps to lower its rate)")
+        return self
 
     @model_validator(mode="after")
     def _backoff_order(self) -> StreamConfig:

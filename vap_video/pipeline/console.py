@@ -115,17 +115,24 @@ class ConsoleFeed:
             return None
         cfg = self.pipeline.stream_config(stream)
         analytics = self.pipeline.settings.stream_analytics(cfg) if cfg is not None else None
+        plan = getattr(self.pipeline, "decode_plan", None)
+        if plan is not None:
+            plan.want_full(stream)  # someone is looking: decode this stream at full size for a while
         image, tracks = latest.frame.image, latest.tracks
-        h, w = image.shape[:2]
+        src_h, src_w = latest.frame.shape     # boxes, zones and lines are in source pixels
+        h, w = image.shape[:2]                # smaller when the decoder scaled it for the engine
+        scale = w / src_w
         if max_width and w > max_width:
             # shrink first and draw on the small picture: a fraction of the pixels to copy and draw
-            scale = max_width / w
+            shrink = max_width / w
             # INTER_AREA only where it is cheap and needed (halving or more): at 0.75x it costs 3x linear
-            interp = cv2.INTER_AREA if scale <= 0.5 else cv2.INTER_LINEAR
-            image = cv2.resize(image, (max_width, max(1, int(round(h * scale)))), interpolation=interp)
+            interp = cv2.INTER_AREA if shrink <= 0.5 else cv2.INTER_LINEAR
+            image = cv2.resize(image, (max_width, max(1, int(round(h * shrink)))), interpolation=interp)
+            scale *= shrink
+        if scale != 1:
             tracks = replace(tracks, boxes=np.asarray(tracks.boxes, dtype=np.float32) * scale)
             if analytics is not None:
-                analytics = _relative(analytics, w, h)
+                analytics = _relative(analytics, src_w, src_h)
         image = draw_tracks(image, tracks, self.pipeline.names, analytics)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, self.quality])
@@ -139,7 +146,7 @@ class ConsoleFeed:
         latest = self._live(stream)
         if latest is None:
             return None
-        h, w = latest.frame.image.shape[:2]
+        h, w = latest.frame.shape
         return int(w), int(h)
 
     def wait_frame(self, stream: str, after: int, timeout: float) -> int | None:

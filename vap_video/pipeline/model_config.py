@@ -6,6 +6,7 @@ setting is always read by the backend it names and none is silently ignored by a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +24,25 @@ def _cpu_only() -> list[Provider]:
     return ["CPUExecutionProvider"]
 
 
+def engine_threads() -> int:
+    """Default intra-op threads: every core this process may use but one, which is left to the
+    decoders. On 2 cores the engine with 2 threads fights decoding for both and the pipeline got
+    slower (the batch x threads grid in benchmarks/pipeline.md)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 class OnnxRuntimeOptions(Strict):
     providers: list[Provider] = Field(
         default_factory=_cpu_only,
         description="Execution providers in order of preference: names, or {name: {option: value}} "
                     "(e.g. TensorrtExecutionProvider with trt_fp16_enable)")
-    intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core)")
+    intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core but one, at least "
+                                  "1: the other core decodes; measured fastest for the pipeline, "
+                                  "benchmarks/pipeline.md)")
     inter_op_threads: int = Field(1, ge=0, description="Threads across independent graph branches")
     io_binding: bool = Field(False, description="Bind inputs/outputs to the provider's device (pays on GPUs)")
 
@@ -95,7 +109,10 @@ class ModelConfig(Strict):
                                   # candidates below every threshold are dropped later anyway: skip them in NMS
                                   "nms_conf": min([self.conf, *self.class_conf.values()])}
         if kind == "onnxruntime":
-            return {**common, **self.onnxruntime.model_dump()}
+            opts = self.onnxruntime.model_dump()
+            if not opts["intra_op_threads"]:
+                opts["intra_op_threads"] = engine_threads()
+            return {**common, **opts}
         if kind == "torch":
             return {**common, **self.torch.model_dump()}
         if kind == "tensorrt":

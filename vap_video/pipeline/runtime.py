@@ -36,6 +36,7 @@ from vap_video.pipeline import __version__
 from vap_video.pipeline.analytics import AnalyticsConfig, StreamAnalytics
 from vap_video.pipeline.batcher import DeadlineBatcher
 from vap_video.pipeline.config import ConfigError, redact_url
+from vap_video.pipeline.decode_plan import DecodePlan
 from vap_video.pipeline.dehaze import StreamDehazers, source_transform
 from vap_video.pipeline.events import make_event
 from vap_video.pipeline.frames import Detections, Frame
@@ -148,7 +149,8 @@ class Pipeline:
         rect = settings.model.rect and info.dynamic_hw
         self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
                                            rect) if settings.model.gpu_preprocess else \
-            BatchPreprocessor(info.input_hw, info.stride, rect=rect)
+            BatchPreprocessor(info.input_hw, info.stride, rect=rect,
+                              dtype=np.uint8 if info.input_dtype == "uint8" else np.float32)
         self._dehazers = StreamDehazers(self.metrics, info.input_hw)  # prep thread only
         self.postprocess = Postprocessor(info.names, settings.model.conf, settings.model.class_conf,
                                          settings.model.classes)
@@ -156,7 +158,10 @@ class Pipeline:
         for s in settings.streams:
             settings.stream_analytics(s).check_classes(self.names, where=f"streams.{s.name}.analytics: ")
         self.bus = EventBus([SinkRunner(build_sink(c), c.filter, self.metrics) for c in settings.sinks])
-        self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state)
+        # Decoders convert straight to the engine's letterbox size (one swscale pass) unless the
+        # frames go to the GPU whole, or a consumer of the pixels needs them (see _needs_full_frames).
+        self.decode_plan: DecodePlan | None = None if settings.model.gpu_preprocess else DecodePlan(info.input_hw)
+        self.supervisor = Supervisor(self._emit, self.metrics, on_state=self._on_state, plan=self.decode_plan)
         self.hooks: list[ResultHook] = []
         # Called with every published batch of events, on the publishing thread (post or a decoder's
         # state change): must be quick and thread-safe (the console's event feed is one).
@@ -220,6 +225,8 @@ class Pipeline:
                 raise ValueError(f"stream {cfg.name!r} already exists")
             self._streams[cfg.name] = _StreamEntry(cfg, incarnation=incarnation, first_up=first_up)
         self.batcher.add_stream(cfg.name, cfg.is_live, self.settings.queue_size_for(cfg))
+        if self.decode_plan is not None:
+            self.decode_plan.keep_full(cfg.name, self._needs_full_frames(cfg))
         try:
             self.supervisor.add(cfg)
         except Exception:
@@ -228,6 +235,14 @@ class Pipeline:
                 self._streams.pop(cfg.name, None)
             raise
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
+
+    def _needs_full_frames(self, cfg: StreamSettings) -> bool:
+        """True when something reads this stream's pixels at source resolution: snapshots (event
+        pictures and crops), annotated videos, the dehazing stage. The console asks for full
+        frames itself, only while someone watches (`DecodePlan.want_full`)."""
+        s = self.settings
+        annotated = s.annotate.enabled and (s.annotate.streams is None or cfg.name in s.annotate.streams)
+        return s.snapshots.enabled or annotated or s.stream_dehaze(cfg).enabled
 
     def remove_stream(self, name: str, timeout: float = 5.0, reason: str | None = None) -> None:
         """Stop a stream, release its decoder, close its tracks (track.end) and forget it. KeyError if unknown.
@@ -425,10 +440,16 @@ class Pipeline:
             t0 = time.perf_counter()
             if self._dehazers.streams():  # drop the dehaze state of removed streams, once per batch
                 self._dehazers.prune(set(self._current()))
-            images, transforms = self.preprocess([self._dehazed(f) for f in frames])
+            pictures = [self._dehazed(f) for f in frames]
+            if isinstance(self.preprocess, BatchPreprocessor):
+                images, transforms = self.preprocess(pictures, [f.src_hw for f in frames])
+            else:
+                images, transforms = self.preprocess(pictures)
             # dehazed frames were shrunk to the engine size first; a no-op for frames that were not
+            # (and for frames the decoder scaled: their transform already maps to source pixels)
             info_hw = self.backend.info.input_hw
-            transforms = [source_transform(lb, f.image, info_hw) for lb, f in zip(transforms, frames)]
+            transforms = [lb if f.scaled else source_transform(lb, f.image, info_hw)
+                          for lb, f in zip(transforms, frames)]
             self.metrics.stage_seconds.labels("preprocess").observe(time.perf_counter() - t0)
             if not self._put(self._q_infer, _Batch(frames, images, transforms)):
                 return

@@ -130,7 +130,7 @@ class Settings(Strict):
                                       description="Drain in-flight frames and flush sinks within this (at most 3600)")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Settings":
+    def _unique_names(self) -> Settings:
         seen: set[str] = set()
         for s in self.streams:
             if s.name in seen:

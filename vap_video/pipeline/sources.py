@@ -15,7 +15,13 @@ Design points, and why:
   a stopped stream may keep its decoder; the supervisor's watchdog covers reads that ignore it.
 - Corrupt packets are skipped and counted (`decode_errors`), not fatal: a camera that sends one
   broken GOP should not be reconnected. Only a long run of consecutive errors is.
-- Frames are decoded straight to `rgb24` (the engine contract is RGB) with frame threading on.
+- Frames are decoded straight to `rgb24` (the engine contract is RGB), and when the runtime
+  hands over a `DecodePlan`, straight to the engine's letterbox size in the same swscale pass.
+  A `FrameStride` (the `max_fps` cap) is applied before that conversion, so dropped frames cost
+  only their decode; `keyframes_only` makes the decoder skip every other frame entirely.
+- Threading: files (and inputs configured `live: false`) decode with FFmpeg's frame threading,
+  which raises throughput but holds back a few frames; live inputs use slice threading only,
+  which adds no delay (see benchmarks/pipeline.md for the measurements behind this).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from vap_video.pipeline.config import SYNTHETIC_DEFAULTS, SYNTHETIC_PARAMS, StreamConfig, parse_synthetic, redact_url
+from vap_video.pipeline.decode_plan import DecodePlan, FrameStride, convert
 from vap_video.pipeline.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -151,7 +158,13 @@ class Source(ABC):
     Subclasses keep `decode_errors` (damaged packets/frames skipped so far) and `blocked_since`
     (monotonic start of the blocking call now in progress, None otherwise) up to date: the
     supervisor reads both, the first for metrics, the second to detect a read that hangs.
+
+    The supervisor may set `plan` (decode straight to the engine size) and, where
+    `strides_early` is true, `stride` (the `max_fps` cap, applied before conversion) before
+    calling `frames()`; a source without them yields full frames and leaves the cap to the caller.
     """
+
+    strides_early = False
 
     def __init__(self, cfg: StreamConfig) -> None:
         self.cfg = cfg
@@ -161,6 +174,8 @@ class Source(ABC):
         # unreadable): the supervisor reports the file as truncated instead of "end of file".
         self.truncated: str | None = None
         self.blocked_since: float | None = None
+        self.plan: DecodePlan | None = None
+        self.stride: FrameStride | None = None
         self._interrupt = threading.Event()
 
     @property
@@ -197,6 +212,8 @@ class Source(ABC):
 class AVSource(Source):
     """RTSP, HTTP(S)/HLS, local files and V4L2 devices, all through PyAV/FFmpeg."""
 
+    strides_early = True
+
     def __init__(self, cfg: StreamConfig) -> None:
         super().__init__(cfg)
         self.kind = cfg.kind
@@ -212,6 +229,13 @@ class AVSource(Source):
         """True for inputs whose end or breakage means 'reconnect' (cameras, live HTTP/HLS);
         false for local files and inputs configured live=False, which end instead."""
         return self.kind != "file" and self.cfg.is_live
+
+    @property
+    def thread_type(self) -> str:
+        """FFmpeg decoder threading: frame threading decodes several frames at once (throughput)
+        but holds each back by about one frame per thread; right for files, wrong for a camera
+        whose latency we bound, which gets slice threading (no delay)."""
+        return "SLICE" if self._live_semantics else "AUTO"
 
     def _resolve(self) -> tuple[str, str | None, dict[str, str]]:
         """URL, FFmpeg input format and options for this kind of source."""
@@ -245,13 +269,14 @@ class AVSource(Source):
         try:
             container = av.open(self._target, mode="r", format=self._format, options=self._options,
                                 timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s))
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified SourceError
+        except Exception as exc:  # every failure becomes a classified SourceError
+            failure: BaseException = exc
             waited = time.monotonic() - (self.blocked_since or time.monotonic())
             if waited >= 0.95 * self.cfg.open_timeout_s and self.kind != "file":
                 # FFmpeg reports an interrupted RTSP/HTTP handshake as "invalid data"; the clock
                 # says what really happened.
-                exc = TimeoutError()
-            e = classify_error(exc, self.cfg.url, "open", self.cfg.open_timeout_s)
+                failure = TimeoutError()
+            e = classify_error(failure, self.cfg.url, "open", self.cfg.open_timeout_s)
             if self.kind in ("rtsp", "http"):
                 e = _refine_network_error(e, self.cfg.url)
             raise e from None
@@ -261,7 +286,9 @@ class AVSource(Source):
             container.close()
             raise SourceError("unsupported", f"{self.redacted_url}: has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = self.thread_type
+        if self.cfg.keyframes_only:
+            stream.codec_context.skip_frame = "NONKEY"  # the decoder drops every other frame unread
         self._container, self._stream = container, stream
 
     def close(self) -> None:
@@ -270,7 +297,7 @@ class AVSource(Source):
         if container is not None:
             try:
                 container.close()
-            except Exception as exc:  # noqa: BLE001 - closing must never raise
+            except Exception as exc:
                 log.debug("stream %s: error while closing: %s", self.cfg.name, type(exc).__name__)
 
     def frames(self) -> Iterator[Frame]:
@@ -296,8 +323,10 @@ class AVSource(Source):
 
     def _decode_until_eof(self, count_start: int) -> Iterator[Frame]:
         import av
+        from av.video.reformatter import VideoReformatter
 
         container, stream = self._container, self._stream
+        reformatter = VideoReformatter()  # keeps its swscale context from frame to frame (see convert)
         name = self.cfg.name
         self._decoded = count_start
         self._last_pts = None
@@ -345,18 +374,22 @@ class AVSource(Source):
                             if not 0.0 <= offset <= 3600.0:  # timestamps jumped: restart the clock
                                 start_wall, first_pts, n0, offset = time.monotonic(), pts, self._decoded, 0.0
                             self._pace(start_wall, offset)
-                        image = vf.to_ndarray(format="rgb24")
-                        frame = Frame(name, self._decoded, pts, time.time(), image)
-                        self._decoded += 1
                         if pts is not None and self._last_pts is not None and pts < self._last_pts:
                             self._pts_restarted = True  # concatenated segments: durations are meaningless
                         self._last_pts = pts
+                        if self.stride is not None and not self.stride.keep(pts):
+                            continue  # decoded (later frames need it), never converted
+                        src_hw = (vf.height, vf.width)
+                        target = self.plan.target(name, *src_hw) if self.plan is not None else None
+                        frame = Frame(name, self._decoded, pts, time.time(), convert(vf, target, reformatter),
+                                      src_hw if target is not None else None)
+                        self._decoded += 1
                         yield frame
                         if self._interrupt.is_set():
                             return
             except SourceError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 e = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
                 if e.kind != "corrupt":
                     raise e from None
@@ -407,6 +440,7 @@ class SyntheticSource(Source):
 
     PARAMS = SYNTHETIC_PARAMS
     DEFAULTS = SYNTHETIC_DEFAULTS
+    strides_early = True
 
     def __init__(self, cfg: StreamConfig) -> None:
         super().__init__(cfg)
@@ -448,6 +482,9 @@ class SyntheticSource(Source):
             while (total == 0 or i < total) and not self._interrupt.is_set():
                 if paced:
                     self._pace(start_wall, i / fps)
+                if self.stride is not None and not self.stride.keep(i / fps):
+                    i += 1
+                    continue  # a frame the max_fps cap drops is never rendered
                 rgb, _gt = self._scene.frame(i)
                 yield Frame(self.cfg.name, emitted, i / fps, time.time(), rgb)
                 emitted += 1

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from vap_video.pipeline.config import StreamConfig, redact_url, source_kind
 from vap_video.pipeline.frames import Frame
 from vap_video.pipeline.metrics import Metrics
+from vap_video.pipeline.decode_plan import DecodePlan, FrameStride
 from vap_video.pipeline.sources import Source, SourceError, classify_error, open_source
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,10 @@ class StreamWorker:
 
     def __init__(self, cfg: StreamConfig, emit: EmitFn, metrics: Metrics,
                  on_state: StateFn | None = None, *, stable_reset_s: float = STABLE_RESET_S,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, plan: DecodePlan | None = None) -> None:
         source_kind(cfg.url)  # ValueError naming the supported forms, before any thread starts
         self.cfg = cfg
+        self._plan = plan  # decode straight to the engine size (None: full frames)
         self.name = cfg.name
         self._emit = emit
         self._metrics = metrics
@@ -337,19 +339,27 @@ class StreamWorker:
                 self._source = src
             if self._stop.is_set():
                 return "stopped", None, 0.0
+            src.plan = self._plan
+            # The max_fps cap: sources that can apply it before converting the picture do so
+            # (a dropped frame is never converted); for the others it is applied here.
+            stride = FrameStride(self.cfg.max_fps)
+            early = src.strides_early and stride.period > 0
+            if early:
+                src.stride = stride
             src.open()
             # The gap across a reconnect is an outage, not a frame interval: keep it out of the EMA.
             self._last_arrival = None
-            period = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
-            next_due: float | None = None
-            last_t: float | None = None
             session_frames = 0
+            early_drops = 0
             for frame in src.frames():
                 if not self._current(gen):
                     return "stopped", None, 0.0
                 session_frames += 1
                 now = time.monotonic()
                 previous, limit = self._last_arrival, self._stall_limit()  # before this gap moves the EMA
+                if early and stride.dropped != early_drops:
+                    self._count_stride_drops(stride.dropped - early_drops)
+                    early_drops = stride.dropped
                 self._observe_arrival(now)
                 if src.decode_errors != reported_errors:
                     self._add_decode_errors(src.decode_errors - reported_errors)
@@ -367,18 +377,10 @@ class StreamWorker:
                     self._set_state("streaming", f"first frame {w}x{h}", gen)
                     if streaming_since is None:
                         streaming_since = now
-                if period:
-                    # Stride on the stream's own clock (pts) when it has one, else wall time, so a
-                    # file read faster than real time keeps the same frames a camera would give.
-                    t = frame.pts if frame.pts is not None else now
-                    if last_t is not None and t < last_t:
-                        next_due = None  # timestamps restarted (loop, reconnect)
-                    last_t = t
-                    if next_due is not None and t < next_due - 1e-6:
-                        self.drops += 1
-                        self._m_stride.inc()
-                        continue
-                    next_due = t + period if next_due is None or t - next_due > period else next_due + period
+                if not early and not stride.keep(frame.pts):
+                    self.drops += 1
+                    self._m_stride.inc()
+                    continue
                 frame.index = self.frames
                 self.frames += 1
                 self._in_emit = True
@@ -393,6 +395,8 @@ class StreamWorker:
             if src.decode_errors != reported_errors:
                 self._add_decode_errors(src.decode_errors - reported_errors)
                 reported_errors = src.decode_errors
+            if early and stride.dropped != early_drops:
+                self._count_stride_drops(stride.dropped - early_drops)
             if not self._current(gen):
                 return "stopped", None, 0.0
             if session_frames == 0 and self.cfg.kind == "file":
@@ -436,6 +440,13 @@ class StreamWorker:
         if self._recover_since is None or previous is None or now - previous > limit:
             self._recover_since = now
         return now - self._recover_since >= self.cfg.stall_recover_s
+
+    def _count_stride_drops(self, n: int) -> None:
+        """Frames the source dropped for max_fps before converting them: decoded, and dropped."""
+        self.drops += n
+        self._m_stride.inc(n)
+        self.decoded += n
+        self._m_decoded.inc(n)
 
     def _add_decode_errors(self, n: int) -> None:
         self.decode_errors += n
@@ -541,8 +552,10 @@ class Supervisor:
     """Owns every StreamWorker and the single watchdog thread; streams can come and go at runtime."""
 
     def __init__(self, emit: EmitFn, metrics: Metrics, on_state: StateFn | None = None, *,
-                 watchdog_period_s: float = WATCHDOG_PERIOD_S, stable_reset_s: float = STABLE_RESET_S) -> None:
+                 watchdog_period_s: float = WATCHDOG_PERIOD_S, stable_reset_s: float = STABLE_RESET_S,
+                 plan: DecodePlan | None = None) -> None:
         self._emit = emit
+        self.plan = plan
         self._metrics = metrics
         self._on_state = on_state
         self._period = watchdog_period_s
@@ -557,7 +570,8 @@ class Supervisor:
         with self._lock:
             if cfg.name in self._workers:
                 raise ValueError(f"stream {cfg.name!r} already exists: remove it first or pick another name")
-            worker = StreamWorker(cfg, self._emit, self._metrics, self._on_state, stable_reset_s=self._stable_reset_s)
+            worker = StreamWorker(cfg, self._emit, self._metrics, self._on_state, stable_reset_s=self._stable_reset_s,
+                                  plan=self.plan)
             self._workers[cfg.name] = worker
             if self._closing.is_set():  # added again after stop_all(): let the old watchdog end first
                 if self._watchdog is not None and self._watchdog is not threading.current_thread():

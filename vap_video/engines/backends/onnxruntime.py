@@ -9,6 +9,7 @@ default path), and is measured by `vap bench --engine-only` on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from vap_video.engines.backends.base import Backend
 from vap_video.engines.contract import ModelContractError, resolve_info
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Graph input types a vap engine may have: float 0..1, or bytes it normalises itself (--uint8-input)
+_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
 def provider_names(providers: Sequence[str | dict[str, Any]]) -> list[str]:
@@ -79,13 +82,17 @@ class OrtBackend(Backend):
             raise ModelContractError(
                 f"{path}: model has {len(inputs)} inputs ({[i.name for i in inputs]}); a vap engine has one, "
                 "images [B, 3, H, W]")
-        if inputs[0].type != "tensor(float)":
-            raise ModelContractError(f"{path}: input type is {inputs[0].type}; the contract is float32")
+        if inputs[0].type not in _INPUT_TYPES:
+            raise ModelContractError(f"{path}: input type is {inputs[0].type}; the contract is float32 (0..1), "
+                                     "or uint8 (0..255) for a model exported with --uint8-input")
+        self._dtype = _INPUT_TYPES[inputs[0].type]
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.info = resolve_info(meta, list(inputs[0].shape), list(outputs[0].shape), str(path), class_names,
                                  probe=self._probe)
+        if self._dtype == np.uint8:
+            self.info = dataclasses.replace(self.info, input_dtype="uint8")
         self.providers = self.session.get_providers()
         wanted = provider_names(providers)[0]
         if self.providers[:1] != [wanted]:
@@ -102,10 +109,12 @@ class OrtBackend(Backend):
 
     def _probe(self, batch: int, hw: tuple[int, int]) -> tuple[int, ...]:
         """Output shape of one blank batch: what symbolic output dims really are (at load only)."""
-        blank = np.full((batch, 3, *hw), 114 / 255, dtype=np.float32)
+        blank = np.full((batch, 3, *hw), 114 if self._dtype == np.uint8 else 114 / 255, dtype=self._dtype)
         return tuple(self.session.run([self.output_name], {self.input_name: blank})[0].shape)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
+        if images.dtype != self._dtype:
+            raise ValueError(f"this engine takes {np.dtype(self._dtype).name} images, got {images.dtype}")
         if self._binding is None:
             return self.session.run([self.output_name], {self.input_name: images})[0]
         import onnxruntime as ort
@@ -113,7 +122,7 @@ class OrtBackend(Backend):
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        x = np.ascontiguousarray(images, dtype=np.float32)
+        x = np.ascontiguousarray(images)
         if self.device == "cpu":
             binding.bind_cpu_input(self.input_name, x)
         else:

@@ -45,8 +45,10 @@ def engine_only(model: Path, batch_sizes: list[int], seconds: float) -> dict[int
     out = {}
     for b in batch_sizes:
         x = np.random.default_rng(0).random((b, 3, h, w), dtype=np.float32)
+        if be.info.input_dtype == "uint8":
+            x = (x * 255).astype(np.uint8)
         be.infer(x)  # warm-up
-        times = []
+        times: list[float] = []
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end or len(times) < 3:
             t0 = time.perf_counter()
@@ -144,9 +146,10 @@ def run_bench(model: Path | None, out_dir: Path, quick: bool = False, soak_s: fl
     frames_per_clip = 30 if quick else 100
     stream_counts = [1, 4] if quick else [1, 4, 16]
     max_batch = 8
-    result: dict[str, Any] = {"machine": machine(), "model": str(model), "quick": quick,
-                              "command": "vap " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vap") else "vap bench"}
-    print(f"bench: model {model.name}, machine {result['machine']['cpu']} x{result['machine']['cores']}", file=sys.stderr)
+    command = "vap " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vap") else "vap bench"
+    result: dict[str, Any] = {"machine": machine(), "model": str(model), "quick": quick, "command": command}
+    host = result["machine"]
+    print(f"bench: model {model.name}, machine {host['cpu']} x{host['cores']}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="vap-bench-") as td:
         tmp = Path(td)
         clips = [write_video(tmp / f"clip{i}.mp4", seed=10 + i, frames=frames_per_clip, width=HD[0], height=HD[1],

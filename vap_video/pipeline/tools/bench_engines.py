@@ -54,7 +54,8 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None,
     if int8 and int8.is_file():
         runs.append(Variant("onnxruntime-cpu-int8", int8, "onnxruntime", "int8"))
     else:
-        skipped.append({"variant": "onnxruntime-cpu-int8", "why": f"no INT8 model at {int8} (make one with vap quantize)"})
+        skipped.append({"variant": "onnxruntime-cpu-int8",
+                        "why": f"no INT8 model at {int8} (make one with vap quantize)"})
     cuda = _cuda()
     if checkpoint and checkpoint.is_file():
         if importlib.util.find_spec("torch") is not None:
@@ -78,7 +79,8 @@ def variants(model: Path, checkpoint: Path | None, int8: Path | None,
     if importlib.util.find_spec("tensorrt") is not None:
         runs.append(Variant("tensorrt-fp16", model, "tensorrt", "fp16",   # profiles cover every measured batch
                             {"precision": "fp16", "build_missing": True,
-                             "batch_profiles": [[min(batches), min(max(8, min(batches)), max(batches)), max(batches)]]}))
+                             "batch_profiles": [[min(batches), min(max(8, min(batches)), max(batches)),
+                                                 max(batches)]]}))
     else:
         skipped.append({"variant": "tensorrt", "why": "TensorRT not installed"})
     return runs, skipped
@@ -130,7 +132,7 @@ def run_engine_bench(model: Path, out_dir: Path, batches: list[int], seconds: fl
     for v in runs:
         try:
             loaded[v.name] = (v, load_backend(v.path, v.kind, **v.options))
-        except Exception as exc:   # noqa: BLE001 - one variant failing must not lose the others' results
+        except Exception as exc:
             skipped.append({"variant": v.name, "why": f"{type(exc).__name__}: {exc}"})
     if not loaded:  # nothing to measure: say why each variant could not load (not a min() of nothing)
         from vap_video.engines.contract import ModelContractError
