@@ -716,7 +716,7 @@ def test_missing_cuda_bindings_and_gpu_are_clear_errors(monkeypatch):
 
     if any(importlib.util.find_spec(m) for m in ("pycuda", "cuda")):
         pytest.skip("a CUDA binding is installed here; this checks the message without one")
-    with pytest.raises(ModelContractError, match="needs pycuda or cuda-python.*pip install 'vap\\[tensorrt\\]'"):
+    with pytest.raises(ModelContractError, match="needs pycuda or cuda-python.*pip install 'vap-video\\[tensorrt\\]'"):
         C.cuda_ops("auto")
     monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi either
     with pytest.raises(ModelContractError, match="cannot find CUDA GPU 0"):
