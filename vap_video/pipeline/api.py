@@ -360,7 +360,7 @@ class _Handler(JsonHandler):
     def _asset(self, name: str) -> None:
         if name not in _ASSETS:
             raise ApiError(404, f"no console file {name!r}")
-        data = resources.files("pipeline").joinpath("static", name).read_bytes()
+        data = resources.files("vap_video.pipeline").joinpath("static", name).read_bytes()
         self._send(200, data, _ASSETS[name], headers={
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
                                        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",

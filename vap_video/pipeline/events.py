@@ -89,5 +89,5 @@ def make_event(event_type: str, stream: str, ts: float, **fields: Any) -> dict[s
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema of `vap.event/1`, shipped inside the package."""
-    text = resources.files("pipeline").joinpath("schemas/event.schema.json").read_text("utf-8")
+    text = resources.files("vap_video.pipeline").joinpath("schemas/event.schema.json").read_text("utf-8")
     return json.loads(text)
