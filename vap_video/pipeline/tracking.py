@@ -28,6 +28,12 @@ Written from the paper, not from any implementation. The ideas that matter:
 
 Ids are int64, start at 1, are never reused within one tracker (one tracker per stream), and
 only confirmed tracks are ever reported, so no event can carry a tentative id.
+
+Why one module of ~440 lines: `ByteTracker`'s steps (clean, predict, associate, correct, report,
+births) all read and write the same stacked state arrays; split across modules they would pass
+that state around or reach into each other's privates. The parts that stand alone already live
+apart: the Kalman filter (`tracking_kalman`), assignment and IoU variants (`tracking_match`), and
+the settings (`tracking_config`).
 """
 
 from __future__ import annotations
@@ -216,16 +222,36 @@ class ByteTracker:
             self._mean[row], self._cov[row] = mean[0], cov[0]
 
     def update(self, dets: Detections, t: float) -> Tracks:
-        """Advance to stream time `t` (seconds) with this frame's detections (may be empty)."""
-        cfg = self.cfg
+        """Advance to stream time `t` (seconds) with this frame's detections (may be empty).
+
+        One frame is five steps, each its own method: clean the detections, predict every track
+        to now, associate in stages, correct the matched tracks, then report, prune and give
+        births. The order is the algorithm: births come last so a new track never takes a box an
+        existing one could have had."""
+        now, dt, cadence = self._advance_clock(t)
+        d = self._clean(dets)
+        frame = _Frame(d, to_measurement(d.boxes, self.cfg.motion), self._predict(dt, cadence), len(self._ids))
+        if len(frame.det_free) and len(self._ids):
+            frame.iou = iou_matrix(frame.pred_boxes, d.boxes)
+            frame.track_cls = self._cls_score.argmax(axis=1).astype(np.int32)
+        self._associate(frame, now)
+        missed = self._correct(frame, now)
+        result = self._report_and_prune(frame, missed, now)
+        return self._births(frame, result, now)
+
+    def _advance_clock(self, t: float) -> tuple[float, float, float]:
+        """(now, dt since the last update, the usual interval between updates)."""
         now = self._clock(t)
         dt = 0.0 if self._t_last is None else now - self._t_last
-        cadence = self._last_dt if self._last_dt > 0 else dt  # the usual interval between updates
+        cadence = self._last_dt if self._last_dt > 0 else dt
         if dt > 0:
             self._last_dt = dt
         self._t_last = now
+        return now, dt, cadence
 
-        # -- clean the detections ---------------------------------------------------------------
+    def _clean(self, dets: Detections) -> Detections:
+        """The detections the tracker can use: finite, non-empty boxes above `low_thresh`."""
+        cfg = self.cfg
         boxes = np.asarray(dets.boxes, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(dets.scores, dtype=np.float32).reshape(-1)
         classes = np.asarray(dets.class_ids).reshape(-1).astype(np.int32, copy=False)
@@ -239,13 +265,14 @@ class ByteTracker:
             d = dedup_detections(d, cfg.dedup_iou)
         if len(d):
             self._grow_classes(int(d.class_ids.max()))
-        meas_all = to_measurement(d.boxes, cfg.motion)
+        return d
 
-        # -- predict every track to now ---------------------------------------------------------
+    def _predict(self, dt: float, cadence: float) -> np.ndarray:
+        """Move every track to now; returns the predicted boxes."""
         if self._lost.any():
             # a coasting box should not keep shrinking or growing: freeze its size velocity
             self._mean[self._lost, 7] = 0.0
-            if cfg.motion == "xywh":
+            if self.cfg.motion == "xywh":
                 self._mean[self._lost, 6] = 0.0
         size_before = self._mean[:, 2:4].copy()
         size_step = self._mean[:, 6:8] * min(dt, cadence)
@@ -258,98 +285,93 @@ class ByteTracker:
             if dt > cadence:
                 self._mean[:, 2:4] = size_before + size_step
             np.clip(self._mean[:, 2:4], 0.5 * size_before, 2.0 * size_before, out=self._mean[:, 2:4])
-        pred_boxes = to_boxes(self._mean, cfg.motion)
+        return to_boxes(self._mean, self.cfg.motion)
 
-        n = len(self._ids)
-        track_det = np.full((n,), -1, np.intp)  # matched detection row per track
-        track_cls = self._cls_score.argmax(axis=1).astype(np.int32) if n else np.zeros((0,), np.int32)
-
-        # one IoU matrix of every track against every detection; each stage takes its block of it
-        iou_all = iou_matrix(pred_boxes, d.boxes) if n and len(d) else None
-
-        def cost_for(tr: np.ndarray, dr: np.ndarray, fuse: bool, gate: float) -> tuple[np.ndarray, np.ndarray]:
-            """Cost (1 - similarity) and the validity mask (similarity >= gate) of tracks x dets."""
-            assert iou_all is not None  # callers only ask for non-empty blocks
-            iou = iou_all[tr[:, None], dr[None, :]]
-            sim = iou * d.scores[dr][None, :] if fuse else iou
-            if cfg.per_class:
-                sim = np.where(track_cls[tr][:, None] == d.class_ids[dr][None, :], sim, 0.0)
-            return 1.0 - sim, sim >= gate
-
-        det_free = np.ones(len(d), bool)
-
-        def match(tracks: np.ndarray, dets_mask: np.ndarray, fuse: bool, gate: float, momentum: bool = False) -> None:
-            """One association stage: still-unmatched `tracks` against still-free detections."""
-            tr = tracks[track_det[tracks] < 0]
-            dr = np.flatnonzero(dets_mask & det_free)
-            if not len(tr) or not len(dr):
-                return
-            cost, valid = cost_for(tr, dr, fuse, gate)
-            if momentum and cfg.oc_direction_weight > 0:
-                cost = cost - cfg.oc_direction_weight * self._direction_bonus(tr, meas_all[dr], d.scores[dr])
-            r, c = assign(cost, valid, 1.0 - gate)
-            track_det[tr[r]] = dr[c]
-            det_free[dr[c]] = False
-
+    def _associate(self, f: _Frame, now: float) -> None:
+        """The association stages, in the order that gives each box to the track most likely its own."""
+        cfg = self.cfg
         confirmed, tentative = np.flatnonzero(self._confirmed), np.flatnonzero(~self._confirmed)
-        is_high = d.scores >= cfg.high_thresh
+        is_high = f.d.scores >= cfg.high_thresh
         # stage 1: confirmed tracks (tracked + lost) vs high-score detections, score-fused IoU
-        match(confirmed, is_high, cfg.fuse_score, cfg.match_iou_high, momentum=True)
+        self._match(f, confirmed, is_high, cfg.fuse_score, cfg.match_iou_high, momentum=True)
         # stage 2: every confirmed track still unmatched (tracked or lost) vs the low-score
         # detections, plain IoU with the strict gate. Lost tracks take part: an object coming out
         # from behind another is half hidden and scores low for a while, and waiting for a high
         # score until the ttl runs out is where the paper's variant loses identities in crowds.
-        match(confirmed, ~is_high, False, cfg.match_iou_low)
+        self._match(f, confirmed, ~is_high, False, cfg.match_iou_low)
         # stage 1b: lost tracks still unmatched vs the high-score detections left, buffered IoU that
         # widens with the time lost: the prediction of an object hidden for a while has drifted
         if cfg.lost_buffer_rate > 0:
-            lost = np.flatnonzero(self._confirmed & self._lost & (track_det < 0))
-            dr = np.flatnonzero(is_high & det_free)
+            lost = np.flatnonzero(self._confirmed & self._lost & (f.track_det < 0))
+            dr = np.flatnonzero(is_high & f.det_free)
             if len(lost) and len(dr):
                 buf = np.minimum(cfg.lost_buffer_rate * (now - self._last_seen[lost]), cfg.lost_buffer_max)
-                sim = buffered_iou(pred_boxes[lost], d.boxes[dr], buf)
+                sim = buffered_iou(f.pred_boxes[lost], f.d.boxes[dr], buf)
                 r, c = assign(1.0 - sim, sim >= cfg.match_biou_lost, 1.0 - cfg.match_biou_lost)
-                track_det[lost[r]] = dr[c]
-                det_free[dr[c]] = False
+                f.pair(lost[r], dr[c])
         # stage 3: tentative tracks vs high-score detections nobody took
-        match(tentative, is_high, False, cfg.match_iou_tentative)
+        self._match(f, tentative, is_high, False, cfg.match_iou_tentative)
         # stage 3b: tentative tracks still unmatched vs low-score detections nobody took (the strict
         # stage-2 gate): a new object partly hidden in its second frame is confirmed, not restarted
         if cfg.tentative_low:
-            match(tentative, ~is_high, False, cfg.match_iou_low)
+            self._match(f, tentative, ~is_high, False, cfg.match_iou_low)
 
-        # -- correct matched tracks -------------------------------------------------------------
-        matched = np.flatnonzero(track_det >= 0)
+    def _match(self, f: _Frame, tracks: np.ndarray, dets_mask: np.ndarray, fuse: bool, gate: float,
+               momentum: bool = False) -> None:
+        """One IoU stage: still-unmatched `tracks` against still-free detections in `dets_mask`."""
+        cfg = self.cfg
+        tr = tracks[f.track_det[tracks] < 0]
+        dr = np.flatnonzero(dets_mask & f.det_free)
+        if not len(tr) or not len(dr):
+            return
+        assert f.iou is not None  # both sides are non-empty, so the matrix was built
+        iou = f.iou[tr[:, None], dr[None, :]]
+        sim = iou * f.d.scores[dr][None, :] if fuse else iou
+        if cfg.per_class:
+            sim = np.where(f.track_cls[tr][:, None] == f.d.class_ids[dr][None, :], sim, 0.0)
+        cost = 1.0 - sim
+        if momentum and cfg.oc_direction_weight > 0:
+            cost = cost - cfg.oc_direction_weight * self._direction_bonus(tr, f.meas[dr], f.d.scores[dr])
+        r, c = assign(cost, sim >= gate, 1.0 - gate)
+        f.pair(tr[r], dr[c])
+
+    def _correct(self, f: _Frame, now: float) -> np.ndarray:
+        """Kalman-correct the matched tracks, mark the missed ones; returns the missed mask."""
+        cfg = self.cfg
+        matched = np.flatnonzero(f.track_det >= 0)
         if len(matched):
-            rows = track_det[matched]
-            z = meas_all[rows]
-            self._mean[matched], self._cov[matched] = self._kf.update(
-                self._mean[matched], self._cov[matched], z)
+            rows = f.track_det[matched]
+            z = f.meas[rows]
+            self._mean[matched], self._cov[matched] = self._kf.update(self._mean[matched], self._cov[matched], z)
             if cfg.oc_reupdate:
                 refound = matched[self._lost[matched]]
                 if len(refound):
                     self._reupdate(refound, z[self._lost[matched]], now)
-            self._cls_score[matched, d.class_ids[rows]] += d.scores[rows]
+            self._cls_score[matched, f.d.class_ids[rows]] += f.d.scores[rows]
             self._hits[matched] += 1
             self._last_seen[matched] = now
             self._lost[matched] = False
             if cfg.oc_reupdate or cfg.oc_direction_weight > 0:  # state only the OC-SORT options read
                 self._observe(matched, z, now)
-        missed = track_det < 0
+        missed = f.track_det < 0
         self._hits[missed] = 0
         self._lost[missed & self._confirmed] = True
+        self._confirm(~self._confirmed & (self._hits >= cfg.min_hits))
+        return missed
 
-        # confirmation: ids are handed out only here, so tentative tracks never consume an id
-        promote = ~self._confirmed & (self._hits >= cfg.min_hits)
-        if promote.any():
-            k = int(np.count_nonzero(promote))
-            self._ids[promote] = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
+    def _confirm(self, rows: np.ndarray) -> None:
+        """Hand out ids (the only place they are): a tentative track never consumes one."""
+        k = int(np.count_nonzero(rows)) if rows.dtype == bool else len(rows)
+        if k:
+            self._ids[rows] = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
             self._next_id += k
-            self._confirmed[promote] = True
+            self._confirmed[rows] = True
 
-        # -- report, then prune ------------------------------------------------------------------
-        out_rows = np.flatnonzero(self._confirmed & (track_det >= 0))
-        det_rows = track_det[out_rows]
+    def _report_and_prune(self, f: _Frame, missed: np.ndarray, now: float) -> Tracks:
+        """The confirmed tracks matched in this frame; then drop expired and failed tracks."""
+        cfg = self.cfg
+        out_rows = np.flatnonzero(self._confirmed & (f.track_det >= 0))
+        det_rows = f.track_det[out_rows]
         out_cls = self._cls_score[out_rows].argmax(axis=1).astype(np.int32) if len(out_rows) else \
             np.zeros((0,), np.int32)
         ttl = np.clip(cfg.lost_ttl_ratio * (self._last_seen - self._born), cfg.lost_ttl_s,
@@ -357,20 +379,23 @@ class ByteTracker:
         # a track seen in one frame only (confirmed at birth, never matched again) earned nothing
         ttl = np.where(self._last_seen > self._born, ttl, cfg.lost_ttl_once_s)
         expired = self._confirmed & self._lost & (now - self._last_seen > ttl)
-        ended = self._ids[expired].copy()
-        drop = expired | (~self._confirmed & missed)
         result = Tracks(
             ids=self._ids[out_rows].copy(),
-            boxes=d.boxes[det_rows].astype(np.float32, copy=True),
-            scores=d.scores[det_rows].astype(np.float32, copy=True),
+            boxes=f.d.boxes[det_rows].astype(np.float32, copy=True),
+            scores=f.d.scores[det_rows].astype(np.float32, copy=True),
             class_ids=out_cls,
-            ended=ended,
+            ended=self._ids[expired].copy(),
         )
+        drop = expired | (~self._confirmed & missed)
         if drop.any():
             self._keep(~drop)
+        return result
 
-        # -- new tentative tracks from unclaimed confident detections ----------------------------
-        new = np.flatnonzero(det_free & (d.scores >= cfg.new_track_thresh))
+    def _births(self, f: _Frame, result: Tracks, now: float) -> Tracks:
+        """New tracks from unclaimed confident detections; with `min_hits` 1 they are reported now."""
+        cfg = self.cfg
+        d = f.d
+        new = np.flatnonzero(f.det_free & (d.scores >= cfg.new_track_thresh))
         open_thresh = max(cfg.new_track_open_thresh, cfg.new_track_thresh)
         weak = d.scores[new] < open_thresh
         if weak.any():
@@ -380,19 +405,43 @@ class ByteTracker:
             keep = np.ones(len(new), bool)
             keep[np.flatnonzero(weak)] = cover > cfg.new_track_cover
             new = new[keep]
-        if len(new):
-            self._append(meas_all[new], d.scores[new], d.class_ids[new], now)
-            if cfg.min_hits <= 1:
-                # confirmed at birth: report them in this very frame
-                fresh = np.arange(len(self._ids) - len(new), len(self._ids))
-                self._ids[fresh] = np.arange(self._next_id, self._next_id + len(new), dtype=np.int64)
-                self._next_id += len(new)
-                self._confirmed[fresh] = True
-                result = Tracks(
-                    ids=np.concatenate([result.ids, self._ids[fresh]]),
-                    boxes=np.concatenate([result.boxes, d.boxes[new].astype(np.float32)]),
-                    scores=np.concatenate([result.scores, d.scores[new].astype(np.float32)]),
-                    class_ids=np.concatenate([result.class_ids, d.class_ids[new].astype(np.int32)]),
-                    ended=result.ended,
-                )
-        return result
+        if not len(new):
+            return result
+        self._append(f.meas[new], d.scores[new], d.class_ids[new], now)
+        if cfg.min_hits > 1:
+            return result
+        fresh = np.arange(len(self._ids) - len(new), len(self._ids))
+        self._confirm(fresh)
+        return Tracks(
+            ids=np.concatenate([result.ids, self._ids[fresh]]),
+            boxes=np.concatenate([result.boxes, d.boxes[new].astype(np.float32)]),
+            scores=np.concatenate([result.scores, d.scores[new].astype(np.float32)]),
+            class_ids=np.concatenate([result.class_ids, d.class_ids[new].astype(np.int32)]),
+            ended=result.ended,
+        )
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One update's working state: the cleaned detections and who has been paired with whom.
+
+    `track_det[i]` is the detection row track `i` took (-1: none yet); `det_free[j]` says whether
+    detection `j` is still unclaimed. `iou` is every track against every detection, computed once;
+    each stage reads its block of it."""
+
+    d: Detections
+    meas: np.ndarray
+    pred_boxes: np.ndarray
+    n_tracks: int
+    iou: np.ndarray | None = None
+    track_cls: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    track_det: np.ndarray = field(init=False)
+    det_free: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.track_det = np.full((self.n_tracks,), -1, np.intp)
+        self.det_free = np.ones(len(self.d), bool)
+
+    def pair(self, tracks: np.ndarray, dets: np.ndarray) -> None:
+        self.track_det[tracks] = dets
+        self.det_free[dets] = False
