@@ -247,7 +247,7 @@ def test_long_outage_recovers_in_seconds_through_cheap_probes(servers, rig, monk
     probe_interval_s while it waits, and opens the stream as soon as the port answers again. The
     full opens stay spaced by the backoff (counted below). Jitter is taken out so that the old
     behaviour (no probe: wait the full 15 s) fails for certain."""
-    from vap_video.pipeline import supervisor as sup_mod
+    from vap_video.pipeline import stream_reader as sup_mod
 
     def ceiling(attempt: int, initial: float, cap: float, rng=None) -> float:
         return min(cap, initial * 2.0 ** attempt)
@@ -278,7 +278,7 @@ def test_probes_do_not_hammer_a_camera_that_answers_but_fails(rig, monkeypatch) 
     open times out) answers every probe: it must keep its backoff, not get a full open per probe."""
     import socket as socket_mod
 
-    from vap_video.pipeline import supervisor as sup_mod
+    from vap_video.pipeline import stream_reader as sup_mod
 
     monkeypatch.setattr(sup_mod, "backoff_delay",
                         lambda attempt, initial, cap, rng=None: min(cap, initial * 2.0 ** attempt))

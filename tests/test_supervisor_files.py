@@ -1,4 +1,4 @@
-"""Supervisor and StreamWorker: state machine, backpressure, stride, damage, stop, isolation, watchdog."""
+"""Supervisor and StreamReader: state machine, backpressure, stride, damage, stop, isolation, watchdog."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vap_video.pipeline import supervisor as sup_mod
+from vap_video.pipeline import stream_reader as sup_mod
 from vap_video.pipeline.config import StreamConfig
 from vap_video.pipeline.frames import Frame
 from vap_video.pipeline.metrics import Metrics
 from vap_video.pipeline.sources import Source, SourceError
-from vap_video.pipeline.supervisor import StreamWorker, Supervisor, backoff_delay
+from vap_video.pipeline.reconnect import backoff_delay
+from vap_video.pipeline.stream_reader import StreamReader
+from vap_video.pipeline.supervisor import Supervisor
 from tests.videos import corrupted_copy, resolution_change_ts, truncated_copy, write_video
 
 
@@ -109,7 +111,7 @@ def test_backpressure_waits_and_loses_nothing(tmp_path: Path) -> None:
         got.append(frame.index)
         return True
 
-    w = StreamWorker(StreamConfig(name="a", url=str(path)), emit, Metrics())
+    w = StreamReader(StreamConfig(name="a", url=str(path)), emit, Metrics())
     w.start()
     try:
         assert wait_for(lambda: w.frames == 6)
@@ -131,7 +133,7 @@ def test_emit_false_stops_reading(tmp_path: Path) -> None:
         got.append(frame.index)
         return frame.index < 9
 
-    w = StreamWorker(StreamConfig(name="a", url=str(path)), emit, Metrics())
+    w = StreamReader(StreamConfig(name="a", url=str(path)), emit, Metrics())
     w.start()
     assert wait_for(lambda: w.state == "stopped")
     assert wait_for(lambda: not w.alive)
