@@ -13,8 +13,31 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
+from vap_video.pipeline.config import Strict
 from vap_video.pipeline.frames import Frame
 from vap_video.pipeline.metrics import Metrics
+
+
+# A batch that waits longer than this for company is no longer "batching": live frames go stale
+# (dropped) and /healthz says ok while nothing is processed.
+MAX_BATCH_DELAY_MS = 10_000.0
+
+
+class BatchConfig(Strict):
+    """The `batch:` section: how frames of all streams are grouped into engine calls."""
+
+    max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
+    max_delay_ms: float = Field(10.0, ge=0, le=MAX_BATCH_DELAY_MS,
+                                description="A batch closes when its oldest frame has waited this long (at most 10000)")
+    per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
+                                       "(default: max_batch)")
+
+    @property
+    def stream_cap(self) -> int:
+        """Frames of one stream a batch may hold: `per_stream_cap`, else the whole batch."""
+        return self.per_stream_cap or self.max_batch
 
 
 @dataclass

@@ -144,8 +144,7 @@ class Pipeline:
                                 "input": f"{info.input_hw[0]}x{info.input_hw[1]}", "precision": info.precision,
                                 "layout": info.layout})   # "one-to-many+nms": the NMS fallback is in use
         b = settings.batch
-        self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.per_stream_cap or b.max_batch,
-                                       self.metrics)
+        self.batcher = DeadlineBatcher(b.max_batch, b.max_delay_ms / 1000, b.stream_cap, self.metrics)
         rect = settings.model.rect and info.dynamic_hw
         self.preprocess = gpu_preprocessor(self.backend, settings.model.torch.device, settings.model.tensorrt.device,
                                            rect) if settings.model.gpu_preprocess else \

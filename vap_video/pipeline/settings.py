@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from vap_video.pipeline.analytics import AnalyticsConfig
+from vap_video.pipeline.batcher import BatchConfig
 from vap_video.pipeline.config import (MAX_TIMEOUT_S, ConfigError, StreamConfig, Strict, check_url, interpolate_env,
                              parse_synthetic, redact_url, source_kind)
 from vap_video.pipeline.dehaze import DehazeConfig
@@ -40,19 +41,6 @@ class StreamSettings(StreamConfig):
             parse_synthetic(v)              # a typo'd key or fps=0 is an error now, not a retry loop
         check_url(v)
         return v
-
-
-# A batch that waits longer than this for company is no longer "batching": live frames go stale
-# (dropped) and /healthz says ok while nothing is processed.
-MAX_BATCH_DELAY_MS = 10_000.0
-
-
-class BatchConfig(Strict):
-    max_batch: int = Field(8, ge=1, le=256, description="Frames per engine call")
-    max_delay_ms: float = Field(10.0, ge=0, le=MAX_BATCH_DELAY_MS,
-                                description="A batch closes when its oldest frame has waited this long (at most 10000)")
-    per_stream_cap: int | None = Field(None, ge=1, description="At most this many frames of one stream per batch "
-                                       "(default: max_batch)")
 
 
 class AnnotateConfig(Strict):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vap_video.engines.hostinfo import machine
+from vap_video.pipeline.batcher import BatchConfig
 from vap_video.pipeline.model_config import SHIPPED_MODEL
 from vap_video.pipeline.settings import parse_settings
 
@@ -75,7 +76,7 @@ def _run(settings: Any, timeout: float) -> tuple[Any, float]:
 def pipeline_files(model: Path, clips: list[Path], n_streams: int, max_batch: int, tmp: Path) -> dict[str, Any]:
     streams = [{"name": f"f{i}", "url": str(clips[i % len(clips)])} for i in range(n_streams)]
     settings = parse_settings({"streams": streams, "model": {"path": str(model)},
-                               "batch": {"max_batch": max_batch, "max_delay_ms": 10},
+                               "batch": {"max_batch": max_batch},
                                "sinks": [{"path": str(tmp / f"ev-{n_streams}.jsonl"), "fsync": "never"}],
                                "server": {"enabled": False}}, "bench")
     p, dt = _run(settings, timeout=1800)
@@ -145,7 +146,7 @@ def run_bench(model: Path | None, out_dir: Path, quick: bool = False, soak_s: fl
     seconds = 2.0 if quick else 8.0
     frames_per_clip = 30 if quick else 100
     stream_counts = [1, 4] if quick else [1, 4, 16]
-    max_batch = 8
+    max_batch = BatchConfig().max_batch  # the pipeline as configured by default
     command = "vap " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vap") else "vap bench"
     result: dict[str, Any] = {"machine": machine(), "model": str(model), "quick": quick, "command": command}
     host = result["machine"]
