@@ -1,6 +1,7 @@
 """What the console and hostile HTTP clients cost the pipeline's throughput.
 
-    PYTHONPATH=. python benchmarks/console_bench.py [--seconds 8] [--rounds 3] [--out benchmarks/console.json]
+    PYTHONPATH=. python benchmarks/console_bench.py [--seconds 8] [--rounds 3] [--phases idle,viewer,hostile,probe]
+        [--probe-hold 30] [--probe-slow 300] [--probe-rapid 1000] [--out benchmarks/console.json]
 
 One pipeline (the shipped model, synthetic scenes with backpressure, so throughput is what the
 pipeline can do, not what the cameras send) runs throughout; phases alternate in rotating order
