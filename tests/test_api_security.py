@@ -245,6 +245,22 @@ def test_300_slow_clients_cannot_hold_threads(served):
             c.close()
 
 
+def test_headers_that_stop_coming_get_408_not_a_silent_close(served):
+    s = served(TOKEN, read_timeout_s=0.5)
+    c = socket.create_connection(("127.0.0.1", s.api.port), timeout=5)
+    try:   # what a client without the token can do: stop in the middle of the headers
+        c.sendall(b"POST /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
+        answer = b""
+        while chunk := c.recv(1000):
+            answer += chunk
+    finally:
+        c.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 408"), answer[:200]
+    assert "headers not received within 0.5 s" in json.loads(body)["error"]
+    assert s.request("GET", "/healthz")[0] == 200
+
+
 def test_1000_rapid_requests_bounded_threads_and_streams(served):
     s = served(None, allowed_schemes=["synthetic"], max_connections=16, max_streams=4)
     peak = [0]

@@ -111,6 +111,15 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self._responded = True
 
+    def parse_request(self) -> bool:
+        """The standard library drops a connection whose headers stop coming (a read timeout) without
+        a word, which a client cannot tell from a crash; answer 408, as for a body that stops coming."""
+        try:
+            return super().parse_request()
+        except TimeoutError:
+            self.send_error(408, f"request headers not received within {self.timeout or 0:g} s")
+            return False
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own refusals (bad request line, header too long) as JSON too."""
         self.close_connection = True
