@@ -261,6 +261,25 @@ def test_headers_that_stop_coming_get_408_not_a_silent_close(served):
     assert s.request("GET", "/healthz")[0] == 200
 
 
+def test_refused_connection_reads_its_503_even_mid_upload(served):
+    """Past the connection cap the 503 must reach a client that is still sending: closing a socket
+    with unread input makes the kernel reset it, and the client sees a broken pipe instead."""
+    s = served(None, max_connections=2, read_timeout_s=5)
+    holders = [socket.create_connection(("127.0.0.1", s.api.port), timeout=5) for _ in range(2)]
+    try:
+        for h in holders:  # requests stopped in their headers take both slots
+            h.sendall(b"POST /streams HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        time.sleep(0.2)
+        big = {"name": "x", "url": "synthetic://?fps=5", "pad": "p" * 1_000_000}
+        for _ in range(3):
+            status, headers, body = s.request("POST", "/streams", big, timeout=10)
+            assert status == 503 and headers.get("Retry-After") == "1"
+            assert "too many connections" in json.loads(body)["error"]
+    finally:
+        for h in holders:
+            h.close()
+
+
 def test_1000_rapid_requests_bounded_threads_and_streams(served):
     s = served(None, allowed_schemes=["synthetic"], max_connections=16, max_streams=4)
     peak = [0]

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import selectors
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +22,10 @@ from vap_video.pipeline.config import redact_url
 log = logging.getLogger("vap.api")
 
 MAX_JSON_DEPTH = 32
+# A refused connection is kept this long after its 503 so the client can read the answer (see _Lingerer).
+LINGER_S = 2.0
+# Refused connections lingering at once; past this they are closed at once (the client may see a reset).
+MAX_LINGERING = 1024
 
 
 def json_depth(value: Any) -> int:
@@ -32,11 +39,69 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+class _Lingerer:
+    """Closes refused connections gracefully, all of them on one thread.
+
+    Closing a socket whose request has not been read makes the kernel answer with a reset, and the
+    client then sees "connection reset" or "broken pipe" instead of the 503 it was sent. So after
+    the 503 the write side is shut and the socket waits here, its input read and discarded, until
+    the client closes or `LINGER_S` passes.
+    """
+
+    def __init__(self) -> None:
+        self._incoming: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def close(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._count >= MAX_LINGERING:
+                sock.close()
+                return
+            self._count += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vap-http-linger", daemon=True)
+                self._thread.start()
+        self._incoming.put(sock)
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        deadlines: dict[socket.socket, float] = {}
+        while True:
+            try:
+                while True:
+                    sock = self._incoming.get(block=not deadlines, timeout=None)
+                    sock.setblocking(False)
+                    sel.register(sock, selectors.EVENT_READ)
+                    deadlines[sock] = time.monotonic() + LINGER_S
+            except queue.Empty:
+                pass
+            for key, _ in sel.select(timeout=0.1):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    if sock.recv(65536):
+                        continue
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    pass
+                deadlines[sock] = 0.0  # the client closed (or failed): done
+            now = time.monotonic()
+            for sock in [s for s, t in deadlines.items() if t <= now]:
+                sel.unregister(sock)
+                sock.close()
+                del deadlines[sock]
+                with self._lock:
+                    self._count -= 1
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A threading server with a cap on concurrent connections.
 
     Past the cap a connection is answered 503 on the accepting thread (one short write with a
-    1 s timeout) and closed, so no client can make the server start unbounded threads.
+    1 s timeout) and handed to one lingering thread that closes it once the client has read the
+    answer, so no client can make the server start unbounded threads.
     """
 
     daemon_threads = True
@@ -50,6 +115,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.rejected = 0
         self._count_lock = threading.Lock()
         self.closing = threading.Event()
+        self._lingerer = _Lingerer()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -65,9 +131,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode()
                                 + b"\r\n\r\n" + body)
+                request.shutdown(socket.SHUT_WR)
             except OSError:
-                pass
-            self.shutdown_request(request)
+                self.shutdown_request(request)
+                return
+            self._lingerer.close(request)
             return
         try:
             super().process_request(request, client_address)
