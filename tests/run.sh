@@ -65,4 +65,4 @@ if [ "${VAP_SKIP_LINT:-0}" != 1 ]; then
   "$PY" -m mypy
 fi
 
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+exec "$PY" -m pytest -q -rs -p no:cacheprovider "$@"
