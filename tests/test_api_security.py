@@ -257,7 +257,7 @@ def test_headers_that_stop_coming_get_408_not_a_silent_close(served):
         c.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 408"), answer[:200]
-    assert "headers not received within 0.5 s" in json.loads(body)["error"]
+    assert "headers not received in time (limit: 0.5 s of silence" in json.loads(body)["error"]
     assert s.request("GET", "/healthz")[0] == 200
 
 
@@ -278,6 +278,59 @@ def test_refused_connection_reads_its_503_even_mid_upload(served):
     finally:
         for h in holders:
             h.close()
+
+
+def _answer(c: socket.socket) -> bytes:
+    answer = b""
+    while chunk := c.recv(1000):
+        answer += chunk
+    return answer
+
+
+def test_trickled_body_is_cut_off_at_the_request_deadline(served):
+    """One byte just inside the per-read timeout, forever: the whole-request deadline ends it."""
+    s = served(TOKEN, read_timeout_s=0.5, request_timeout_s=1.5)
+    c = socket.create_connection(("127.0.0.1", s.api.port), timeout=10)
+    t0 = time.monotonic()
+    try:
+        c.sendall(b"POST /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n")
+        answer = b""
+        for _ in range(100):                   # 200 bytes at 5 per second would take 40 s
+            try:
+                c.sendall(b"{")
+            except OSError:
+                break
+            time.sleep(0.2)
+            c.setblocking(False)
+            try:
+                answer += c.recv(1000)
+            except BlockingIOError:
+                pass
+            finally:
+                c.setblocking(True)
+            if answer:
+                break
+        c.settimeout(5)
+        try:
+            answer += _answer(c)
+        except OSError:
+            pass
+    finally:
+        c.close()
+    assert answer.startswith(b"HTTP/1.0 408"), answer[:200]
+    assert "1.5 s for the whole request" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert time.monotonic() - t0 < 4
+
+
+def test_request_line_that_stops_gets_408(served):
+    s = served(None, read_timeout_s=0.5)
+    with socket.create_connection(("127.0.0.1", s.api.port), timeout=5) as c:
+        c.sendall(b"GET /hea")
+        answer = _answer(c)
+    assert answer.startswith(b"HTTP/1.0 408"), answer[:200]
+    assert "request line not received in time" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert s.request("GET", "/healthz")[0] == 200
 
 
 def test_1000_rapid_requests_bounded_threads_and_streams(served):

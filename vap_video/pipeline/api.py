@@ -97,7 +97,8 @@ class ApiServer:
                 "as 'Authorization: Bearer ...', or set server.host: 127.0.0.1")
         self.feed = ConsoleFeed(pipeline)
         self.feed.install()
-        handler = type("Handler", (_Handler,), {"pipeline": pipeline, "api": self, "timeout": cfg.read_timeout_s})
+        handler = type("Handler", (_Handler,), {"pipeline": pipeline, "api": self, "timeout": cfg.read_timeout_s,
+                                               "request_timeout": cfg.request_timeout_s})
         try:
             self.httpd = BoundedHTTPServer((host, port), handler, cfg.max_connections)
         except OSError as exc:
@@ -183,7 +184,7 @@ class _Handler(JsonHandler):
         except TimeoutError:
             if not self._responded:
                 try:
-                    self._error(408, f"request not received within {self.api.config.read_timeout_s:g} s")
+                    self._error(408, self.late("request body"))
                 except OSError:
                     pass
         except Exception as exc:                   # a handler bug must not drop the connection

@@ -156,11 +156,103 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 self.active -= 1
 
 
+class DeadlineReader:
+    """The request's input with two limits: `per_read` seconds of silence, `deadline` seconds in all.
+
+    The socket's own timeout only bounds each read, so a client sending one byte just inside it
+    would hold a connection (and its thread) for as long as it likes. This reader gives every read
+    what is left of the whole request's time, and puts the socket's timeout back afterwards so the
+    answer is written with the usual one. It stands in for the handler's `rfile` (`readline` and
+    `read` are all the standard library's parser and the handlers use).
+    """
+
+    def __init__(self, sock: socket.socket, per_read: float | None, deadline: float | None) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self._per_read = per_read
+        self._until = None if deadline is None else time.monotonic() + deadline
+
+    def _fill(self) -> bool:
+        """One read into the buffer; False at end of input, TimeoutError past either limit."""
+        timeout = self._per_read
+        if self._until is not None:
+            left = self._until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            timeout = left if timeout is None else min(timeout, left)
+        self._sock.settimeout(timeout)
+        try:
+            chunk = self._sock.recv(65536)
+        finally:
+            self._sock.settimeout(self._per_read)
+        self._buf += chunk
+        return bool(chunk)
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def has_line(self, limit: int = 65537) -> bool:
+        """Wait for a whole first line (or `limit` bytes); False when the client closed first."""
+        while b"\n" not in self._buf and len(self._buf) < limit:
+            if not self._fill():
+                return bool(self._buf)
+        return True
+
+    def readline(self, limit: int = -1) -> bytes:
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0 and (limit < 0 or i < limit):
+                return self._take(i + 1)
+            if 0 <= limit <= len(self._buf):
+                return self._take(limit)
+            if not self._fill():
+                return self._take(len(self._buf))
+
+    def read(self, n: int = -1) -> bytes:
+        while (n < 0 or len(self._buf) < n) and self._fill():
+            pass
+        return self._take(len(self._buf) if n < 0 else n)
+
+    def close(self) -> None:
+        self._buf.clear()
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Quiet access logs and one way to answer: JSON, or bytes with their content type."""
 
     server_version = "vap"
     sys_version = ""
+    request_timeout: float | None = None   # seconds for the whole request (DeadlineReader); None: per read only
+
+    def late(self, what: str) -> str:
+        """The 408 message: what did not arrive, and the limits it missed."""
+        limits = f"{self.timeout or 0:g} s of silence"
+        if self.request_timeout is not None:
+            limits += f" or {self.request_timeout:g} s for the whole request"
+        return f"{what} not received in time (limit: {limits})"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = DeadlineReader(self.connection, self.timeout, self.request_timeout)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        """The standard library closes a connection whose request line never completes without a
+        word; answer 408 instead, as for headers or a body that stop coming."""
+        try:
+            ready = self.rfile.has_line()  # type: ignore[attr-defined]
+        except TimeoutError:
+            self.command, self.requestline, self.request_version = None, "", "HTTP/1.0"  # type: ignore[assignment]
+            self.send_error(408, self.late("request line"))
+            return
+        except OSError:
+            self.close_connection = True
+            return
+        if not ready:
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging, quietly
         log.debug("%s %s", self.address_string(), redact_url(format % args))
@@ -185,7 +277,7 @@ class JsonHandler(BaseHTTPRequestHandler):
         try:
             return super().parse_request()
         except TimeoutError:
-            self.send_error(408, f"request headers not received within {self.timeout or 0:g} s")
+            self.send_error(408, self.late("request headers"))
             return False
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -92,6 +92,8 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body")
     read_timeout_s: float = Field(10.0, gt=0, le=300, description="A client that sends nothing for this long "
                                   "is disconnected (slow or stuck clients cannot hold threads)")
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="A request's line, headers and body must "
+                                     "all arrive within this (a client trickling bytes cannot hold a connection)")
     live_fps: float = Field(10.0, gt=0, le=60, description="Frame rate cap of the console's live view")
     grafana_url: str | None = Field(None, description="Link shown in the console (e.g. http://127.0.0.1:3000)")
 
