@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from vap_video.pipeline.cluster.assign import assign, owned
+from vap_video.pipeline.cluster.placement import assign, owned
 from vap_video.pipeline.cluster.cluster_config import ClusterConfig, render_settings
 from vap_video.pipeline.cluster.ledger import Ledger
 from vap_video.pipeline.cluster.ownership import Ownership
