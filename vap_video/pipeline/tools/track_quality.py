@@ -238,7 +238,7 @@ def _false_positives(gt: MotSequence, rng: np.random.Generator, fp_per_frame: fl
 
 
 def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -> dict[str, float]:
-    from vap_video.pipeline.tools.track_eval import evaluate_sequences
+    from vap_video.pipeline.tools.track_metrics import evaluate_sequences
 
     m = evaluate_sequences(gt, track_sequence(dets, cfg, fps))
     return {k: float(m[k]) for k in METRIC_KEYS}
@@ -247,7 +247,7 @@ def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -
 def _detection_quality(gt: MotSequence, dets: MotSequence, min_score: float) -> dict[str, float]:
     """Recall and precision (IoU 0.5) of the detections at or above `min_score`, before tracking:
     every box gets its own id so only the detection half of the metrics means anything."""
-    from vap_video.pipeline.tools.track_eval import evaluate_sequences
+    from vap_video.pipeline.tools.track_metrics import evaluate_sequences
 
     d = dets.select(dets.scores >= min_score)
     d = MotSequence(d.frames, np.arange(1, len(d) + 1, dtype=np.int64), d.boxes, d.scores, d.classes)
