@@ -77,3 +77,22 @@ def test_schema_event_markdown_lists_every_field():
     assert "| `track_id` | string | `track.*`, `zone.*`, `line.*`, `object.*` |" in out
     assert "| `direction` | `in` \\| `out` | `line.cross` |" in out
     assert "config reference" not in out.lower() and "shutdown_timeout_s" not in out
+
+
+def test_every_command_in_the_parser_has_exactly_one_handler():
+    """`vap --help` lists built-in commands (run by `COMMANDS`) and delegated ones (which parse their
+    own arguments); a command added to the parser without a handler would end in 'unknown command'."""
+    import argparse
+
+    from vap_video.pipeline.cli import COMMANDS, DELEGATED, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    listed = set(sub.choices)
+    assert listed == set(COMMANDS) | set(DELEGATED)
+    assert not set(COMMANDS) & set(DELEGATED)
+    assert {"run", "demo", "validate", "schema", "bench"} <= set(COMMANDS)
+
+
+def test_a_delegated_name_after_a_global_option_is_a_usage_error():
+    code, out = vap_without([], "--log-level", "debug", "train")
+    assert code == 2 and "unknown command train" in out

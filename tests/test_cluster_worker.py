@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vap_video.pipeline.cluster.assign import assign, owned
+from vap_video.pipeline.cluster.placement import assign, owned
 from vap_video.pipeline.cluster.cli import cli
 from vap_video.pipeline.cluster.registry import RegistryError, load_registry, parse_registry
 from vap_video.pipeline.cluster.shard import ClusterConfig, ShardWorker

@@ -145,14 +145,42 @@ def _silence_output() -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command: delegated ones first (they parse their own
+    arguments), then the built-in ones through `COMMANDS`; config and model errors become one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
-        module, func, _ = DELEGATED[argv[0]]
-        rest = argv[1:]
-        if argv[0] == "data" and rest[:1] == ["synth"]:
-            rest = rest[1:]
-        return _delegate(module, func, argv[0])(rest)
+        return _run_delegated(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.cmd is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    command = COMMANDS.get(args.cmd)
+    if command is None:  # a delegated name after a global option (`vap --log-level debug train`)
+        parser.error(f"unknown command {args.cmd}")
+        return EXIT_CONFIG
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except _model_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
 
+
+def _run_delegated(argv: list[str]) -> int:
+    """`vap train ...`, `vap data synth ...` and the other `DELEGATED` commands."""
+    module, func, _ = DELEGATED[argv[0]]
+    rest = argv[1:]
+    if argv[0] == "data" and rest[:1] == ["synth"]:
+        rest = rest[1:]
+    return _delegate(module, func, argv[0])(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the built-in commands; delegated ones are listed for `--help` only."""
     from vap_video.pipeline import __version__
 
     parser = argparse.ArgumentParser(prog="vap", description="Streaming video analytics pipeline")
@@ -161,7 +189,20 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", type=_log_level, default=os.environ.get("VAP_LOG_LEVEL", "info"),
                         help=f"{', '.join(LOG_LEVELS)} (default: $VAP_LOG_LEVEL or info)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    _add_run_parser(sub)
+    _add_demo_parser(sub)
+    p = sub.add_parser("validate", help="check a deployment YAML and print it with every default resolved")
+    p.add_argument("config", type=Path)
+    p = sub.add_parser("schema", help="print a JSON Schema")
+    p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
+    p.add_argument("--markdown", action="store_true", help="the reference as Markdown tables (config or event)")
+    _add_bench_parser(sub)
+    for name, (_, _, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
 
+
+def _add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run a deployment YAML, or sources directly: vap run clip.mp4 --save out/",
                        description="vap run CONFIG.yaml runs a deployment. vap run SOURCE [SOURCE ...] runs "
                        "videos, folders, globs, rtsp/http URLs or /dev/videoN directly with the shipped model "
@@ -180,6 +221,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no live progress (for services)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
+
+def _add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the shipped model on synthetic cameras and a file; ends by itself")
     p.add_argument("--out", type=Path, default=Path("vap-demo"), help="folder for events, video and summary")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of live synthetic streams")
@@ -188,13 +231,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9108, help="metrics/API port (0 = any free port)")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("validate", help="check a deployment YAML and print it with every default resolved")
-    p.add_argument("config", type=Path)
 
-    p = sub.add_parser("schema", help="print a JSON Schema")
-    p.add_argument("which", choices=["config", "event"], nargs="?", default="config")
-    p.add_argument("--markdown", action="store_true", help="the reference as Markdown tables (config or event)")
-
+def _add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure engine and pipeline throughput and latency on this machine")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks"))
@@ -209,41 +247,22 @@ def _main(argv: list[str] | None = None) -> int:
                    "(default: MODEL.pt next to the model)")
     p.add_argument("--int8", type=Path, default=None, help="--engine-only: INT8 model (default: MODEL.int8.onnx)")
 
-    for name, (_, _, help_text) in DELEGATED.items():
-        sub.add_parser(name, help=help_text, add_help=False)
 
-    args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
-    if args.cmd is None:
-        parser.print_help()
-        return EXIT_CONFIG
-    try:
-        if args.cmd == "validate":
-            return cmd_validate(args.config)
-        if args.cmd == "schema":
-            return cmd_schema(args.which, args.markdown)
-        if args.cmd == "run":
-            return cmd_run(args)
-        if args.cmd == "demo":
-            from vap_video.pipeline.tools.demo import run_demo
-            return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
-                            model=args.model)
-        if args.cmd == "bench" and args.engine_only:
-            return cmd_bench_engines(args)
-        if args.cmd == "bench" and args.stages:
-            from vap_video.pipeline.tools.bench_stages import run_stages
-            return run_stages(args.model, args.out, quick=args.quick)
-        if args.cmd == "bench":
-            from vap_video.pipeline.tools.bench import run_bench
-            return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except _model_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_MODEL
-    parser.error(f"unknown command {args.cmd}")
-    return EXIT_CONFIG
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vap_video.pipeline.tools.demo import run_demo
+    return run_demo(args.out, duration=args.duration, cameras=args.cameras, port=args.port, quiet=args.quiet,
+                    model=args.model)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`vap bench`: the engine grid (--engine-only), the stage budget (--stages) or the pipeline."""
+    if args.engine_only:
+        return cmd_bench_engines(args)
+    if args.stages:
+        from vap_video.pipeline.tools.bench_stages import run_stages
+        return run_stages(args.model, args.out, quick=args.quick)
+    from vap_video.pipeline.tools.bench import run_bench
+    return run_bench(args.model, args.out, quick=args.quick, soak_s=args.soak_s)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -361,6 +380,16 @@ def cmd_schema(which: str, markdown: bool = False) -> int:
         from vap_video.pipeline.settings import Settings
         print(json.dumps(Settings.model_json_schema(), indent=2))
     return EXIT_OK
+
+
+# The built-in commands, by name (`build_parser` defines their arguments).
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "validate": lambda args: cmd_validate(args.config),
+    "schema": lambda args: cmd_schema(args.which, args.markdown),
+    "bench": cmd_bench,
+}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Stream sources: one object per stream that opens it and yields decoded RGB frames.
 
+Over 400 lines on purpose: most of it is `AVSource`, one class whose open, decode and truncation
+steps share the container, the decoder and the error counters; the error classification is in
+`vap_video.pipeline.source_errors` (re-exported here).
+
 Every real input (RTSP cameras, HTTP/HLS, local files, V4L2 devices) goes through PyAV, so one
 class covers them; only the URL handling and FFmpeg options differ per kind. A generated scene
 (`synthetic://`) has its own small class. Sources do no supervision: they raise `SourceError`
@@ -26,9 +30,7 @@ Design points, and why:
 
 from __future__ import annotations
 
-import errno as errno_mod
 import logging
-import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -40,6 +42,7 @@ from urllib.parse import unquote, urlsplit
 from vap_video.pipeline.config import SYNTHETIC_DEFAULTS, SYNTHETIC_PARAMS, StreamConfig, parse_synthetic, redact_url
 from vap_video.pipeline.decode_plan import DecodePlan, FrameStride, convert
 from vap_video.pipeline.frames import Frame
+from vap_video.pipeline.source_errors import SOURCE_ERROR_KINDS, SourceError, refine_network_error, classify_error
 
 log = logging.getLogger(__name__)
 
@@ -47,109 +50,6 @@ log = logging.getLogger(__name__)
 # reconnected (a changed codec, a broken encoder). Files skip on to their next keyframe instead;
 # for files the limit only applies to container data the demuxer cannot get past.
 MAX_CONSECUTIVE_ERRORS = 50
-
-SOURCE_ERROR_KINDS = ("unreachable", "unauthorized", "forbidden", "not_found", "timeout", "corrupt",
-                      "unsupported", "eof", "decoder", "http", "io", "error")
-
-
-class SourceError(Exception):
-    """A stream could not be opened or read. `str(err)` is safe to show to operators.
-
-    `kind` is one of SOURCE_ERROR_KINDS, so callers can branch on the class of failure without
-    parsing text; the message already names the (redacted) URL, the problem and what to check.
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-# ----------------------------------------------------------------------------------------------
-# error classification
-
-
-def classify_error(exc: BaseException, url: str, phase: str = "read", timeout_s: float | None = None) -> SourceError:
-    """Turn a PyAV/OS exception into a SourceError with an operator-facing message.
-
-    FFmpeg's own messages embed the full URL (with `user:pass@`), so the text is rebuilt here from
-    the exception type and `strerror` and prefixed with the redacted URL; nothing from `str(exc)`
-    reaches the message unredacted.
-    """
-    import av
-
-    if isinstance(exc, SourceError):
-        return exc
-    where = redact_url(url)
-    strerror = getattr(exc, "strerror", None) or ""
-
-    def err(kind: str, text: str) -> SourceError:
-        return SourceError(kind, f"{where}: {text}")
-
-    if isinstance(exc, av.error.HTTPUnauthorizedError):
-        return err("unauthorized", "unauthorized (401): check the user and password")
-    if isinstance(exc, av.error.HTTPForbiddenError):
-        return err("forbidden", "forbidden (403): this user may not access this path")
-    if isinstance(exc, av.error.HTTPNotFoundError):
-        return err("not_found", "not found (404): check the path of the stream")
-    if isinstance(exc, (av.error.HTTPClientError, av.error.HTTPServerError, av.error.HTTPError)):
-        return err("http", f"server answered with an error ({strerror or type(exc).__name__})")
-    if isinstance(exc, ConnectionRefusedError):
-        return err("unreachable", "unreachable: connection refused (is the camera/server running, "
-                                  "is the port right?)")
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
-        return err("unreachable", f"connection lost ({strerror or type(exc).__name__})")
-    if isinstance(exc, (av.error.ExitError, TimeoutError)):
-        limit = f" within {timeout_s:g}s" if timeout_s else ""
-        if phase == "open":
-            return err("timeout", f"timeout: could not open the stream{limit} (host down, firewalled, "
-                                  f"or the server is not answering)")
-        return err("timeout", f"timeout: no data{limit} (the stream stopped sending)")
-    if isinstance(exc, FileNotFoundError):
-        return err("not_found", "not found: no such file or device")
-    if isinstance(exc, PermissionError):
-        return err("forbidden", "permission denied: check the file/device permissions")
-    if isinstance(exc, IsADirectoryError):
-        return err("unsupported", "is a directory, not a video file")
-    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.DemuxerNotFoundError,
-                        av.error.ProtocolNotFoundError, av.error.PatchWelcomeError)):
-        if phase == "open" and isinstance(exc, av.error.DecoderNotFoundError):
-            return err("unsupported", "no decoder for this video (a codec this FFmpeg build lacks, "
-                                      "or a damaged header)")
-        return err("unsupported", f"unsupported by this FFmpeg build ({strerror or type(exc).__name__})")
-    if isinstance(exc, av.error.InvalidDataError):
-        if phase == "open":
-            return err("unsupported", "not a video FFmpeg can read (unknown format or damaged header)")
-        return err("corrupt", "corrupt data in the stream")
-    if isinstance(exc, (EOFError, av.error.EOFError)):
-        return err("eof", "stream ended")
-    if isinstance(exc, OSError):
-        code = getattr(exc, "errno", None)
-        if code in (errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH):
-            return err("unreachable", f"unreachable: {strerror or 'no route to host'}")
-        if code == errno_mod.ETIMEDOUT:
-            return err("timeout", "timeout: connection timed out")
-        return err("io", f"I/O error ({strerror or type(exc).__name__})")
-    text = str(exc).replace(url, where) if url else str(exc)
-    return err("error", f"{type(exc).__name__}: {text}")
-
-
-def _refine_network_error(e: SourceError, url: str) -> SourceError:
-    """FFmpeg reports an unknown host as a bare EIO; name the real cause when DNS fails."""
-    if e.kind != "io":
-        return e
-    host = urlsplit(url).hostname
-    if not host:
-        return e
-    try:
-        socket.getaddrinfo(host, None)
-    except OSError:
-        return SourceError("unreachable", f"{redact_url(url)}: unreachable: cannot resolve host {host!r} "
-                                          f"(check the name or DNS)")
-    return e
-
-
-# ----------------------------------------------------------------------------------------------
-# sources
 
 
 class Source(ABC):
@@ -222,6 +122,7 @@ class AVSource(Source):
         self._decoded = 0
         self._last_pts: float | None = None
         self._pts_restarted = False
+        self._consecutive_errors = 0  # undecodable packets / damaged container reads in a row
         self._target, self._format, self._options = self._resolve()
 
     @property
@@ -278,7 +179,7 @@ class AVSource(Source):
                 failure = TimeoutError()
             e = classify_error(failure, self.cfg.url, "open", self.cfg.open_timeout_s)
             if self.kind in ("rtsp", "http"):
-                e = _refine_network_error(e, self.cfg.url)
+                e = refine_network_error(e, self.cfg.url)
             raise e from None
         finally:
             self.blocked_since = None
@@ -322,88 +223,108 @@ class AVSource(Source):
             raise SourceError("eof", f"{self.redacted_url}: stream ended (the server closed the connection)")
 
     def _decode_until_eof(self, count_start: int) -> Iterator[Frame]:
+        """Frames from the open container until its end, an interrupt, or a SourceError.
+
+        Damaged data is skipped and counted (`_decode_packet`, `_skip_damaged_data`); after a
+        damaged stretch the demuxer is asked for packets again from where it is.
+        """
         import av
         from av.video.reformatter import VideoReformatter
 
-        container, stream = self._container, self._stream
+        undecodable = (av.error.InvalidDataError, av.error.UndefinedError)
         reformatter = VideoReformatter()  # keeps its swscale context from frame to frame (see convert)
-        name = self.cfg.name
         self._decoded = count_start
         self._last_pts = None
         self._pts_restarted = False
-        consecutive = 0
-        realtime = self.cfg.realtime and self.kind == "file"
-        start_wall: float | None = None
-        first_pts: float | None = None
-        n0 = 0
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        self._consecutive_errors = 0
+        stream = self._stream
+        clock = _FileClock(float(stream.average_rate or stream.guessed_rate or 25)) \
+            if self.cfg.realtime and self.kind == "file" else None
         while not self._interrupt.is_set():
-            packets = container.demux(stream)
+            packets = self._container.demux(stream)
             try:
-                while True:
-                    self.blocked_since = time.monotonic()
-                    try:
-                        packet = next(packets)
-                    except StopIteration:
-                        return
-                    finally:
-                        self.blocked_since = None
-                    if packet.is_corrupt:
-                        self._count_error("corrupt packet")
-                    try:
-                        decoded = packet.decode()
-                    except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
-                        consecutive += 1
-                        self._count_error(f"undecodable packet ({type(exc).__name__})")
-                        # A file goes on to its next keyframe (every packet read is progress, and
-                        # reopening would replay it); a live stream is reconnected, which also
-                        # brings a fresh keyframe and renegotiates a changed codec.
-                        if consecutive >= MAX_CONSECUTIVE_ERRORS and self._live_semantics:
-                            raise SourceError("decoder", f"{self.redacted_url}: {consecutive} packets in a row "
-                                                         f"could not be decoded (codec changed or stream "
-                                                         f"broken)") from None
-                        continue
+                for packet in self._read_packets(packets):
+                    decoded = self._decode_packet(packet, undecodable)
                     for vf in decoded:
-                        consecutive = 0
-                        pts = vf.time
-                        if realtime:
-                            if start_wall is None:
-                                start_wall, first_pts, n0 = time.monotonic(), pts, self._decoded
-                            offset = (pts - first_pts) if (pts is not None and first_pts is not None) \
-                                else (self._decoded - n0) / fps
-                            if not 0.0 <= offset <= 3600.0:  # timestamps jumped: restart the clock
-                                start_wall, first_pts, n0, offset = time.monotonic(), pts, self._decoded, 0.0
-                            self._pace(start_wall, offset)
-                        if pts is not None and self._last_pts is not None and pts < self._last_pts:
-                            self._pts_restarted = True  # concatenated segments: durations are meaningless
-                        self._last_pts = pts
-                        if self.stride is not None and not self.stride.keep(pts):
-                            continue  # decoded (later frames need it), never converted
-                        src_hw = (vf.height, vf.width)
-                        target = self.plan.target(name, *src_hw) if self.plan is not None else None
-                        frame = Frame(name, self._decoded, pts, time.time(), convert(vf, target, reformatter),
-                                      src_hw if target is not None else None)
-                        self._decoded += 1
+                        self._consecutive_errors = 0
+                        frame = self._to_frame(vf, clock, reformatter)
+                        if frame is None:
+                            continue
                         yield frame
                         if self._interrupt.is_set():
                             return
+                return
             except SourceError:
                 raise
             except Exception as exc:
-                e = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
-                if e.kind != "corrupt":
-                    raise e from None
-                # Damaged container data: skip it and go on reading from where the demuxer is.
-                consecutive += 1
-                self._count_error("corrupt container data")
-                if consecutive >= MAX_CONSECUTIVE_ERRORS:
-                    if not self._live_semantics:
-                        self.last_decode_error = "the rest of the file is unreadable"
-                        self.truncated = self.last_decode_error
-                        return
-                    raise e from None
+                if self._skip_damaged_data(exc):
+                    return
             finally:
                 packets.close()
+
+    def _read_packets(self, packets: Iterator[Any]) -> Iterator[Any]:
+        """The demuxer's packets, with `blocked_since` set while a read is in progress (the watchdog's clue)."""
+        while True:
+            self.blocked_since = time.monotonic()
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            finally:
+                self.blocked_since = None
+            yield packet
+
+    def _decode_packet(self, packet: Any, undecodable: tuple[type[BaseException], ...]) -> list[Any]:
+        """The packet's pictures; none when it cannot be decoded (counted, and fatal for a live
+        stream after MAX_CONSECUTIVE_ERRORS in a row)."""
+        if packet.is_corrupt:
+            self._count_error("corrupt packet")
+        try:
+            return packet.decode()
+        except undecodable as exc:
+            self._consecutive_errors += 1
+            self._count_error(f"undecodable packet ({type(exc).__name__})")
+            # A file goes on to its next keyframe (every packet read is progress, and reopening
+            # would replay it); a live stream is reconnected, which also brings a fresh keyframe
+            # and renegotiates a changed codec.
+            if self._consecutive_errors >= MAX_CONSECUTIVE_ERRORS and self._live_semantics:
+                raise SourceError("decoder", f"{self.redacted_url}: {self._consecutive_errors} packets in a row "
+                                             f"could not be decoded (codec changed or stream broken)") from None
+            return []
+
+    def _to_frame(self, vf: Any, clock: _FileClock | None, reformatter: Any) -> Frame | None:
+        """One decoded picture as a Frame (paced when realtime); None when the `max_fps` cap drops it."""
+        pts = vf.time
+        if clock is not None:
+            self._pace(*clock.offset(pts, self._decoded))
+        if pts is not None and self._last_pts is not None and pts < self._last_pts:
+            self._pts_restarted = True  # concatenated segments: durations are meaningless
+        self._last_pts = pts
+        if self.stride is not None and not self.stride.keep(pts):
+            return None  # decoded (later frames need it), never converted
+        src_hw = (vf.height, vf.width)
+        target = self.plan.target(self.cfg.name, *src_hw) if self.plan is not None else None
+        frame = Frame(self.cfg.name, self._decoded, pts, time.time(), convert(vf, target, reformatter),
+                      src_hw if target is not None else None)
+        self._decoded += 1
+        return frame
+
+    def _skip_damaged_data(self, exc: Exception) -> bool:
+        """After a read error: raise it as a SourceError unless it is damaged container data, which
+        is counted and skipped. True when a file's rest is unreadable and decoding should end."""
+        e = classify_error(exc, self.cfg.url, "read", self.cfg.read_timeout_s)
+        if e.kind != "corrupt":
+            raise e from None
+        # Damaged container data: skip it and go on reading from where the demuxer is.
+        self._consecutive_errors += 1
+        self._count_error("corrupt container data")
+        if self._consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+            if not self._live_semantics:
+                self.last_decode_error = "the rest of the file is unreadable"
+                self.truncated = self.last_decode_error
+                return True
+            raise e from None
+        return False
 
     def _check_truncation(self) -> None:
         """Count a damage when a file ends well before the duration its header declares.
@@ -429,6 +350,27 @@ class AVSource(Source):
         if missing > max(2.0 / rate, 0.1):
             self._count_error(f"file ends {missing:.2f}s before its declared duration (truncated?)")
             self.truncated = f"the file ends {missing:.2f}s before the {declared:.2f}s its header declares"
+
+
+class _FileClock:
+    """Realtime playback of a file: the wall-clock offset of each frame from the first one, by its
+    timestamp (or its index at the stream's rate when it has none); restarts when timestamps jump."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.start_wall: float | None = None
+        self.first_pts: float | None = None
+        self.n0 = 0
+
+    def offset(self, pts: float | None, decoded: int) -> tuple[float, float]:
+        """(start_wall, offset_s) to pace frame number `decoded` at, for `Source._pace`."""
+        if self.start_wall is None:
+            self.start_wall, self.first_pts, self.n0 = time.monotonic(), pts, decoded
+        offset = (pts - self.first_pts) if (pts is not None and self.first_pts is not None) \
+            else (decoded - self.n0) / self.fps
+        if not 0.0 <= offset <= 3600.0:  # timestamps jumped: restart the clock
+            self.start_wall, self.first_pts, self.n0, offset = time.monotonic(), pts, decoded, 0.0
+        return self.start_wall, offset
 
 
 class SyntheticSource(Source):

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from vap_video.pipeline.cluster.assign import DEFAULT_SLACK, assign, loads, shard_cap
+from vap_video.pipeline.cluster.placement import DEFAULT_SLACK, assign, loads, shard_cap
 from vap_video.pipeline.cluster.registry import Registry, load_registry
 from vap_video.pipeline.cluster.cluster_config import ClusterConfig, render_settings
 from vap_video.pipeline.config import ConfigError

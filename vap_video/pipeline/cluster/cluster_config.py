@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from vap_video.pipeline.cluster.assign import DEFAULT_SLACK
+from vap_video.pipeline.cluster.placement import DEFAULT_SLACK
 from vap_video.pipeline.cluster.shard_http import PORT_TRIES
 from vap_video.pipeline.config import ConfigError, Strict
 from vap_video.pipeline.settings import Settings, parse_settings

@@ -7,7 +7,7 @@ Three records, all small, all written with the GCS's atomic "put unless it exist
   cameras between processes that both keep running; a slot stays with its replica for life. A
   replica that starts takes over the lowest slot whose holder died (so a replacement after a
   crash gets the dead replica's cameras and nobody else's), else the lowest free one. The
-  assignment (`assign.assign`) runs over the slots of the live replicas.
+  assignment (`placement.assign`) runs over the slots of the live replicas.
 - **Heartbeats** (`<app>/rep/<replica>`): every second, each replica's slot, node, pid, cameras,
   fps, drops, errors, config version and the capture time of the last frame it processed per
   camera. Membership (who is alive) and `vap cluster status` read these; so does a new owner

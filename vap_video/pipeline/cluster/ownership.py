@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vap_video.pipeline.cluster.assign import assign, owned
+from vap_video.pipeline.cluster.placement import assign, owned
 from vap_video.pipeline.cluster.ledger import Ledger, resume
 from vap_video.pipeline.events import make_event
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from vap_video.pipeline.cluster.assign import camera_weight
+from vap_video.pipeline.cluster.placement import camera_weight
 from vap_video.pipeline.config import ConfigError, Strict, interpolate_env, redact_url
 from vap_video.pipeline.settings import StreamSettings
 

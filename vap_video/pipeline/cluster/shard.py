@@ -1,9 +1,14 @@
 """One shard's worker, without Ray: the ordinary pipeline plus "own these cameras".
 
+Over 400 lines on purpose: ownership, the diff against running streams and the handover and
+takeover reports happen in one order under one lock, in one class; the HTTP side
+(`shard_http`), the stall watch (`shard_health`), the ledger and the config rendering live in
+their own modules.
+
 `worker.StreamWorker` (the Ray Serve deployment) is a thin wrapper around `ShardWorker`, so all
 logic here is testable in a plain process. A `ShardWorker`:
 - takes the cluster config (the Serve `user_config`, `ClusterConfig`), loads the registry,
-  computes the global assignment (`assign.assign`) and keeps its own part: its shard is its
+  computes the global assignment (`placement.assign`) and keeps its own part: its shard is its
   sticky slot under Ray (with a `Ledger`: `ownership.py`), else the Serve rank it is given;
 - diffs that part against the streams it runs and adds/removes streams on the running pipeline
   (no restart: a camera added elsewhere moves nothing here);
@@ -18,10 +23,6 @@ logic here is testable in a plain process. A `ShardWorker`:
   `vap_shard_config_error{shard}` = 1 and retries transient problems itself.
 
 Frames never leave this process: only the config comes in, only events (sinks) and metrics go out.
-
-Why one module of ~500 lines: ownership, the diff against running streams and the handover and
-takeover reports happen in one order under one lock; the HTTP side, the ledger and the config
-rendering live in their own modules.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from vap_video.pipeline.cluster.assign import assign, owned
+from vap_video.pipeline.cluster.placement import assign, owned
 from vap_video.pipeline.cluster.cluster_config import ClusterConfig, render_settings
 from vap_video.pipeline.cluster.ledger import Ledger
 from vap_video.pipeline.cluster.ownership import Ownership
 from vap_video.pipeline.cluster.registry import Registry, RegistryError, load_registry
+from vap_video.pipeline.cluster.shard_health import StallWatch, frame_counters
 from vap_video.pipeline.cluster.shard_http import PORT_TRIES, MetricsServer, ShardCollector
 from vap_video.pipeline.config import ConfigError
 from vap_video.pipeline.settings import Settings, StreamSettings
@@ -76,8 +78,7 @@ class ShardWorker:
         self._added_total = 0
         self._removed_total = 0
         self._reconfigures = 0
-        self._progress = (0.0, 0.0, time.monotonic(), time.monotonic())  # processed, decoded, t_proc, t_dec
-        self._progress_lock = threading.Lock()
+        self._stall = StallWatch()
         self._server: MetricsServer | None = None
         self._applying = False
         self.failed: dict[str, str] = {}   # owned cameras the pipeline refused (bad analytics classes...)
@@ -422,15 +423,8 @@ class ShardWorker:
         return info
 
     # ------------------------------------------------------------------ health
-    def _counters(self, pipeline: Any = None) -> tuple[float, float]:
-        m = (pipeline or self.pipeline).metrics
-        return _total(m.frames_processed), _total(m.frames_decoded)
-
     def _reset_progress(self) -> None:
-        now = time.monotonic()
-        processed, decoded = self._counters() if self.pipeline is not None else (0.0, 0.0)
-        with self._progress_lock:
-            self._progress = (processed, decoded, now, now)
+        self._stall.reset(*(frame_counters(self.pipeline) if self.pipeline is not None else (0.0, 0.0)))
 
     def check_health(self) -> None:
         """Raise RuntimeError when this worker should be replaced.
@@ -452,20 +446,13 @@ class ShardWorker:
             raise RuntimeError(f"data path failed: {p.error}")
         if not p.ready:
             raise RuntimeError("pipeline threads are not running")
-        with self._progress_lock:
-            now = time.monotonic()
-            processed, decoded = self._counters(p)
-            last_p, last_d, t_p, t_d = self._progress
-            if processed != last_p:
-                t_p = now
-            if decoded != last_d:
-                t_d = now
-            self._progress = (processed, decoded, t_p, t_d)
-            if self.owned and now - t_p > self.cfg.stall_s:
-                streaming = any(s["state"] == "streaming" for s in p.streams())
-                if streaming or t_d > t_p:
-                    raise RuntimeError(f"no frame processed for {now - t_p:.0f} s while cameras deliver frames "
-                                       f"(frame counters stalled at {processed:.0f})")
+        processed, decoded = frame_counters(p)
+        stalled_s, decoding = self._stall.observe(processed, decoded)
+        if self.owned and stalled_s > self.cfg.stall_s:
+            streaming = any(s["state"] == "streaming" for s in p.streams())
+            if streaming or decoding:
+                raise RuntimeError(f"no frame processed for {stalled_s:.0f} s while cameras deliver frames "
+                                   f"(frame counters stalled at {processed:.0f})")
 
     # ------------------------------------------------------------------ reporting
     @property
@@ -488,7 +475,7 @@ class ShardWorker:
             "owned": sorted(self.owned),
             "failed": dict(self.failed),
             "streams": {s["name"]: s["state"] for s in streams},
-            "frames_processed": self._counters(p)[0] if p is not None else 0.0,
+            "frames_processed": frame_counters(p)[0] if p is not None else 0.0,
             "metrics_port": self.metrics_port,
             "reconfigures": self._reconfigures,
             "config_error": self.config_error,
@@ -498,10 +485,6 @@ class ShardWorker:
 def _default_pipeline(settings: Settings) -> Any:
     from vap_video.pipeline.runtime import Pipeline
     return Pipeline(settings)
-
-
-def _total(counter: Any) -> float:
-    return sum(s.value for fam in counter.collect() for s in fam.samples if s.name.endswith("_total"))
 
 
 __all__ = ["PORT_TRIES", "ClusterConfig", "ShardWorker", "render_settings"]  # all but ShardWorker: re-exported

@@ -41,7 +41,7 @@ IMPORT_PATH = "vap_video.pipeline.cluster.worker:app"
     max_ongoing_requests=8,
 )
 class StreamWorker:
-    """One shard: owns the cameras `assign` gives its rank, runs them on the single-node pipeline."""
+    """One shard: owns the cameras `placement.assign` gives its shard, runs them on the single-node pipeline."""
 
     def __init__(self) -> None:
         # The pipeline starts in reconfigure: Serve always calls it right after __init__ with the

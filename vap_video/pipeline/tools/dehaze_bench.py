@@ -1,5 +1,9 @@
 """Benchmarks of the dehazing stage (issue 6); results go to benchmarks/dehaze-*.json.
 
+One module of ~410 lines on purpose: five small benchmarks (none over 70 lines) behind one
+command, sharing its arguments, the machine record and the JSON output, and named as
+`dehaze_bench.WHAT` in benchmarks/dehaze.md; splitting them would scatter one command.
+
     python -m vap_video.pipeline.tools.dehaze_bench quality  [--out benchmarks/dehaze-quality.json]
     python -m vap_video.pipeline.tools.dehaze_bench map --data runs/data/haze-val/data.yaml --model M.onnx [--model ...]
     python -m vap_video.pipeline.tools.dehaze_bench flicker

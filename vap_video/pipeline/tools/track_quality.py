@@ -159,6 +159,26 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
     Returns detection rows (id -1, class kept) sorted by frame.
     """
     lo, hi = (int(v) for v in gap_frames)
+    _check_noise_model(miss, jitter_px, fp_per_frame, (lo, hi), gap_rate, low_score_frac)
+    rng = np.random.default_rng(seed)
+    gt = gt_rows.select(gt_rows.scores != 0)
+    if len(gt) == 0:
+        return _empty_seq()
+    # The steps draw from `rng` in this order; changing it changes every perturbed benchmark.
+    keep = _occlusion_keep(gt, rng, (lo, hi), gap_rate)                # 1. occlusion gaps
+    keep &= rng.random(len(gt)) >= miss                                 # 2. independent misses
+    det = gt.select(keep)
+    boxes = _jitter_boxes(det.boxes, rng, jitter_px)                    # 3. jitter, scaled by box size
+    low = rng.random(len(det)) < low_score_frac                         # 4. scores with a low-score band
+    scores = np.where(low, rng.uniform(0.1, 0.5, len(det)), rng.uniform(0.5, 0.95, len(det)))
+    fp = _false_positives(gt, rng, fp_per_frame, frame_size)            # 5. false positives
+    return _rows_to_seq([det.frames, fp.frames], [boxes, fp.boxes], [scores, fp.scores], [det.classes, fp.classes])
+
+
+def _check_noise_model(miss: float, jitter_px: float, fp_per_frame: float, gap_frames: tuple[int, int],
+                       gap_rate: float, low_score_frac: float) -> None:
+    """ValueError naming the first parameter of `perturb_gt` outside its range."""
+    lo, hi = gap_frames
     for name, value in (("miss", miss), ("low_score_frac", low_score_frac)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
@@ -168,12 +188,12 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
         raise ValueError(f"jitter_px and fp_per_frame must be non-negative, got {jitter_px}, {fp_per_frame}")
     if not 1 <= lo <= hi:
         raise ValueError(f"gap_frames must be (min, max) with 1 <= min <= max, got {gap_frames}")
-    rng = np.random.default_rng(seed)
-    gt = gt_rows.select(gt_rows.scores != 0)
-    if len(gt) == 0:
-        return _empty_seq()
 
-    # 1. occlusion gaps, track by track in frame order
+
+def _occlusion_keep(gt: MotSequence, rng: np.random.Generator, gap_frames: tuple[int, int],
+                    gap_rate: float) -> np.ndarray:
+    """Step 1 of `perturb_gt`: False for the rows hidden by occlusion gaps, track by track in frame order."""
+    lo, hi = gap_frames
     keep = np.ones(len(gt), bool)
     p_start = gap_rate / (0.5 * (lo + hi) * (1.0 - gap_rate)) if gap_rate > 0 else 0.0
     for tid in np.unique(gt.ids):
@@ -182,21 +202,22 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
         starts = rng.random(len(idx)) < p_start
         lengths = rng.integers(lo, hi + 1, len(idx))
         keep[idx[hide_in_bursts(gt.frames[idx], starts, lengths)]] = False
-    # 2. independent misses
-    keep &= rng.random(len(gt)) >= miss
-    det = gt.select(keep)
-    n = len(det)
-    # 3. jitter, scaled by box size
-    b = det.boxes.astype(np.float64)
+    return keep
+
+
+def _jitter_boxes(xywh: np.ndarray, rng: np.random.Generator, jitter_px: float) -> np.ndarray:
+    """Step 3 of `perturb_gt`: Gaussian noise on centre and size, sigma growing with sqrt(w*h)."""
+    b = xywh.astype(np.float64)
     sigma = jitter_px * np.sqrt(np.maximum(b[:, 2] * b[:, 3], 0.0)) / JITTER_REF_PX
-    noise = rng.normal(0.0, 1.0, (n, 4)) * sigma[:, None]
+    noise = rng.normal(0.0, 1.0, (len(b), 4)) * sigma[:, None]
     cx, cy = b[:, 0] + b[:, 2] / 2 + noise[:, 0], b[:, 1] + b[:, 3] / 2 + noise[:, 1]
     w, h = np.maximum(b[:, 2] + noise[:, 2], 1.0), np.maximum(b[:, 3] + noise[:, 3], 1.0)
-    boxes = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
-    # 4. scores with a low-score band
-    low = rng.random(n) < low_score_frac
-    scores = np.where(low, rng.uniform(0.1, 0.5, n), rng.uniform(0.5, 0.95, n))
-    # 5. false positives
+    return np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
+
+
+def _false_positives(gt: MotSequence, rng: np.random.Generator, fp_per_frame: float,
+                     frame_size: tuple[int, int] | None) -> MotSequence:
+    """Step 5 of `perturb_gt`: Poisson(`fp_per_frame`) boxes per frame, sized like ground-truth boxes."""
     last = int(gt.frames.max())
     if frame_size is None:
         xyxy = gt.boxes_xyxy
@@ -212,12 +233,12 @@ def perturb_gt(gt_rows: MotSequence, seed: int, miss: float = 0.1, jitter_px: fl
     classes_pool = np.unique(gt.classes)
     fp_cls = rng.choice(classes_pool, total_fp) if total_fp else np.zeros(0, np.int64)
     fp_scores = rng.uniform(0.1, 0.7, total_fp)
-    return _rows_to_seq([det.frames, fp_frames], [boxes, np.concatenate([xy, sizes], axis=1)],
-                        [scores, fp_scores], [det.classes, fp_cls])
+    return MotSequence(fp_frames, np.full(total_fp, -1, np.int64), np.concatenate([xy, sizes], axis=1),
+                       fp_scores, fp_cls)
 
 
 def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -> dict[str, float]:
-    from vap_video.pipeline.tools.track_eval import evaluate_sequences
+    from vap_video.pipeline.tools.track_metrics import evaluate_sequences
 
     m = evaluate_sequences(gt, track_sequence(dets, cfg, fps))
     return {k: float(m[k]) for k in METRIC_KEYS}
@@ -226,7 +247,7 @@ def _score(gt: MotSequence, dets: MotSequence, cfg: TrackerConfig, fps: float) -
 def _detection_quality(gt: MotSequence, dets: MotSequence, min_score: float) -> dict[str, float]:
     """Recall and precision (IoU 0.5) of the detections at or above `min_score`, before tracking:
     every box gets its own id so only the detection half of the metrics means anything."""
-    from vap_video.pipeline.tools.track_eval import evaluate_sequences
+    from vap_video.pipeline.tools.track_metrics import evaluate_sequences
 
     d = dets.select(dets.scores >= min_score)
     d = MotSequence(d.frames, np.arange(1, len(d) + 1, dtype=np.int64), d.boxes, d.scores, d.classes)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vap_video.pipeline.cluster.assign import assign, camera_weight, loads, moved, owned, shard_cap, shard_preference
+from vap_video.pipeline.cluster.placement import assign, camera_weight, loads, moved, owned, shard_cap, shard_preference
 
 
 def cams(n: int, prefix: str = "cam") -> list[str]:
@@ -30,7 +30,7 @@ def test_deterministic_across_input_order_and_processes():
     random.Random(1).shuffle(shuffled)
     assert assign(shuffled, 7) == a
     # another interpreter (different PYTHONHASHSEED) computes the same table
-    code = ("import json,sys; from vap_video.pipeline.cluster.assign import assign; "
+    code = ("import json,sys; from vap_video.pipeline.cluster.placement import assign; "
             "print(json.dumps(assign([f'cam-{i:04d}' for i in range(200)], 7), sort_keys=True))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "12345", "PATH": ""}).stdout
