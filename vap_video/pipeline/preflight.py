@@ -57,7 +57,8 @@ def check_input_files(settings: Settings) -> list[str]:
 
     Files configured `live: true` are skipped: they are stand-in cameras, allowed to appear later.
     """
-    from vap_video.pipeline.sources import SourceError, open_source
+    from vap_video.pipeline.source_errors import SourceError
+    from vap_video.pipeline.sources import open_source
 
     problems = []
     for i, s in enumerate(settings.streams):

@@ -25,7 +25,8 @@ from vap_video.pipeline.decode_plan import DecodePlan, FrameStride
 from vap_video.pipeline.frames import Frame
 from vap_video.pipeline.metrics import Metrics
 from vap_video.pipeline.reconnect import PROBE_CONNECT_S, backoff_delay, probe_address, tcp_answers
-from vap_video.pipeline.sources import Source, SourceError, classify_error, open_source
+from vap_video.pipeline.source_errors import SourceError, classify_error
+from vap_video.pipeline.sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
