@@ -116,7 +116,7 @@ def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None, stretch: bool
     import torch
 
     from vap_video.engines.detector import count_params
-    from vap_video.engines.loss import DetectionLoss, LossWeights
+    from vap_video.engines.loss import DetectionLoss
 
     rank, world, device = _init_process(cfg)
     run = _run_dir(cfg, resume, rank, world)
@@ -141,7 +141,7 @@ def _setup(cfg: TrainConfig, ck: dict | None, resume: Path | None, stretch: bool
                                                         else None)
     st = _State(cfg=cfg, run=run, rank=rank, world=world, device=device, names=names, train_ds=train_ds,
                 val_samples=val_samples, mcfg=mcfg, model=model, net=net, opt=opt, ema=ema, scaler=scaler,
-                crit=DetectionLoss(model, LossWeights(cfg.box, cfg.cls, cfg.dfl, cfg.o2m_start, cfg.o2m_end)),
+                crit=DetectionLoss.from_config(model, cfg),
                 sampler=sampler, per_rank_batch=per_rank_batch, schedule=Schedule.of(cfg, length, nb),
                 use_amp=use_amp, amp_dtype=amp_dtype)
     if ck is not None:
@@ -300,6 +300,7 @@ def _step(st: _State, images: Any, targets: Any, epoch: int, i: int) -> dict[str
 
     images = images.to(st.device, non_blocking=True).float()
     targets = targets.to(st.device)
+    st.model.detach_o2o = st.crit.o2o_detached(epoch)
     with torch.autocast(st.device.type, dtype=st.amp_dtype, enabled=st.use_amp):
         out = st.net(images)
     loss, parts = st.crit(out, targets, epoch, st.schedule.epochs)
