@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "o2o_topk1": {"o2o_topk": 1},
     "consistent_cls2": {"o2o_match": "o2m", "o2o_cls": 2.0},
     "stal2": {"min_half_strides": 2.0},
+    "clip_apart": {"o2o_clip_apart": True},
+    "clip_apart_cls2": {"o2o_clip_apart": True, "o2o_cls": 2.0},
     # not a change: today's defaults with another training seed, to show the run-to-run spread
     "baseline_seed1": {"seed": 1},
 }

@@ -165,3 +165,32 @@ def test_loss_weights_keep_their_positional_order():
     """Callers that build LossWeights positionally (box, cls, dfl, o2m_start, o2m_end) are unaffected."""
     w = LossWeights(7.5, 0.5, 1.5, 0.8, 0.1)
     assert (w.o2o, w.o2o_cls) == (1.0, 1.0)
+
+
+def test_clipping_the_one_to_one_head_apart_keeps_the_trunks_gradient():
+    """With a shared clip a large one-to-one gradient shrinks the trunk's; clipped apart it does not."""
+    from vap_video.engines.train_loop import clip_gradients
+
+    torch.manual_seed(0)
+    m = tiny().train()
+    loss, _ = DetectionLoss(m, LossWeights(o2o_cls=1000.0))(m(torch.rand(2, 3, 64, 64)), TARGETS)
+    loss.backward()
+    raw = [p.grad.clone() for p in m.parameters()]
+    trunk = [i for i, (n, _) in enumerate(m.named_parameters()) if not n.startswith(("o2o.", "o2m."))]
+    rest = float(torch.sqrt(sum((g ** 2).sum() for (n, _), g in zip(m.named_parameters(), raw)
+                                if not n.startswith("o2o."))))
+    limit = 1.01 * rest  # the rest is not clipped on its own; the head's gradient is far above it
+
+    def trunk_norm(apart):
+        for p, g in zip(m.parameters(), raw):
+            p.grad = g.clone()
+        clip_gradients(m, limit, apart)
+        grads = [p.grad for p in m.parameters()]
+        return float(torch.sqrt(sum((grads[i] ** 2).sum() for i in trunk))), grads
+
+    shared, _ = trunk_norm(False)
+    apart, grads = trunk_norm(True)
+    raw_trunk = float(torch.sqrt(sum((raw[i] ** 2).sum() for i in trunk)))
+    assert apart == pytest.approx(raw_trunk, rel=1e-5) and shared < 0.5 * raw_trunk
+    head = torch.sqrt(sum((p.grad ** 2).sum() for p in m.o2o.parameters()))
+    assert float(head) == pytest.approx(limit, rel=1e-3)
