@@ -98,6 +98,35 @@ def score(run: Path, threads: int) -> dict[str, Any]:
     return out
 
 
+def grad_norms(run: Path, threads: int) -> None:
+    """Why the detached head still steers the trunk: gradient norms of one validation batch (16 images)
+    at the run's final training weights, one-to-one head against everything else, per loss variant."""
+    import torch
+
+    from vap_video.engines.evaluate_engine import val_samples
+    from vap_video.engines.loss import DetectionLoss
+    from vap_video.engines.train import TrainConfig, load_checkpoint, model_from_checkpoint
+    from vap_video.engines.train_validate import val_batches
+
+    torch.set_num_threads(threads)
+    ck = load_checkpoint(run / "last.pt")
+    samples, _ = val_samples(Path(ck["train_cfg"]["data"]))
+    images, targets = next(val_batches(samples[:16], int(ck["train_cfg"]["imgsz"]), 16))
+    m = model_from_checkpoint(ck, "model").train()
+    clip = float(ck["train_cfg"]["clip_grad"])
+    for name in ("baseline", "consistent", "o2o_cls2"):
+        crit = DetectionLoss.from_config(m, TrainConfig(**{**ck["train_cfg"], **VARIANTS[name]}))
+        m.zero_grad(set_to_none=True)
+        loss, _ = crit(m(images.float()), targets, int(ck["epoch"]), int(ck["train_cfg"]["epochs"]))
+        loss.backward()
+        norm = lambda ps: float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in ps if p.grad is not None)))
+        head = norm(m.o2o.parameters())
+        rest = norm([p for n, p in m.named_parameters() if not n.startswith("o2o.")])
+        total = (head ** 2 + rest ** 2) ** 0.5
+        print(f"{name}: gradient norm one-to-one head {head:.1f}, rest {rest:.1f}; a shared clip at {clip:g} "
+              f"scales the trunk's step by {min(1.0, clip / total):.3f}")
+
+
 def row(name: str, r: dict[str, Any]) -> str:
     ch = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "(today's defaults)"
     a = r["o2o"]["area_ap"]
@@ -115,7 +144,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/head_ablation"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grad-norms", type=Path, default=None, metavar="RUN",
+                    help="only print the gradient-norm split at RUN's last.pt (no training)")
     args = ap.parse_args()
+    if args.grad_norms is not None:
+        grad_norms(args.grad_norms, args.threads)
+        return 0
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
