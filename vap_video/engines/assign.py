@@ -9,7 +9,8 @@ Candidates are anchors whose centre lies inside the GT box. Small-target rule: t
 contain no anchor centre at all (a 5 px object between stride-8 centres), so for candidate
 selection each GT is enlarged to at least one anchor stride per side (relative to that anchor's
 level); this guarantees a few candidates at the finest level, while the IoU^6 factor still keeps
-the coarse levels from winning such objects.
+the coarse levels from winning such objects. ``min_half_strides`` sets that enlargement (1.0 by
+default; 0 turns the rule off, >1 gives small objects more candidates, as STAL does in spirit).
 
 One-to-many (training signal for the trunk): top-k 10 per GT. One-to-one (the NMS-free head):
 top-k 7 candidates, conflicts resolved, then only the single best anchor per GT (top-1) is kept.
@@ -52,9 +53,10 @@ class TaskAlignedAssigner:
     """Assign GT boxes to anchors by the task-alignment metric (see module docstring)."""
 
     def __init__(self, num_classes: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0,
-                 one_to_one: bool = False, eps: float = 1e-9):
+                 one_to_one: bool = False, eps: float = 1e-9, min_half_strides: float = 1.0):
         self.nc, self.topk, self.alpha, self.beta = num_classes, topk, alpha, beta
         self.one_to_one, self.eps = one_to_one, eps
+        self.min_half_strides = min_half_strides
 
     @torch.no_grad()
     def __call__(self, pd_scores: torch.Tensor, pd_boxes: torch.Tensor, anchors: torch.Tensor,
@@ -86,7 +88,7 @@ class TaskAlignedAssigner:
         cy = (gt_boxes[..., 1] + gt_boxes[..., 3]) / 2
         hw = ((gt_boxes[..., 2] - gt_boxes[..., 0]) / 2).unsqueeze(-1)
         hh = ((gt_boxes[..., 3] - gt_boxes[..., 1]) / 2).unsqueeze(-1)
-        s = strides.view(1, 1, a).float()
+        s = strides.view(1, 1, a).float() * self.min_half_strides
         hw, hh = torch.maximum(hw, s), torch.maximum(hh, s)
         dx = (anchors[:, 0].view(1, 1, a) - cx.unsqueeze(-1)).abs()
         dy = (anchors[:, 1].view(1, 1, a) - cy.unsqueeze(-1)).abs()

@@ -242,6 +242,9 @@ class Detector(nn.Module):
         self.o2m: DetectHead | None = copy.deepcopy(self.o2o)
         self.strides = STRIDES
         self.max_det = cfg.max_det
+        # stop-gradient placement (a training switch, not part of the architecture or checkpoints):
+        # True = the one-to-one head reads detached neck features (see DetectionLoss.o2o_detached)
+        self.detach_o2o = True
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.neck(self.backbone(x))
@@ -256,7 +259,7 @@ class Detector(nn.Module):
         anchors, strides = make_anchors([(f.shape[2], f.shape[3]) for f in feats], self.strides, x.device,
                                         torch.float32)
         out: dict[str, object] = {"anchors": anchors, "strides": strides,
-                                  "o2o": self.o2o([f.detach() for f in feats])}
+                                  "o2o": self.o2o([f.detach() for f in feats] if self.detach_o2o else feats)}
         if self.o2m is not None:
             out["o2m"] = self.o2m(feats)
         return out

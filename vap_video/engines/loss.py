@@ -16,6 +16,27 @@ parameters and cannot compete with the one-to-many signal for the trunk; scaling
 would just slow the inference head's learning (a 5x smaller learning rate for it), which short
 CPU runs cannot afford. Shrinking ``w_o2m`` still moves the trunk's emphasis late in training
 towards what the one-to-one head needs (its features change less, so the head can settle).
+
+Switches for the head-gap ablation (issue 18; defaults are the behaviour described above):
+
+* ``o2o_match="o2m"``: consistent matching (YOLOv10's "consistent dual assignments"): the
+  one-to-one positive of each GT is the one-to-many assigner's best-aligned anchor (same alpha,
+  beta and top-k, ranked by the one-to-many head's predictions), instead of the one-to-one
+  head's own ranking. Its soft target stays the one-to-one box's own IoU at that anchor, so only
+  *which* anchor changes.
+* ``o2o_topk``: candidates per GT of the one-to-one assigner before top-1 (own matching only).
+* ``o2o_cls``: extra gain on the one-to-one classification term (one positive per object gives
+  its classifier a tenth of the positive signal the top-10 head gets).
+* ``o2o_detach_epochs``: stop-gradient placement. ``None``: the one-to-one head reads detached
+  features in every epoch; ``0``: never detached (its loss also trains the trunk); ``N``:
+  detached for the first N epochs only. Applied through :meth:`DetectionLoss.o2o_detached`,
+  which the training step sets on the model before its forward pass.
+* ``min_half_strides``: the assigners' small-target enlargement, in strides (see assign.py).
+
+Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig; train_loop.clip_gradients)
+clips the one-to-one head's gradient on its own. Detached features do not decouple the heads
+under one global gradient-norm clip: the head's gradient is most of that norm, so it sets how
+far the trunk moves.
 """
 
 from __future__ import annotations
@@ -26,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vap_video.engines.assign import TaskAlignedAssigner
+from vap_video.engines.assign import TaskAlignedAssigner, box_iou_pairwise
 from vap_video.engines.detector import Detector, ltrb_from_raw, ltrb_to_xyxy
 
 
@@ -75,6 +96,7 @@ class LossWeights:
     o2m_start: float = 0.8
     o2m_end: float = 0.1
     o2o: float = 1.0
+    o2o_cls: float = 1.0
 
 
 def o2m_weight(epoch: int, epochs: int, w: LossWeights) -> float:
@@ -94,12 +116,33 @@ class DetectionLoss:
     values for logging: box, cls, dfl (L1 or DFL) for each head, and the head weights.
     """
 
-    def __init__(self, model: Detector, weights: LossWeights | None = None):
+    def __init__(self, model: Detector, weights: LossWeights | None = None, o2o_match: str = "own",
+                 o2o_topk: int = 7, o2o_detach_epochs: int | None = None, min_half_strides: float = 1.0):
+        if o2o_match not in ("own", "o2m"):
+            raise ValueError(f"o2o_match must be 'own' or 'o2m', got {o2o_match!r}")
         self.nc = model.cfg.nc
         self.reg_max = model.cfg.reg_max
         self.w = weights or LossWeights()
-        self.o2m_assigner = TaskAlignedAssigner(self.nc, topk=10, alpha=0.5, beta=6.0)
-        self.o2o_assigner = TaskAlignedAssigner(self.nc, topk=7, alpha=0.5, beta=6.0, one_to_one=True)
+        self.o2o_match = o2o_match
+        self.o2o_detach_epochs = o2o_detach_epochs
+        self.o2m_assigner = TaskAlignedAssigner(self.nc, topk=10, alpha=0.5, beta=6.0,
+                                                min_half_strides=min_half_strides)
+        self.o2o_assigner = TaskAlignedAssigner(self.nc, topk=o2o_topk, alpha=0.5, beta=6.0, one_to_one=True,
+                                                min_half_strides=min_half_strides)
+        # consistent matching: the one-to-many assigner's candidates and metric, then its top-1
+        self.o2o_from_o2m = TaskAlignedAssigner(self.nc, topk=self.o2m_assigner.topk, alpha=0.5, beta=6.0,
+                                                one_to_one=True, min_half_strides=min_half_strides)
+
+    @classmethod
+    def from_config(cls, model: Detector, cfg: object) -> DetectionLoss:
+        """The loss a training recipe (``TrainConfig``) asks for."""
+        return cls(model, LossWeights(cfg.box, cfg.cls, cfg.dfl, cfg.o2m_start, cfg.o2m_end, o2o_cls=cfg.o2o_cls),
+                   o2o_match=cfg.o2o_match, o2o_topk=cfg.o2o_topk, o2o_detach_epochs=cfg.o2o_detach_epochs,
+                   min_half_strides=cfg.min_half_strides)
+
+    def o2o_detached(self, epoch: int) -> bool:
+        """Whether the one-to-one head reads detached neck features in ``epoch`` (0-based)."""
+        return self.o2o_detach_epochs is None or epoch < self.o2o_detach_epochs
 
     @staticmethod
     def _pad_targets(targets: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,12 +168,20 @@ class DetectionLoss:
 
     def _head_loss(self, raw: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor, strides: torch.Tensor,
                    labels: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
-                   assigner: TaskAlignedAssigner) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   assigner: TaskAlignedAssigner, match_on: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   cls_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One head's (box, cls, reg) terms. ``match_on``: another head's detached (scores, boxes) to
+        choose the positives from (consistent matching); the soft targets stay this head's own IoU."""
         box_raw, logits = raw
         box_raw, logits = box_raw.float(), logits.float()
         ltrb = ltrb_from_raw(box_raw, self.reg_max)
         pd_boxes = ltrb_to_xyxy(ltrb, anchors, strides)
-        asg = assigner(logits.detach().sigmoid(), pd_boxes.detach(), anchors, strides, labels, boxes, mask)
+        if match_on is None:
+            asg = assigner(logits.detach().sigmoid(), pd_boxes.detach(), anchors, strides, labels, boxes, mask)
+        else:
+            asg = assigner(match_on[0], match_on[1], anchors, strides, labels, boxes, mask)
+            own_iou = box_iou_pairwise(pd_boxes.detach(), asg.boxes) * asg.fg  # one positive per GT
+            asg.scores = torch.zeros_like(asg.scores).scatter_(2, asg.labels.unsqueeze(-1), own_iou.unsqueeze(-1))
         ts_sum = max(float(asg.scores.sum()), 1.0)
         l_cls = F.binary_cross_entropy_with_logits(logits, asg.scores, reduction="sum") / ts_sum
         fg = asg.fg
@@ -149,7 +200,7 @@ class DetectionLoss:
         else:
             l_box = box_raw.sum() * 0.0
             l_reg = box_raw.sum() * 0.0
-        return l_box * self.w.box, l_cls * self.w.cls, l_reg * self.w.dfl
+        return l_box * self.w.box, l_cls * self.w.cls * cls_gain, l_reg * self.w.dfl
 
     def __call__(self, out: dict, targets: torch.Tensor, epoch: int = 0,
                  epochs: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
@@ -157,7 +208,14 @@ class DetectionLoss:
         batch = out["o2o"][0].shape[0]
         labels, boxes, mask = self._pad_targets(targets.to(anchors.device), batch)
         w_o2m = o2m_weight(epoch, epochs, self.w)
-        o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner)
+        if self.o2o_match == "o2m" and "o2m" in out:
+            box_raw, logits = out["o2m"]
+            o2m_boxes = ltrb_to_xyxy(ltrb_from_raw(box_raw.detach().float(), self.reg_max), anchors, strides)
+            o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_from_o2m,
+                                  match_on=(logits.detach().float().sigmoid(), o2m_boxes), cls_gain=self.w.o2o_cls)
+        else:
+            o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner,
+                                  cls_gain=self.w.o2o_cls)
         total = self.w.o2o * sum(o2o)
         parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
                  "o2o_reg": float(o2o[2].detach())}

@@ -58,6 +58,18 @@ class TrainConfig(BaseModel):
     o2m_start: float = Field(0.8, description="weight of the one-to-many head's loss at the first epoch (falls "
                              "linearly to o2m_end)")
     o2m_end: float = Field(0.1, description="weight of the one-to-many head's loss at the last epoch")
+    o2o_cls: float = Field(1.0, ge=0, description="extra gain on the one-to-one head's classification loss")
+    o2o_topk: int = Field(7, ge=1, description="candidates per object of the one-to-one assigner before its top-1 "
+                          "(with o2o_match own)")
+    o2o_match: Literal["own", "o2m"] = Field("own", description="one-to-one positives: own = ranked by the one-to-one "
+                                             "head's predictions; o2m = the one-to-many assigner's best anchor "
+                                             "(consistent matching)")
+    o2o_detach_epochs: int | None = Field(None, ge=0, description="one-to-one head on detached neck features: null = "
+                                          "every epoch; 0 = never; N = the first N epochs only")
+    o2o_clip_apart: bool = Field(False, description="clip the one-to-one head's gradient norm on its own (its "
+                                 "gradient then no longer shrinks the trunk's step under clip_grad)")
+    min_half_strides: float = Field(1.0, ge=0, description="assigners enlarge small boxes to at least this many "
+                                    "strides per side when choosing candidates (0 = off)")
     # runtime
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16)")

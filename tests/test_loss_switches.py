@@ -1,0 +1,196 @@
+"""The head-gap switches of the loss and assigner (issue 18): each must change what it claims to.
+
+Each test compares a switch against today's default on the same tensors, so it fails if the
+switch is not wired through (the default and the switched run would agree).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vap_video.engines.assign import TaskAlignedAssigner, box_iou_pairwise
+from vap_video.engines.detector import DetectorConfig, build_detector, make_anchors
+from vap_video.engines.loss import DetectionLoss, LossWeights
+from vap_video.engines.train_config import ConfigFileError, TrainConfig, load_config
+
+torch.set_num_threads(1)
+
+TARGETS = torch.tensor([[0, 0, 8.0, 8.0, 40.0, 50.0], [1, 1, 20.0, 16.0, 60.0, 44.0], [1, 0, 2.0, 30.0, 14.0, 40.0]])
+
+
+def tiny(nc: int = 2) -> torch.nn.Module:
+    return build_detector(DetectorConfig(scale="n", nc=nc, imgsz=64, width=0.125, max_det=50))
+
+
+def anchors64():
+    return make_anchors([(8, 8), (4, 4), (2, 2)], (8, 16, 32), torch.device("cpu"), torch.float32)
+
+
+def test_defaults_are_todays_behaviour():
+    cfg = TrainConfig(data="d.yaml")
+    crit = DetectionLoss.from_config(tiny(), cfg)
+    assert crit.o2o_match == "own" and crit.o2o_assigner.topk == 7 and crit.o2m_assigner.topk == 10
+    assert crit.w.o2o_cls == 1.0 and crit.o2m_assigner.min_half_strides == 1.0
+    assert all(crit.o2o_detached(e) for e in range(50))
+    assert tiny().detach_o2o is True
+
+
+def test_recipe_rejects_an_unknown_matching_mode(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: d.yaml\no2o_match: both\n")
+    with pytest.raises(ConfigFileError, match="o2o_match"):
+        load_config(recipe, {})
+    with pytest.raises(ValueError, match="o2o_match"):
+        DetectionLoss(tiny(), o2o_match="both")
+
+
+def test_o2o_cls_gain_scales_only_the_one_to_one_class_term():
+    torch.manual_seed(0)
+    m = tiny().train()
+    out = m(torch.rand(2, 3, 64, 64))
+    _, base = DetectionLoss(m)(out, TARGETS)
+    _, gained = DetectionLoss.from_config(m, TrainConfig(data="d", o2o_cls=2.5))(out, TARGETS)
+    assert gained["o2o_cls"] == pytest.approx(2.5 * base["o2o_cls"], rel=1e-5)
+    for k in ("o2o_box", "o2o_reg", "o2m_cls", "o2m_box"):
+        assert gained[k] == pytest.approx(base[k], rel=1e-6)
+
+
+def test_consistent_matching_takes_the_one_to_many_heads_best_anchor():
+    """o2o_match=o2m: one positive per GT, among the o2m assigner's positives, the one with the
+    highest o2m alignment metric s^0.5 * IoU^6 (YOLOv10's consistent dual assignment)."""
+    anchors, strides = anchors64()
+    a = anchors.shape[0]
+    g = torch.Generator().manual_seed(1)
+    gt_boxes = torch.tensor([[[4.0, 4.0, 40.0, 36.0], [30.0, 20.0, 60.0, 60.0]]])
+    gt_labels, mask = torch.tensor([[0, 1]]), torch.tensor([[True, True]])
+    jitter = torch.rand(1, a, 4, generator=g) * 6
+    pd_boxes = torch.cat([anchors - 12, anchors + 12], -1).unsqueeze(0) + jitter
+    pd_scores = torch.rand(1, a, 2, generator=g)
+    crit = DetectionLoss(tiny(), o2o_match="o2m")
+    o2m = crit.o2m_assigner(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
+    o2o = crit.o2o_from_o2m(pd_scores, pd_boxes, anchors, strides, gt_labels, gt_boxes, mask)
+    assert int(o2o.fg.sum()) == 2 and bool((o2o.fg <= o2m.fg).all())
+    for j in range(2):
+        cand = torch.nonzero(o2m.fg[0] & (o2m.gt_idx[0] == j)).flatten()
+        metric = (pd_scores[0, cand, j].pow(0.5) * box_iou_pairwise(pd_boxes[0, cand], gt_boxes[0, j]).pow(6))
+        chosen = torch.nonzero(o2o.fg[0] & (o2o.gt_idx[0] == j)).flatten()
+        assert chosen.tolist() == [int(cand[metric.argmax()])]
+
+
+def test_consistent_matching_changes_the_one_to_one_loss_when_the_heads_differ():
+    torch.manual_seed(0)
+    m = tiny().train()
+    with torch.no_grad():  # the two heads start as copies; make the one-to-many head rank anchors differently
+        for p in m.o2m.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    out = m(torch.rand(2, 3, 64, 64))
+    _, own = DetectionLoss(m)(out, TARGETS)
+    _, cons = DetectionLoss(m, o2o_match="o2m")(out, TARGETS)
+    assert (own["o2o_cls"], own["o2o_box"]) != pytest.approx((cons["o2o_cls"], cons["o2o_box"]), rel=1e-4)
+    assert own["o2m_cls"] == pytest.approx(cons["o2m_cls"], rel=1e-6)  # the o2m head's own loss is unchanged
+
+
+def test_o2o_topk_changes_who_wins_a_shared_best_anchor():
+    """Two nearly identical GTs whose best anchor is the same: with top-1 candidates the loser of the
+    conflict has nothing left; with today's 7 it falls back to its next candidate."""
+    anchors, strides = anchors64()
+    gt_boxes = torch.tensor([[[20.0, 20.0, 52.0, 52.0], [21.0, 21.0, 53.0, 53.0]]])  # both best at anchor (36, 36)
+    pd_boxes = torch.cat([anchors - 16, anchors + 16], -1).unsqueeze(0)
+    pd_scores = torch.full((1, anchors.shape[0], 2), 0.5)
+    args = (pd_scores, pd_boxes, anchors, strides, torch.tensor([[0, 1]]), gt_boxes, torch.tensor([[True, True]]))
+    wide = DetectionLoss.from_config(tiny(), TrainConfig(data="d")).o2o_assigner(*args)
+    narrow = DetectionLoss.from_config(tiny(), TrainConfig(data="d", o2o_topk=1)).o2o_assigner(*args)
+    assert int(wide.fg.sum()) == 2
+    assert int(narrow.fg.sum()) == 1
+
+
+def test_detach_schedule_and_the_gradient_reaching_the_trunk():
+    crit = DetectionLoss.from_config(tiny(), TrainConfig(data="d", o2o_detach_epochs=3))
+    assert [crit.o2o_detached(e) for e in range(5)] == [True, True, True, False, False]
+    assert not DetectionLoss(tiny(), o2o_detach_epochs=0).o2o_detached(0)
+    torch.manual_seed(0)
+    m = tiny().train()
+    x = torch.rand(1, 3, 64, 64)
+    for detached in (True, False):
+        m.zero_grad(set_to_none=True)
+        m.detach_o2o = detached
+        out = m(x)
+        (out["o2o"][0].sum() + out["o2o"][1].sum()).backward()
+        reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
+        assert reached is (not detached)
+
+
+def test_training_step_applies_the_detach_schedule(monkeypatch):
+    """The training step sets the model's detach flag from the loss's schedule before its forward."""
+    from types import SimpleNamespace
+
+    from vap_video.engines import train_loop
+
+    m = tiny().train()
+    crit = DetectionLoss(m, o2o_detach_epochs=1)
+    seen = []
+    real_forward = m.forward_raw
+    m.forward_raw = lambda x: (seen.append(m.detach_o2o), real_forward(x))[1]
+    opt = torch.optim.SGD(m.parameters(), lr=1e-4)
+    st = SimpleNamespace(device=torch.device("cpu"), use_amp=False, amp_dtype=torch.float16, net=m, model=m,
+                         crit=crit, world=1, opt=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                         cfg=SimpleNamespace(clip_grad=10.0), ema=SimpleNamespace(update=lambda model: None),
+                         schedule=SimpleNamespace(epochs=4))
+    for epoch in (0, 1):
+        train_loop._step(st, torch.rand(2, 3, 64, 64), TARGETS, epoch, 0)
+    assert seen == [True, False]
+
+
+def test_small_target_enlargement_is_configurable():
+    anchors, strides = anchors64()
+    pd_scores = torch.full((1, anchors.shape[0], 1), 0.5)
+    tiny_box = torch.tensor([[[13.0, 13.0, 15.5, 15.5]]])  # between all anchor centres
+    # centre (90, 31): more than one stride from every anchor of its level, within two of the stride-32 one at 48
+    near = torch.tensor([[[89.0, 30.0, 91.0, 32.0]]])
+    lab, msk = torch.tensor([[0]]), torch.tensor([[True]])
+
+    def n_pos(gt, k, half):
+        pd_boxes = torch.cat([anchors - half, anchors + half], -1).unsqueeze(0)  # overlapping gt: nonzero metric
+        return int(TaskAlignedAssigner(1, topk=10, min_half_strides=k)(pd_scores, pd_boxes, anchors, strides, lab,
+                                                                        gt, msk).fg.sum())
+
+    assert n_pos(tiny_box, 0.0, strides / 4) == 0 and n_pos(tiny_box, 1.0, strides / 4) >= 1
+    assert n_pos(near, 1.0, strides * 2) == 0 and n_pos(near, 2.0, strides * 2) >= 1
+    crit = DetectionLoss.from_config(tiny(1), TrainConfig(data="d", min_half_strides=2.0))
+    assert crit.o2m_assigner.min_half_strides == crit.o2o_assigner.min_half_strides == 2.0
+
+
+def test_loss_weights_keep_their_positional_order():
+    """Callers that build LossWeights positionally (box, cls, dfl, o2m_start, o2m_end) are unaffected."""
+    w = LossWeights(7.5, 0.5, 1.5, 0.8, 0.1)
+    assert (w.o2o, w.o2o_cls) == (1.0, 1.0)
+
+
+def test_clipping_the_one_to_one_head_apart_keeps_the_trunks_gradient():
+    """With a shared clip a large one-to-one gradient shrinks the trunk's; clipped apart it does not."""
+    from vap_video.engines.train_loop import clip_gradients
+
+    torch.manual_seed(0)
+    m = tiny().train()
+    loss, _ = DetectionLoss(m, LossWeights(o2o_cls=1000.0))(m(torch.rand(2, 3, 64, 64)), TARGETS)
+    loss.backward()
+    raw = [p.grad.clone() for p in m.parameters()]
+    trunk = [i for i, (n, _) in enumerate(m.named_parameters()) if not n.startswith(("o2o.", "o2m."))]
+    rest = float(torch.sqrt(sum((g ** 2).sum() for (n, _), g in zip(m.named_parameters(), raw)
+                                if not n.startswith("o2o."))))
+    limit = 1.01 * rest  # the rest is not clipped on its own; the head's gradient is far above it
+
+    def trunk_norm(apart):
+        for p, g in zip(m.parameters(), raw):
+            p.grad = g.clone()
+        clip_gradients(m, limit, apart)
+        grads = [p.grad for p in m.parameters()]
+        return float(torch.sqrt(sum((grads[i] ** 2).sum() for i in trunk))), grads
+
+    shared, _ = trunk_norm(False)
+    apart, grads = trunk_norm(True)
+    raw_trunk = float(torch.sqrt(sum((raw[i] ** 2).sum() for i in trunk)))
+    assert apart == pytest.approx(raw_trunk, rel=1e-5) and shared < 0.5 * raw_trunk
+    head = torch.sqrt(sum((p.grad ** 2).sum() for p in m.o2o.parameters()))
+    assert float(head) == pytest.approx(limit, rel=1e-3)
