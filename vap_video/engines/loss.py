@@ -43,12 +43,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from vap_video.engines.assign import TaskAlignedAssigner, box_iou_pairwise
 from vap_video.engines.detector import Detector, ltrb_from_raw, ltrb_to_xyxy
+
+if TYPE_CHECKING:
+    from vap_video.engines.train_config import TrainConfig
 
 
 def bbox_ciou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -134,7 +138,7 @@ class DetectionLoss:
                                                 one_to_one=True, min_half_strides=min_half_strides)
 
     @classmethod
-    def from_config(cls, model: Detector, cfg: object) -> DetectionLoss:
+    def from_config(cls, model: Detector, cfg: TrainConfig) -> DetectionLoss:
         """The loss a training recipe (``TrainConfig``) asks for."""
         return cls(model, LossWeights(cfg.box, cfg.cls, cfg.dfl, cfg.o2m_start, cfg.o2m_end, o2o_cls=cfg.o2o_cls),
                    o2o_match=cfg.o2o_match, o2o_topk=cfg.o2o_topk, o2o_detach_epochs=cfg.o2o_detach_epochs,
