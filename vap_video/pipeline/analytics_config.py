@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vap_video.pipeline.config import ConfigError, Strict
 from vap_video.pipeline.geometry import polygon_area, self_intersection
@@ -108,22 +108,14 @@ class AnalyticsConfig(Strict):
         None, gt=0, description="Emit track.update at most this often per track, plus on every zone change; "
         "None = only on zone changes.")
 
-    @field_validator("zones")
+    @field_validator("zones", "lines")
     @classmethod
-    def _unique_zones(cls, v: list[ZoneConfig]) -> list[ZoneConfig]:
-        names = [z.name for z in v]
+    def _unique_names(cls, v: list[ZoneConfig] | list[LineConfig], info: ValidationInfo) -> list:
+        names = [item.name for item in v]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"zone names must be unique; repeated: {', '.join(sorted(dup))}")
-        return v
-
-    @field_validator("lines")
-    @classmethod
-    def _unique_lines(cls, v: list[LineConfig]) -> list[LineConfig]:
-        names = [ln.name for ln in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"line names must be unique; repeated: {', '.join(sorted(dup))}")
+            what = "zone" if info.field_name == "zones" else "line"
+            raise ValueError(f"{what} names must be unique; repeated: {', '.join(sorted(dup))}")
         return v
 
     def check_classes(self, class_names: list[str], where: str = "") -> None:
