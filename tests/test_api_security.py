@@ -278,6 +278,10 @@ def test_refused_connection_reads_its_503_even_mid_upload(served):
     finally:
         for h in holders:
             h.close()
+    deadline = time.monotonic() + 10   # the lingering thread ends once it has nothing to close
+    while any(t.name == "vap-http-linger" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name == "vap-http-linger" for t in threading.enumerate())
 
 
 def _answer(c: socket.socket) -> bytes:

@@ -70,13 +70,19 @@ class _Lingerer:
         deadlines: dict[socket.socket, float] = {}
         while True:
             try:
-                while True:
-                    sock = self._incoming.get(block=not deadlines, timeout=None)
+                while True:   # wait for work while idle, then take whatever else is queued
+                    sock = self._incoming.get(block=not deadlines, timeout=LINGER_S)
                     sock.setblocking(False)
                     sel.register(sock, selectors.EVENT_READ)
                     deadlines[sock] = time.monotonic() + LINGER_S
             except queue.Empty:
-                pass
+                if not deadlines:
+                    with self._lock:   # idle for LINGER_S: end the thread (close() starts a new one)
+                        if self._count == 0:
+                            self._thread = None
+                            sel.close()
+                            return
+                    continue
             for key, _ in sel.select(timeout=0.1):
                 sock = key.fileobj  # type: ignore[assignment]
                 try:
