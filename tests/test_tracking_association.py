@@ -10,22 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vap_video.pipeline.frames import Detections
+from tests.track_scenes import box as _box
+from tests.track_scenes import dets as _dets
 from vap_video.pipeline.tracking import ByteTracker, TrackerConfig
 from vap_video.pipeline.tracking_match import assign, buffered_iou, covered_by
 
 FPS = 25.0
-
-
-def _dets(rows: list[tuple[list[float], float]]) -> Detections:
-    if not rows:
-        return Detections()
-    return Detections(np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
-                      np.zeros(len(rows), np.int32))
-
-
-def _box(cx: float, cy: float, w: float = 40.0, h: float = 80.0) -> list[float]:
-    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
 def test_assign_leaves_a_poor_pair_unmatched_rather_than_making_two() -> None:

@@ -12,20 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vap_video.pipeline.frames import Detections
 from vap_video.pipeline.tools.mot import find_seqinfo, read_mot
+from tests.track_scenes import box as _box
+from tests.track_scenes import dets as _dets
 from vap_video.pipeline.tracking import ByteTracker, TrackerConfig
-
-
-def _dets(rows: list[tuple[list[float], float]]) -> Detections:
-    if not rows:
-        return Detections()
-    return Detections(np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
-                      np.zeros(len(rows), np.int32))
-
-
-def _box(cx: float, cy: float, w: float = 40.0, h: float = 80.0) -> list[float]:
-    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
 def test_long_tracked_object_is_reassociated_after_a_1_5_s_occlusion() -> None:
