@@ -61,6 +61,8 @@ class Metrics:
             "vap_capture_to_event_seconds", "Capture of the frame to the event handed to the sinks",
             buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("vap_queue_depth", "Frames waiting in a queue", ["queue"], registry=r)
+        self.engine_threads = Gauge("vap_engine_threads", "Intra-op threads of the CPU engine now (ONNX Runtime; "
+                                    "with intra_op_threads 0, the count kept after the trial)", registry=r)
         self.batch_size = Histogram("vap_batch_size", "Frames per engine batch", buckets=BATCH_BUCKETS, registry=r)
         self.detections = Counter("vap_detections_total", "Detections after thresholds", ["class"], registry=r)
         self.active_tracks = Gauge("vap_active_tracks", "Confirmed tracks alive", ["stream"], registry=r)

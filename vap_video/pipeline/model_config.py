@@ -24,15 +24,20 @@ def _cpu_only() -> list[Provider]:
     return ["CPUExecutionProvider"]
 
 
-def engine_threads() -> int:
-    """Default intra-op threads: every core this process may use but one, which is left to the
-    decoders. On 2 cores the engine with 2 threads fights decoding for both and the pipeline got
-    slower (the batch x threads grid in benchmarks/pipeline.md)."""
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
+
+
+def engine_threads() -> int:
+    """Intra-op threads to start with: every core this process may use but one, which is left to
+    the decoders. On 2 cores the shipped model's engine with 2 threads fights decoding for both and
+    the pipeline got slower (the batch x threads grid in benchmarks/pipeline.md); a larger model
+    gains from the last core, which the pipeline tries once running (engine_tuner)."""
+    return max(1, usable_cores() - 1)
 
 
 class OnnxRuntimeOptions(Strict):
@@ -40,9 +45,10 @@ class OnnxRuntimeOptions(Strict):
         default_factory=_cpu_only,
         description="Execution providers in order of preference: names, or {name: {option: value}} "
                     "(e.g. TensorrtExecutionProvider with trt_fp16_enable)")
-    intra_op_threads: int = Field(0, ge=0, description="Threads per inference (0 = one per core but one, at least "
-                                  "1: the other core decodes; measured fastest for the pipeline, "
-                                  "benchmarks/pipeline.md)")
+    intra_op_threads: int = Field(0, ge=0, description="Threads per inference. 0 = chosen by the pipeline: it starts "
+                                  "with one per core but one (at least 1; the other core decodes) and, once the "
+                                  "engine is the limit, tries one per core for a few seconds and keeps the faster "
+                                  "(logged; vap_engine_threads). Other values are used as given")
     inter_op_threads: int = Field(1, ge=0, description="Threads across independent graph branches")
     io_binding: bool = Field(False, description="Bind inputs/outputs to the provider's device (pays on GPUs)")
 

@@ -38,6 +38,7 @@ from vap_video.pipeline.batcher import DeadlineBatcher
 from vap_video.pipeline.config import ConfigError, redact_url
 from vap_video.pipeline.decode_plan import DecodePlan
 from vap_video.pipeline.dehaze import StreamDehazers, source_transform
+from vap_video.pipeline.engine_tuner import ThreadTuner, thread_tuner_for
 from vap_video.pipeline.events import make_event
 from vap_video.pipeline.frames import Detections, Frame
 from vap_video.pipeline.metrics import Metrics
@@ -133,10 +134,16 @@ class Pipeline:
     def __init__(self, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._tuner: ThreadTuner | None = None
         if backend is None:
             kind = backend_kind(settings.model.path, settings.model.backend)
             backend = load_backend(settings.model.path, kind, **settings.model.backend_options(kind))
+            self._tuner = thread_tuner_for(settings, backend, kind)   # intra_op_threads: 0 (auto)
         self.backend = backend
+        if getattr(backend, "intra_op_threads", 0):
+            self.metrics.engine_threads.set(backend.intra_op_threads)  # type: ignore[attr-defined]
+        if self._tuner is not None:
+            self._tuner.on_choice = self.metrics.engine_threads.set
         info = self.backend.info
         self.names = info.names
         self.metrics.info.info({"version": __version__, "backend": self.backend.name,
@@ -233,6 +240,8 @@ class Pipeline:
             with self._lock:
                 self._streams.pop(cfg.name, None)
             raise
+        if self._tuner is not None:
+            self._tuner.rearm()   # more streams can make the engine the limit
         log.info("stream %s added (%s, %s)", cfg.name, redact_url(cfg.url), "live" if cfg.is_live else "file")
 
     def _needs_full_frames(self, cfg: StreamSettings) -> bool:
@@ -354,6 +363,8 @@ class Pipeline:
         if self.snapshots is not None:
             self.snapshots.close(max(0.5, deadline - time.monotonic()))
         clean &= self.bus.close(max(0.5, deadline - time.monotonic()))
+        if self._tuner is not None:
+            self._tuner.abandon()   # a trial session still open is closed too
         self.backend.close()
         self._done.set()
         return clean
@@ -519,7 +530,12 @@ class Pipeline:
             else:
                 t0 = time.perf_counter()
                 assert batch.images is not None  # every batch with frames was preprocessed
-                if not finish(batch, self.backend.infer(batch.images), time.perf_counter() - t0):
+                output = self.backend.infer(batch.images)
+                seconds = time.perf_counter() - t0
+                if self._tuner is not None and not self._tuner.done:
+                    self._tuner.observe(len(batch.frames), seconds)
+                    self.backend = self._tuner.backend   # the next batch runs on the session it says
+                if not finish(batch, output, seconds):
                     return
         if drain(0):
             self._put(self._q_post, None)

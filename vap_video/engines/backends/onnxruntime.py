@@ -71,6 +71,7 @@ class OrtBackend(Backend):
                 "install onnxruntime-gpu for CUDA/TensorRT or use CPUExecutionProvider")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
+        self.intra_op_threads = intra_op_threads   # 0: ONNX Runtime's own default
         opts.inter_op_num_threads = inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

@@ -143,11 +143,14 @@ def pipeline_run(model: Path, clips: list[Path], streams: int, max_batch: int, t
         return sum(reg.get_sample_value("vap_frames_processed_total", {"stream": f"f{i}"}) or 0 for i in range(streams))
 
     samples: list[tuple[float, float]] = []
+    chosen_at: float | None = None   # when the engine thread tuner kept its choice (threads 0)
     try:
         cpu0, t0 = time.process_time(), time.perf_counter()
         p.start()
         while not p.wait(0.2):   # the progress curve, for the steady rate without start-up and tail
             samples.append((time.perf_counter(), processed()))
+            if chosen_at is None and p._tuner is not None and p._tuner.done:
+                chosen_at = samples[-1][1]
             if p.error is not None or time.perf_counter() - t0 > 1800:
                 break
         ok = p.wait(0)
@@ -165,7 +168,18 @@ def pipeline_run(model: Path, clips: list[Path], streams: int, max_batch: int, t
             "fps_steady": _steady_fps(samples, frames), "wall_ms_per_frame": round(1000 * wall / frames, 3),
             "cpu_ms_per_frame": round(1000 * cpu / frames, 3),
             "engine_busy_ms_per_frame": round(1000 * busy / frames, 3),
-            "engine_waiting_ms_per_frame": round(1000 * (wall - busy) / frames, 3)}
+            "engine_waiting_ms_per_frame": round(1000 * (wall - busy) / frames, 3),
+            **_tuner_report(p, samples, frames, chosen_at)}
+
+
+def _tuner_report(p: Any, samples: list[tuple[float, float]], frames: float, chosen_at: float | None) -> dict:
+    """With intra_op_threads 0: the threads kept, why, and the steady rate after the choice."""
+    if p._tuner is None:
+        return {}
+    after = [(t, n) for t, n in samples if chosen_at is not None and chosen_at <= n <= 0.9 * frames]
+    rate = (after[-1][1] - after[0][1]) / (after[-1][0] - after[0][0]) if len(after) > 1 else None
+    return {"threads_kept": p._tuner.threads, "tuner": p._tuner.decision or "no decision before the end",
+            "chosen_at_frame": chosen_at, "fps_after_choice": None if rate is None else round(rate, 1)}
 
 
 def _steady_fps(samples: list[tuple[float, float]], total: float) -> float:
