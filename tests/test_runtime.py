@@ -342,3 +342,29 @@ def test_a_finished_batch_moves_on_without_waiting_for_the_next(tmp_path, model)
         assert total is not None and total < 0.5
     finally:
         p.stop()
+
+
+def test_a_stream_removed_while_down_still_reports_why_it_was_released(tmp_path, model):
+    """A camera handed over while it is down gets a second stream.down with the handover reason:
+    the outage's own stream.down does not say this owner let it go."""
+    settings = _settings(tmp_path, model, [])
+    p = Pipeline(settings)
+    p.start()
+    try:
+        p.add_stream(parse_settings({"streams": [{"name": "gone", "url": "rtsp://127.0.0.1:9/none"}],
+                                     "model": {"path": str(model)}}).streams[0])
+        deadline = time.monotonic() + 20
+        while not any(e["type"] == "stream.down" for e in _events_now(tmp_path)):
+            assert time.monotonic() < deadline, "the unreachable camera never reported stream.down"
+            time.sleep(0.1)
+        p.remove_stream("gone", reason="handover")
+    finally:
+        assert p.stop(10)
+    downs = [e for e in _events(tmp_path) if e["type"] == "stream.down" and e["stream"] == "gone"]
+    assert downs[0].get("reason") != "handover"
+    assert [e.get("reason") for e in downs].count("handover") == 1, downs
+
+
+def _events_now(tmp_path: Path) -> list[dict]:
+    f = tmp_path / "events.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []

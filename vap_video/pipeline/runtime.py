@@ -388,11 +388,12 @@ class Pipeline:
             if entry is not None:
                 if state in ("finished", "failed"):  # a failed file is done too: nothing more will come
                     entry.finished = True
+                released = state == "stopped" and entry.stop_reason is not None
                 if etype is not None:
-                    if is_down and entry.down:
+                    if is_down and entry.down and not released:
                         return  # one stream.down per outage, not one per reconnect attempt
                     entry.down = is_down
-                if state == "stopped" and entry.stop_reason:
+                if released:   # e.g. handed over while it was down: say so, after the outage's own
                     reason = entry.stop_reason
                 if etype == "stream.up":
                     hook, entry.first_up = entry.first_up, None
