@@ -394,7 +394,7 @@ class Pipeline:
                         return  # one stream.down per outage, not one per reconnect attempt
                     entry.down = is_down
                 if released:   # e.g. handed over while it was down: say so, after the outage's own
-                    reason = entry.stop_reason
+                    reason = entry.stop_reason or reason
                 if etype == "stream.up":
                     hook, entry.first_up = entry.first_up, None
         if etype is None:
