@@ -146,3 +146,28 @@ def test_pipeline_processes_every_frame_across_the_swap(tmp_path: Path, monkeypa
     assert len(sessions) >= 2, "the trial session never ran a batch"
     assert sorted(seen) == list(range(frames))
     assert p.metrics.engine_threads._value.get() == tuner.threads
+
+
+def test_the_trial_session_does_not_announce_the_nms_fallback_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture):
+    """A legacy one-to-many model is announced once, when the pipeline opens it; the tuner's second
+    session of the same file says nothing (it did, once per session, before)."""
+    import logging
+
+    import vap_video.pipeline.engine_tuner as et
+    from tests.onnx_models import one_to_many_variant
+    from vap_video.engines.backends import load_backend
+    from vap_video.pipeline.settings import parse_settings
+
+    legacy = one_to_many_variant(Path("vap_video/engines/models/vap-synth-n.onnx"), tmp_path / "legacy.onnx")
+    monkeypatch.setattr(et, "usable_cores", lambda: 8)
+    settings = parse_settings({"model": {"path": str(legacy)}})
+    with caplog.at_level(logging.WARNING, logger="vap.engine"):
+        base = load_backend(legacy, "onnxruntime")
+        tuner = et.thread_tuner_for(settings, base, "onnxruntime")
+        assert tuner is not None
+        trial = tuner._make(tuner._trial_threads)
+    assert caplog.text.count("NMS FALLBACK") == 1
+    assert trial.info.layout == base.info.layout
+    trial.close()
+    base.close()

@@ -191,7 +191,8 @@ def thread_tuner_for(settings: Settings, backend: Backend, kind: str) -> ThreadT
     batch = settings.batch.max_batch
 
     def make(threads: int) -> Backend:
-        trial = load_backend(model.path, kind, **{**model.backend_options(kind), "intra_op_threads": threads})
+        trial = load_backend(model.path, kind, announce=False,
+                             **{**model.backend_options(kind), "intra_op_threads": threads})
         info = trial.info   # one warm-up batch, so the trial's first window is not its first run
         dtype = np.uint8 if info.input_dtype == "uint8" else np.float32
         trial.infer(np.zeros((batch, 3, *info.input_hw), dtype=dtype))

@@ -18,12 +18,14 @@ from vap_video.engines.contract import LEGACY, ModelContractError
 __all__ = ["load_backend", "backend_kind", "SUFFIXES"]
 
 
-def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backend:
+def load_backend(path: str | Path, kind: str = "auto", *, announce: bool = True, **options: Any) -> Backend:
     """Open a model file with the backend that runs it.
 
     `kind`: 'onnxruntime', 'tensorrt', 'torch', or 'auto' (by file suffix: .onnx -> ONNX Runtime,
     .engine/.plan -> TensorRT, .pt -> torch). `nms_conf` / `nms_iou` apply to legacy one-to-many
-    models only; every other option goes to the backend's constructor.
+    models only; every other option goes to the backend's constructor. `announce=False` skips the
+    NMS-fallback warning, for a second session of a model already announced (the thread tuner's
+    trial), so a log says it once per model, not once per session.
     """
     nms = {k: options.pop(k) for k in ("nms_conf", "nms_iou") if k in options}
     path = Path(path)
@@ -37,7 +39,7 @@ def load_backend(path: str | Path, kind: str = "auto", **options: Any) -> Backen
     backend = cls(path, **options)
     for key, value in nms.items():
         setattr(backend, key, float(value))
-    if backend.info.layout == LEGACY:
+    if announce and backend.info.layout == LEGACY:
         logging.getLogger("vap.engine").warning(
             "%s has a one-to-many head (%s output): running it through the NumPy NMS FALLBACK (IoU %.2f) on the "
             "CPU; an end-to-end export (YOLO26/YOLOv10, vap export) needs no NMS", path,
