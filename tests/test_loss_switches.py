@@ -34,6 +34,17 @@ def test_defaults_are_todays_behaviour():
     assert crit.w.o2o_cls == 1.0 and crit.o2m_assigner.min_half_strides == 1.0
     assert all(crit.o2o_detached(e) for e in range(50))
     assert tiny().detach_o2o is True
+    assert cfg.o2o_clip_apart is True  # the default since the 12-epoch, two-seed runs in benchmarks/model.md
+
+
+def test_a_run_saved_before_clip_apart_existed_resumes_with_the_shared_clip(tmp_path):
+    """Flipping a default must not change a resumed run: a checkpoint without the key trained with one clip."""
+    from vap_video.engines.train_checkpoint import resume_config, save_checkpoint
+
+    for name, saved, expected in (("old", {}, False), ("new", {"o2o_clip_apart": True}, True),
+                                  ("off", {"o2o_clip_apart": False}, False)):
+        save_checkpoint(tmp_path / f"{name}.pt", {"model_cfg": {}, "ema": {}, "train_cfg": {"data": "d.yaml", **saved}})
+        assert resume_config(tmp_path / f"{name}.pt").o2o_clip_apart is expected, name
 
 
 def test_recipe_rejects_an_unknown_matching_mode(tmp_path):
@@ -135,8 +146,8 @@ def test_training_step_applies_the_detach_schedule(monkeypatch):
     opt = torch.optim.SGD(m.parameters(), lr=1e-4)
     st = SimpleNamespace(device=torch.device("cpu"), use_amp=False, amp_dtype=torch.float16, net=m, model=m,
                          crit=crit, world=1, opt=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                         cfg=SimpleNamespace(clip_grad=10.0), ema=SimpleNamespace(update=lambda model: None),
-                         schedule=SimpleNamespace(epochs=4))
+                         cfg=SimpleNamespace(clip_grad=10.0, o2o_clip_apart=True),
+                         ema=SimpleNamespace(update=lambda model: None), schedule=SimpleNamespace(epochs=4))
     for epoch in (0, 1):
         train_loop._step(st, torch.rand(2, 3, 64, 64), TARGETS, epoch, 0)
     assert seen == [True, False]

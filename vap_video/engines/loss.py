@@ -33,10 +33,11 @@ Switches for the head-gap ablation (issue 18; defaults are the behaviour describ
   which the training step sets on the model before its forward pass.
 * ``min_half_strides``: the assigners' small-target enlargement, in strides (see assign.py).
 
-Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig; train_loop.clip_gradients)
-clips the one-to-one head's gradient on its own. Detached features do not decouple the heads
-under one global gradient-norm clip: the head's gradient is most of that norm, so it sets how
-far the trunk moves.
+Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by default;
+train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
+not decouple the heads under one global gradient-norm clip: the head's gradient is most of that
+norm, so it sets how far the trunk moves (benchmarks/model.md: apart, both heads gained 4-7 points
+mAP50-95 at two seeds).
 """
 
 from __future__ import annotations

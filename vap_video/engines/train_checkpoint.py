@@ -55,6 +55,10 @@ def model_from_checkpoint(ck: dict, which: str = "ema"):
 
 RESUME_OVERRIDABLE = ("device", "workers", "threads", "epochs", "log_every", "plots", "stop_after")
 
+# Options whose default changed after checkpoints were written without them: a run saved before the
+# option existed trained with the old behaviour, so it resumes with the old value, not the new default.
+DEFAULTS_BEFORE_THE_OPTION = {"o2o_clip_apart": False}
+
 
 def resume_config(run_or_ckpt: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The saved config of a run, with only runtime options overridable (anything else would make
@@ -67,6 +71,6 @@ def resume_config(run_or_ckpt: str | Path, overrides: dict[str, Any] | None = No
         raise ConfigFileError(f"cannot change {', '.join(sorted(bad))} when resuming; "
                               f"only {', '.join(RESUME_OVERRIDABLE)} may be overridden")
     try:
-        return TrainConfig(**{**ck["train_cfg"], **ov})
+        return TrainConfig(**{**DEFAULTS_BEFORE_THE_OPTION, **ck["train_cfg"], **ov})
     except ValidationError as exc:
         raise ConfigFileError(format_validation(exc, str(rp))) from None

@@ -66,8 +66,9 @@ class TrainConfig(BaseModel):
                                              "(consistent matching)")
     o2o_detach_epochs: int | None = Field(None, ge=0, description="one-to-one head on detached neck features: null = "
                                           "every epoch; 0 = never; N = the first N epochs only")
-    o2o_clip_apart: bool = Field(False, description="clip the one-to-one head's gradient norm on its own (its "
-                                 "gradient then no longer shrinks the trunk's step under clip_grad)")
+    o2o_clip_apart: bool = Field(True, description="clip the one-to-one head's gradient norm on its own (its "
+                                 "gradient then no longer shrinks the trunk's step under clip_grad); false = one "
+                                 "clip over all parameters, as before 2026-12")
     min_half_strides: float = Field(1.0, ge=0, description="assigners enlarge small boxes to at least this many "
                                     "strides per side when choosing candidates (0 = off)")
     # runtime

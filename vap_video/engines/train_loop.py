@@ -311,7 +311,7 @@ def _step(st: _State, images: Any, targets: Any, epoch: int, i: int) -> dict[str
     st.opt.zero_grad(set_to_none=True)
     st.scaler.scale(loss).backward()
     st.scaler.unscale_(st.opt)
-    clip_gradients(st.model, st.cfg.clip_grad, getattr(st.cfg, "o2o_clip_apart", False))
+    clip_gradients(st.model, st.cfg.clip_grad, st.cfg.o2o_clip_apart)
     st.scaler.step(st.opt)
     st.scaler.update()
     st.ema.update(st.model)
