@@ -2,8 +2,9 @@
 
 Why two runs: a haze-augmented fine-tune is only evidence for haze augmentation if a fine-tune of
 the same length *without* it is the control (more epochs alone could raise hazy-set mAP). Both runs
-start from the shipped checkpoint (``runs/train/synth-ext/last.pt``, epoch 20 of its recipe; its
-``best.pt`` is the same epoch and has the sha256 recorded in ``vap_video/engines/models/vap-synth-n.json``),
+start from the shipped checkpoint (``runs/train/synth/last.pt``, epoch 20 of its recipe; its
+``best.pt`` is the same epoch and has the sha256 recorded in ``vap_video/engines/models/vap-synth-n.json``;
+benchmarks/dehaze.md was measured from the previous shipped run, ``runs/train/synth-ext``),
 keep its optimiser/EMA state and continue its cosine schedule stretched to 20 + EXTRA epochs, so
 the learning rate is the small tail of the original schedule (about 1e-3 down to 5e-4).
 
@@ -23,7 +24,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-SHIPPED_RUN = Path("runs/train/synth-ext")
+SHIPPED_RUN = Path("runs/train/synth")
 
 
 def prepare(run: Path, extra: int, haze: float) -> Path:
