@@ -40,6 +40,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "stal2": {"min_half_strides": 2.0},
     "clip_apart": {"o2o_clip_apart": True},
     "clip_apart_cls2": {"o2o_clip_apart": True, "o2o_cls": 2.0},
+    # the one-to-one head's gradient norm is ~23 mid-run, so clip_grad 10 shrinks its step ~2.3x
+    "clip_apart_o2o40": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0},
+    "clip_apart_consistent": {"o2o_clip_apart": True, "o2o_match": "o2m"},
+    "clip_apart_o2o40_dense_box": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True},
+    # clip_apart again with the 1-thread training the rows above ran with (threads change the numerics)
+    "clip_apart_1thread": {"o2o_clip_apart": True, "threads": 1},
     # not a change: today's defaults with another training seed, to show the run-to-run spread
     "baseline_seed1": {"seed": 1},
     "clip_apart_seed1": {"o2o_clip_apart": True, "seed": 1},
@@ -149,7 +155,9 @@ def main() -> int:
     ap.add_argument("--val", type=int, default=300, help="synthetic validation images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/head_ablation"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for scoring")
+    ap.add_argument("--train-threads", type=int, default=None,
+                    help="torch threads for training (default: the recipe's), e.g. 1 to run two variants side by side")
     ap.add_argument("--grad-norms", type=Path, default=None, metavar="RUN",
                     help="only print the gradient-norm split at RUN's last.pt (no training)")
     args = ap.parse_args()
@@ -178,6 +186,8 @@ def main() -> int:
             print(row(name, json.loads(result_path.read_text())), flush=True)
             continue
         cfg = recipe(data, args.out, name, args.epochs, args.seed, VARIANTS[name])
+        if args.train_threads is not None:
+            cfg["threads"] = args.train_threads
         run, spent = train_variant(cfg)
         r = score(run, args.threads)
         r.update({"variant": name, "changes": VARIANTS[name], "train_s": spent, "recipe": cfg,

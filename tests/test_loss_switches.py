@@ -34,6 +34,7 @@ def test_defaults_are_todays_behaviour():
     assert crit.w.o2o_cls == 1.0 and crit.o2m_assigner.min_half_strides == 1.0
     assert all(crit.o2o_detached(e) for e in range(50))
     assert tiny().detach_o2o is True
+    assert crit.o2o_box_dense is False and cfg.o2o_clip_grad is None
     assert cfg.o2o_clip_apart is True  # the default since the 12-epoch, two-seed runs in benchmarks/model.md
 
 
@@ -65,6 +66,27 @@ def test_o2o_cls_gain_scales_only_the_one_to_one_class_term():
     assert gained["o2o_cls"] == pytest.approx(2.5 * base["o2o_cls"], rel=1e-5)
     for k in ("o2o_box", "o2o_reg", "o2m_cls", "o2m_box"):
         assert gained[k] == pytest.approx(base[k], rel=1e-6)
+
+
+def test_dense_box_terms_train_the_one_to_one_box_on_many_anchors_and_leave_its_classes_alone():
+    """o2o_box_dense: the one-to-one box branch gets a gradient at the top-10 anchors per object,
+    not at one; the classification term (the part that decides duplicates) is unchanged."""
+    torch.manual_seed(0)
+    m = tiny().train()
+    out = m(torch.rand(2, 3, 64, 64))
+    grads = {}
+    for dense in (False, True):
+        box_raw = out["o2o"][0].detach().requires_grad_(True)
+        crit = DetectionLoss.from_config(m, TrainConfig(data="d", o2o_box_dense=dense))
+        total, parts = crit({**out, "o2o": (box_raw, out["o2o"][1].detach()), "o2m": (out["o2m"][0].detach(),
+                             out["o2m"][1].detach())}, TARGETS)
+        total.backward()
+        grads[dense] = (int((box_raw.grad.abs().sum(-1) > 0).sum()), parts)
+    (sparse_n, sparse), (dense_n, dense) = grads[False], grads[True]
+    assert sparse_n <= len(TARGETS) < dense_n  # one anchor per object (or fewer on a tie) vs many
+    assert dense["o2o_cls"] == pytest.approx(sparse["o2o_cls"], rel=1e-6)
+    assert dense["o2o_box"] != pytest.approx(sparse["o2o_box"], rel=1e-3)
+    assert dense["o2m_box"] == pytest.approx(sparse["o2m_box"], rel=1e-6)
 
 
 def test_consistent_matching_takes_the_one_to_many_heads_best_anchor():
@@ -146,7 +168,7 @@ def test_training_step_applies_the_detach_schedule(monkeypatch):
     opt = torch.optim.SGD(m.parameters(), lr=1e-4)
     st = SimpleNamespace(device=torch.device("cpu"), use_amp=False, amp_dtype=torch.float16, net=m, model=m,
                          crit=crit, world=1, opt=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                         cfg=SimpleNamespace(clip_grad=10.0, o2o_clip_apart=True),
+                         cfg=SimpleNamespace(clip_grad=10.0, o2o_clip_apart=True, o2o_clip_grad=None),
                          ema=SimpleNamespace(update=lambda model: None), schedule=SimpleNamespace(epochs=4))
     for epoch in (0, 1):
         train_loop._step(st, torch.rand(2, 3, 64, 64), TARGETS, epoch, 0)
@@ -205,3 +227,20 @@ def test_clipping_the_one_to_one_head_apart_keeps_the_trunks_gradient():
     assert apart == pytest.approx(raw_trunk, rel=1e-5) and shared < 0.5 * raw_trunk
     head = torch.sqrt(sum((p.grad ** 2).sum() for p in m.o2o.parameters()))
     assert float(head) == pytest.approx(limit, rel=1e-3)
+
+
+def test_the_one_to_one_head_has_its_own_clip_when_asked():
+    """o2o_clip_grad sets the head's limit alone: the trunk keeps clip_grad's."""
+    from vap_video.engines.train_loop import clip_gradients
+
+    torch.manual_seed(0)
+    m = tiny().train()
+    loss, _ = DetectionLoss(m)(m(torch.rand(2, 3, 64, 64)), TARGETS)
+    loss.backward()
+    norm = lambda ps: float(torch.sqrt(sum((p.grad ** 2).sum() for p in ps)))
+    rest = [p for n, p in m.named_parameters() if not n.startswith("o2o.")]
+    head0, rest0 = norm(m.o2o.parameters()), norm(rest)
+    clip_gradients(m, 0.5 * rest0, True, 0.25 * head0)
+    assert norm(m.o2o.parameters()) == pytest.approx(0.25 * head0, rel=1e-4)
+    assert norm(rest) == pytest.approx(0.5 * rest0, rel=1e-4)
+    assert TrainConfig(data="d").o2o_clip_grad is None  # default: the head shares clip_grad's value

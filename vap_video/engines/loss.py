@@ -32,6 +32,11 @@ Switches for the head-gap ablation (issue 18; defaults are the behaviour describ
   detached for the first N epochs only. Applied through :meth:`DetectionLoss.o2o_detached`,
   which the training step sets on the model before its forward pass.
 * ``min_half_strides``: the assigners' small-target enlargement, in strides (see assign.py).
+* ``o2o_box_dense``: the one-to-one head's box and L1/DFL terms on the one-to-many assignment
+  (top-10 per object, ranked by the one-to-one head's own predictions); its classification stays
+  one-to-one. Why: duplicates come from the scores, not the boxes, so the box branch can learn
+  from every well-aligned anchor (ten times the box signal) without teaching the classifier to
+  fire twice; whichever anchor the classifier then keeps carries a better-trained box.
 
 Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by default;
 train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
@@ -122,7 +127,8 @@ class DetectionLoss:
     """
 
     def __init__(self, model: Detector, weights: LossWeights | None = None, o2o_match: str = "own",
-                 o2o_topk: int = 7, o2o_detach_epochs: int | None = None, min_half_strides: float = 1.0):
+                 o2o_topk: int = 7, o2o_detach_epochs: int | None = None, min_half_strides: float = 1.0,
+                 o2o_box_dense: bool = False):
         if o2o_match not in ("own", "o2m"):
             raise ValueError(f"o2o_match must be 'own' or 'o2m', got {o2o_match!r}")
         self.nc = model.cfg.nc
@@ -130,6 +136,7 @@ class DetectionLoss:
         self.w = weights or LossWeights()
         self.o2o_match = o2o_match
         self.o2o_detach_epochs = o2o_detach_epochs
+        self.o2o_box_dense = o2o_box_dense
         self.o2m_assigner = TaskAlignedAssigner(self.nc, topk=10, alpha=0.5, beta=6.0,
                                                 min_half_strides=min_half_strides)
         self.o2o_assigner = TaskAlignedAssigner(self.nc, topk=o2o_topk, alpha=0.5, beta=6.0, one_to_one=True,
@@ -143,7 +150,7 @@ class DetectionLoss:
         """The loss a training recipe (``TrainConfig``) asks for."""
         return cls(model, LossWeights(cfg.box, cfg.cls, cfg.dfl, cfg.o2m_start, cfg.o2m_end, o2o_cls=cfg.o2o_cls),
                    o2o_match=cfg.o2o_match, o2o_topk=cfg.o2o_topk, o2o_detach_epochs=cfg.o2o_detach_epochs,
-                   min_half_strides=cfg.min_half_strides)
+                   min_half_strides=cfg.min_half_strides, o2o_box_dense=cfg.o2o_box_dense)
 
     def o2o_detached(self, epoch: int) -> bool:
         """Whether the one-to-one head reads detached neck features in ``epoch`` (0-based)."""
@@ -174,9 +181,12 @@ class DetectionLoss:
     def _head_loss(self, raw: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor, strides: torch.Tensor,
                    labels: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
                    assigner: TaskAlignedAssigner, match_on: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   cls_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   cls_gain: float = 1.0, box_assigner: TaskAlignedAssigner | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One head's (box, cls, reg) terms. ``match_on``: another head's detached (scores, boxes) to
-        choose the positives from (consistent matching); the soft targets stay this head's own IoU."""
+        choose the positives from (consistent matching); the soft targets stay this head's own IoU.
+        ``box_assigner``: assign the box and reg terms' positives with it (on this head's own
+        predictions) instead of with the classification's assignment."""
         box_raw, logits = raw
         box_raw, logits = box_raw.float(), logits.float()
         ltrb = ltrb_from_raw(box_raw, self.reg_max)
@@ -189,6 +199,9 @@ class DetectionLoss:
             asg.scores = torch.zeros_like(asg.scores).scatter_(2, asg.labels.unsqueeze(-1), own_iou.unsqueeze(-1))
         ts_sum = max(float(asg.scores.sum()), 1.0)
         l_cls = F.binary_cross_entropy_with_logits(logits, asg.scores, reduction="sum") / ts_sum
+        if box_assigner is not None:
+            asg = box_assigner(logits.detach().sigmoid(), pd_boxes.detach(), anchors, strides, labels, boxes, mask)
+            ts_sum = max(float(asg.scores.sum()), 1.0)
         fg = asg.fg
         if bool(fg.any()):
             weight = asg.scores.sum(-1)[fg]
@@ -220,7 +233,8 @@ class DetectionLoss:
                                   match_on=(logits.detach().float().sigmoid(), o2m_boxes), cls_gain=self.w.o2o_cls)
         else:
             o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner,
-                                  cls_gain=self.w.o2o_cls)
+                                  cls_gain=self.w.o2o_cls,
+                                  box_assigner=self.o2m_assigner if self.o2o_box_dense else None)
         total = self.w.o2o * sum(o2o)
         parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
                  "o2o_reg": float(o2o[2].detach())}

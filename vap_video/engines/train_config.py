@@ -69,6 +69,10 @@ class TrainConfig(BaseModel):
     o2o_clip_apart: bool = Field(True, description="clip the one-to-one head's gradient norm on its own (its "
                                  "gradient then no longer shrinks the trunk's step under clip_grad); false = one "
                                  "clip over all parameters, as before 2026-12")
+    o2o_clip_grad: float | None = Field(None, gt=0, description="with o2o_clip_apart: the one-to-one head's own "
+                                        "gradient-norm clip (null = clip_grad)")
+    o2o_box_dense: bool = Field(False, description="train the one-to-one head's box terms on the one-to-many "
+                                "assignment (top-10 per object); its classification stays one-to-one")
     min_half_strides: float = Field(1.0, ge=0, description="assigners enlarge small boxes to at least this many "
                                     "strides per side when choosing candidates (0 = off)")
     # runtime
