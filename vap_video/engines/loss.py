@@ -42,7 +42,7 @@ Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by defaul
 train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
 not decouple the heads under one global gradient-norm clip: the head's gradient is most of that
 norm, so it sets how far the trunk moves (benchmarks/model.md: apart, both heads gained 4-7 points
-mAP50-95 at two seeds).
+mAP50-95 at two seeds). ``o2o_clip_grad`` gives that head its own limit (default: ``clip_grad``).
 """
 
 from __future__ import annotations
@@ -226,15 +226,16 @@ class DetectionLoss:
         batch = out["o2o"][0].shape[0]
         labels, boxes, mask = self._pad_targets(targets.to(anchors.device), batch)
         w_o2m = o2m_weight(epoch, epochs, self.w)
+        box_assigner = self.o2m_assigner if self.o2o_box_dense else None
         if self.o2o_match == "o2m" and "o2m" in out:
             box_raw, logits = out["o2m"]
             o2m_boxes = ltrb_to_xyxy(ltrb_from_raw(box_raw.detach().float(), self.reg_max), anchors, strides)
             o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_from_o2m,
-                                  match_on=(logits.detach().float().sigmoid(), o2m_boxes), cls_gain=self.w.o2o_cls)
+                                  match_on=(logits.detach().float().sigmoid(), o2m_boxes), cls_gain=self.w.o2o_cls,
+                                  box_assigner=box_assigner)
         else:
             o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner,
-                                  cls_gain=self.w.o2o_cls,
-                                  box_assigner=self.o2m_assigner if self.o2o_box_dense else None)
+                                  cls_gain=self.w.o2o_cls, box_assigner=box_assigner)
         total = self.w.o2o * sum(o2o)
         parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
                  "o2o_reg": float(o2o[2].detach())}
