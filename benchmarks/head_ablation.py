@@ -44,6 +44,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "clip_apart_o2o40": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0},
     "clip_apart_consistent": {"o2o_clip_apart": True, "o2o_match": "o2m"},
     "clip_apart_o2o40_dense_box": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True},
+    "clip_apart_o2o40_dense_box_cls2": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
+                                        "o2o_cls": 2.0},
+    # stop-gradient placement revisited without the clip coupling: the one-to-one loss also trains the trunk
+    "clip_apart_o2o40_dense_box_no_detach": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
+                                             "o2o_detach_epochs": 0},
+    # Varifocal classification for the one-to-one head (its easy negatives down-weighted)
+    "clip_apart_o2o40_dense_box_vfl": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
+                                       "o2o_cls_loss": "vfl"},
     # clip_apart again with the 1-thread training the rows above ran with (threads change the numerics)
     "clip_apart_1thread": {"o2o_clip_apart": True, "threads": 1},
     # not a change: today's defaults with another training seed, to show the run-to-run spread

@@ -89,6 +89,32 @@ def test_dense_box_terms_train_the_one_to_one_box_on_many_anchors_and_leave_its_
     assert dense["o2m_box"] == pytest.approx(sparse["o2m_box"], rel=1e-6)
 
 
+def test_varifocal_weights_hard_negatives_and_positives_by_their_target():
+    from vap_video.engines.loss import varifocal_loss
+
+    logits = torch.logit(torch.tensor([0.01, 0.9, 0.6, 0.6]))
+    target = torch.tensor([0.0, 0.0, 0.8, 0.4])
+    vfl = varifocal_loss(logits, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    # an easy negative (p 0.01) all but vanishes, a confident false positive (p 0.9) keeps 0.75 * 0.81 of its BCE
+    assert vfl[0] / bce[0] == pytest.approx(0.75 * 0.01**2, rel=1e-4)
+    assert vfl[1] / bce[1] == pytest.approx(0.75 * 0.9**2, rel=1e-4)
+    assert torch.allclose(vfl[2:] / bce[2:], target[2:])  # positives: weighted by their IoU target
+
+
+def test_varifocal_switch_changes_only_the_one_to_one_class_term():
+    torch.manual_seed(0)
+    m = tiny().train()
+    out = m(torch.rand(2, 3, 64, 64))
+    _, bce = DetectionLoss(m)(out, TARGETS)
+    _, vfl = DetectionLoss.from_config(m, TrainConfig(data="d", o2o_cls_loss="vfl"))(out, TARGETS)
+    assert vfl["o2o_cls"] < 0.5 * bce["o2o_cls"]  # the easy negatives' share is gone
+    for k in ("o2o_box", "o2o_reg", "o2m_cls", "o2m_box"):
+        assert vfl[k] == pytest.approx(bce[k], rel=1e-6)
+    with pytest.raises(ValueError, match="o2o_cls_loss"):
+        DetectionLoss(m, o2o_cls_loss="focal")
+
+
 def test_consistent_matching_takes_the_one_to_many_heads_best_anchor():
     """o2o_match=o2m: one positive per GT, among the o2m assigner's positives, the one with the
     highest o2m alignment metric s^0.5 * IoU^6 (YOLOv10's consistent dual assignment)."""

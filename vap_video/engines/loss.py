@@ -37,6 +37,12 @@ Switches for the head-gap ablation (issue 18; defaults are the behaviour describ
   one-to-one. Why: duplicates come from the scores, not the boxes, so the box branch can learn
   from every well-aligned anchor (ten times the box signal) without teaching the classifier to
   fire twice; whichever anchor the classifier then keeps carries a better-trained box.
+* ``o2o_cls_loss="vfl"``: the one-to-one classification term as Varifocal Loss (Zhang et al.,
+  VarifocalNet, 2021; the classification loss of RT-DETR and other one-to-one detectors) instead
+  of BCE: a positive is weighted by its soft target q, a negative by ``alpha * p**gamma``. Why:
+  with one positive per object, plain BCE spends almost all of its weight on the thousands of easy
+  negatives and holds every score down, the positive's too; the focal weight keeps the hard
+  negatives (the positive's neighbours, the duplicates) and drops the easy ones.
 
 Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by default;
 train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
@@ -109,6 +115,15 @@ class LossWeights:
     o2o_cls: float = 1.0
 
 
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> torch.Tensor:
+    """Element-wise Varifocal Loss: BCE against the soft target, weighted by ``target`` where it is
+    positive and by ``alpha * p**gamma`` (p = predicted score, detached) where it is zero."""
+    p = logits.detach().sigmoid()
+    weight = torch.where(target > 0, target, alpha * p.pow(gamma))
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+
+
 def o2m_weight(epoch: int, epochs: int, w: LossWeights) -> float:
     """One-to-many head weight for ``epoch`` (0-based): linear ``o2m_start -> o2m_end``."""
     if epochs <= 1:
@@ -128,9 +143,12 @@ class DetectionLoss:
 
     def __init__(self, model: Detector, weights: LossWeights | None = None, o2o_match: str = "own",
                  o2o_topk: int = 7, o2o_detach_epochs: int | None = None, min_half_strides: float = 1.0,
-                 o2o_box_dense: bool = False):
+                 o2o_box_dense: bool = False, o2o_cls_loss: str = "bce"):
         if o2o_match not in ("own", "o2m"):
             raise ValueError(f"o2o_match must be 'own' or 'o2m', got {o2o_match!r}")
+        if o2o_cls_loss not in ("bce", "vfl"):
+            raise ValueError(f"o2o_cls_loss must be 'bce' or 'vfl', got {o2o_cls_loss!r}")
+        self.o2o_cls_loss = o2o_cls_loss
         self.nc = model.cfg.nc
         self.reg_max = model.cfg.reg_max
         self.w = weights or LossWeights()
@@ -150,7 +168,8 @@ class DetectionLoss:
         """The loss a training recipe (``TrainConfig``) asks for."""
         return cls(model, LossWeights(cfg.box, cfg.cls, cfg.dfl, cfg.o2m_start, cfg.o2m_end, o2o_cls=cfg.o2o_cls),
                    o2o_match=cfg.o2o_match, o2o_topk=cfg.o2o_topk, o2o_detach_epochs=cfg.o2o_detach_epochs,
-                   min_half_strides=cfg.min_half_strides, o2o_box_dense=cfg.o2o_box_dense)
+                   min_half_strides=cfg.min_half_strides, o2o_box_dense=cfg.o2o_box_dense,
+                   o2o_cls_loss=cfg.o2o_cls_loss)
 
     def o2o_detached(self, epoch: int) -> bool:
         """Whether the one-to-one head reads detached neck features in ``epoch`` (0-based)."""
@@ -182,11 +201,11 @@ class DetectionLoss:
                    labels: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
                    assigner: TaskAlignedAssigner, match_on: tuple[torch.Tensor, torch.Tensor] | None = None,
                    cls_gain: float = 1.0, box_assigner: TaskAlignedAssigner | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   cls_loss: str = "bce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One head's (box, cls, reg) terms. ``match_on``: another head's detached (scores, boxes) to
         choose the positives from (consistent matching); the soft targets stay this head's own IoU.
         ``box_assigner``: assign the box and reg terms' positives with it (on this head's own
-        predictions) instead of with the classification's assignment."""
+        predictions) instead of with the classification's assignment. ``cls_loss``: ``bce`` or ``vfl``."""
         box_raw, logits = raw
         box_raw, logits = box_raw.float(), logits.float()
         ltrb = ltrb_from_raw(box_raw, self.reg_max)
@@ -198,7 +217,10 @@ class DetectionLoss:
             own_iou = box_iou_pairwise(pd_boxes.detach(), asg.boxes) * asg.fg  # one positive per GT
             asg.scores = torch.zeros_like(asg.scores).scatter_(2, asg.labels.unsqueeze(-1), own_iou.unsqueeze(-1))
         ts_sum = max(float(asg.scores.sum()), 1.0)
-        l_cls = F.binary_cross_entropy_with_logits(logits, asg.scores, reduction="sum") / ts_sum
+        if cls_loss == "vfl":
+            l_cls = varifocal_loss(logits, asg.scores).sum() / ts_sum
+        else:
+            l_cls = F.binary_cross_entropy_with_logits(logits, asg.scores, reduction="sum") / ts_sum
         if box_assigner is not None:
             asg = box_assigner(logits.detach().sigmoid(), pd_boxes.detach(), anchors, strides, labels, boxes, mask)
             ts_sum = max(float(asg.scores.sum()), 1.0)
@@ -232,10 +254,10 @@ class DetectionLoss:
             o2m_boxes = ltrb_to_xyxy(ltrb_from_raw(box_raw.detach().float(), self.reg_max), anchors, strides)
             o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_from_o2m,
                                   match_on=(logits.detach().float().sigmoid(), o2m_boxes), cls_gain=self.w.o2o_cls,
-                                  box_assigner=box_assigner)
+                                  box_assigner=box_assigner, cls_loss=self.o2o_cls_loss)
         else:
             o2o = self._head_loss(out["o2o"], anchors, strides, labels, boxes, mask, self.o2o_assigner,
-                                  cls_gain=self.w.o2o_cls, box_assigner=box_assigner)
+                                  cls_gain=self.w.o2o_cls, box_assigner=box_assigner, cls_loss=self.o2o_cls_loss)
         total = self.w.o2o * sum(o2o)
         parts = {"o2o_box": float(o2o[0].detach()), "o2o_cls": float(o2o[1].detach()),
                  "o2o_reg": float(o2o[2].detach())}

@@ -73,6 +73,8 @@ class TrainConfig(BaseModel):
                                         "gradient-norm clip (null = clip_grad)")
     o2o_box_dense: bool = Field(False, description="train the one-to-one head's box terms on the one-to-many "
                                 "assignment (top-10 per object); its classification stays one-to-one")
+    o2o_cls_loss: Literal["bce", "vfl"] = Field("bce", description="the one-to-one head's classification loss: bce, "
+                                                "or vfl (Varifocal: easy negatives down-weighted by alpha * p**2)")
     min_half_strides: float = Field(1.0, ge=0, description="assigners enlarge small boxes to at least this many "
                                     "strides per side when choosing candidates (0 = off)")
     # runtime
