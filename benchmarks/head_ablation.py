@@ -25,8 +25,11 @@ from typing import Any
 
 
 # Every variant starts from the recipe as it was when the tables in benchmarks/model.md were measured:
-# one gradient-norm clip over all parameters (o2o_clip_apart became the default after these runs).
-ABLATION_BASE: dict[str, Any] = {"o2o_clip_apart": False}
+# one gradient-norm clip over all parameters, the one-to-one head on detached features with its box terms
+# one-to-one and no clip of its own (o2o_clip_apart, then no_detach + dense box + o2o_clip_grad 40 became
+# the defaults after these runs).
+ABLATION_BASE: dict[str, Any] = {"o2o_clip_apart": False, "o2o_detach_epochs": None, "o2o_box_dense": False,
+                                 "o2o_clip_grad": None}
 
 # Each variant changes recipe keys of vap_video/engines/train_config.py and nothing else.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -52,6 +55,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Varifocal classification for the one-to-one head (its easy negatives down-weighted)
     "clip_apart_o2o40_dense_box_vfl": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
                                        "o2o_cls_loss": "vfl"},
+    # the same rows at seed 1 (a paired replication: the one-to-many head is shared within a seed)
+    "clip_apart_o2o40_dense_box_seed1": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
+                                         "seed": 1},
+    "clip_apart_o2o40_dense_box_vfl_seed1": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
+                                             "o2o_cls_loss": "vfl", "seed": 1},
+    "clip_apart_o2o40_dense_box_no_detach_seed1": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0,
+                                                   "o2o_box_dense": True, "o2o_detach_epochs": 0, "seed": 1},
+    "clip_apart_1thread_seed1": {"o2o_clip_apart": True, "threads": 1, "seed": 1},
     # clip_apart again with the 1-thread training the rows above ran with (threads change the numerics)
     "clip_apart_1thread": {"o2o_clip_apart": True, "threads": 1},
     # not a change: today's defaults with another training seed, to show the run-to-run spread

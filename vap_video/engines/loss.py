@@ -142,8 +142,8 @@ class DetectionLoss:
     """
 
     def __init__(self, model: Detector, weights: LossWeights | None = None, o2o_match: str = "own",
-                 o2o_topk: int = 7, o2o_detach_epochs: int | None = None, min_half_strides: float = 1.0,
-                 o2o_box_dense: bool = False, o2o_cls_loss: str = "bce"):
+                 o2o_topk: int = 7, o2o_detach_epochs: int | None = 0, min_half_strides: float = 1.0,
+                 o2o_box_dense: bool = True, o2o_cls_loss: str = "bce"):
         if o2o_match not in ("own", "o2m"):
             raise ValueError(f"o2o_match must be 'own' or 'o2m', got {o2o_match!r}")
         if o2o_cls_loss not in ("bce", "vfl"):

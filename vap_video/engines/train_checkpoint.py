@@ -57,7 +57,7 @@ RESUME_OVERRIDABLE = ("device", "workers", "threads", "epochs", "log_every", "pl
 
 # Options whose default changed after checkpoints were written without them: a run saved before the
 # option existed trained with the old behaviour, so it resumes with the old value, not the new default.
-DEFAULTS_BEFORE_THE_OPTION = {"o2o_clip_apart": False}
+DEFAULTS_BEFORE_THE_OPTION = {"o2o_clip_apart": False, "o2o_clip_grad": None, "o2o_box_dense": False}
 
 
 def resume_config(run_or_ckpt: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -64,14 +64,15 @@ class TrainConfig(BaseModel):
     o2o_match: Literal["own", "o2m"] = Field("own", description="one-to-one positives: own = ranked by the one-to-one "
                                              "head's predictions; o2m = the one-to-many assigner's best anchor "
                                              "(consistent matching)")
-    o2o_detach_epochs: int | None = Field(None, ge=0, description="one-to-one head on detached neck features: null = "
-                                          "every epoch; 0 = never; N = the first N epochs only")
+    o2o_detach_epochs: int | None = Field(0, ge=0, description="one-to-one head on detached neck features: null = "
+                                          "every epoch (before 2026-12-04); 0 = never (its loss also trains the "
+                                          "trunk); N = the first N epochs only")
     o2o_clip_apart: bool = Field(True, description="clip the one-to-one head's gradient norm on its own (its "
                                  "gradient then no longer shrinks the trunk's step under clip_grad); false = one "
                                  "clip over all parameters, as before 2026-12")
-    o2o_clip_grad: float | None = Field(None, gt=0, description="with o2o_clip_apart: the one-to-one head's own "
+    o2o_clip_grad: float | None = Field(40.0, gt=0, description="with o2o_clip_apart: the one-to-one head's own "
                                         "gradient-norm clip (null = clip_grad)")
-    o2o_box_dense: bool = Field(False, description="train the one-to-one head's box terms on the one-to-many "
+    o2o_box_dense: bool = Field(True, description="train the one-to-one head's box terms on the one-to-many "
                                 "assignment (top-10 per object); its classification stays one-to-one")
     o2o_cls_loss: Literal["bce", "vfl"] = Field("bce", description="the one-to-one head's classification loss: bce, "
                                                 "or vfl (Varifocal: easy negatives down-weighted by alpha * p**2)")
