@@ -8,8 +8,9 @@ Clean room from the YOLOv8 / YOLOv10 / YOLO26 papers and docs.
 * Head: per level, a box branch (``4 * reg_max`` channels) and a class branch (``nc`` channels).
   There are two copies (YOLOv10 "consistent dual assignment"): the **one-to-many** head is trained
   with top-10 assignment and gives the backbone a rich signal; the **one-to-one** head is trained
-  with a single positive per object, so at inference its top-K needs no NMS. The one-to-one head
-  reads *detached* neck features, so its sparse signal never disturbs the shared trunk.
+  with a single positive per object, so at inference its top-K needs no NMS. By default the
+  one-to-one loss also trains the trunk (YOLOv10 detaches it; here detaching cost 3-4 points
+  mAP50-95 at 12 epochs, see DetectionLoss and benchmarks/model.md); ``detach_o2o`` switches it.
 * Boxes: ``reg_max == 1`` (default) predicts l, t, r, b distances in stride units through a
   softplus (non-negative, no exp blow-ups, no DFL); ``reg_max > 1`` uses a DFL distribution.
 * Inference output (engine contract): ``[B, K, 6]`` rows ``x1, y1, x2, y2, score, class_id`` in
@@ -243,7 +244,9 @@ class Detector(nn.Module):
         self.strides = STRIDES
         self.max_det = cfg.max_det
         # stop-gradient placement (a training switch, not part of the architecture or checkpoints):
-        # True = the one-to-one head reads detached neck features (see DetectionLoss.o2o_detached)
+        # True = the one-to-one head reads detached neck features; the training step sets it every
+        # batch from DetectionLoss.o2o_detached (the recipe's o2o_detach_epochs), so this is only the
+        # value outside training, where it changes nothing
         self.detach_o2o = True
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -10,14 +10,20 @@ Per head: task-aligned assignment (:mod:`vap_video.engines.assign`), then
   weighted per positive anchor by its target score, so well-aligned anchors count more.
 
 Heads are combined as ``w_o2m(epoch) * L_o2m + w_o2o * L_o2o`` with ``w_o2m`` moving linearly
-from 0.8 to 0.1 over training and ``w_o2o = 1.0`` constant. Why not ``1 - w_o2m`` for the
-one-to-one head: it reads *detached* neck features, so its loss only ever reaches its own head
-parameters and cannot compete with the one-to-many signal for the trunk; scaling it by 0.2 early
-would just slow the inference head's learning (a 5x smaller learning rate for it), which short
-CPU runs cannot afford. Shrinking ``w_o2m`` still moves the trunk's emphasis late in training
-towards what the one-to-one head needs (its features change less, so the head can settle).
+from 0.8 to 0.1 over training and ``w_o2o = 1.0`` constant: a ProgLoss-like hand-over, in which
+the one-to-many signal leads the trunk early and the one-to-one loss, which also trains the trunk
+(``o2o_detach_epochs = 0``, the default since 2026-12-04), leads it late. Why the trunk must see the
+one-to-one loss: a detached head has to pick the one anchor out of features trained to make ten
+neighbours fire; in the 12-epoch ablation (benchmarks/model.md) the detached head trailed the
+one-to-many head + NMS by 3.0 to 4.1 points mAP50-95, the undetached one led it by 0.4 and 0.7 at
+two seeds, with both heads higher. ``w_o2o`` is not ``1 - w_o2m``: a 0.2 weight early would slow
+the inference head's learning 5x, which short CPU runs cannot afford.
 
-Switches for the head-gap ablation (issue 18; defaults are the behaviour described above):
+The one-to-one head's box terms use the top-10 assignment (``o2o_box_dense``, default) and its
+classification one positive per object; it is clipped apart with its own limit (TrainConfig
+``o2o_clip_apart``, ``o2o_clip_grad = 40``).
+
+Switches for the head-gap ablation (issue 18):
 
 * ``o2o_match="o2m"``: consistent matching (YOLOv10's "consistent dual assignments"): the
   one-to-one positive of each GT is the one-to-many assigner's best-aligned anchor (same alpha,
@@ -28,7 +34,8 @@ Switches for the head-gap ablation (issue 18; defaults are the behaviour describ
 * ``o2o_cls``: extra gain on the one-to-one classification term (one positive per object gives
   its classifier a tenth of the positive signal the top-10 head gets).
 * ``o2o_detach_epochs``: stop-gradient placement. ``None``: the one-to-one head reads detached
-  features in every epoch; ``0``: never detached (its loss also trains the trunk); ``N``:
+  features in every epoch (YOLOv10's choice, and ours before 2026-12-04); ``0`` (default): never
+  detached (its loss also trains the trunk); ``N``:
   detached for the first N epochs only. Applied through :meth:`DetectionLoss.o2o_detached`,
   which the training step sets on the model before its forward pass.
 * ``min_half_strides``: the assigners' small-target enlargement, in strides (see assign.py).
@@ -43,6 +50,8 @@ Switches for the head-gap ablation (issue 18; defaults are the behaviour describ
   with one positive per object, plain BCE spends almost all of its weight on the thousands of easy
   negatives and holds every score down, the positive's too; the focal weight keeps the hard
   negatives (the positive's neighbours, the duplicates) and drops the easy ones.
+  Measured (benchmarks/model.md): it cost 6.4 points and tripled the gap by adding duplicates, so
+  the easy negatives' share of BCE is what pushes the positive's neighbours down. Off by default.
 
 Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by default;
 train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
