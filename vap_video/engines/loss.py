@@ -57,7 +57,8 @@ Not a loss term but coupled to it: ``o2o_clip_apart`` (TrainConfig, on by defaul
 train_loop.clip_gradients) clips the one-to-one head's gradient on its own. Detached features do
 not decouple the heads under one global gradient-norm clip: the head's gradient is most of that
 norm, so it sets how far the trunk moves (benchmarks/model.md: apart, both heads gained 4-7 points
-mAP50-95 at two seeds). ``o2o_clip_grad`` gives that head its own limit (default: ``clip_grad``).
+mAP50-95 at two seeds). ``o2o_clip_grad`` gives that head its own limit (default 40; null:
+``clip_grad``).
 """
 
 from __future__ import annotations
