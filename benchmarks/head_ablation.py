@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Varifocal classification for the one-to-one head (its easy negatives down-weighted)
     "clip_apart_o2o40_dense_box_vfl": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
                                        "o2o_cls_loss": "vfl"},
+    # which part of the winning row carries the gain: no detach alone, and without the head's own clip limit
+    "clip_apart_no_detach": {"o2o_clip_apart": True, "o2o_detach_epochs": 0},
+    "clip_apart_dense_box_no_detach": {"o2o_clip_apart": True, "o2o_box_dense": True, "o2o_detach_epochs": 0},
     # the same rows at seed 1 (a paired replication: the one-to-many head is shared within a seed)
     "clip_apart_o2o40_dense_box_seed1": {"o2o_clip_apart": True, "o2o_clip_grad": 40.0, "o2o_box_dense": True,
                                          "seed": 1},
